@@ -1,0 +1,39 @@
+# Two entry points (see README.md): `make demo` and `make test`. Both build the environment
+# (.venv, pinned by pyproject.toml) first if it is missing or out of date.
+VENV    ?= .venv
+PYTHON  ?= python3
+CORES   ?= all
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed-stamp
+
+.PHONY: env demo report test test-fast bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+env: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/snakemake --cores $(CORES)
+	$(VENV)/bin/snakemake --report results/report.html
+
+report: $(STAMP)
+	$(VENV)/bin/snakemake --report results/report.html
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not integration"
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_ig.py
+
+lint: $(STAMP)
+	$(VENV)/bin/snakemake --lint
+
+clean:
+	rm -rf results .snakemake

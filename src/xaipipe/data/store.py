@@ -1,0 +1,131 @@
+"""The image store (Zarr v3): ``results/data/{dataset}/{variant}.zarr``.
+
+One group per split (``train``, ``val``), each with::
+
+    images  (N, 3, H, W) uint8, chunked along N
+    labels  (N,) int64
+    index   (N,) int64 image ids (stable across variants: the position in the split)
+    masks   (N, H, W) bool   ground-truth object masks, where the data set has them
+
+Root attributes: dataset, kind, variant, variant parameters, classes, provenance.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import zarr
+
+from ..errors import DataError
+from ..utils import atomic_path
+from ..zarrio import create, new_group, open_group, provenance
+
+IMG_DIMS = ("index", "channel", "y", "x")
+
+
+class ImageStoreWriter:
+    """``with ImageStoreWriter(path, attrs) as w: w.add_split("val", n, h, w, masks=True); w.write(...)``"""
+
+    def __init__(self, path, attrs: dict, chunk_n: int = 256):
+        self.path, self.attrs, self.chunk_n = path, attrs, chunk_n
+        self._ctx = None
+        self._root: zarr.Group | None = None
+        self._pos: dict[str, int] = {}
+        self._n: dict[str, int] = {}
+
+    def __enter__(self):
+        self._ctx = atomic_path(self.path)
+        self._root = new_group(self._ctx.__enter__(), {**self.attrs, **provenance()})
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            short = {s: (self._pos[s], n) for s, n in self._n.items() if self._pos[s] != n}
+            if short:
+                exc = DataError(f"{self.path}: incomplete splits (written, expected): {short}")
+                self._ctx.__exit__(type(exc), exc, None)
+                raise exc
+        return self._ctx.__exit__(exc_type, exc, tb)
+
+    def add_split(self, split: str, n: int, height: int, width: int, masks: bool) -> None:
+        g = self._root.create_group(split)
+        create(g, "images", (n, 3, height, width), "uint8", self.chunk_n, IMG_DIMS)
+        create(g, "labels", (n,), "int64", max(n, 1), IMG_DIMS[:1])
+        create(g, "index", (n,), "int64", max(n, 1), IMG_DIMS[:1])
+        if masks:
+            create(g, "masks", (n, height, width), "bool", self.chunk_n, ("index", "y", "x"))
+        self._pos[split], self._n[split] = 0, n
+
+    def write(self, split: str, images, labels, index, masks=None) -> None:
+        g = self._root[split]
+        b = len(labels)
+        sl = slice(self._pos[split], self._pos[split] + b)
+        g["images"][sl] = images
+        g["labels"][sl] = labels
+        g["index"][sl] = index
+        if masks is not None:
+            g["masks"][sl] = masks
+        self._pos[split] = sl.stop
+
+
+@dataclass
+class ImageSet:
+    """One split of an image store, read lazily."""
+    path: str
+    split: str
+    images: zarr.Array            # (N, 3, H, W) uint8
+    labels: np.ndarray
+    index: np.ndarray
+    masks: zarr.Array | None
+    attrs: dict
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def positions(self, image_ids) -> np.ndarray:
+        """Row positions of the given image ids (error naming the store if one is missing)."""
+        lookup = {int(i): p for p, i in enumerate(self.index)}
+        try:
+            return np.array([lookup[int(i)] for i in image_ids], dtype=np.int64)
+        except KeyError as e:
+            raise DataError(f"{self.path}/{self.split}: no image with id {e.args[0]}") from None
+
+    def read(self, positions) -> np.ndarray:
+        """uint8 images (n, 3, H, W) at row positions, in the order given."""
+        return _take(self.images, positions)
+
+    def read_masks(self, positions) -> np.ndarray | None:
+        """Ground-truth masks (n, H, W) at row positions, or None if the data set has none."""
+        return None if self.masks is None else _take(self.masks, positions)
+
+    def tensor(self, positions, device="cpu") -> torch.Tensor:
+        """float32 images in [0, 1]."""
+        return torch.from_numpy(self.read(positions)).to(device).float().div_(255)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.attrs.get("classes", []))
+
+
+def _take(arr: zarr.Array, positions) -> np.ndarray:
+    """Rows of a zarr array in the order given (read in sorted order, chunk by chunk)."""
+    positions = np.asarray(positions, dtype=np.int64)
+    out = np.empty((len(positions), *arr.shape[1:]), arr.dtype)
+    if positions.size:
+        order = np.argsort(positions, kind="stable")
+        out[order] = arr.oindex[positions[order]]
+    return out
+
+
+def open_images(path, split: str = "val") -> ImageSet:
+    root = open_group(path)
+    if split not in root:
+        raise DataError(f"image store {str(path)!r} has no split {split!r}; "
+                        f"it has: {sorted(root.group_keys())}")
+    g = root[split]
+    for key in ("images", "labels", "index"):
+        if key not in g:
+            raise DataError(f"image store {str(path)!r}/{split} lacks the array {key!r}")
+    return ImageSet(str(path), split, g["images"], np.asarray(g["labels"]),
+                    np.asarray(g["index"]), g["masks"] if "masks" in g else None, dict(root.attrs))

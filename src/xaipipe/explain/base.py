@@ -1,0 +1,232 @@
+"""Shared base of all attribution methods (one class per method, Captum style) and their
+registry (timm style: ``@register_method`` on a class in ``xaipipe/explain/methods/``).
+
+Conventions (`attribution-methods.md` §1): methods receive pixel images in [0, 1] and a model
+whose first module is its normalisation; they return *raw* maps (no abs, no channel reduction,
+no normalisation) as float32 on the images' device: (N, C, H, W) for pixel attributions,
+(N, 1, H, W) for single-channel maps.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import weakref
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..params import Param, check_params
+from .objectives import OBJECTIVES, objective
+
+OBJECTIVE_PARAM = Param("logit", str, OBJECTIVES, doc="explained scalar f of the logits")
+GRAD_SPACE_PARAM = Param("pixel", str, ("pixel", "normalized"),
+                         doc="take gradients w.r.t. the pixel image or the normalised tensor")
+
+
+@dataclass
+class Attribution:
+    """Maps plus per-image diagnostics (e.g. IG's completeness gap), each of shape (N,)."""
+    maps: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Method:
+    """Base class. Subclasses set ``name``, ``params`` and implement :meth:`attribute`.
+
+    Execution settings are not hyper-parameters: ``seed`` (random draws are seeded per
+    (seed, image id, method, hyper-parameters)), ``memory_mb`` (budget for one forward/backward
+    chunk; steps x samples are split so that it is not exceeded) and ``max_batch`` (a hard cap
+    on points per chunk).
+    """
+
+    name: ClassVar[str] = ""
+    params: ClassVar[dict[str, Param]] = {}
+    channels: ClassVar[str] = "input"   # "input": C of the image; "single": 1
+
+    def __init__(self, model: nn.Module, *, seed: int = 0, memory_mb: float = 1024,
+                 max_batch: int | None = None, **params):
+        self.model = model
+        self.seed = seed
+        self.memory_mb = memory_mb
+        self.max_batch = max_batch
+        self.hparams = self.check(params)
+
+    @classmethod
+    def check(cls, params: dict, where: str | None = None) -> dict:
+        return check_params(cls.params, params, where or f"method {cls.name!r}")
+
+    # -- to implement ---------------------------------------------------------------------
+    def attribute(self, images: torch.Tensor, target: torch.Tensor,
+                  image_ids: torch.Tensor | None = None) -> Attribution:
+        raise NotImplementedError
+
+    # -- shared helpers -------------------------------------------------------------------
+    def seed_parts(self, image_id: int, *extra) -> tuple:
+        """What a random draw for one image depends on (never the batch)."""
+        hp = {k: v for k, v in self.hparams.items() if not isinstance(v, torch.Tensor)}
+        return (self.seed, int(image_id), self.name, hp, *extra)
+
+    def chunk_size(self, sample_shape: torch.Size, device) -> int:
+        """Points per forward/backward pass under the memory budget."""
+        per_point = estimate_point_bytes(self.model, tuple(sample_shape), device)
+        n = max(1, int(self.memory_mb * 2**20 // per_point))
+        return min(n, self.max_batch) if self.max_batch else n
+
+    def input_gradient(self, images: torch.Tensor, target: torch.Tensor,
+                       grad_space: str = "pixel") -> torch.Tensor:
+        """∇f at the images themselves, in memory-bounded chunks."""
+        out = torch.empty_like(images)
+        chunk = self.chunk_size(images.shape[1:], images.device)
+        for s in range(0, images.shape[0], chunk):
+            out[s:s + chunk], _ = self.gradient(images[s:s + chunk], target[s:s + chunk],
+                                                grad_space)
+        return out
+
+    def outputs(self, points: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """f at a batch of points (no gradient), in memory-bounded chunks."""
+        chunk = self.chunk_size(points.shape[1:], points.device)
+        return torch.cat([
+            forward_objective(self.model, points[s:s + chunk], target[s:s + chunk],
+                              self.hparams.get("objective", "logit"))
+            for s in range(0, points.shape[0], chunk)])
+
+    def gradient(self, points: torch.Tensor, target: torch.Tensor,
+                 grad_space: str = "pixel") -> tuple[torch.Tensor, torch.Tensor]:
+        """(∇f, f) at a batch of points for the configured objective."""
+        return gradient(self.model, points, target, self.hparams.get("objective", "logit"),
+                        grad_space)
+
+
+def _prepare(images: torch.Tensor, target, image_ids):
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    images = images.float()
+    n = images.shape[0]
+    target = torch.as_tensor(target, device=images.device).long().reshape(-1)
+    if target.numel() == 1 and n > 1:
+        target = target.expand(n)
+    if target.numel() != n:
+        raise ValueError(f"target has {target.numel()} entries for {n} images")
+    if image_ids is None:
+        image_ids = torch.arange(n)
+    image_ids = torch.as_tensor(image_ids).long().reshape(-1).cpu()
+    if image_ids.numel() != n:
+        raise ValueError(f"image_ids has {image_ids.numel()} entries for {n} images")
+    return images, target, image_ids
+
+
+def gradient(model: nn.Module, points: torch.Tensor, target: torch.Tensor, objective_name: str,
+             grad_space: str = "pixel") -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of f = objective(model(points), target) w.r.t. the pixel points, or w.r.t. the
+    normalised tensor (``grad_space="normalized"``: σ_c · ∇_pixel f). Returns (grads, f)."""
+    x = points.detach().requires_grad_(True)
+    with torch.enable_grad():
+        f = objective(model(x), target, objective_name)
+        (g,) = torch.autograd.grad(f.sum(), x)
+    if grad_space == "normalized":
+        std = getattr(model, "normalize", None)
+        if std is None:
+            raise ValueError("grad_space='normalized' needs a model with a Normalize first module")
+        g = g * model.normalize.std
+    return g.detach(), f.detach()
+
+
+def forward_objective(model: nn.Module, points: torch.Tensor, target: torch.Tensor,
+                      objective_name: str) -> torch.Tensor:
+    with torch.no_grad():
+        return objective(model(points), target, objective_name)
+
+
+_BYTES_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def estimate_point_bytes(model: nn.Module, sample_shape: tuple, device) -> int:
+    """Memory one input point costs in a forward+backward pass, estimated from the sizes of
+    all leaf-module outputs on one sample (x3: saved activations, their gradients, slack).
+    Device independent and cached per (model, shape)."""
+    cache = _BYTES_CACHE.setdefault(model, {})
+    key = tuple(sample_shape)
+    if key not in cache:
+        total = [0]
+
+        def hook(_m, _i, out):
+            if isinstance(out, torch.Tensor):
+                total[0] += out.numel() * out.element_size()
+
+        handles = [m.register_forward_hook(hook) for m in model.modules()
+                   if not list(m.children())]
+        try:
+            with torch.no_grad():
+                model(torch.zeros((1, *key), device=device))
+        finally:
+            for h in handles:
+                h.remove()
+        in_bytes = 4 * int(torch.tensor(key).prod())
+        cache[key] = 3 * total[0] + 4 * in_bytes
+    return cache[key]
+
+
+# -- registry ----------------------------------------------------------------------------
+_METHODS: dict[str, type[Method]] = {}
+_LOADED = False
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    if cls.name in _METHODS and _METHODS[cls.name] is not cls:
+        raise ValueError(f"method name {cls.name!r} is registered twice")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def _load_builtin() -> None:
+    global _LOADED
+    if not _LOADED:
+        from . import methods
+        for info in pkgutil.iter_modules(methods.__path__):
+            importlib.import_module(f"{methods.__name__}.{info.name}")
+        _LOADED = True
+
+
+def available_methods() -> list[str]:
+    _load_builtin()
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> type[Method]:
+    _load_builtin()
+    if name not in _METHODS:
+        raise ConfigError(f"unknown method {name!r}; available: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name]
+
+
+def explain(name: str, model: nn.Module, images: torch.Tensor, target, *,
+            image_ids=None, seed: int = 0, memory_mb: float = 1024,
+            max_batch: int | None = None, **params) -> torch.Tensor:
+    """Attribution maps of ``images`` for ``target`` by the method ``name``.
+
+    Returns a float32 tensor on ``images.device``: (N, C, H, W) for pixel attributions,
+    (N, 1, H, W) for single-channel maps. See :func:`available_methods`."""
+    return run_method(name, model, images, target, image_ids=image_ids, seed=seed,
+                      memory_mb=memory_mb, max_batch=max_batch, **params).maps
+
+
+def run_method(name: str, model: nn.Module, images: torch.Tensor, target, *, image_ids=None,
+               seed: int = 0, memory_mb: float = 1024, max_batch: int | None = None,
+               **params) -> Attribution:
+    """Like :func:`explain` but returns the :class:`Attribution` with its diagnostics."""
+    method = get_method(name)(model, seed=seed, memory_mb=memory_mb, max_batch=max_batch,
+                              **params)
+    images, target, image_ids = _prepare(images, target, image_ids)
+    was_training = model.training
+    model.eval()
+    try:
+        out = method.attribute(images, target, image_ids)
+    finally:
+        model.train(was_training)
+    out.maps = out.maps.float()
+    return out

@@ -1,0 +1,71 @@
+"""Grad-CAM (Selvaraju et al. 2017), `attribution-methods.md` §3.5.
+
+A = activation of the target layer, G = ∂f/∂A, α_k = mean_{u,v} G_k,
+CAM = ReLU(Σ_k α_k A_k), bilinearly upsampled to the input size (align_corners=False).
+Default layer: the output of the last ``nn.Conv2d`` in registration order (before its BN/ReLU),
+e.g. ResNet-18 ``layer4.1.conv2``; any module name (``layer4``) can be given instead.
+Returns (N, 1, H, W), not normalised.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...params import Param
+from ..base import OBJECTIVE_PARAM, Attribution, Method, register_method
+from ..objectives import objective
+
+
+def last_conv_name(model: nn.Module) -> str:
+    root = getattr(model, "net", model)
+    names = [n for n, m in root.named_modules() if isinstance(m, nn.Conv2d)]
+    if not names:
+        raise ValueError("gradcam: the model has no nn.Conv2d layer; give layer=<module name>")
+    return names[-1]
+
+
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    if hasattr(model, "layer"):
+        return model.layer(name)
+    try:
+        return model.get_submodule(name)
+    except AttributeError as e:
+        raise KeyError(f"gradcam: model has no layer {name!r}") from e
+
+
+@register_method
+class GradCAM(Method):
+    name = "gradcam"
+    channels = "single"
+    params = {
+        "layer": Param(None, str, doc="target layer name; default the last Conv2d"),
+        "relu": Param(True, bool, doc="apply the ReLU to the weighted sum"),
+        "objective": OBJECTIVE_PARAM,
+    }
+
+    def attribute(self, images, target, image_ids=None):
+        p = self.hparams
+        layer = find_layer(self.model, p["layer"] or last_conv_name(self.model))
+        store = {}
+
+        def hook(_m, _i, out):
+            store["a"] = out
+            return out.clone()  # later in-place ops (ReLU(inplace=True)) must not alter A
+
+        handle = layer.register_forward_hook(hook)
+        maps = []
+        try:
+            chunk = self.chunk_size(images.shape[1:], images.device)
+            for s in range(0, images.shape[0], chunk):
+                x = images[s:s + chunk].detach().requires_grad_(True)
+                with torch.enable_grad():
+                    f = objective(self.model(x), target[s:s + chunk], p["objective"])
+                    a = store.pop("a")
+                    (g,) = torch.autograd.grad(f.sum(), a)
+                cam = (g.mean((2, 3), keepdim=True) * a.detach()).sum(1, keepdim=True)
+                if p["relu"]:
+                    cam = cam.clamp_min(0)
+                maps.append(F.interpolate(cam, size=images.shape[-2:], mode="bilinear",
+                                          align_corners=False))
+        finally:
+            handle.remove()
+        return Attribution(torch.cat(maps))

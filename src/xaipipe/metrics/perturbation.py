@@ -1,0 +1,112 @@
+"""Insertion and deletion curves (`metrics.md` §3.1), shared by the two metrics.
+
+π ranks the H·W pixels of the reduced map, most important first, with a stable descending sort
+(ties: lower flat index first). For a fraction q, n(q) = ⌊q·H·W⌋ pixels (all channels) are
+- insertion: taken from x̃, the rest from the fill b
+- deletion: taken from b, the rest from x̃.
+The score is the softmax probability (or logit) of the target; the AUC is the trapezoid over
+q ∈ [0, 1]; the normalised AUC divides the curve by the score of the full image.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..explain.objectives import objective
+from ..imageops import REDUCTIONS, reduce_channels
+from ..params import Param
+
+FILLS = ("black", "normzero", "blur")
+SCORES = ("prob", "logit")
+
+PERTURBATION_PARAMS = {
+    "steps": Param(21, int, min=2, doc="number of fractions q, evenly spaced over [0, 1]"),
+    "fill": Param("black", str, FILLS,
+                  doc="black (pixel 0), normzero (the model's mean colour) or blur (the blur "
+                      "variant of the same images)"),
+    "score": Param("prob", str, SCORES, doc="softmax probability or logit of the target"),
+    "reduction": Param("abs_sum", str, REDUCTIONS, doc="channel reduction of the map"),
+}
+
+
+def rankable(maps: torch.Tensor, reduction: str, size) -> torch.Tensor:
+    """(N, C, h, w) map -> (N, H, W) scores to rank: channel reduction, then bilinear
+    upsampling of coarse maps (e.g. CAMs computed at lower resolution)."""
+    red = reduce_channels(maps.float(), reduction)
+    if tuple(red.shape[-2:]) != tuple(size):
+        red = F.interpolate(red[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return red
+
+
+def pixel_ranks(scores: torch.Tensor) -> torch.Tensor:
+    """rank[n, p] = position of pixel p in the stable descending order of scores[n] (N, H, W)."""
+    flat = scores.flatten(1)
+    order = torch.argsort(flat, dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
+    return ranks.view_as(scores)
+
+
+def fractions(steps: int) -> np.ndarray:
+    return np.linspace(0.0, 1.0, steps)
+
+
+def pixel_counts(fracs, n_pixels: int) -> np.ndarray:
+    """n(q) = ⌊q·H·W⌋, robust to the float error of linspace (e.g. 0.3·100 = 30.000000000000004)."""
+    return np.floor(np.asarray(fracs, np.float64) * n_pixels + 1e-9).astype(np.int64)
+
+
+def make_fill(kind: str, images: torch.Tensor, model, fill: torch.Tensor | None) -> torch.Tensor:
+    if kind == "black":
+        return torch.zeros_like(images)
+    if kind == "normzero":
+        return model.normalize.mean.to(images.dtype).expand_as(images)
+    if fill is None:
+        raise ValueError("fill 'blur' needs the blurred images (fill=...)")
+    return fill.to(images.device, images.dtype)
+
+
+@torch.no_grad()
+def perturbation_curves(model, images: torch.Tensor, maps: torch.Tensor, target: torch.Tensor,
+                        mode: str, steps: int = 21, fill: str = "black",
+                        fill_images: torch.Tensor | None = None, score: str = "prob",
+                        reduction: str = "abs_sum", batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Per-image curves and AUCs. Returns ``curve`` (N, steps), ``auc``, ``auc_norm``,
+    ``score_full`` (the score of the unperturbed image) and the ``fractions`` grid."""
+    if mode not in ("insertion", "deletion"):
+        raise ValueError(f"mode must be insertion or deletion, got {mode!r}")
+    n, _, h, w = images.shape
+    target = torch.as_tensor(target, device=images.device).long().reshape(-1)
+    base = make_fill(fill, images, model, fill_images)
+    ranks = pixel_ranks(rankable(maps.to(images.device), reduction, (h, w)))  # (N, H, W)
+    qs = fractions(steps)
+    counts = torch.as_tensor(pixel_counts(qs, h * w), device=images.device)
+    k = len(qs)
+    obj = "prob" if score == "prob" else "logit"
+
+    def scores_of(x, t):
+        out = []
+        for s in range(0, x.shape[0], batch_size):
+            out.append(objective(model(x[s:s + batch_size]), t[s:s + batch_size], obj))
+        return torch.cat(out)
+
+    curve = torch.empty((n, k), device=images.device)
+    flat = torch.arange(n * k, device=images.device)
+    for s in range(0, n * k, batch_size):
+        idx = flat[s:s + batch_size]
+        img_i, q_i = idx // k, idx % k
+        top = (ranks[img_i] < counts[q_i].view(-1, 1, 1)).unsqueeze(1)    # (B, 1, H, W)
+        if mode == "insertion":
+            x = torch.where(top, images[img_i], base[img_i])
+        else:
+            x = torch.where(top, base[img_i], images[img_i])
+        curve.view(-1)[idx] = objective(model(x), target[img_i], obj).float()
+    full = scores_of(images, target).float()
+    curve_np = curve.cpu().numpy().astype(np.float64)
+    full_np = full.cpu().numpy().astype(np.float64)
+    auc = np.trapezoid(curve_np, qs, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auc_norm = np.trapezoid(curve_np / full_np[:, None], qs, axis=1)
+    return {"curve": curve_np, "auc": auc, "auc_norm": auc_norm, "score_full": full_np,
+            "fractions": qs}

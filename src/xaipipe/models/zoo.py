@@ -1,0 +1,179 @@
+"""Model zoo: torchvision classification architectures with *local* weights, plus xaipipe's own
+demo-sized models, behind one name registry (timm style).
+
+Nothing is ever downloaded. Weights come from
+- a file path (``weights="/data/resnet50-11ad3fa6.pth"``; a state dict, or a checkpoint with a
+  ``state_dict``/``model`` entry), loaded with ``torch.load(weights_only=True)``;
+- torchvision's local cache (``$TORCH_HOME/hub/checkpoints/<file of the weights enum>``), for
+  ``weights=None`` (the architecture's DEFAULT enum) or an enum name like ``"IMAGENET1K_V1"``;
+- ``weights="random"``: random initialisation (tests, stand-ins, training from scratch).
+A missing file raises :class:`WeightsNotFoundError` naming every place that was searched.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from ..errors import ConfigError, WeightsNotFoundError
+from .demo import DEMO_LAYOUTS, build_demo_net
+from .wrapper import IMAGENET_MEAN, IMAGENET_STD, NormalizedModel
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    build: Callable[..., nn.Module]          # build(num_classes=..., **kw) -> net
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    input_size: int | None = None
+    torchvision: bool = False
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, build: Callable[..., nn.Module], **kw) -> None:
+    if name in _REGISTRY:
+        raise ValueError(f"model name {name!r} is registered twice")
+    _REGISTRY[name] = ModelEntry(name, build, **kw)
+
+
+for _arch in DEMO_LAYOUTS:
+    register_model(f"demo_{_arch}",
+                   lambda num_classes=10, width=16, _a=_arch: build_demo_net(_a, num_classes, width))
+
+
+def _torchvision_names() -> list[str]:
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def available_models() -> list[str]:
+    return sorted(set(_REGISTRY) | set(_torchvision_names()))
+
+
+def _entry(name: str) -> ModelEntry:
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name in _torchvision_names():
+        return ModelEntry(name, lambda _n=name, **kw: torchvision.models.get_model(_n, **kw),
+                          input_size=299 if name == "inception_v3" else 224, torchvision=True)
+    raise ConfigError(f"unknown model {name!r}; available: demo models "
+                      f"{sorted(_REGISTRY)} and the torchvision classification models "
+                      f"{_torchvision_names()}")
+
+
+def cache_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _weights_enum(name: str, weights: str | None):
+    try:
+        enum = torchvision.models.get_model_weights(name)
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"model {name!r}: torchvision knows no weights for it") from e
+    if weights is None:
+        return enum.DEFAULT
+    try:
+        return enum[weights]
+    except KeyError:
+        raise ConfigError(f"model {name!r}: unknown weights {weights!r}; allowed: "
+                          f"{[w.name for w in enum]}, a file path, or 'random'") from None
+
+
+def is_weights_path(weights) -> bool:
+    """Whether a ``weights`` value names a file (rather than an enum name or "random")."""
+    if isinstance(weights, os.PathLike):
+        return True
+    return os.sep in weights or weights.endswith((".pt", ".pth", ".bin", ".ckpt"))
+
+
+def resolve_weights(name: str, weights: str | os.PathLike | None) -> Path | None:
+    """The local file to load for (name, weights), or None for random initialisation."""
+    if weights == "random":
+        return None
+    if weights is not None and is_weights_path(weights):
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsNotFoundError(f"model {name!r}: weights file {str(path)!r} does not exist")
+        return path
+    entry = _entry(name)
+    if not entry.torchvision:
+        raise WeightsNotFoundError(
+            f"model {name!r}: give weights=<file> (e.g. a model trained by the pipeline under "
+            f"results/models/) or weights='random'")
+    enum = _weights_enum(name, weights)
+    fname = os.path.basename(enum.url)
+    candidates = [cache_dir() / fname]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise WeightsNotFoundError(
+        f"model {name!r}: weights {enum} are not available locally and are never downloaded. "
+        f"Searched: {', '.join(map(str, candidates))}. Copy {fname} there (or set TORCH_HOME), "
+        f"or pass weights=<path to the .pth file>.")
+
+
+def _state_dict(path: Path) -> dict:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file name
+        raise WeightsNotFoundError(f"cannot load weights from {str(path)!r}: {e}") from e
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise WeightsNotFoundError(f"{str(path)!r} holds no state dict")
+    return obj
+
+
+def _sidecar_kwargs(path: Path, name: str) -> dict:
+    """Constructor arguments recorded next to weights trained by the pipeline (model.json)."""
+    info_path = path.with_name("model.json")
+    if not info_path.is_file():
+        return {}
+    info = json.loads(info_path.read_text())
+    if info.get("arch") not in (None, name):
+        raise ConfigError(f"{str(path)!r} holds weights of {info['arch']!r}, not {name!r}")
+    return dict(info.get("kwargs", {}))
+
+
+def load_model(name: str, weights: str | os.PathLike | None = None, *, num_classes: int | None = None,
+               device: str | torch.device = "cpu", mean=None, std=None, **build_kw) -> NormalizedModel:
+    """A model in eval mode that takes pixel images in [0, 1]: ``Sequential(Normalize, net)``.
+
+    ``name``: a torchvision classification architecture (``resnet50``, ``vgg16``, ``vit_b_16``,
+    ...) or a demo model (``demo_resnet18``). ``weights``: file path, torchvision enum name,
+    None (the DEFAULT enum from the local cache) or ``"random"``. ``num_classes`` and other
+    keyword arguments go to the architecture's constructor; for weights trained by the
+    pipeline they default to those recorded in the ``model.json`` next to the file.
+    """
+    entry = _entry(name)
+    path = resolve_weights(name, weights)
+    kw = dict(build_kw)
+    if num_classes is not None:
+        kw["num_classes"] = num_classes
+    if path is not None:
+        for k, v in _sidecar_kwargs(path, name).items():
+            kw.setdefault(k, v)
+    if entry.torchvision:
+        kw.setdefault("weights", None)
+        if name == "inception_v3":
+            kw.setdefault("aux_logits", True)
+            kw.setdefault("init_weights", False)
+    net = entry.build(**kw)
+    if path is not None:
+        state = _state_dict(path)
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as e:
+            raise WeightsNotFoundError(f"weights {str(path)!r} do not fit model {name!r}: {e}") from e
+    model = NormalizedModel(net, mean or entry.mean, std or entry.std, name=name,
+                            input_size=entry.input_size)
+    return model.to(device).eval()

@@ -1,0 +1,59 @@
+"""Declared hyper-parameters, shared by methods and metrics: defaults, types, allowed values.
+
+A component declares ``params = {"steps": Param(32, int, min=1), ...}``; :func:`check_params`
+fills defaults and stops with a :class:`ConfigError` naming the key and what would be right.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Param:
+    default: Any
+    type: type | tuple[type, ...] = object
+    choices: tuple | None = None
+    min: float | None = None
+    max: float | None = None
+    doc: str = ""
+
+    def check(self, value, where: str):
+        if value is None and self.default is None:
+            return None
+        if self.choices is not None and not _is_free(value, self.type):
+            if value not in self.choices:
+                raise ConfigError(f"{where}: {value!r} is not allowed; allowed values: "
+                                  f"{', '.join(map(repr, self.choices))}")
+            return value
+        types = self.type if isinstance(self.type, tuple) else (self.type,)
+        if float in types and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            names = "/".join(t.__name__ for t in types)
+            raise ConfigError(f"{where}: expected {names}, got {value!r} ({type(value).__name__})")
+        if self.min is not None and value < self.min:
+            raise ConfigError(f"{where}: {value!r} is below the minimum {self.min}")
+        if self.max is not None and value > self.max:
+            raise ConfigError(f"{where}: {value!r} is above the maximum {self.max}")
+        return value
+
+
+def _is_free(value, typ) -> bool:
+    """Values of a non-str type bypass ``choices`` (e.g. a tensor baseline instead of a name)."""
+    types = typ if isinstance(typ, tuple) else (typ,)
+    return not isinstance(value, str) and any(t is not str and isinstance(value, t) for t in types)
+
+
+def check_params(spec: dict[str, Param], given: dict, where: str) -> dict:
+    """Validate ``given`` against ``spec``; returns the complete parameter dict."""
+    unknown = sorted(set(given) - set(spec))
+    if unknown:
+        raise ConfigError(f"{where}: unknown parameter(s) {', '.join(map(repr, unknown))}; "
+                          f"allowed: {', '.join(sorted(spec)) or '(none)'}")
+    out = {}
+    for key, p in spec.items():
+        out[key] = p.check(given[key], f"{where}.{key}") if key in given else p.default
+    return out

@@ -1,0 +1,167 @@
+"""The saliency store (Zarr v3): one store per (dataset, model, method, variant), or per shard.
+
+Layout (dimension names set, so ``xarray.open_zarr`` gives an ``index`` coordinate)::
+
+    saliency  (N, C, H, W) float32 (or float16 + per-image ``scale``), chunked along N, Zstd
+    index     (N,) int64   image ids
+    target    (N,) int64   explained class
+    scale     (N,) float32 only for float16: saliency = stored * scale (per-image max |value|)
+    <extra>   (N,) float32 per-image diagnostics (e.g. completeness_gap)
+    attrs     method, parameters, model, dataset, variant, dtype, xaipipe_version, created
+
+A store is written under a temporary name and renamed when complete, so it is either complete
+or absent; one writer per store. NaN/inf maps are refused.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import torch
+
+from .errors import DataError
+from .utils import atomic_path
+from .zarrio import create, new_group, open_group, provenance
+
+DIMS = ("index", "channel", "y", "x")
+
+
+class SaliencyWriter:
+    """Stream maps into a new store: ``with SaliencyWriter(path, n, attrs) as w: w.write(...)``.
+
+    Arrays are created at the first write (the channel count comes from the method). Leaving
+    the block with an exception removes everything written; a store with unwritten images is
+    refused, so partial stores never appear at ``path``.
+    """
+
+    def __init__(self, path, n: int, attrs: dict | None = None, dtype: str = "float32",
+                 chunk_n: int = 64):
+        if dtype not in ("float32", "float16"):
+            raise ValueError(f"saliency dtype must be float32 or float16, got {dtype!r}")
+        self.path, self.n, self.dtype, self.chunk_n = Path(path), int(n), dtype, chunk_n
+        self.attrs = {**(attrs or {}), "dtype": dtype, **provenance()}
+        self._ctx = None
+        self._group = None
+        self._written = 0
+        self._arrays: dict = {}
+
+    def __enter__(self):
+        self._ctx = atomic_path(self.path)
+        tmp = self._ctx.__enter__()
+        self._group = new_group(tmp, json.loads(json.dumps(self.attrs, default=str)))
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None and self._written != self.n:
+            exc = DataError(f"{self.path}: {self._written} of {self.n} images written")
+            self._ctx.__exit__(type(exc), exc, None)
+            raise exc
+        if exc_type is None and self.n == 0:
+            # An empty selection still yields a valid (empty) store.
+            self._ensure_arrays((0, 1, 1, 1), {})
+        return self._ctx.__exit__(exc_type, exc, tb)
+
+    def _ensure_arrays(self, shape, extras):
+        if self._arrays:
+            return
+        g, n = self._group, self.n
+        self._arrays["saliency"] = create(g, "saliency", (n, *shape[1:]), self.dtype,
+                                          self.chunk_n, DIMS)
+        self._arrays["index"] = create(g, "index", (n,), "int64", max(n, 1), DIMS[:1])
+        self._arrays["target"] = create(g, "target", (n,), "int64", max(n, 1), DIMS[:1])
+        if self.dtype == "float16":
+            self._arrays["scale"] = create(g, "scale", (n,), "float32", max(n, 1), DIMS[:1])
+        for k in extras:
+            self._arrays[k] = create(g, k, (n,), "float32", max(n, 1), DIMS[:1])
+
+    def write(self, maps, image_ids, targets, extras: dict | None = None):
+        """Append a batch (written in order)."""
+        maps = _np(maps).astype(np.float32, copy=False)
+        ids, tg = _np(image_ids).astype(np.int64), _np(targets).astype(np.int64)
+        extras = {k: _np(v).astype(np.float32) for k, v in (extras or {}).items()}
+        b = maps.shape[0]
+        if maps.ndim != 4 or ids.shape != (b,) or tg.shape != (b,):
+            raise DataError(f"{self.path}: bad batch shapes maps={maps.shape} ids={ids.shape} "
+                            f"targets={tg.shape}")
+        bad = ~np.isfinite(maps.reshape(b, -1)).all(1)
+        if bad.any():
+            raise DataError(f"{self.path}: non-finite saliency for image ids {ids[bad].tolist()}")
+        self._ensure_arrays(maps.shape, extras)
+        if maps.shape[1:] != self._arrays["saliency"].shape[1:]:
+            raise DataError(f"{self.path}: batch maps {maps.shape[1:]} do not match "
+                            f"{self._arrays['saliency'].shape[1:]}")
+        sl = slice(self._written, self._written + b)
+        if sl.stop > self.n:
+            raise DataError(f"{self.path}: more than the declared {self.n} images written")
+        if self.dtype == "float16":
+            scale = np.abs(maps.reshape(b, -1)).max(1)
+            scale[scale == 0] = 1.0
+            self._arrays["scale"][sl] = scale
+            maps = maps / scale[:, None, None, None]
+        self._arrays["saliency"][sl] = maps.astype(self.dtype)
+        self._arrays["index"][sl] = ids
+        self._arrays["target"][sl] = tg
+        for k, v in extras.items():
+            if k not in self._arrays:
+                raise DataError(f"{self.path}: extra {k!r} appeared after the first batch")
+            self._arrays[k][sl] = v
+        self._written = sl.stop
+
+
+def _np(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def write_saliency(path, maps, image_ids, targets, attrs: dict | None = None,
+                   extras: dict | None = None, dtype: str = "float32", chunk_n: int = 64) -> Path:
+    """Write a complete store in one call."""
+    with SaliencyWriter(path, len(_np(image_ids)), attrs, dtype, chunk_n) as w:
+        w.write(maps, image_ids, targets, extras)
+    return Path(path)
+
+
+@dataclass
+class SaliencyStore:
+    saliency: da.Array            # (N, C, H, W) float32 (float16 stores are rescaled lazily)
+    index: np.ndarray             # (N,) image ids
+    target: np.ndarray            # (N,)
+    attrs: dict
+    extras: dict                  # name -> (N,) numpy
+
+
+def open_saliency(paths) -> SaliencyStore:
+    """Open one store, or several shards of one (a list of paths, concatenated along N), as a
+    dask array plus metadata. Attributes must agree across shards (except provenance)."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    parts = []
+    for p in paths:
+        g = open_group(p)
+        if "saliency" not in g:
+            raise DataError(f"{p}: not a saliency store (no 'saliency' array)")
+        arr = da.from_zarr(g["saliency"])
+        if "scale" in g:
+            scale = da.from_zarr(g["scale"])
+            arr = arr.astype(np.float32) * scale[:, None, None, None]
+        extras = {k: np.asarray(g[k]) for k in g.array_keys()
+                  if k not in ("saliency", "index", "target", "scale")}
+        parts.append((arr, np.asarray(g["index"]), np.asarray(g["target"]), dict(g.attrs), extras))
+    first = parts[0][3]
+    skip = {"created", "shard"}
+    for (_, _, _, attrs, _), p in zip(parts[1:], paths[1:]):
+        if {k: v for k, v in attrs.items() if k not in skip} != \
+                {k: v for k, v in first.items() if k not in skip}:
+            raise DataError(f"shard {p} has attributes that differ from {paths[0]}")
+    extra_keys = set(parts[0][4])
+    return SaliencyStore(
+        saliency=da.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0],
+        index=np.concatenate([p[1] for p in parts]),
+        target=np.concatenate([p[2] for p in parts]),
+        attrs=first,
+        extras={k: np.concatenate([p[4][k] for p in parts]) for k in extra_keys},
+    )

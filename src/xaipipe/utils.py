@@ -1,0 +1,78 @@
+"""Small shared helpers: seeds, devices, atomic outputs, batching."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from any JSON-serialisable parts, stable across runs, machines and
+    Python versions (unlike ``hash``). Used so that a random draw depends only on
+    (global seed, image id, method, hyper-parameters, ...), never on batching or order."""
+    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":")).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") >> 1
+
+
+def generator(*parts) -> torch.Generator:
+    """A CPU generator seeded with :func:`derive_seed` (draw on CPU, then move: the numbers
+    are the same on every device)."""
+    return torch.Generator().manual_seed(derive_seed(*parts))
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto``/None: CUDA when present, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} was asked for but CUDA is not available")
+    return dev
+
+
+def _tmp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary sibling path to write a file or directory to; on success it is
+    renamed to ``path`` (replacing what was there), on any error it is removed. So an output
+    is either complete or absent."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise RuntimeError(f"nothing was written to {path}")
+        if path.exists() or path.is_symlink():
+            old = _tmp_sibling(path)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            _remove(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def chunks(n: int, size: int):
+    """Yield slices ``[start, stop)`` covering ``range(n)`` in pieces of at most ``size``."""
+    size = max(1, int(size))
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))

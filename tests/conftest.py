@@ -1,0 +1,55 @@
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from xaipipe.models import NormalizedModel, load_model
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+class Linear(nn.Module):
+    """z = W·flatten(x) + b: every gradient method has a closed form on it."""
+
+    def __init__(self, shape=(3, 8, 8), classes=3, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        d = int(torch.tensor(shape).prod())
+        self.fc = nn.Linear(d, classes)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.randn(classes, d, generator=g) * 0.1)
+            self.fc.bias.copy_(torch.randn(classes, generator=g))
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+@pytest.fixture
+def linear_model():
+    return NormalizedModel(Linear(), name="linear").eval()
+
+
+@pytest.fixture(scope="session")
+def cnn():
+    """A random demo ResNet-18 (width 4, 4 classes) in eval mode."""
+    torch.manual_seed(0)
+    return load_model("demo_resnet18", weights="random", num_classes=4, width=4)
+
+
+@pytest.fixture(scope="session")
+def smooth_cnn():
+    """The demo ResNet-18 layout with SiLU instead of ReLU: smooth along any path, so Riemann
+    sums of IG converge fast (ReLU nets have kinks everywhere; see README for their gaps)."""
+    torch.manual_seed(0)
+    model = load_model("demo_resnet18", weights="random", num_classes=4, width=4)
+    for mod in list(model.modules()):
+        if hasattr(mod, "relu"):
+            mod.relu = nn.SiLU()
+    return model
+
+
+@pytest.fixture
+def images():
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(3, 3, 32, 32, generator=g)

@@ -1,0 +1,152 @@
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from xaipipe.data.datasets import build_image_store, make_source
+from xaipipe.data.filters import predict, select
+from xaipipe.data.shapes import ShapesConfig, generate, render
+from xaipipe.data.store import open_images
+from xaipipe.data.variants import apply_variant
+from xaipipe.errors import ConfigError, DataError
+from xaipipe.models import NormalizedModel
+
+
+def test_shapes_deterministic_and_order_independent():
+    cfg = ShapesConfig(image_size=48, num_classes=6, seed=3)
+    imgs, masks, labels = generate(cfg, "val", 6, start=10)
+    again = render(cfg, "val", 13)
+    np.testing.assert_array_equal(imgs[3], again[0].transpose(2, 0, 1))
+    np.testing.assert_array_equal(masks[3], again[1])
+    other = render(ShapesConfig(image_size=48, num_classes=6, seed=4), "val", 13)
+    assert not np.array_equal(again[0], other[0])
+    train = render(cfg, "train", 13)
+    assert not np.array_equal(again[0], train[0])
+    assert imgs.shape == (6, 3, 48, 48) and imgs.dtype == np.uint8
+    assert set(labels) <= set(range(6))
+
+
+def test_shapes_masks_are_the_object_and_background_is_cluttered():
+    cfg = ShapesConfig()
+    imgs, masks, labels = generate(cfg, "train", 40)
+    area = masks.mean((1, 2))
+    assert (area > 0.02).all() and (area < 0.5).all()
+    for img, m in zip(imgs.astype(float), masks):
+        inside = img[:, m]          # one flat colour plus mild noise
+        outside = img[:, ~m]        # background field + distractors
+        assert inside.std(1).max() < 20
+        assert outside.std(1).mean() > 2 * inside.std(1).mean()
+    assert len(set(labels.tolist())) == 10       # all classes appear
+
+
+def test_shapes_rejects_bad_config():
+    with pytest.raises(ValueError, match="num_classes"):
+        ShapesConfig(num_classes=11)
+    with pytest.raises(ConfigError, match="datasets.s.image_size.*minimum"):
+        make_source("s", {"kind": "shapes", "image_size": 8})
+
+
+def test_variants():
+    rng = np.random.default_rng(0)
+    smooth = np.asarray(Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
+                        .resize((64, 64), Image.BICUBIC))
+    img = Image.fromarray(smooth)
+    assert np.array_equal(np.asarray(apply_variant("original", img)), smooth)
+    jpeg = np.asarray(apply_variant("jpeg", img, quality=75)).astype(float)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=75)
+    np.testing.assert_array_equal(jpeg, np.asarray(Image.open(buf).convert("RGB")))
+    mse = ((jpeg - smooth) ** 2).mean()
+    assert 0 < mse and 10 * np.log10(255**2 / mse) > 25                 # lossy but close
+    q100 = np.asarray(apply_variant("jpeg", img, quality=100)).astype(float)
+    assert ((q100 - smooth) ** 2).mean() < mse
+    blur = np.asarray(apply_variant("blur", img, radius=20)).astype(float)
+    assert blur.std() < 0.5 * smooth.std()
+    assert np.array_equal(np.asarray(apply_variant("blur", img, radius=0.0)), smooth)
+    with pytest.raises(ConfigError, match="unknown variant 'sharp'.*jpeg"):
+        apply_variant("sharp", img)
+    with pytest.raises(ConfigError, match="quality.*maximum"):
+        apply_variant("jpeg", img, quality=101)
+
+
+def test_image_store_round_trip_and_variants(tmp_path):
+    cfg = {"kind": "shapes", "image_size": 32, "num_classes": 3, "train": 5, "val": 7}
+    build_image_store("s", cfg, "original", {}, tmp_path / "original.zarr", progress=False,
+                      chunk=3)
+    build_image_store("s", cfg, "jpeg", {"quality": 75}, tmp_path / "jpeg.zarr", ["val"],
+                      progress=False)
+    orig = open_images(tmp_path / "original.zarr", "val")
+    ref, mref, yref = generate(ShapesConfig(image_size=32, num_classes=3), "val", 7)
+    np.testing.assert_array_equal(orig.read(np.arange(7)), ref)
+    np.testing.assert_array_equal(orig.read_masks([4, 1]), mref[[4, 1]])
+    np.testing.assert_array_equal(orig.labels, yref)
+    assert orig.classes == ["circle", "ring", "triangle"] and len(open_images(
+        tmp_path / "original.zarr", "train")) == 5
+    jp = open_images(tmp_path / "jpeg.zarr", "val")
+    assert jp.attrs["variant"] == "jpeg" and np.array_equal(jp.labels, orig.labels)
+    assert not np.array_equal(jp.read([0]), orig.read([0]))
+    assert orig.tensor([2, 0]).shape == (2, 3, 32, 32)
+    with pytest.raises(DataError, match="no split 'train'.*val"):
+        open_images(tmp_path / "jpeg.zarr", "train")
+    with pytest.raises(DataError, match="no image with id 99"):
+        orig.positions([1, 99])
+
+
+def test_imagefolder_source(tmp_path):
+    for split, n in (("train", 2), ("val", 3)):
+        for c in ("n02", "n01"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(np.full((40, 60, 3), 40 * i, np.uint8)).save(
+                    tmp_path / split / c / f"img{i}.JPEG")
+    (tmp_path / "val" / "n01" / "notes.txt").write_text("ignored")
+    cfg = {"kind": "imagefolder", "root": str(tmp_path), "splits": {"val": "val"},
+           "resize": 36, "crop": 32}
+    build_image_store("folder", cfg, "original", {}, tmp_path / "o.zarr", progress=False)
+    s = open_images(tmp_path / "o.zarr", "val")
+    assert len(s) == 6 and s.images.shape[1:] == (3, 32, 32)
+    assert s.classes == ["n01", "n02"] and s.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert s.masks is None
+    Image.new("RGB", (10, 10)).save(tmp_path / "val" / "n01" / "broken.png")
+    (tmp_path / "val" / "n01" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="broken.png"):
+        build_image_store("folder", cfg, "original", {}, tmp_path / "b.zarr", progress=False)
+    assert not (tmp_path / "b.zarr").exists()
+
+
+class Fixed(torch.nn.Module):
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x):
+        return self.logits[: x.shape[0]].clone()
+
+
+def test_predict_and_filters(tmp_path):
+    cfg = {"kind": "shapes", "image_size": 32, "num_classes": 3, "train": 0, "val": 4}
+    build_image_store("s", cfg, "original", {}, tmp_path / "o.zarr", progress=False)
+    imgs = open_images(tmp_path / "o.zarr", "val")
+    y = imgs.labels
+    logits = torch.full((4, 3), -5.0)
+    logits[0, y[0]] = 5.0                   # correct, confident
+    logits[1, y[1]] = 0.5                   # correct, not confident
+    logits[1, (y[1] + 1) % 3] = 0.0
+    logits[2, (y[2] + 1) % 3] = 5.0         # wrong
+    logits[3] = torch.tensor([0.0, 0.0, 0.0])
+    logits[3, y[3]] = np.log(0.8 / 0.1)     # p = 0.8 exactly: not > 0.8
+    model = NormalizedModel(Fixed(logits)).eval()
+    pred = predict(model, imgs, batch_size=4, progress=False)
+    assert pred["image_id"].tolist() == [0, 1, 2, 3]
+    assert pred["prob_label"][3] == pytest.approx(0.8, abs=1e-6)
+    assert select(pred, "all")["image_id"].tolist() == [0, 1, 2, 3]
+    assert select(pred, "correct")["image_id"].tolist() == [0, 1, 3]
+    conf = select(pred, "confident", threshold=0.8)["image_id"].tolist()
+    assert conf == [0] or (conf == [0, 3] and pred["prob_label"][3] > 0.8)
+    with pytest.raises(ConfigError, match="unknown filter 'best'"):
+        select(pred, "best")
+    with pytest.raises(DataError, match="prob_label"):
+        select(pd.DataFrame({"image_id": [1]}), "correct")

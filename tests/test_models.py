@@ -1,0 +1,91 @@
+import json
+
+import pytest
+import torch
+
+from xaipipe.data.datasets import build_image_store
+from xaipipe.errors import ConfigError, WeightsNotFoundError
+from xaipipe.models import Normalize, available_models, load_model
+from xaipipe.models.train import train_demo_model
+
+ISSUE_MODELS = ["resnet18", "resnet34", "resnet50", "vgg16", "vgg19", "mobilenet_v3_small",
+                "vit_b_16"]
+
+
+def test_registry_has_the_issue_architectures():
+    assert set(ISSUE_MODELS) <= set(available_models())
+    assert "demo_resnet18" in available_models()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+def test_normalisation_is_the_first_module(name):
+    m = load_model(name, weights="random")
+    assert isinstance(list(m.children())[0], Normalize) and not m.training
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(m(x), m.net((x - m.normalize.mean) / m.normalize.std))
+    assert m.mean == pytest.approx((0.485, 0.456, 0.406))
+
+
+def test_missing_weights_name_the_searched_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(WeightsNotFoundError, match=r"never downloaded. Searched: .*hub/checkpoints/resnet50-11ad3fa6.pth"):
+        load_model("resnet50")
+    with pytest.raises(WeightsNotFoundError, match="does not exist"):
+        load_model("resnet18", weights=str(tmp_path / "nope.pth"))
+    with pytest.raises(ConfigError, match="unknown weights 'IMAGENET1K_V7'"):
+        load_model("resnet18", weights="IMAGENET1K_V7")
+    with pytest.raises(ConfigError, match="unknown model 'resnet7'"):
+        load_model("resnet7")
+
+
+def test_weights_from_file_and_from_torchvision_cache(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    ref = load_model("resnet18", weights="random")
+    path = tmp_path / "stand_in.pth"
+    torch.save(ref.net.state_dict(), path)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = ref(x)
+        assert torch.allclose(load_model("resnet18", weights=str(path))(x), expected)
+        # a checkpoint dict with a state_dict entry
+        torch.save({"state_dict": ref.net.state_dict(), "epoch": 3}, tmp_path / "ckpt.pt")
+        assert torch.allclose(load_model("resnet18", weights=str(tmp_path / "ckpt.pt"))(x),
+                              expected)
+        # torchvision's cache: $TORCH_HOME/hub/checkpoints/<file name of the enum's URL>
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+        cache = tmp_path / "torch" / "hub" / "checkpoints"
+        cache.mkdir(parents=True)
+        torch.save(ref.net.state_dict(), cache / "resnet18-f37072fd.pth")
+        assert torch.allclose(load_model("resnet18")(x), expected)
+        assert torch.allclose(load_model("resnet18", weights="IMAGENET1K_V1")(x), expected)
+
+
+def test_weights_only_loading_refuses_pickled_code(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "obj": Normalize()}, path)
+    with pytest.raises(WeightsNotFoundError, match="cannot load weights"):
+        load_model("resnet18", weights=str(path))
+    torch.save(load_model("resnet34", weights="random").net.state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(WeightsNotFoundError, match="do not fit model 'resnet18'"):
+        load_model("resnet18", weights=str(tmp_path / "r34.pth"))
+
+
+def test_train_demo_model_writes_weights_and_accuracy(tmp_path):
+    cfg = {"kind": "shapes", "image_size": 32, "num_classes": 3, "train": 96, "val": 32}
+    build_image_store("s", cfg, "original", {}, tmp_path / "o.zarr", progress=False)
+    out = tmp_path / "m"
+    res = train_demo_model("demo_resnet18", tmp_path / "o.zarr", out / "weights.pt",
+                           out / "model.json", epochs=1, batch_size=32, width=4, log=lambda s: None)
+    info = json.loads((out / "model.json").read_text())
+    assert info["val_accuracy"] == res["val_accuracy"] and 0 <= info["val_accuracy"] <= 1
+    assert info["kwargs"] == {"num_classes": 3, "width": 4}
+    state = torch.load(out / "weights.pt", weights_only=True)
+    assert "fc.weight" in state
+    model = load_model("demo_resnet18", weights=str(out / "weights.pt"))   # kwargs from json
+    assert model.net.fc.out_features == 3
+    assert model.layer("layer4.1.conv2") is model.net.layer4[1].conv2
+    with pytest.raises(RuntimeError, match="min_accuracy"):
+        train_demo_model("demo_resnet18", tmp_path / "o.zarr", out / "w2.pt", out / "j2.json",
+                         epochs=1, batch_size=32, width=4, min_accuracy=1.0, log=lambda s: None)
+    assert not (out / "w2.pt").exists()
