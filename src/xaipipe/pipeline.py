@@ -99,7 +99,7 @@ def explain_targets(selection_path, target: str, max_images: int | None):
 
 def explain_store(out, method, params, model_spec, images_path, selection_path, split="val",
                   target="label", max_images=None, seed=0, device="auto", batch_size=32,
-                  memory_mb=1024, dtype="float32", attrs=None, progress=True):
+                  memory_mb=None, dtype="float32", attrs=None, progress=True):
     """Attribution maps of the selected images into one saliency store."""
     cls = get_method(method)
     model = model_from_spec(model_spec, device)

@@ -40,8 +40,9 @@ def riemann(rule: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def straight_path_gradient(method, images: torch.Tensor, baselines: torch.Tensor,
                            target: torch.Tensor, alphas: torch.Tensor, weights: torch.Tensor,
-                           grad_space: str = "pixel") -> torch.Tensor:
-    """Σ_j w_j ∇f(x' + α_j (x − x')) per image, evaluated in memory-bounded chunks.
+                           grad_space: str = "pixel") -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ_j w_j ∇f(x' + α_j (x − x')) per image, evaluated in memory-bounded chunks, and the
+    outputs f at every path point, (N, K) (they come with the gradients at no extra cost).
 
     ``method`` supplies ``gradient`` and ``chunk_size`` (a :class:`~xaipipe.explain.base.Method`)."""
     n, k = images.shape[0], alphas.numel()
@@ -50,12 +51,14 @@ def straight_path_gradient(method, images: torch.Tensor, baselines: torch.Tensor
     weights = weights.to(device, dtype)
     delta = images - baselines
     acc = torch.zeros_like(images)
+    outputs = torch.empty(n * k, device=device, dtype=dtype)
     chunk = method.chunk_size(images.shape[1:], device)
     flat = torch.arange(n * k, device=device)
     for start in range(0, n * k, chunk):
         idx = flat[start:start + chunk]
         img_i, a_i = idx // k, idx % k
         pts = baselines[img_i] + alphas[a_i].view(-1, 1, 1, 1) * delta[img_i]
-        g, _ = method.gradient(pts, target[img_i], grad_space)
+        g, f = method.gradient(pts, target[img_i], grad_space)
         acc.index_add_(0, img_i, g * weights[a_i].view(-1, 1, 1, 1))
-    return acc
+        outputs[idx] = f.to(dtype)
+    return acc, outputs.view(n, k)

@@ -27,8 +27,10 @@ class IntegratedGradients(Method):
         base = make_baseline(p["baseline"], images, self.model, seed_parts=self.seed_parts,
                              image_ids=image_ids, blur_sigma=p["blur_sigma"])
         alphas, weights = riemann(p["rule"], p["steps"])
-        path_grad = straight_path_gradient(self, images, base, target, alphas, weights)
+        path_grad, f_path = straight_path_gradient(self, images, base, target, alphas, weights)
         maps = (images - base) * path_grad
-        f_x, f_b = self.outputs(images, target), self.outputs(base, target)
+        # f at the path ends, from the path evaluations when the rule includes them
+        f_b = f_path[:, 0] if alphas[0] == 0 else self.outputs(base, target)
+        f_x = f_path[:, -1] if alphas[-1] == 1 else self.outputs(images, target)
         gap = maps.flatten(1).sum(1) - (f_x - f_b)
         return Attribution(maps, {"completeness_gap": gap, "f_input": f_x, "f_baseline": f_b})
