@@ -88,3 +88,38 @@ def test_lint_is_clean(tmp_path):
     out = (res.stdout + res.stderr).strip()
     assert res.returncode == 0, out
     assert "Lints for" not in out, out
+
+
+@pytest.mark.integration
+def test_imagenet_preset_with_local_stand_ins(tmp_path):
+    """presets/imagenet.yaml with a tiny ImageFolder and a weights file standing in for
+    ImageNet and torchvision's pretrained weights (random ResNet-18, 224x224)."""
+    import torch
+    import yaml
+    from PIL import Image
+
+    from xaipipe.models import load_model
+
+    rng = np.random.default_rng(0)
+    for c in ("n01440764", "n01443537"):
+        (tmp_path / "imagenet" / "val" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (300, 260, 3), dtype=np.uint8)).save(
+                tmp_path / "imagenet" / "val" / c / f"ILSVRC2012_val_{c}_{i}.JPEG")
+    weights = tmp_path / "resnet18-stand-in.pth"
+    torch.save(load_model("resnet18", weights="random").net.state_dict(), weights)
+    cfg = yaml.safe_load((ROOT / "presets" / "imagenet.yaml").read_text())
+    cfg["datasets"]["imagenet"]["root"] = str(tmp_path / "imagenet")
+    cfg["models"] = {"resnet18": {"arch": "resnet18", "weights": str(weights)}}
+    cfg["methods"] = {"gradcam": {}, "integrated_gradients": {"steps": 4, "rule": "trapezoid"}}
+    cfg["metrics"] = {"insertion": {"steps": 5, "fill": "blur"}}
+    cfg["explain"].update(filter="all", max_images=2, variants=["jpeg"])
+    cfg["report"]["variant"] = "jpeg"
+    cfg["device"] = "cpu"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake("--configfile", "config.yaml", "--cores", "2", cwd=tmp_path)
+    plan = Plan(load_config(tmp_path / "config.yaml"))
+    for target in plan.all_targets():
+        assert (tmp_path / target).exists(), target
+    s = open_saliency(tmp_path / plan.saliency("imagenet", "resnet18", "gradcam", "jpeg"))
+    assert s.saliency.shape == (2, 1, 224, 224)
