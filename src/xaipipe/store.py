@@ -86,10 +86,12 @@ class SaliencyWriter:
         if maps.ndim != 4 or ids.shape != (b,) or tg.shape != (b,):
             raise DataError(f"{self.path}: bad batch shapes maps={maps.shape} ids={ids.shape} "
                             f"targets={tg.shape}")
+        self._ensure_arrays(maps.shape, extras)
+        if b == 0:
+            return
         bad = ~np.isfinite(maps.reshape(b, -1)).all(1)
         if bad.any():
             raise DataError(f"{self.path}: non-finite saliency for image ids {ids[bad].tolist()}")
-        self._ensure_arrays(maps.shape, extras)
         if maps.shape[1:] != self._arrays["saliency"].shape[1:]:
             raise DataError(f"{self.path}: batch maps {maps.shape[1:]} do not match "
                             f"{self._arrays['saliency'].shape[1:]}")

@@ -100,7 +100,7 @@ def score_store(metric_name: str, metric_params: dict, saliency_path, images_pat
     tasks = [task(metric_name, metric.hparams, model_spec, str(device), batch_size, m, im,
                   sal.target[a:b], sal.index[a:b], fl)
              for m, im, fl, a, b in zip(maps_blocks, img_blocks, fill_blocks, bounds[:-1],
-                                        bounds[1:])]
+                                        bounds[1:]) if b > a]
     if threads > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // threads))
     with dask_client(scheduler, threads):
