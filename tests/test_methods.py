@@ -210,3 +210,18 @@ def test_objectives():
     assert torch.allclose(g, torch.nn.functional.one_hot(t3, 5).double() - w)
     (g,) = torch.autograd.grad(objective(z3, t3, "logprob").sum(), z3)
     assert torch.allclose(g, torch.nn.functional.one_hot(t3, 5).double() - torch.softmax(z3, 1))
+
+
+def test_large_step_counts_stay_within_the_memory_budget(cnn, images):
+    from xaipipe.explain.base import estimate_point_bytes
+
+    seen = []
+    handle = cnn.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].shape[0]))
+    try:
+        per_point = estimate_point_bytes(cnn, (3, 32, 32), "cpu")
+        budget_mb = 20 * per_point / 2**20              # room for 20 points
+        explain("integrated_gradients", cnn, images, 0, steps=1024, memory_mb=budget_mb)
+        explain("smoothgrad", cnn, images, 0, samples=200, memory_mb=budget_mb)
+    finally:
+        handle.remove()
+    assert max(seen) == 20 and sum(seen) >= 3 * (1024 + 200)

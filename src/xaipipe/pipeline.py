@@ -138,8 +138,7 @@ def aggregate(csv_out, md_out, entries, n_boot=1000, level=0.95, seed=0):
 
 
 # -- report ------------------------------------------------------------------------------
-def figures(outputs: dict, summary_csv, stores: dict, images_path, split="val", n_images=6,
-            classes=None):
+def figures(outputs: dict, summary_csv, stores: dict, images_path, split="val", n_images=6):
     """``stores``: method -> saliency store path (one variant)."""
     summary = pd.read_csv(summary_csv)
     auc_bars(summary, [outputs["bars_png"], outputs["bars_pdf"]])
@@ -155,7 +154,7 @@ def figures(outputs: dict, summary_csv, stores: dict, images_path, split="val", 
     maps = {m: s.saliency[pd.Index(s.index).get_indexer(ids)].compute()
             for m, s in opened.items()}
     masks = images.read_masks(pos)
-    names = classes or images.classes
+    names = images.classes
     labels = images.labels[pos]
     titles = [f"#{i} {names[y] if names else y}" for i, y in zip(ids, labels)]
     saliency_grid(images.read(pos), maps, [outputs["grid_png"], outputs["grid_pdf"]],
