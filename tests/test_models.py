@@ -89,3 +89,15 @@ def test_train_demo_model_writes_weights_and_accuracy(tmp_path):
         train_demo_model("demo_resnet18", tmp_path / "o.zarr", out / "w2.pt", out / "j2.json",
                          epochs=1, batch_size=32, width=4, min_accuracy=1.0, log=lambda s: None)
     assert not (out / "w2.pt").exists()
+
+
+def test_training_is_deterministic(tmp_path):
+    cfg = {"kind": "shapes", "image_size": 32, "num_classes": 3, "train": 64, "val": 16}
+    build_image_store("s", cfg, "original", {}, tmp_path / "o.zarr", progress=False)
+    states = []
+    for run in ("a", "b"):
+        train_demo_model("demo_resnet18", tmp_path / "o.zarr", tmp_path / run / "w.pt",
+                         tmp_path / run / "m.json", epochs=1, batch_size=16, width=4,
+                         log=lambda s: None)
+        states.append(torch.load(tmp_path / run / "w.pt", weights_only=True))
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

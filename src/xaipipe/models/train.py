@@ -55,8 +55,11 @@ def train_demo_model(arch: str, data_path, weights_out, metrics_out, *, device="
     steps_per_epoch = max(1, len(train) // bs)
     opt = torch.optim.SGD(model.parameters(), lr=p["lr"], momentum=0.9, nesterov=True,
                           weight_decay=p["weight_decay"])
+    total_steps = p["epochs"] * steps_per_epoch
+    # One-cycle needs a few steps per phase; very short runs (tests) keep the LR constant.
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=p["lr"], pct_start=0.25,
-                                                total_steps=p["epochs"] * steps_per_epoch)
+                                                total_steps=total_steps) \
+        if total_steps >= 8 else torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
     gen = torch.Generator().manual_seed(p["seed"])
     t0 = time.time()
     history = []
