@@ -2,9 +2,9 @@
 
 Every image holds one class-defining object (a filled shape at a random position, scale,
 rotation and colour) on top of a cluttered background: a smooth random colour field, fine
-noise and several *distractors* (strokes, small irregular blobs and small copies of other
-classes' shapes). Distractors are always clearly smaller than the object, so the label is
-well defined, but a model has to find and look at the object to get it right. The
+noise and several *distractors* (strokes, small irregular blobs and small shapes of any
+class). Distractors are always clearly smaller than the object, so the label is well
+defined, but a model has to find and look at the object to get it right. The
 ground-truth object mask is exact: the object is drawn last and nothing covers it.
 
 Generation is deterministic: image ``i`` of split ``s`` depends only on
@@ -50,8 +50,8 @@ class ShapesConfig:
         return CLASSES[: self.num_classes]
 
 
-def _unit_polygon(kind: str) -> list[list[tuple[float, float]]] | None:
-    """Outline(s) of a shape in a unit box centred at 0 (radius ~1); None for round shapes."""
+def _unit_polygon(kind: str) -> list[list[tuple[float, float]]]:
+    """Outline(s) of a polygonal shape in a unit box centred at 0 (radius ~1)."""
     if kind == "triangle":
         return [[(math.cos(a), math.sin(a)) for a in np.linspace(-math.pi / 2, 1.5 * math.pi, 4)[:-1]]]
     if kind == "square":
@@ -78,7 +78,7 @@ def _unit_polygon(kind: str) -> list[list[tuple[float, float]]] | None:
     if kind == "semicircle":
         t = np.linspace(0, math.pi, 33)
         return [list(zip(np.cos(t), np.sin(t) - 0.45))]
-    return None
+    raise ValueError(f"shapes: no outline for {kind!r}")
 
 
 def _shape_mask(kind: str, big: int, cx: float, cy: float, radius: float, angle: float) -> Image.Image:
@@ -104,8 +104,12 @@ def _shape_mask(kind: str, big: int, cx: float, cy: float, radius: float, angle:
     return m
 
 
+def _rgb(colour: np.ndarray) -> tuple[int, int, int]:
+    return tuple(int(v) for v in np.round(colour * 255))
+
+
 def _paste(canvas: Image.Image, mask: Image.Image, colour: np.ndarray) -> None:
-    canvas.paste(tuple(int(v) for v in np.round(colour * 255)), (0, 0, *canvas.size), mask)
+    canvas.paste(_rgb(colour), (0, 0, *canvas.size), mask)
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -134,7 +138,7 @@ def render(cfg: ShapesConfig, split: str, index: int) -> tuple[np.ndarray, np.nd
     canvas = Image.fromarray((bg * 255).round().astype(np.uint8), "RGB").resize((big, big), Image.BILINEAR)
     draw = ImageDraw.Draw(canvas)
 
-    # Object geometry first, so distractors can avoid its centre region a little.
+    # Object geometry and colour (drawn last, after the distractors).
     scale = rng.uniform(cfg.min_scale, cfg.max_scale)
     radius = 0.5 * scale * big
     margin = radius * 1.02
@@ -142,9 +146,9 @@ def render(cfg: ShapesConfig, split: str, index: int) -> tuple[np.ndarray, np.nd
     cy = rng.uniform(margin, big - margin)
     angle = rng.uniform(0, 2 * math.pi)
     colour = _random_colour(rng)
-    local_bg = bg.mean(axis=(0, 1))
-    for _ in range(20):  # ensure the object is visible against the background
-        if np.linalg.norm(colour - local_bg) >= 0.35:
+    mean_bg = bg.mean(axis=(0, 1))
+    for _ in range(20):  # ensure the object stands out from the background
+        if np.linalg.norm(colour - mean_bg) >= 0.35:
             break
         colour = _random_colour(rng)
 
@@ -157,13 +161,13 @@ def render(cfg: ShapesConfig, split: str, index: int) -> tuple[np.ndarray, np.nd
         if kind_d == 0:  # stroke
             x2, y2 = x + rng.normal(0, big / 4), y + rng.normal(0, big / 4)
             width = int(rng.integers(1, 4)) * _SUPERSAMPLE
-            draw.line([(x, y), (x2, y2)], fill=tuple(int(v * 255) for v in col), width=width)
+            draw.line([(x, y), (x2, y2)], fill=_rgb(col), width=width)
         elif kind_d == 1:  # irregular blob
             k = int(rng.integers(5, 9))
             ang = np.sort(rng.uniform(0, 2 * math.pi, k))
             rad = r * rng.uniform(0.5, 1.0, k)
             draw.polygon([(x + a * math.cos(t), y + a * math.sin(t)) for a, t in zip(rad, ang)],
-                         fill=tuple(int(v * 255) for v in col))
+                         fill=_rgb(col))
         else:  # a small shape of any class
             other = cfg.classes[int(rng.integers(cfg.num_classes))]
             _paste(canvas, _shape_mask(other, big, x, y, r, rng.uniform(0, 2 * math.pi)), col)
