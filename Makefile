@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 env: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/snakemake --cores $(CORES)
+	$(VENV)/bin/snakemake --cores $(CORES) --show-failed-logs
 	$(VENV)/bin/snakemake --report results/report.html
 
 report: $(STAMP)
