@@ -18,7 +18,7 @@ import torch
 from captum.attr import IntegratedGradients
 
 from xaipipe.explain import explain
-from xaipipe.explain.base import default_memory_mb, estimate_point_bytes
+from xaipipe.explain.base import default_memory_mb, get_method
 from xaipipe.models import load_model
 from xaipipe.utils import resolve_device
 
@@ -69,7 +69,8 @@ def main():
         target = model(x).argmax(1)
 
     budget = a.memory_mb or default_memory_mb(device)
-    chunk = max(1, int(budget * 2**20 // estimate_point_bytes(model, (3, size, size), device)))
+    chunk = get_method("integrated_gradients")(model, memory_mb=budget).chunk_size(
+        x.shape[1:], device)
     # Captum batches whole steps (internal_batch_size // N steps of N images, at least one);
     # both get exactly that many points per forward/backward, so the work is the same.
     chunk = a.images * max(1, chunk // a.images)
