@@ -8,8 +8,6 @@ no normalisation) as float32 on the images' device: (N, C, H, W) for pixel attri
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import weakref
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -17,7 +15,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..registry import Registry
 from ..params import Param, check_params
 from .objectives import OBJECTIVES, objective
 
@@ -181,38 +179,16 @@ def estimate_point_bytes(model: nn.Module, sample_shape: tuple, device) -> int:
 
 
 # -- registry ----------------------------------------------------------------------------
-_METHODS: dict[str, type[Method]] = {}
-_LOADED = False
-
-
-def register_method(cls: type[Method]) -> type[Method]:
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in _METHODS and _METHODS[cls.name] is not cls:
-        raise ValueError(f"method name {cls.name!r} is registered twice")
-    _METHODS[cls.name] = cls
-    return cls
-
-
-def _load_builtin() -> None:
-    global _LOADED
-    if not _LOADED:
-        from . import methods
-        for info in pkgutil.iter_modules(methods.__path__):
-            importlib.import_module(f"{methods.__name__}.{info.name}")
-        _LOADED = True
+METHODS = Registry("method", package="xaipipe.explain.methods")
+register_method = METHODS.register
 
 
 def available_methods() -> list[str]:
-    _load_builtin()
-    return sorted(_METHODS)
+    return METHODS.names()
 
 
-def get_method(name: str) -> type[Method]:
-    _load_builtin()
-    if name not in _METHODS:
-        raise ConfigError(f"unknown method {name!r}; available: {', '.join(sorted(_METHODS))}")
-    return _METHODS[name]
+def get_method(name: str, where: str | None = None) -> type[Method]:
+    return METHODS.get(name, where)
 
 
 def explain(name: str, model: nn.Module, images: torch.Tensor, target, *,
