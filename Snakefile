@@ -1,8 +1,10 @@
-# xaipipe: data -> variants -> model filter -> attribution -> Zarr -> Dask metrics -> report.
-# Rules are thin: each script unpacks `snakemake.*` and calls xaipipe.pipeline.
-from snakemake.utils import min_version, validate
+# xaipipe: data -> variants -> model filter -> attribution -> Zarr -> Dask metrics -> tables
+# and figures, one target rule per experiment. Rules are thin: each script unpacks
+# `snakemake.*` and calls xaipipe.pipeline; xaipipe.config.Plan says what runs and with which
+# arguments, xaipipe.config.paths holds every result path.
+from snakemake.utils import min_version
 
-from xaipipe.config import Plan, check_config
+from xaipipe.config import setup_workflow
 
 min_version("9.0")
 
@@ -10,10 +12,12 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
-validate(config, "schemas/config.schema.yaml")
-check_config(config)
-plan = Plan(config)
-R = plan.R
+plan = setup_workflow(
+    config,
+    files=["config.yaml", *workflow.overwrite_configfiles],
+    targets=getattr(workflow.dag_settings, "targets", ()),
+)
+P = plan.P
 
 
 wildcard_constraints:
@@ -24,9 +28,19 @@ report: "report/workflow.rst"
 
 
 rule all:
+    """The experiments listed under `run:`."""
     input:
         plan.all_targets(),
     default_target: True
+
+
+for _experiment in plan.experiments:
+
+    rule:
+        name:
+            _experiment
+        input:
+            plan.experiment_targets(_experiment),
 
 
 include: "rules/data.smk"

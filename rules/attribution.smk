@@ -2,14 +2,14 @@ rule explain:
     """Attribution maps of the selected images: one Zarr store per
     (dataset, model, method, variant)."""
     input:
-        images=f"{R}/data/{{dataset}}/{{variant}}.zarr",
-        selection=f"{R}/selection/{{dataset}}/{{model}}/{config['explain']['filter']}.parquet",
+        images=lambda w: plan.model_images(w.model, w.variant),
+        selections=lambda w: plan.explain_selections(w.dataset, w.model, w.method, w.variant),
         model=lambda w: plan.model_inputs(w.model),
     output:
-        directory(f"{R}/saliency/{{dataset}}/{{model}}/{{method}}/{{variant}}.zarr"),
+        directory(P.saliency),
     threads: config["threads"]["explain"]
     log:
-        f"{R}/logs/saliency/{{dataset}}/{{model}}/{{method}}/{{variant}}.log",
+        P.log("saliency/{dataset}/{model}/{method}/{variant}"),
     resources:
         gpu=config["explain"]["gpu"],
     params:

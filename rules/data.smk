@@ -1,11 +1,11 @@
 rule image_store:
-    """Images (uint8), labels and masks of one variant of a data set."""
+    """Images (uint8), labels and masks of one variant of a data set, preprocessed."""
     output:
-        directory(f"{R}/data/{{dataset}}/{{variant}}.zarr"),
+        directory(P.images),
     log:
-        f"{R}/logs/data/{{dataset}}/{{variant}}.log",
+        P.log("data/{dataset}/{preprocess}/{variant}"),
     params:
-        job=lambda w: plan.image_store_job(w.dataset, w.variant),
+        job=lambda w: plan.image_store_job(w.dataset, w.preprocess, w.variant),
     conda:
         "../envs/xaipipe.yaml"
     script:

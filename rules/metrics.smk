@@ -1,15 +1,15 @@
 rule score:
-    """Per-image scores of one saliency store by one metric, computed on Dask."""
+    """Per-image scores of one saliency store by one metric, computed on Dask; the inputs are
+    what the metric declares it needs."""
     input:
-        saliency=f"{R}/saliency/{{dataset}}/{{model}}/{{method}}/{{variant}}.zarr",
-        images=f"{R}/data/{{dataset}}/{{variant}}.zarr",
-        fill=lambda w: plan.fill_path(w.dataset, w.metric) or [],
-        model=lambda w: plan.model_inputs(w.model),
+        unpack(
+            lambda w: plan.score_inputs(w.dataset, w.model, w.metric, w.method, w.variant)
+        ),
     output:
-        f"{R}/metrics/{{dataset}}/{{model}}/{{metric}}/{{method}}/{{variant}}.parquet",
+        P.scores,
     threads: config["threads"]["score"]
     log:
-        f"{R}/logs/metrics/{{dataset}}/{{model}}/{{metric}}/{{method}}/{{variant}}.log",
+        P.log("metrics/{dataset}/{model}/{metric}/{method}/{variant}"),
     params:
         job=lambda w: plan.score_job(w.dataset, w.model, w.metric, w.method, w.variant),
     conda:
@@ -18,21 +18,18 @@ rule score:
         "../scripts/score.py"
 
 
-rule aggregate:
-    """Mean and 95% bootstrap interval of every per-image score: CSV and Markdown."""
+rule summary:
+    """An experiment's scores aggregated per (model, variant, method, metric, score): mean and
+    bootstrap interval by default, or the metric's own aggregation."""
     input:
-        [e[1] for e in plan.aggregate_entries()],
+        unpack(lambda w: plan.summary_inputs(w.experiment)),
     output:
-        csv=report(plan.tables()["csv"], caption="../report/summary.rst", category="Tables"),
-        md=plan.tables()["md"],
+        P.summary,
     log:
-        f"{R}/logs/tables/summary.log",
+        P.log("papers/{experiment}/summary"),
     params:
-        entries=plan.aggregate_entries(),
-        n_boot=config["score"]["bootstrap"],
-        level=config["score"]["level"],
-        seed=config["seed"],
+        job=lambda w: plan.summary_job(w.experiment),
     conda:
         "../envs/xaipipe.yaml"
     script:
-        "../scripts/aggregate.py"
+        "../scripts/summary.py"

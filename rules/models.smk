@@ -1,12 +1,12 @@
 rule train_model:
     """Train a demo model on its data set's train split; weights + model.json (accuracy)."""
     input:
-        lambda w: plan.images(plan.model_cfg(w.model)["dataset"], "original"),
+        lambda w: plan.model_images(w.model, "original"),
     output:
-        weights=f"{R}/models/{{model}}/weights.pt",
-        info=f"{R}/models/{{model}}/model.json",
+        weights=P.weights,
+        info=P.model_info,
     log:
-        f"{R}/logs/models/{{model}}.log",
+        P.log("models/{model}"),
     threads: config["threads"]["train"]
     params:
         job=lambda w: plan.train_job(w.model),
@@ -19,14 +19,14 @@ rule train_model:
 rule predict:
     """Label, prediction, probabilities and top-5 of every image of a variant."""
     input:
-        images=f"{R}/data/{{dataset}}/{{variant}}.zarr",
+        images=lambda w: plan.model_images(w.model, w.variant),
         model=lambda w: plan.model_inputs(w.model),
     output:
-        f"{R}/predictions/{{dataset}}/{{model}}/{{variant}}.parquet",
+        P.predictions,
     log:
-        f"{R}/logs/predictions/{{dataset}}/{{model}}/{{variant}}.log",
+        P.log("predictions/{dataset}/{model}/{variant}"),
     params:
-        job=lambda w: plan.predict_job(w.dataset, w.model, w.variant),
+        job=lambda w: plan.predict_job(w.model),
     conda:
         "../envs/xaipipe.yaml"
     script:
@@ -34,15 +34,15 @@ rule predict:
 
 
 rule select:
-    """A selection (correct, confident, ...) from the predictions on the original images."""
+    """A selection (correct, confident, ...) from the predictions on one variant."""
     input:
-        f"{R}/predictions/{{dataset}}/{{model}}/original.parquet",
+        P.predictions,
     output:
-        f"{R}/selection/{{dataset}}/{{model}}/{{filter}}.parquet",
+        P.selection,
     log:
-        f"{R}/logs/selection/{{dataset}}/{{model}}/{{filter}}.log",
+        P.log("selection/{dataset}/{model}/{filter}/{variant}"),
     params:
-        params=lambda w: config["filters"][w.filter] or {},
+        job=lambda w: plan.select_job(w.filter),
     conda:
         "../envs/xaipipe.yaml"
     script:

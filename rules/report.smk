@@ -1,23 +1,41 @@
-rule figures:
-    """Saliency grid (images x methods) and AUC bar charts, PNG and PDF."""
+rule table:
+    """A registered table of an experiment: CSV, Markdown and LaTeX."""
     input:
-        summary=plan.tables()["csv"],
-        stores=list(plan.report_stores().values()),
-        images=plan.images(plan.datasets[0], config["report"]["variant"]),
+        P.summary,
     output:
-        grid_png=report(plan.figures()["grid_png"], caption="../report/grid.rst",
-                        category="Figures"),
-        grid_pdf=plan.figures()["grid_pdf"],
-        bars_png=report(plan.figures()["bars_png"], caption="../report/bars.rst",
-                        category="Figures"),
-        bars_pdf=plan.figures()["bars_pdf"],
+        csv=report(
+            P.fmt("table", experiment="{experiment}", table="{table}", ext="csv"),
+            caption="../report/table.rst",
+            category="{experiment}",
+            subcategory="Tables",
+        ),
+        md=P.fmt("table", experiment="{experiment}", table="{table}", ext="md"),
+        tex=P.fmt("table", experiment="{experiment}", table="{table}", ext="tex"),
     log:
-        f"{R}/logs/figures.log",
-    params:
-        stores=plan.report_stores(),
-        split=config["explain"]["split"],
-        n_images=config["report"]["images"],
+        P.log("papers/{experiment}/tables/{table}"),
     conda:
         "../envs/xaipipe.yaml"
     script:
-        "../scripts/figures.py"
+        "../scripts/table.py"
+
+
+rule figure:
+    """A registered figure of an experiment: PNG and PDF."""
+    input:
+        unpack(lambda w: plan.figure_inputs(w.experiment, w.figure)),
+    output:
+        png=report(
+            P.fmt("figure", experiment="{experiment}", figure="{figure}", ext="png"),
+            caption="../report/figure.rst",
+            category="{experiment}",
+            subcategory="Figures",
+        ),
+        pdf=P.fmt("figure", experiment="{experiment}", figure="{figure}", ext="pdf"),
+    log:
+        P.log("papers/{experiment}/figures/{figure}"),
+    params:
+        job=lambda w: plan.figure_job(w.experiment, w.figure),
+    conda:
+        "../envs/xaipipe.yaml"
+    script:
+        "../scripts/figure.py"

@@ -2,4 +2,5 @@ from xaipipe.pipeline import log_to, set_threads, train_model
 
 with log_to(snakemake.log[0]):
     set_threads(snakemake.threads)
-    train_model(snakemake.output.weights, snakemake.output.info, **snakemake.params.job)
+    train_model(snakemake.output.weights, snakemake.output.info, snakemake.input[0],
+                snakemake.params.job)

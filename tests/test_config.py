@@ -3,10 +3,12 @@ import copy
 import pytest
 import yaml
 
-from xaipipe.config import ROOT, Plan, check_config, load_config, validate_schema
+from xaipipe.config import (ROOT, Plan, check_config, check_overlays, load_config, prepare,
+                            validate_schema)
 from xaipipe.errors import ConfigError
 
 BASE = yaml.safe_load((ROOT / "config.yaml").read_text())
+TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 
 
 def cfg(**changes):
@@ -25,68 +27,162 @@ def check(c):
 
 
 def test_default_config_is_valid_and_planned():
-    c = load_config()
-    plan = Plan(c)
+    plan = Plan(load_config())
     targets = plan.all_targets()
-    assert "results/tables/summary.csv" in targets
-    assert ("results/metrics/shapes/shapes_resnet18/insertion/integrated_gradients/jpeg.parquet"
-            in targets)
-    assert "results/selection/shapes/shapes_resnet18/confident.parquet" in targets
+    assert "results/papers/demo/tables/summary.md" in targets
+    assert "results/papers/demo/figures/auc_bars.pdf" in targets
+    assert ("shapes", "shapes_resnet18", "insertion", "integrated_gradients", "jpeg") \
+        in plan.score_keys()
+    # stability compares jpeg with original maps: not scored on its reference variant
+    assert ("shapes", "shapes_resnet18", "stability", "gradcam", "jpeg") in plan.score_keys()
+    assert ("shapes", "shapes_resnet18", "stability", "gradcam", "original") \
+        not in plan.score_keys()
     job = plan.explain_job("shapes", "shapes_resnet18", "integrated_gradients", "original")
-    assert job["method"] == "integrated_gradients" and job["params"]["steps"] == 64
-    assert job["model_spec"] == {"name": "demo_resnet18",
-                                 "weights": "results/models/shapes_resnet18/weights.pt"}
+    assert job.method == "integrated_gradients" and job.params["steps"] == 64
+    assert job.params["objective"] == "logit"            # defaults filled in
+    assert job.model.arch == "demo_resnet18" and job.max_images == (100,)
+    assert plan.model_inputs("shapes_resnet18") == ["results/models/shapes_resnet18/weights.pt"]
+    # each variant is filtered on its own predictions by default
+    assert plan.explain_selections("shapes", "shapes_resnet18", "gradcam", "jpeg") == \
+        ["results/selection/shapes/shapes_resnet18/correct/jpeg.parquet"]
+    assert plan.model_images("shapes_resnet18", "jpeg") == "results/data/shapes/native/jpeg.zarr"
+
+
+def test_filter_variant_and_per_metric_filters():
+    c = check(cfg(experiments__demo__filter={"default": "correct", "pointing_game": "all"},
+                  experiments__demo__filter_variant="original"))
+    plan = Plan(c)
+    sels = plan.explain_selections("shapes", "shapes_resnet18", "gradcam", "jpeg")
+    assert sels == ["results/selection/shapes/shapes_resnet18/all/original.parquet",
+                    "results/selection/shapes/shapes_resnet18/correct/original.parquet"]
+    inputs = plan.score_inputs("shapes", "shapes_resnet18", "pointing_game", "gradcam", "jpeg")
+    assert inputs["selections"] == ["results/selection/shapes/shapes_resnet18/all/original.parquet"]
+    assert "model" not in inputs and "images" in inputs        # masks come with the images
+    st = plan.score_inputs("shapes", "shapes_resnet18", "stability", "gradcam", "jpeg")
+    assert st["other_maps"] == "results/saliency/shapes/shapes_resnet18/gradcam/original.zarr"
+    assert "model" not in st and "images" not in st
+
+
+def test_jobs_carry_filled_in_defaults_so_explicit_defaults_do_not_rerun():
+    a = Plan(check(cfg(methods__smoothgrad={"samples": 25, "noise": 0.15})))
+    b = Plan(check(cfg(methods__smoothgrad={"noise": 0.15, "samples": 25, "squared": False,
+                                            "objective": "logit"})))
+    key = ("shapes", "shapes_resnet18", "smoothgrad", "original")
+    assert repr(a.explain_job(*key)) == repr(b.explain_job(*key))
+    skey = ("shapes", "shapes_resnet18", "insertion", "smoothgrad", "original")
+    assert repr(a.score_job(*skey)) == repr(b.score_job(*skey))
+    c = Plan(check(cfg(methods__smoothgrad={"samples": 4})))
+    assert repr(c.explain_job(*key)) != repr(a.explain_job(*key))
 
 
 @pytest.mark.parametrize("path,value,match", [
-    ("explain__max_images", -3, r"config key explain.max_images: -3 is less than the minimum of 1"),
-    ("explain__target", "truth", r"explain.target: 'truth' is not one of \['label', 'pred'\]"),
+    ("experiments__demo__max_images", -3,
+     r"config key experiments.demo.max_images: -3 is less than the minimum of 1"),
+    ("experiments__demo__target", "truth", r"'truth' is not one of \['label', 'pred'\]"),
     ("device", "tpu", r"'tpu' does not match"),
     ("explain__bogus", 1, r"config key explain: Additional properties are not allowed \('bogus'"),
-    ("models__shapes_resnet18__arch", 5, r"models.shapes_resnet18.arch: 5 is not of type 'string'"),
+    ("bogus", 1, r"config key \(top level\): Additional properties are not allowed \('bogus' "
+                 r"was unexpected\); allowed keys: .*experiments"),
+    ("models__shapes_resnet18__arch", 5, r"models.shapes_resnet18.arch: 5 is not of type"),
 ])
-def test_schema_errors_name_the_key(path, value, match):
-    with pytest.raises(ConfigError, match=match):
+def test_schema_errors_are_one_line_naming_the_key(path, value, match):
+    with pytest.raises(ConfigError, match=match) as e:
         validate_schema(cfg(**{path: value}))
+    assert "\n" not in str(e.value) and len(str(e.value)) < 400
 
 
 @pytest.mark.parametrize("path,value,match", [
     ("methods__ig", {"method": "integrated_gradientz"},
-     r"unknown method 'integrated_gradientz'; available: .*integrated_gradients"),
+     r"methods.ig.method: unknown method 'integrated_gradientz'; available: .*integrated_gradients"),
     ("methods__integrated_gradients", {"steps": 64, "rule": "simpson"},
      r"methods.integrated_gradients.rule: 'simpson' is not allowed; allowed values: 'left'"),
     ("methods__smoothgrad", {"samples": 0}, r"methods.smoothgrad.samples: 0 is below"),
     ("methods__saliency", {"objective": "softmax"}, r"methods.saliency.objective.*'prob'"),
     ("metrics__insertion", {"fill": "white"}, r"metrics.insertion.fill: 'white'.*'black'"),
-    ("metrics__auc", {}, r"unknown metric 'auc'; available: deletion, insertion"),
-    ("models__shapes_resnet18__arch", "resnet9000", r"unknown model 'resnet9000'"),
+    ("metrics__auc", {}, r"metrics.auc.metric: unknown metric 'auc'; available: deletion"),
+    ("models__shapes_resnet18__arch", "resnet9000",
+     r"models.shapes_resnet18.arch: unknown model 'resnet9000'; did you mean resnet50"),
     ("models__shapes_resnet18__train", {"epochs": 0}, r"models.shapes_resnet18.train.epochs"),
-    ("variants__sharpened", {}, r"unknown variant 'sharpened'; allowed: original, jpeg, blur"),
+    ("models__shapes_resnet18__dataset", "imagenet",
+     r"models.shapes_resnet18.dataset: unknown name 'imagenet'; allowed: shapes"),
+    ("models__shapes_resnet18__preprocess", "crop224",
+     r"models.shapes_resnet18.preprocess: unknown name 'crop224'; allowed: native"),
+    ("variants__sharpened", {}, r"variants.sharpened: unknown variant 'sharpened'; "
+                                r"available: blur, jpeg, original"),
     ("variants__jpeg", {"quality": 200}, r"variants.jpeg.quality: 200 is above"),
-    ("filters__best", {}, r"unknown filter 'best'; allowed: all, correct, confident"),
-    ("explain__variants", ["original", "png"], r"explain.variants: unknown name 'png'"),
-    ("explain__methods", ["ig"], r"explain.methods: unknown name 'ig'; allowed: saliency"),
-    ("explain__filter", "top", r"explain.filter: unknown name 'top'"),
-    ("datasets__shapes__kind", "mnist", r"datasets.shapes.kind: unknown name 'mnist'"),
+    ("filters__best", {}, r"filters.best: unknown filter 'best'; available: all, confident"),
+    ("preprocess__x", {"crop": 0}, r"preprocess.x.crop: 0 is below"),
+    ("experiments__demo__variants", ["original", "png"],
+     r"experiments.demo.variants: unknown name 'png'"),
+    ("experiments__demo__methods", ["ig"], r"experiments.demo.methods: unknown name 'ig'"),
+    ("experiments__demo__filter", "top", r"experiments.demo.filter: unknown name 'top'"),
+    ("experiments__demo__filter", {"default": "correct", "pic": "confident"},
+     r"experiments.demo.filter \(metric\): unknown name 'pic'; allowed: insertion"),
+    ("experiments__demo__tables", ["summry"], r"experiments.demo.tables: unknown table 'summry'"),
+    ("experiments__demo__figures", ["grid"], r"experiments.demo.figures: unknown figure 'grid'"),
+    ("experiments__demo__report_variant", "blur",
+     r"experiments.demo.report_variant: unknown name 'blur'; allowed: original, jpeg"),
+    ("run", ["paper"], r"run: unknown name 'paper'; allowed: demo"),
+    ("datasets__shapes__kind", "mnist",
+     r"datasets.shapes.kind: unknown dataset kind 'mnist'; available: imagefolder, shapes"),
     ("datasets__shapes__num_classes", 30, r"datasets.shapes.num_classes: 30 is above"),
-    ("report__variant", "blur", r"report.variant: unknown name 'blur'"),
 ])
 def test_registry_errors_name_the_key_and_the_allowed_values(path, value, match):
     with pytest.raises(ConfigError, match=match):
         check(cfg(**{path: value}))
 
 
-def test_metric_needing_blur_requires_the_variant():
-    c = cfg(metrics__insertion={"fill": "blur"})
-    del c["variants"]["blur"]
-    with pytest.raises(ConfigError, match="needs the variant 'blur'"):
+def test_unworkable_pairs_name_both_sides():
+    c = cfg(methods__gradcam={"layer": "layer9.conv"})
+    with pytest.raises(ConfigError, match=r"experiments.demo: method 'gradcam' on model "
+                                          r"'shapes_resnet18'.*layer9.conv"):
+        check(c)
+    c = cfg(datasets__folder={"kind": "imagefolder", "root": "/nonexistent"},
+            models__folder_net={"arch": "resnet18", "weights": "random", "dataset": "folder"},
+            experiments__f={"models": ["folder_net"], "methods": ["saliency"],
+                            "metrics": ["pointing_game"]})
+    with pytest.raises(ConfigError, match=r"experiments.f: metric 'pointing_game' needs masks, "
+                                          r"which data set 'folder' \(of model 'folder_net'\)"):
+        check(c)
+    c = cfg(experiments__demo__variants=["jpeg"])
+    with pytest.raises(ConfigError, match=r"metric 'stability' compares with the maps of "
+                                          r"variant 'original'"):
         check(c)
 
 
-def test_runs_can_rename_methods_and_metrics():
-    c = check(cfg(methods={"ig8": {"method": "integrated_gradients", "steps": 8}},
-                  metrics={"ins_blur": {"metric": "insertion", "fill": "blur"}}))
-    plan = Plan(c)
-    job = plan.score_job("shapes", "shapes_resnet18", "ins_blur", "ig8", "jpeg")
-    assert job["metric_name"] == "insertion" and job["fill_path"] == "results/data/shapes/blur.zarr"
-    assert job["saliency_path"] == "results/saliency/shapes/shapes_resnet18/ig8/jpeg.zarr"
+def test_missing_dataset_root_stops_before_any_job(tmp_path):
+    c = cfg(datasets__folder={"kind": "imagefolder", "root": str(tmp_path / "nope")},
+            models__folder_net={"arch": "resnet18", "weights": "random", "dataset": "folder"},
+            experiments__f={"models": ["folder_net"], "methods": ["saliency"]})
+    prepare(copy.deepcopy(c), targets=["demo"])        # not run: not checked
+    with pytest.raises(ConfigError, match=r"datasets.folder.root: folder '.*nope' does not exist"):
+        prepare(copy.deepcopy(c), targets=["f"])
+
+
+def test_same_name_twice_with_different_contents_names_both_files(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("methods: {ig: {method: integrated_gradients, steps: 8}}\n")
+    b.write_text("methods: {ig: {method: integrated_gradients, steps: 16}}\n")
+    with pytest.raises(ConfigError, match=rf"methods.ig is defined differently in {a} and {b}"):
+        check_overlays([a, b])
+    b.write_text("methods: {ig: {method: integrated_gradients, steps: 8, rule: right}}\n")
+    check_overlays([a, b])                     # same contents once defaults are filled in
+
+
+def test_overlays_plan_only_their_experiment():
+    plan = Plan(load_config(ROOT / "config.yaml", TINY))
+    assert plan.run == ["tiny"]
+    assert all(t.startswith("results/papers/tiny/") for t in plan.all_targets())
+    # the default experiment is still defined (it can be built by name) but not run
+    assert "demo" in plan.experiments
+
+
+def test_two_experiments_share_stores_with_the_union_of_their_images():
+    c = cfg(experiments__more={"models": ["shapes_resnet18"], "methods": ["gradcam"],
+                               "metrics": ["insertion"], "max_images": 300})
+    plan = Plan(check(c))
+    job = plan.explain_job("shapes", "shapes_resnet18", "gradcam", "original")
+    assert job.max_images == (300,)
+    c["experiments"]["more"]["target"] = "pred"
+    with pytest.raises(ConfigError, match=r"experiments 'demo' and 'more' both need the maps"):
+        Plan(check(c))

@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from xaipipe.data.datasets import build_image_store, make_source
-from xaipipe.data.filters import predict, select
+from xaipipe.data.filters import select
+from xaipipe.data.predictions import predict
 from xaipipe.data.shapes import ShapesConfig, generate, render
 from xaipipe.data.store import open_images
 from xaipipe.data.variants import apply_variant
@@ -103,9 +104,10 @@ def test_imagefolder_source(tmp_path):
                 Image.fromarray(np.full((40, 60, 3), 40 * i, np.uint8)).save(
                     tmp_path / split / c / f"img{i}.JPEG")
     (tmp_path / "val" / "n01" / "notes.txt").write_text("ignored")
-    cfg = {"kind": "imagefolder", "root": str(tmp_path), "splits": {"val": "val"},
-           "resize": 36, "crop": 32}
-    build_image_store("folder", cfg, "original", {}, tmp_path / "o.zarr", progress=False)
+    cfg = {"kind": "imagefolder", "root": str(tmp_path), "splits": {"val": "val"}}
+    pp = {"resize": 36, "crop": 32}
+    build_image_store("folder", cfg, "original", {}, tmp_path / "o.zarr", progress=False,
+                      preprocess_params=pp)
     s = open_images(tmp_path / "o.zarr", "val")
     assert len(s) == 6 and s.images.shape[1:] == (3, 32, 32)
     assert s.classes == ["n01", "n02"] and s.labels.tolist() == [0, 0, 0, 1, 1, 1]
@@ -113,7 +115,8 @@ def test_imagefolder_source(tmp_path):
     Image.new("RGB", (10, 10)).save(tmp_path / "val" / "n01" / "broken.png")
     (tmp_path / "val" / "n01" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="broken.png"):
-        build_image_store("folder", cfg, "original", {}, tmp_path / "b.zarr", progress=False)
+        build_image_store("folder", cfg, "original", {}, tmp_path / "b.zarr", progress=False,
+                          preprocess_params=pp)
     assert not (tmp_path / "b.zarr").exists()
 
 
@@ -150,3 +153,20 @@ def test_predict_and_filters(tmp_path):
         select(pred, "best")
     with pytest.raises(DataError, match="prob_label"):
         select(pd.DataFrame({"image_id": [1]}), "correct")
+
+
+def test_preprocess_matches_torchvision_transforms():
+    from torchvision import transforms as T
+
+    from xaipipe.data.preprocess import preprocess
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8))
+    for params, ref in (
+            ({"resize": 40, "crop": 32}, T.Compose([T.ToTensor(), T.Resize(40), T.CenterCrop(32)])),
+            ({"resize": 36, "mode": "squash"}, T.Compose([T.ToTensor(), T.Resize((36, 36))])),
+            ({"resize": 44, "crop": 40, "interpolation": "bicubic"},
+             T.Compose([T.ToTensor(), T.Resize(44, T.InterpolationMode.BICUBIC),
+                        T.CenterCrop(40)]))):
+        want = (ref(img).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        np.testing.assert_array_equal(preprocess(img, **params), want)
+    np.testing.assert_array_equal(preprocess(img), np.asarray(img).transpose(2, 0, 1))

@@ -225,3 +225,77 @@ def test_large_step_counts_stay_within_the_memory_budget(cnn, images):
     finally:
         handle.remove()
     assert max(seen) == 20 and sum(seen) >= 3 * (1024 + 200)
+
+
+# -- image ids from content --------------------------------------------------------------------
+@pytest.mark.parametrize("name,params", [("random", {}), ("smoothgrad", {"samples": 3}),
+                                         ("integrated_gradients",
+                                          {"steps": 2, "baseline": "uniform"})])
+def test_without_ids_maps_do_not_depend_on_batching(cnn, name, params):
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    whole = explain(name, cnn, x, [0, 1, 2, 3], **params)
+    halves = torch.cat([explain(name, cnn, x[:2], [0, 1], **params),
+                        explain(name, cnn, x[2:], [2, 3], **params)])
+    assert torch.allclose(whole, halves, rtol=1e-5, atol=1e-6)
+    reordered = explain(name, cnn, x.flip(0), [3, 2, 1, 0], **params)
+    assert torch.allclose(whole, reordered.flip(0), rtol=1e-5, atol=1e-6)
+    twins = explain(name, cnn, torch.stack([x[1], x[1]]), 1, **params)
+    assert torch.allclose(twins[0], twins[1], rtol=1e-5, atol=1e-6)
+    assert torch.allclose(twins[0], whole[1], rtol=1e-5, atol=1e-6)
+    if name != "integrated_gradients":   # distinct images get distinct draws
+        assert not torch.allclose(whole[0], whole[1])
+
+
+def test_content_ids_are_stable_63_bit_hashes(images):
+    from xaipipe.explain.base import content_ids
+
+    ids = content_ids(images)
+    assert ids.dtype == torch.long and ids.shape == (3,) and (ids >= 0).all()
+    assert len(set(ids.tolist())) == 3
+    assert torch.equal(content_ids(images[1:]), ids[1:])
+    assert torch.equal(content_ids(images.double()), ids)        # hashed as float32
+    assert torch.equal(content_ids(images.flip(0)), ids.flip(0))   # non-contiguous views too
+    assert content_ids(images[:1] + 1e-6)[0] != ids[0]
+
+
+def test_run_method_leaves_every_module_in_its_mode(cnn, images):
+    cnn.train()
+    cnn.net.layer1.eval()
+    try:
+        explain("saliency", cnn, images, 0)
+        assert cnn.training and cnn.net.layer4.training and not cnn.net.layer1.training
+        assert not any(m.training for m in cnn.net.layer1.modules())
+    finally:
+        cnn.eval()
+
+
+# -- model/method pair checks ------------------------------------------------------------------
+def test_check_model_default_accepts_any_model(linear_model):
+    from xaipipe.explain import get_method
+
+    for name in ("saliency", "integrated_gradients", "random"):
+        assert get_method(name).check_model({}, linear_model, "here") is None
+
+
+def test_gradcam_check_model_names_where_and_model(linear_model):
+    from xaipipe.explain import get_method
+    from xaipipe.models import load_model
+
+    gradcam = get_method("gradcam")
+    with torch.device("meta"):
+        demo = load_model("demo_resnet18", weights="random", num_classes=4, width=4)
+    assert next(demo.parameters()).is_meta
+    for layer in (None, "layer4", "layer4.1.conv2", "net.layer4"):
+        gradcam.check_model(gradcam.check({"layer": layer}), demo, "exp.x")
+    with pytest.raises(ConfigError, match=r"^exp\.x: .*'layer9'.*'demo_resnet18'"):
+        gradcam.check_model(gradcam.check({"layer": "layer9"}), demo, "exp.x")
+    with pytest.raises(ConfigError, match=r"^exp\.y: .*'linear'.*no nn\.Conv2d"):
+        gradcam.check_model({}, linear_model, "exp.y")
+    with pytest.raises(ConfigError, match=r"^exp\.y: .*'fc2'.*'linear'"):
+        gradcam.check_model({"layer": "fc2"}, linear_model, "exp.y")
+    gradcam.check_model({"layer": "fc"}, linear_model, "exp.y")   # any named module will do
+    bare = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))          # no .name, no .layer()
+    with pytest.raises(ConfigError, match="'Sequential'"):
+        gradcam.check_model({"layer": None}, bare, "exp.z")
+    with pytest.raises(ConfigError, match="'Sequential'"):
+        gradcam.check_model({"layer": "5"}, bare, "exp.z")

@@ -102,3 +102,90 @@ def test_empty_selection_gives_empty_store_and_scores(tmp_path):
                      {"name": "demo_resnet18", "weights": "random", "width": 4},
                      tmp_path / "s.parquet", scheduler="synchronous")
     assert len(df) == 0 and (tmp_path / "s.parquet").exists()
+
+
+def test_extras_keep_trailing_dims_and_kinds_across_shards(tmp_path):
+    xr = pytest.importorskip("xarray")
+    hist = torch.rand(4, 3, 2)                                    # e.g. a (T, K) history
+    extras = {"gap": torch.arange(4.0, dtype=torch.float64), "curve": torch.rand(4, 5),
+              "history": hist, "steps": np.array([1, 2, 3, 4], np.int32),
+              "converged": np.array([True, False, True, True])}
+    with SaliencyWriter(tmp_path / "a.zarr", 4, {"method": "m"}, chunk_n=2) as w:
+        for sl in (slice(0, 3), slice(3, 4)):
+            w.write(torch.zeros(sl.stop - sl.start, 1, 4, 4), np.arange(4)[sl], np.zeros(4)[sl],
+                    {k: v[sl] for k, v in extras.items()})
+    b = write_saliency(tmp_path / "b.zarr", torch.zeros(2, 1, 4, 4), [4, 5], [0, 0],
+                       {"method": "m"}, {k: v[:2] for k, v in extras.items()})
+    s = open_saliency(tmp_path / "a.zarr")
+    assert {k: (v.shape, v.dtype) for k, v in s.extras.items()} == {
+        "gap": ((4,), np.float32), "curve": ((4, 5), np.float32),
+        "history": ((4, 3, 2), np.float32), "steps": ((4,), np.int64),
+        "converged": ((4,), np.bool_)}
+    np.testing.assert_array_equal(s.extras["history"], hist.numpy())
+    np.testing.assert_array_equal(s.extras["converged"], extras["converged"])
+    both = open_saliency([tmp_path / "a.zarr", b])
+    assert both.extras["history"].shape == (6, 3, 2)
+    np.testing.assert_array_equal(both.extras["steps"], [1, 2, 3, 4, 1, 2])
+    ds = xr.open_zarr(tmp_path / "a.zarr")
+    assert ds["history"].dims == ("index", "history_dim1", "history_dim2")
+    assert ds["curve"].sel(index=2).shape == (5,)
+
+
+def test_extras_must_agree_between_batches(tmp_path):
+    with pytest.raises(DataError, match="extra 'curve' is float32"):
+        with SaliencyWriter(tmp_path / "s.zarr", 2) as w:
+            w.write(torch.zeros(1, 1, 2, 2), [0], [0], {"curve": torch.zeros(1, 5)})
+            w.write(torch.zeros(1, 1, 2, 2), [1], [0], {"curve": torch.zeros(1, 6)})
+    with pytest.raises(DataError, match="differ from the first batch"):
+        with SaliencyWriter(tmp_path / "s.zarr", 2) as w:
+            w.write(torch.zeros(1, 1, 2, 2), [0], [0], {"gap": torch.zeros(1)})
+            w.write(torch.zeros(1, 1, 2, 2), [1], [0])
+    with pytest.raises(DataError, match="bad batch shapes"):
+        write_saliency(tmp_path / "s.zarr", torch.zeros(2, 1, 2, 2), [0, 1], [0, 0],
+                       extras={"gap": torch.zeros(3)})
+    with pytest.raises(DataError, match="reserved"):
+        write_saliency(tmp_path / "s.zarr", torch.zeros(2, 1, 2, 2), [0, 1], [0, 0],
+                       extras={"scale": torch.zeros(2)})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stores_open_in_xarray_without_warnings(tmp_path):
+    import json
+    import warnings
+
+    xr = pytest.importorskip("xarray")
+    from xaipipe.data.datasets import build_image_store
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_saliency(tmp_path / "s.zarr", torch.zeros(2, 3, 4, 4), [7, 9], [1, 1],
+                       extras={"curve": torch.zeros(2, 3)}, dtype="float16")
+        build_image_store("s", {"kind": "shapes", "image_size": 32, "train": 2, "val": 3},
+                          "original", {}, tmp_path / "o.zarr", progress=False)
+        (tmp_path / "s.zarr" / ".snakemake_timestamp").touch()     # as Snakemake leaves it
+        ds = xr.open_zarr(tmp_path / "s.zarr")
+        val = xr.open_zarr(tmp_path / "o.zarr", group="val")
+        sal = open_saliency(tmp_path / "s.zarr")
+    assert ds["index"].values.tolist() == [7, 9] and ds["curve"].shape == (2, 3)
+    assert val["index"].values.tolist() == [0, 1, 2]
+    assert val["images"].dims == ("index", "channel", "y", "x")
+    assert sal.extras["curve"].shape == (2, 3)
+    for store in ("s.zarr", "o.zarr"):                    # consolidated into the root zarr.json
+        meta = json.loads((tmp_path / store / "zarr.json").read_text())
+        assert meta["consolidated_metadata"]["metadata"]
+
+
+def test_provenance_records_versions(tmp_path):
+    import torchvision
+    import zarr
+
+    from xaipipe import __version__
+    from xaipipe.zarrio import provenance, versions
+
+    v = versions()
+    assert v == {"xaipipe_version": __version__, "torch_version": torch.__version__,
+                 "torchvision_version": torchvision.__version__,
+                 "zarr_version": zarr.__version__, "numpy_version": np.__version__}
+    assert provenance().keys() == {*v, "created"}
+    s = open_saliency(write_saliency(tmp_path / "s.zarr", torch.zeros(1, 1, 2, 2), [0], [0]))
+    assert {k: s.attrs[k] for k in v} == v and "created" in s.attrs

@@ -1,7 +1,8 @@
-"""The work of each workflow stage, as plain functions of paths and settings.
+"""The work of each workflow rule, as plain functions of (output paths, input paths, typed job).
 
 The Snakemake scripts only unpack ``snakemake.*`` and call these; everything here can be called
-(and is tested) without Snakemake.
+(and is tested) without Snakemake. The work itself lives where its name says: data/, models/,
+explain/runner.py, metrics/runner.py, report/.
 """
 from __future__ import annotations
 
@@ -9,23 +10,20 @@ import contextlib
 import logging
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
+from .config.jobs import (ExplainJob, FigureJob, ImageStoreJob, PredictJob, ScoreJob,
+                          SelectJob, SummaryJob, TrainJob)
 from .data.datasets import build_image_store
-from .data.filters import predict, select
+from .data.filters import select
+from .data.predictions import predict
 from .data.store import open_images
-from .errors import DataError
-from .explain.base import get_method
-from .metrics.aggregate import summarize, write_tables
-from .metrics.base import get_metric
-from .metrics.runner import model_from_spec, score_store
+from .explain.runner import explain_to_store
+from .metrics.runner import score_store, summarize_experiment
+from .models.spec import load_spec
 from .models.train import train_demo_model
-from .report.figures import auc_bars, saliency_grid
-from .store import SaliencyWriter, open_saliency
-from .utils import atomic_path, resolve_device
+from .utils import as_list, atomic_path, resolve_device
 
 log = logging.getLogger("xaipipe")
 
@@ -59,20 +57,22 @@ def set_threads(threads: int | None) -> None:
 
 
 # -- data --------------------------------------------------------------------------------
-def image_store(out, name, cfg, variant, variant_params, splits=None):
-    build_image_store(name, cfg, variant, variant_params, out, splits)
+def image_store(out, job: ImageStoreJob):
+    build_image_store(job.dataset, job.source, job.variant, job.variant_params, out,
+                      list(job.splits) if job.splits else None,
+                      preprocess_params=job.preprocess)
 
 
-def train_model(weights_out, info_out, arch, data_path, device="auto", **train):
-    result = train_demo_model(arch, data_path, weights_out, info_out,
-                              device=resolve_device(device), log=log.info, **train)
+def train_model(weights_out, info_out, images, job: TrainJob):
+    result = train_demo_model(job.arch, images, weights_out, info_out,
+                              device=resolve_device(job.device), log=log.info, **job.params)
     log.info("val accuracy %.4f in %.0f s", result["val_accuracy"], result["seconds"])
     return result
 
 
-def predictions(out, model_spec, images_path, split="val", device="auto", batch_size=256):
-    model = model_from_spec(model_spec, device)
-    df = predict(model, open_images(images_path, split), batch_size,
+def predictions(out, images, model_files, job: PredictJob):
+    model = load_spec(job.model, model_files, job.device)
+    df = predict(model, open_images(images, job.split), job.batch_size,
                  next(model.parameters()).device)
     with atomic_path(out) as tmp:
         df.to_parquet(tmp, index=False)
@@ -80,82 +80,40 @@ def predictions(out, model_spec, images_path, split="val", device="auto", batch_
              float((df["pred"] == df["label"]).mean()) if len(df) else float("nan"))
 
 
-def selection(out, predictions_path, name, params=None):
-    df = select(pd.read_parquet(predictions_path), name, **(params or {}))
+def selection(out, predictions_path, job: SelectJob):
+    df = select(pd.read_parquet(predictions_path), job.filter, **job.params)
     with atomic_path(out) as tmp:
         df.to_parquet(tmp, index=False)
-    log.info("filter %s keeps %d images", name, len(df))
+    log.info("filter %s keeps %d images", job.filter, len(df))
 
 
 # -- attribution -------------------------------------------------------------------------
-def explain_targets(selection_path, target: str, max_images: int | None):
-    """Image ids (sorted) and explained classes of a selection, capped at ``max_images``."""
-    sel = pd.read_parquet(selection_path).sort_values("image_id")
-    if max_images:
-        sel = sel.iloc[:max_images]
-    col = {"label": "label", "pred": "pred"}[target]
-    return (np.array(sel["image_id"], dtype=np.int64), np.array(sel[col], dtype=np.int64))
-
-
-def explain_store(out, method, params, model_spec, images_path, selection_path, split="val",
-                  target="label", max_images=None, seed=0, device="auto", batch_size=32,
-                  memory_mb=None, dtype="float32", attrs=None, progress=True):
-    """Attribution maps of the selected images into one saliency store."""
-    cls = get_method(method)
-    model = model_from_spec(model_spec, device)
-    dev = next(model.parameters()).device
-    images = open_images(images_path, split)
-    ids, targets = explain_targets(selection_path, target, max_images)
-    pos = images.positions(ids)
-    algo = cls(model, seed=seed, memory_mb=memory_mb, **params)
-    attrs = {**(attrs or {}), "method_name": method, "parameters": algo.hparams,
-             "model_spec": model_spec, "target_kind": target, "seed": seed, "split": split}
-    log.info("%s on %d images (%s), device %s", method, len(ids), images_path, dev)
-    with SaliencyWriter(out, len(ids), attrs, dtype=dtype, chunk_n=max(batch_size, 1)) as w, \
-            tqdm(total=len(ids), desc=f"{method}", disable=not progress, mininterval=2) as bar:
-        for s in range(0, len(ids), batch_size):
-            sl = slice(s, s + batch_size)
-            x = images.tensor(pos[sl], dev)
-            t = torch.as_tensor(targets[sl], device=dev)
-            model.eval()
-            res = algo.attribute(x, t, torch.as_tensor(ids[sl]))
-            w.write(res.maps, ids[sl], targets[sl], res.extras)
-            bar.update(len(ids[sl]))
+def explain_store(out, images, selections, model_files, job: ExplainJob, progress=True):
+    explain_to_store(out, images, as_list(selections), as_list(model_files), job,
+                     progress=progress)
 
 
 # -- metrics -----------------------------------------------------------------------------
-def score(out, threads=1, **job):
-    score_store(out_path=out, threads=threads, **job)
+def score(out, inputs: dict, job: ScoreJob, threads: int = 1):
+    return score_store(out, inputs, job, threads=threads)
 
 
-def aggregate(csv_out, md_out, entries, n_boot=1000, level=0.95, seed=0):
-    """``entries``: (keys, parquet path, registered metric name)."""
-    rows = [(keys, pd.read_parquet(path), get_metric(name).scalars)
-            for keys, path, name in entries]
-    summary = summarize(rows, n_boot=n_boot, level=level, seed=seed)
-    write_tables(summary, csv_out, md_out)
-    return summary
+def summary(out, scores, selections, job: SummaryJob):
+    df = summarize_experiment(as_list(scores), as_list(selections), job)
+    with atomic_path(out) as tmp:
+        df.to_csv(tmp, index=False)
+    return df
 
 
 # -- report ------------------------------------------------------------------------------
-def figures(outputs: dict, summary_csv, stores: dict, images_path, split="val", n_images=6):
-    """``stores``: method -> saliency store path (one variant)."""
-    summary = pd.read_csv(summary_csv)
-    auc_bars(summary, [outputs["bars_png"], outputs["bars_pdf"]])
-    opened = {m: open_saliency(p) for m, p in stores.items()}
-    common = None
-    for s in opened.values():
-        common = set(s.index.tolist()) if common is None else common & set(s.index.tolist())
-    ids = np.array(sorted(common or []))[:n_images]
-    if len(ids) == 0:
-        raise DataError("figures: the saliency stores share no image")
-    images = open_images(images_path, split)
-    pos = images.positions(ids)
-    maps = {m: s.saliency[pd.Index(s.index).get_indexer(ids)].compute()
-            for m, s in opened.items()}
-    masks = images.read_masks(pos)
-    names = images.classes
-    labels = images.labels[pos]
-    titles = [f"#{i} {names[y] if names else y}" for i, y in zip(ids, labels)]
-    saliency_grid(images.read(pos), maps, [outputs["grid_png"], outputs["grid_pdf"]],
-                  masks=masks, titles=titles)
+def table(outputs: dict, summary_csv, name: str):
+    from .report.tables import TABLES
+    TABLES.get(name)(pd.read_csv(summary_csv), outputs)
+
+
+def figure(outputs: dict, summary_csv, stores, images, job: FigureJob):
+    from .report.figures import FIGURES, FigureInputs
+    inputs = FigureInputs(summary=pd.read_csv(summary_csv),
+                          stores=dict(zip(job.methods, as_list(stores))), images=images,
+                          split=job.split, n_images=job.n_images, experiment=job.experiment)
+    FIGURES.get(job.figure)(inputs, [outputs["png"], outputs["pdf"]])

@@ -6,8 +6,12 @@ Layout (dimension names set, so ``xarray.open_zarr`` gives an ``index`` coordina
     index     (N,) int64   image ids
     target    (N,) int64   explained class
     scale     (N,) float32 only for float16: saliency = stored * scale (per-image max |value|)
-    <extra>   (N,) float32 per-image diagnostics (e.g. completeness_gap)
-    attrs     method, parameters, model, dataset, variant, dtype, xaipipe_version, created
+    <extra>   (N, ...) method extras with their trailing dims (diagnostics, histories,
+              curves), dims (index, <extra>_dim1, ...); float32, int64 or bool
+    attrs     method, parameters, model, dataset, variant, dtype, provenance (versions of
+              xaipipe, torch, torchvision, zarr, numpy; created)
+
+Metadata is consolidated into the root ``zarr.json`` before the store is renamed into place.
 
 A store is written under a temporary name and renamed when complete, so it is either complete
 or absent; one writer per store. NaN/inf maps are refused.
@@ -24,9 +28,10 @@ import torch
 
 from .errors import DataError
 from .utils import atomic_path
-from .zarrio import create, new_group, open_group, provenance
+from .zarrio import consolidate, create, new_group, open_group, provenance, versions
 
 DIMS = ("index", "channel", "y", "x")
+RESERVED = ("saliency", "index", "target", "scale")     # array names that are not extras
 
 
 class SaliencyWriter:
@@ -50,18 +55,22 @@ class SaliencyWriter:
 
     def __enter__(self):
         self._ctx = atomic_path(self.path)
-        tmp = self._ctx.__enter__()
-        self._group = new_group(tmp, json.loads(json.dumps(self.attrs, default=str)))
+        self._tmp = self._ctx.__enter__()
+        self._group = new_group(self._tmp, json.loads(json.dumps(self.attrs, default=str)))
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is None and self._written != self.n:
-            exc = DataError(f"{self.path}: {self._written} of {self.n} images written")
-            self._ctx.__exit__(type(exc), exc, None)
-            raise exc
-        if exc_type is None and self.n == 0:
-            # An empty selection still yields a valid (empty) store.
-            self._ensure_arrays((0, 1, 1, 1), {})
+        if exc_type is None:
+            try:
+                if self._written != self.n:
+                    raise DataError(f"{self.path}: {self._written} of {self.n} images written")
+                if self.n == 0:
+                    # An empty selection still yields a valid (empty) store.
+                    self._ensure_arrays((0, 1, 1, 1), {})
+                consolidate(self._tmp)
+            except Exception as e:
+                self._ctx.__exit__(type(e), e, e.__traceback__)
+                raise
         return self._ctx.__exit__(exc_type, exc, tb)
 
     def _ensure_arrays(self, shape, extras):
@@ -74,18 +83,23 @@ class SaliencyWriter:
         self._arrays["target"] = create(g, "target", (n,), "int64", max(n, 1), DIMS[:1])
         if self.dtype == "float16":
             self._arrays["scale"] = create(g, "scale", (n,), "float32", max(n, 1), DIMS[:1])
-        for k in extras:
-            self._arrays[k] = create(g, k, (n,), "float32", max(n, 1), DIMS[:1])
+        for k, v in extras.items():
+            dims = ("index", *(f"{k}_dim{i}" for i in range(1, v.ndim)))
+            chunk = max(n, 1) if v.ndim == 1 else self.chunk_n
+            self._arrays[k] = create(g, k, (n, *v.shape[1:]), v.dtype, chunk, dims)
 
     def write(self, maps, image_ids, targets, extras: dict | None = None):
-        """Append a batch (written in order)."""
+        """Append a batch (written in order). ``extras``: name -> (B, ...) per-image values,
+        the same names, trailing dims and kinds in every batch."""
         maps = _np(maps).astype(np.float32, copy=False)
         ids, tg = _np(image_ids).astype(np.int64), _np(targets).astype(np.int64)
-        extras = {k: _np(v).astype(np.float32) for k, v in (extras or {}).items()}
+        extras = {k: _extra(self.path, k, v) for k, v in (extras or {}).items()}
         b = maps.shape[0]
-        if maps.ndim != 4 or ids.shape != (b,) or tg.shape != (b,):
+        if maps.ndim != 4 or ids.shape != (b,) or tg.shape != (b,) or \
+                any(v.shape[0] != b for v in extras.values()):
+            shapes = {k: v.shape for k, v in extras.items()}
             raise DataError(f"{self.path}: bad batch shapes maps={maps.shape} ids={ids.shape} "
-                            f"targets={tg.shape}")
+                            f"targets={tg.shape} extras={shapes}")
         self._ensure_arrays(maps.shape, extras)
         if b == 0:
             return
@@ -95,6 +109,7 @@ class SaliencyWriter:
         if maps.shape[1:] != self._arrays["saliency"].shape[1:]:
             raise DataError(f"{self.path}: batch maps {maps.shape[1:]} do not match "
                             f"{self._arrays['saliency'].shape[1:]}")
+        self._check_extras(extras)
         sl = slice(self._written, self._written + b)
         if sl.stop > self.n:
             raise DataError(f"{self.path}: more than the declared {self.n} images written")
@@ -107,16 +122,37 @@ class SaliencyWriter:
         self._arrays["index"][sl] = ids
         self._arrays["target"][sl] = tg
         for k, v in extras.items():
-            if k not in self._arrays:
-                raise DataError(f"{self.path}: extra {k!r} appeared after the first batch")
             self._arrays[k][sl] = v
         self._written = sl.stop
+
+    def _check_extras(self, extras):
+        known = {k: a for k, a in self._arrays.items() if k not in RESERVED}
+        if set(extras) != set(known):
+            raise DataError(f"{self.path}: batch extras {sorted(extras)} differ from the first "
+                            f"batch's {sorted(known)}")
+        for k, v in extras.items():
+            if v.shape[1:] != known[k].shape[1:] or v.dtype != known[k].dtype:
+                raise DataError(f"{self.path}: extra {k!r} is {v.dtype} {v.shape[1:]} per image; "
+                                f"the first batch's was {known[k].dtype} {known[k].shape[1:]}")
 
 
 def _np(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     return np.asarray(x)
+
+
+def _extra(path, name, x) -> np.ndarray:
+    """An extra as stored: floats as float32, integers as int64, bools as bool."""
+    x = _np(x)
+    if name in RESERVED:
+        raise DataError(f"{path}: extra name {name!r} is reserved")
+    if x.ndim == 0:
+        raise DataError(f"{path}: extra {name!r} must have one value per image, got a scalar")
+    for kind, dtype in (("b", np.bool_), ("iu", np.int64), ("f", np.float32)):
+        if x.dtype.kind in kind:
+            return x.astype(dtype, copy=False)
+    raise DataError(f"{path}: extra {name!r} has dtype {x.dtype}; use float, int or bool")
 
 
 def write_saliency(path, maps, image_ids, targets, attrs: dict | None = None,
@@ -133,12 +169,13 @@ class SaliencyStore:
     index: np.ndarray             # (N,) image ids
     target: np.ndarray            # (N,)
     attrs: dict
-    extras: dict                  # name -> (N,) numpy
+    extras: dict                  # name -> (N, ...) numpy, trailing dims as written
 
 
 def open_saliency(paths) -> SaliencyStore:
     """Open one store, or several shards of one (a list of paths, concatenated along N), as a
-    dask array plus metadata. Attributes must agree across shards (except provenance)."""
+    dask array plus metadata. Attributes must agree across shards (except provenance: the
+    first shard's is returned); so must the extras (names, trailing dims)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     parts = []
@@ -151,15 +188,19 @@ def open_saliency(paths) -> SaliencyStore:
             scale = da.from_zarr(g["scale"])
             arr = arr.astype(np.float32) * scale[:, None, None, None]
         extras = {k: np.asarray(g[k]) for k in g.array_keys()
-                  if k not in ("saliency", "index", "target", "scale")}
+                  if k not in RESERVED}
         parts.append((arr, np.asarray(g["index"]), np.asarray(g["target"]), dict(g.attrs), extras))
     first = parts[0][3]
-    skip = {"created", "shard"}
+    skip = {"created", "shard", *versions()}
     for (_, _, _, attrs, _), p in zip(parts[1:], paths[1:]):
         if {k: v for k, v in attrs.items() if k not in skip} != \
                 {k: v for k, v in first.items() if k not in skip}:
             raise DataError(f"shard {p} has attributes that differ from {paths[0]}")
     extra_keys = set(parts[0][4])
+    for (_, _, _, _, ex), p in zip(parts[1:], paths[1:]):
+        if {k: v.shape[1:] for k, v in ex.items()} != \
+                {k: v.shape[1:] for k, v in parts[0][4].items()}:
+            raise DataError(f"shard {p} has extras that differ from {paths[0]}")
     return SaliencyStore(
         saliency=da.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0],
         index=np.concatenate([p[1] for p in parts]),

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -44,16 +46,38 @@ def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():
-        path.unlink()
+        path.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)              # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # PermissionError: exists, owned by another user;
+        return True                   # anything else: keep the file, to be safe
+    return True
+
+
+def _remove_stale_tmps(path: Path) -> None:
+    """Remove ``.{name}.tmp-{pid}-{hex}`` siblings of ``path`` left by killed writers (their
+    pid is not running). Temporaries of live processes and of other targets are kept."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.tmp-(\d+)-[0-9a-f]+")
+    for sib in path.parent.glob(glob.escape(f".{path.name}.tmp-") + "*"):
+        m = pattern.fullmatch(sib.name)
+        if m and int(m[1]) != os.getpid() and not _pid_alive(int(m[1])):
+            _remove(sib)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary sibling path to write a file or directory to; on success it is
     renamed to ``path`` (replacing what was there), on any error it is removed. So an output
-    is either complete or absent."""
+    is either complete or absent. Temporaries that killed runs left next to ``path`` are
+    removed first (see :func:`_remove_stale_tmps`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmps(path)
     tmp = _tmp_sibling(path)
     try:
         yield tmp
@@ -76,3 +100,12 @@ def chunks(n: int, size: int):
     size = max(1, int(size))
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))
+
+
+def as_list(x) -> list:
+    """A Snakemake input entry (a path, or a list of them, or nothing) as a list of paths."""
+    if x is None:
+        return []
+    if isinstance(x, (str, os.PathLike)):
+        return [str(x)]
+    return [str(p) for p in x]

@@ -1,7 +1,14 @@
-"""Zarr v3 helpers shared by the image store and the saliency store."""
+"""Zarr v3 helpers shared by the image store and the saliency store.
+
+Stores are written with consolidated metadata (all array and group metadata inlined in the
+root ``zarr.json``), so ``xarray.open_zarr`` opens them in one read and without warnings, and
+a stray file in a store directory (Snakemake's ``.snakemake_timestamp``) is never listed.
+"""
 from __future__ import annotations
 
 import datetime as _dt
+import functools
+import importlib
 import warnings
 from pathlib import Path
 
@@ -14,10 +21,30 @@ from .errors import DataError
 COMPRESSOR = zarr.codecs.ZstdCodec(level=3)
 # Snakemake drops a `.snakemake_timestamp` file into directory() outputs; it is not ours.
 warnings.filterwarnings("ignore", message=r"Object at \.snakemake_timestamp")
+_PACKAGES = ("torch", "torchvision", "zarr", "numpy")
+
+
+def versions() -> dict:
+    """``{"xaipipe_version": ..., "torch_version": ..., ...}``: the software that writes an
+    output (torchvision, zarr, numpy too). Modules' own ``__version__``, so torch's build tag
+    (``2.x+cu130``) is kept; None for a package that is not installed."""
+    return dict(_versions())
+
+
+@functools.cache
+def _versions() -> tuple:
+    out = [("xaipipe_version", __version__)]
+    for pkg in _PACKAGES:
+        try:
+            out.append((f"{pkg}_version", importlib.import_module(pkg).__version__))
+        except ImportError:
+            out.append((f"{pkg}_version", None))
+    return tuple(out)
 
 
 def provenance() -> dict:
-    return {"xaipipe_version": __version__,
+    """:func:`versions` plus the UTC creation time (``created``)."""
+    return {**versions(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -26,6 +53,16 @@ def new_group(path, attrs: dict | None = None) -> zarr.Group:
     if attrs:
         g.attrs.update(attrs)
     return g
+
+
+def consolidate(path) -> None:
+    """Inline all metadata into the root ``zarr.json`` (call once the store is complete).
+
+    zarr 3 warns that consolidated metadata is not (yet) part of the v3 spec; zarr-python and
+    xarray read it, so that one warning is silenced here, and only here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        zarr.consolidate_metadata(str(path))
 
 
 def create(group: zarr.Group, name: str, shape, dtype, chunk_n: int, dims) -> zarr.Array:
@@ -44,10 +81,12 @@ def put(group: zarr.Group, name: str, data: np.ndarray, dims, chunk_n: int | Non
 
 
 def open_group(path) -> zarr.Group:
+    """Open a store read-only; its consolidated metadata is used when present (zarr's
+    ``use_consolidated=None``), so older stores without it still open."""
     p = Path(path)
     if not p.exists():
         raise DataError(f"zarr store {str(p)!r} does not exist")
     try:
-        return zarr.open_group(str(p), mode="r")
+        return zarr.open_group(str(p), mode="r", use_consolidated=None)
     except Exception as e:  # noqa: BLE001
         raise DataError(f"cannot open zarr store {str(p)!r}: {e}") from e

@@ -1,12 +1,14 @@
 """Data sets: where images come from, and how a variant store is built from them.
 
-A data set *kind* is a source class with declared parameters:
+A data set *kind* is a :class:`Source` subclass with declared parameters, registered in
+:data:`DATASETS`:
 - ``shapes``: the offline synthetic demo (:mod:`xaipipe.data.shapes`), with object masks
 - ``imagefolder``: ``root/<split>/<class>/*`` (the torchvision ImageFolder layout, e.g. an
-  ImageNet copy with class sub-folders in sorted WordNet-id order), resized and cropped
+  ImageNet copy with class sub-folders in sorted WordNet-id order)
 
 Building a store (:func:`build_image_store`) decodes each image, applies the variant to the
-full-resolution image, then the preprocessing, and writes uint8 arrays in chunks.
+full-resolution image, then the preprocessing (:mod:`xaipipe.data.preprocess`, a catalog entry
+of its own), and writes uint8 arrays in chunks.
 """
 from __future__ import annotations
 
@@ -14,26 +16,32 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from ..errors import ConfigError, DataError
 from ..params import Param, check_params
+from ..registry import Registry
+from .preprocess import check_preprocess, preprocess
 from .shapes import SPLITS, ShapesConfig, render
 from .store import ImageStoreWriter
 from .variants import apply_variant
 
 
+DATASETS = Registry("dataset kind")
+
+
 class Source:
-    kind: ClassVar[str] = ""
+    name: ClassVar[str] = ""            # the kind, as registered
     params: ClassVar[dict[str, Param]] = {}
     has_masks: ClassVar[bool] = False
 
     def __init__(self, name: str, **params):
-        self.name = name
+        self.dataset = name
         self.p = check_params(self.params, params, f"datasets.{name}")
+
+    def check_files(self) -> None:
+        """Raise :class:`DataError` naming the key and path if the data are not there."""
 
     def split_sizes(self) -> dict[str, int]:
         raise NotImplementedError
@@ -45,13 +53,10 @@ class Source:
         """(full-resolution RGB image, label, mask or None) of image ``i`` of ``split``."""
         raise NotImplementedError
 
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        """PIL RGB -> uint8 (3, H, W) at model resolution."""
-        return np.asarray(image.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
 
-
+@DATASETS.register
 class ShapesSource(Source):
-    kind = "shapes"
+    name = "shapes"
     has_masks = True
     params = {
         "kind": Param("shapes", str),
@@ -78,15 +83,13 @@ class ShapesSource(Source):
         return Image.fromarray(img, "RGB"), label, mask
 
 
+@DATASETS.register
 class FolderSource(Source):
-    kind = "imagefolder"
+    name = "imagefolder"
     params = {
         "kind": Param("imagefolder", str),
         "root": Param(None, str, doc="folder with one sub-folder per split"),
         "splits": Param({"val": "val"}, dict, doc="split name -> sub-folder of root"),
-        "resize": Param(256, int, min=1, doc="resize size (shorter side, or both with squash)"),
-        "resize_mode": Param("shorter", str, ("shorter", "squash")),
-        "crop": Param(224, int, min=1, doc="centre-crop size (equal to resize: no crop)"),
         "limit": Param(None, int, min=1, doc="use only the first N images (sorted) per split"),
     }
     EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -98,21 +101,30 @@ class FolderSource(Source):
         self.root = Path(self.p["root"]).expanduser()
         self._files: dict[str, list[tuple[Path, int]]] = {}
 
+    def check_files(self):
+        if not self.root.is_dir():
+            raise ConfigError(f"datasets.{self.dataset}.root: folder {str(self.root)!r} does "
+                              f"not exist")
+        for split, sub in self.p["splits"].items():
+            if not (self.root / sub).is_dir():
+                raise ConfigError(f"datasets.{self.dataset}.splits.{split}: folder "
+                                  f"{str(self.root / sub)!r} does not exist")
+
     def classes(self):
         for sub in self.p["splits"].values():
             d = self.root / sub
             if d.is_dir():
                 return sorted(c.name for c in d.iterdir() if c.is_dir())
-        raise DataError(f"datasets.{self.name}: none of the split folders "
+        raise DataError(f"datasets.{self.dataset}: none of the split folders "
                         f"{[str(self.root / s) for s in self.p['splits'].values()]} exists")
 
     def files(self, split):
         if split not in self._files:
             if split not in self.p["splits"]:
-                raise ConfigError(f"datasets.{self.name}.splits: no split {split!r}")
+                raise ConfigError(f"datasets.{self.dataset}.splits: no split {split!r}")
             d = self.root / self.p["splits"][split]
             if not d.is_dir():
-                raise DataError(f"datasets.{self.name}: split folder {str(d)!r} does not exist")
+                raise DataError(f"datasets.{self.dataset}: split folder {str(d)!r} does not exist")
             index = {c: i for i, c in enumerate(self.classes())}
             files = sorted((f, index[f.parent.name]) for f in d.glob("*/*")
                            if f.suffix.lower() in self.EXTENSIONS and f.parent.name in index)
@@ -132,43 +144,32 @@ class FolderSource(Source):
         except Exception as e:  # noqa: BLE001
             raise DataError(f"cannot read image {str(path)!r}: {e}") from e
 
-    def preprocess(self, image):
-        x = TF.to_dtype(TF.to_image(image), torch.float32, scale=True)
-        size = self.p["resize"]
-        x = TF.resize(x, [size, size] if self.p["resize_mode"] == "squash" else [size],
-                      antialias=True)
-        x = TF.center_crop(x, [self.p["crop"]] * 2)
-        return (x.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
-
-SOURCES = {c.kind: c for c in (ShapesSource, FolderSource)}
-
-
-def make_source(name: str, cfg: dict) -> Source:
+def make_source(name: str, cfg: dict | None) -> Source:
+    cfg = cfg or {}
     kind = cfg.get("kind", "shapes")
-    if kind not in SOURCES:
-        raise ConfigError(f"datasets.{name}.kind: unknown kind {kind!r}; "
-                          f"allowed: {', '.join(SOURCES)}")
-    return SOURCES[kind](name, **cfg)
+    return DATASETS.get(kind, f"datasets.{name}.kind")(name, **cfg)
 
 
 def build_image_store(name: str, cfg: dict, variant: str, variant_params: dict, out,
                       splits: list[str] | None = None, chunk: int = 256,
-                      progress: bool = True) -> None:
-    """Write ``out`` (``{variant}.zarr``) with the given splits of data set ``name``."""
+                      progress: bool = True, preprocess_params: dict | None = None) -> None:
+    """Write ``out`` (``{variant}.zarr``) with the given splits of data set ``name``, each image
+    through the variant (full resolution), then the preprocessing."""
     src = make_source(name, cfg)
+    pp = check_preprocess(preprocess_params)
     sizes = src.split_sizes()
     splits = list(sizes) if splits is None else splits
     for s in splits:
         if s not in sizes:
             raise ConfigError(f"datasets.{name}: no split {s!r}; it has {sorted(sizes)}")
-    attrs = {"dataset": name, "kind": src.kind, "variant": variant,
-             "variant_params": variant_params, "classes": src.classes(),
+    attrs = {"dataset": name, "kind": src.name, "variant": variant,
+             "variant_params": variant_params, "preprocess": pp, "classes": src.classes(),
              "source_params": {k: v for k, v in src.p.items()}}
     with ImageStoreWriter(out, attrs, chunk_n=chunk) as w:
         for split in splits:
             n = sizes[split]
-            first = src.preprocess(apply_variant(variant, src.item(split, 0)[0], **variant_params)) \
+            first = preprocess(apply_variant(variant, src.item(split, 0)[0], **variant_params), **pp) \
                 if n else np.zeros((3, 1, 1), np.uint8)
             h, wd = first.shape[1:]
             w.add_split(split, n, h, wd, masks=src.has_masks)
@@ -179,7 +180,7 @@ def build_image_store(name: str, cfg: dict, variant: str, variant_params: dict, 
                 imgs, labels, masks = [], [], []
                 for i in range(start, stop):
                     img, label, mask = src.item(split, i)
-                    arr = src.preprocess(apply_variant(variant, img, **variant_params))
+                    arr = preprocess(apply_variant(variant, img, **variant_params), **pp)
                     if arr.shape != first.shape:
                         raise DataError(f"datasets.{name}: image {i} of {split} has shape "
                                         f"{arr.shape}, expected {first.shape}")
@@ -193,4 +194,4 @@ def build_image_store(name: str, cfg: dict, variant: str, variant_params: dict, 
             bar.close()
 
 
-__all__ = ["SOURCES", "SPLITS", "Source", "build_image_store", "make_source"]
+__all__ = ["DATASETS", "SPLITS", "Source", "build_image_store", "make_source"]

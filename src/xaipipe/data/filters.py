@@ -1,65 +1,51 @@
-"""Predictions per variant and the image selections built from them (`metrics.md` §2.3-2.4).
+"""Image selections from a model's predictions on one variant (`metrics.md` §2.3-2.4).
 
 - ``all``: every image
 - ``correct``: top-1 prediction equals the label (the IDGI study's "predictions set")
 - ``confident``: correct **and** label probability strictly above ``threshold`` (0.8: the
   "probas set"; the reference code uses >, not >=)
+
+A filter is a function ``keep(predictions, **params) -> bool array`` registered in
+:data:`FILTERS` with its declared ``params``.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
-from tqdm import tqdm
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..params import Param, check_params
-from .store import ImageSet
+from ..registry import Registry
 
-FILTERS: dict[str, dict[str, Param]] = {
-    "all": {},
-    "correct": {},
-    "confident": {"threshold": Param(0.8, float, min=0.0, max=1.0,
-                                     doc="label probability must be strictly above this")},
-}
-PREDICTION_COLUMNS = ["image_id", "label", "pred", "prob_label", "prob_pred", "logit_label",
-                      "top5"]
+FILTERS = Registry("filter")
+
+
+def _filter(params: dict[str, Param], name: str | None = None):
+    def wrap(fn):
+        fn.params = params
+        return FILTERS.register(fn, name=name)
+    return wrap
+
+
+@_filter({}, name="all")
+def every(predictions: pd.DataFrame) -> np.ndarray:
+    return np.ones(len(predictions), bool)
+
+
+@_filter({})
+def correct(predictions: pd.DataFrame) -> np.ndarray:
+    return (predictions["pred"] == predictions["label"]).to_numpy()
+
+
+@_filter({"threshold": Param(0.8, float, min=0.0, max=1.0,
+                             doc="label probability must be strictly above this")})
+def confident(predictions: pd.DataFrame, threshold: float) -> np.ndarray:
+    return correct(predictions) & (predictions["prob_label"] > threshold).to_numpy()
 
 
 def check_filter(name: str, params: dict | None = None, where: str | None = None) -> dict:
-    if name not in FILTERS:
-        raise ConfigError(f"{where or 'filters'}: unknown filter {name!r}; "
-                          f"allowed: {', '.join(FILTERS)}")
-    return check_params(FILTERS[name], params or {}, where or f"filters.{name}")
-
-
-@torch.no_grad()
-def predict(model, images: ImageSet, batch_size: int = 256, device="cpu",
-            progress: bool = True) -> pd.DataFrame:
-    """One row per image: label, predicted class, label/pred probability, label logit, top-5."""
-    rows = []
-    n = len(images)
-    for start in tqdm(range(0, n, batch_size), desc="predict", disable=not progress,
-                      mininterval=2):
-        pos = np.arange(start, min(n, start + batch_size))
-        logits = model(images.tensor(pos, device)).float()
-        prob = torch.softmax(logits, 1)
-        labels = torch.as_tensor(images.labels[pos], device=logits.device)
-        pred = prob.argmax(1)
-        k = min(5, prob.shape[1])
-        top = prob.topk(k, 1).indices.cpu().numpy()
-        rows.append(pd.DataFrame({
-            "image_id": images.index[pos],
-            "label": images.labels[pos],
-            "pred": pred.cpu().numpy(),
-            "prob_label": prob.gather(1, labels[:, None]).squeeze(1).cpu().numpy(),
-            "prob_pred": prob.max(1).values.cpu().numpy(),
-            "logit_label": logits.gather(1, labels[:, None]).squeeze(1).cpu().numpy(),
-            "top5": list(top),
-        }))
-    if not rows:
-        return pd.DataFrame({c: [] for c in PREDICTION_COLUMNS})
-    return pd.concat(rows, ignore_index=True)
+    fn = FILTERS.get(name, where)
+    return check_params(fn.params, params or {}, where or f"filters.{name}")
 
 
 def select(predictions: pd.DataFrame, name: str, **params) -> pd.DataFrame:
@@ -68,10 +54,11 @@ def select(predictions: pd.DataFrame, name: str, **params) -> pd.DataFrame:
     missing = {"image_id", "label", "pred", "prob_label"} - set(predictions.columns)
     if missing:
         raise DataError(f"predictions lack the columns {sorted(missing)}")
-    if name == "all":
-        keep = np.ones(len(predictions), bool)
-    else:
-        keep = (predictions["pred"] == predictions["label"]).to_numpy()
-        if name == "confident":
-            keep = keep & (predictions["prob_label"] > p["threshold"]).to_numpy()
+    keep = FILTERS.get(name)(predictions, **p)
     return predictions.loc[keep].reset_index(drop=True)
+
+
+def selected_ids(selection: pd.DataFrame, max_images: int | None = None) -> pd.DataFrame:
+    """The first ``max_images`` rows of a selection, by image id."""
+    sel = selection.sort_values("image_id", kind="stable")
+    return sel.iloc[:max_images] if max_images else sel

@@ -1,13 +1,22 @@
 """The image store (Zarr v3): ``results/data/{dataset}/{variant}.zarr``.
 
-One group per split (``train``, ``val``), each with::
+Layout (every array chunked along N only, Zstd-compressed, with dimension names, so
+``xarray.open_zarr(path, group=split)`` opens a split with an ``index`` coordinate)::
 
-    images  (N, 3, H, W) uint8, chunked along N
-    labels  (N,) int64
-    index   (N,) int64 image ids (stable across variants: the position in the split)
-    masks   (N, H, W) bool   ground-truth object masks, where the data set has them
+    /                       root group, no arrays; attributes:
+                              dataset, kind, variant, variant_params, classes (list of names,
+                              label i -> classes[i]), source_params, and the provenance
+                              (xaipipe/torch/torchvision/zarr/numpy ``*_version``, ``created``)
+    /{split}/               one group per split written (``train``, ``val``), no attributes
+        images  (N, 3, H, W) uint8  dims (index, channel, y, x)  RGB, preprocessed, variant applied
+        labels  (N,)         int64  dims (index,)                class of each image
+        index   (N,)         int64  dims (index,)                image ids: the position in the
+                                                                 split, stable across variants
+        masks   (N, H, W)    bool   dims (index, y, x)           ground-truth object masks; only
+                                                                 where the data set has them
 
-Root attributes: dataset, kind, variant, variant parameters, classes, provenance.
+H and W are the same for every image of a split. Metadata is consolidated into the root
+``zarr.json``; the store is written under a temporary name and renamed when complete.
 """
 from __future__ import annotations
 
@@ -19,7 +28,7 @@ import zarr
 
 from ..errors import DataError
 from ..utils import atomic_path
-from ..zarrio import create, new_group, open_group, provenance
+from ..zarrio import consolidate, create, new_group, open_group, provenance
 
 IMG_DIMS = ("index", "channel", "y", "x")
 
@@ -36,16 +45,21 @@ class ImageStoreWriter:
 
     def __enter__(self):
         self._ctx = atomic_path(self.path)
-        self._root = new_group(self._ctx.__enter__(), {**self.attrs, **provenance()})
+        self._tmp = self._ctx.__enter__()
+        self._root = new_group(self._tmp, {**self.attrs, **provenance()})
         return self
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
-            short = {s: (self._pos[s], n) for s, n in self._n.items() if self._pos[s] != n}
-            if short:
-                exc = DataError(f"{self.path}: incomplete splits (written, expected): {short}")
-                self._ctx.__exit__(type(exc), exc, None)
-                raise exc
+            try:
+                short = {s: (self._pos[s], n) for s, n in self._n.items() if self._pos[s] != n}
+                if short:
+                    raise DataError(f"{self.path}: incomplete splits (written, expected): "
+                                    f"{short}")
+                consolidate(self._tmp)
+            except Exception as e:
+                self._ctx.__exit__(type(e), e, e.__traceback__)
+                raise
         return self._ctx.__exit__(exc_type, exc, tb)
 
     def add_split(self, split: str, n: int, height: int, width: int, masks: bool) -> None:

@@ -8,6 +8,7 @@ no normalisation) as float32 on the images' device: (N, C, H, W) for pixel attri
 """
 from __future__ import annotations
 
+import hashlib
 import weakref
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -26,7 +27,16 @@ GRAD_SPACE_PARAM = Param("pixel", str, ("pixel", "normalized"),
 
 @dataclass
 class Attribution:
-    """Maps plus per-image diagnostics (e.g. IG's completeness gap), each of shape (N,)."""
+    """What a method returns: the maps and per-image extras.
+
+    ``maps``: float32 on the images' device, (N, C, H, W) for pixel attributions or
+    (N, 1, H, W) for single-channel maps (``Method.channels == "single"``).
+
+    ``extras``: name -> tensor whose leading dim is N (one entry per image, in the order of
+    the images), with any trailing dims: a completeness gap (N,), a mask history (N, T),
+    per-step loss terms (N, T, K). Like the maps, extras do not depend on how the images are
+    split into batches, so the store can write them next to the maps chunk by chunk.
+    """
     maps: torch.Tensor
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -56,10 +66,37 @@ class Method:
     def check(cls, params: dict, where: str | None = None) -> dict:
         return check_params(cls.params, params, where or f"method {cls.name!r}")
 
+    @classmethod
+    def check_model(cls, params: dict, model: nn.Module, where: str) -> None:
+        """Whether this method (with ``params``) can run on ``model`` at all, checked before
+        any job runs; raises :class:`~xaipipe.errors.ConfigError` naming ``where`` and the
+        model if not (GradCAM on a model without the named layer, GradMask on a CNN).
+        Must only inspect the model's structure, never run it: the model may be built on the
+        meta device. Default: every model works."""
+        return None
+
     # -- to implement ---------------------------------------------------------------------
     def attribute(self, images: torch.Tensor, target: torch.Tensor,
                   image_ids: torch.Tensor | None = None) -> Attribution:
+        """Raw maps of prepared inputs: float32 images (N, C, H, W), long targets (N,) on the
+        images' device and int64 image ids (N,) on the CPU (see :meth:`run`)."""
         raise NotImplementedError
+
+    def run(self, images: torch.Tensor, target, image_ids=None) -> Attribution:
+        """:meth:`attribute` with its inputs checked and completed: a scalar target applies to
+        every image; without ``image_ids`` each image's id is a hash of its bytes
+        (:func:`content_ids`), so random draws never depend on batching. The model runs in eval
+        mode and every module is left in the mode it was in."""
+        images, target, image_ids = _prepare(images, target, image_ids)
+        modes = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        try:
+            out = self.attribute(images, target, image_ids)
+        finally:
+            for m, training in modes:
+                m.training = training
+        out.maps = out.maps.float()
+        return out
 
     # -- shared helpers -------------------------------------------------------------------
     def seed_parts(self, image_id: int, *extra) -> tuple:
@@ -110,11 +147,22 @@ def _prepare(images: torch.Tensor, target, image_ids):
     if target.numel() != n:
         raise ValueError(f"target has {target.numel()} entries for {n} images")
     if image_ids is None:
-        image_ids = torch.arange(n)
+        image_ids = content_ids(images)
     image_ids = torch.as_tensor(image_ids).long().reshape(-1).cpu()
     if image_ids.numel() != n:
         raise ValueError(f"image_ids has {image_ids.numel()} entries for {n} images")
     return images, target, image_ids
+
+
+def content_ids(images: torch.Tensor) -> torch.Tensor:
+    """One id per image from its content: the first 63 bits of the SHA-256 of the image's
+    shape and float32 bytes (taken on the CPU, so the same on every device and in every run).
+    Identical images get identical ids, whatever batch they come in. int64 (N,) on the CPU."""
+    cpu = images.detach().to("cpu", torch.float32).contiguous()
+    head = repr(tuple(cpu.shape[1:])).encode()
+    ids = [int.from_bytes(hashlib.sha256(head + img.numpy().tobytes()).digest()[:8], "little")
+           >> 1 for img in cpu]
+    return torch.tensor(ids, dtype=torch.long).reshape(-1)
 
 
 def gradient(model: nn.Module, points: torch.Tensor, target: torch.Tensor, objective_name: str,
@@ -197,7 +245,12 @@ def explain(name: str, model: nn.Module, images: torch.Tensor, target, *,
     """Attribution maps of ``images`` for ``target`` by the method ``name``.
 
     Returns a float32 tensor on ``images.device``: (N, C, H, W) for pixel attributions,
-    (N, 1, H, W) for single-channel maps. See :func:`available_methods`."""
+    (N, 1, H, W) for single-channel maps. See :func:`available_methods`.
+
+    ``image_ids`` (N ints) seed each image's random draws together with ``seed``, the method
+    and its hyper-parameters; without them an image's id is a hash of its bytes. Either way
+    the maps of an image do not depend on the batch it comes in, its position or the memory
+    budget (``memory_mb``, ``max_batch``)."""
     return run_method(name, model, images, target, image_ids=image_ids, seed=seed,
                       memory_mb=memory_mb, max_batch=max_batch, **params).maps
 
@@ -208,12 +261,4 @@ def run_method(name: str, model: nn.Module, images: torch.Tensor, target, *, ima
     """Like :func:`explain` but returns the :class:`Attribution` with its diagnostics."""
     method = get_method(name)(model, seed=seed, memory_mb=memory_mb, max_batch=max_batch,
                               **params)
-    images, target, image_ids = _prepare(images, target, image_ids)
-    was_training = model.training
-    model.eval()
-    try:
-        out = method.attribute(images, target, image_ids)
-    finally:
-        model.train(was_training)
-    out.maps = out.maps.float()
-    return out
+    return method.run(images, target, image_ids)

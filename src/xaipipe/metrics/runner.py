@@ -1,14 +1,16 @@
-"""Score a saliency store with a metric on Dask.
+"""Score a saliency store with a metric on Dask, and aggregate an experiment's scores.
 
-The maps and the images are read from their Zarr stores as dask arrays, aligned by image id
-and chunked alike; each chunk becomes one task that loads the model once per worker process
-(cached) and calls the metric on the whole chunk, so model calls are batched. The result is
-one row per image, written atomically to parquet.
+The runner gives a metric exactly what it declares in ``needs`` (:class:`MetricInputs`): the
+maps, and where declared the model, the explained images, another variant's images or maps,
+the ground-truth masks, the method's extras. Maps and images are read from Zarr as dask arrays
+aligned by image id and chunked alike; each chunk is one task that loads the model once per
+worker process (cached) and calls the metric on the whole chunk, so model calls are batched.
+The result is one row per image (scalars and curves), written atomically to parquet with the
+provenance (metric and method parameters, versions) in its metadata.
 """
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 
@@ -16,24 +18,19 @@ import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
+from ..data.filters import selected_ids
 from ..data.store import open_images
+from ..models.spec import load_spec
 from ..store import open_saliency
-from ..utils import atomic_path, resolve_device
-from .base import get_metric
+from ..utils import as_list, atomic_path, derive_seed
+from ..zarrio import versions
+from .base import MetricInputs, get_metric
 
-
-@functools.lru_cache(maxsize=4)
-def _cached_model(spec_json: str, device: str):
-    from ..models import load_model
-    spec = json.loads(spec_json)
-    return load_model(spec.pop("name"), device=device, **spec)
-
-
-def model_from_spec(spec: dict, device="auto"):
-    """A model from a JSON-able spec ``{"name": ..., "weights": ..., **kw}``, cached per process."""
-    return _cached_model(json.dumps(spec, sort_keys=True), str(resolve_device(device)))
+PROVENANCE_KEY = b"xaipipe"
 
 
 @contextlib.contextmanager
@@ -56,15 +53,27 @@ def dask_client(scheduler: str | None = "local", threads: int = 1):
             yield client
 
 
-def _score_chunk(metric_name, metric_params, model_spec, device, batch_size, maps, images,
-                 targets, ids, fill):
-    metric = get_metric(metric_name)(**metric_params)
-    model = model_from_spec(model_spec, device)
-    dev = next(model.parameters()).device
-    x = torch.from_numpy(np.asarray(images)).to(dev).float().div_(255)
-    f = None if fill is None else torch.from_numpy(np.asarray(fill)).to(dev).float().div_(255)
-    out = metric.compute(model, x, torch.from_numpy(np.asarray(maps)).to(dev),
-                         torch.from_numpy(np.asarray(targets)).to(dev), f, batch_size)
+def _tensor(block, scale=None):
+    if block is None:
+        return None
+    t = torch.from_numpy(np.ascontiguousarray(block))
+    return t.float().div_(scale) if scale else t
+
+
+def _score_chunk(metric_name, params, model_spec, model_files, device, batch_size, ids,
+                 targets, extras, maps, images, other_images, other_maps, masks):
+    metric = get_metric(metric_name)(**params)
+    model = load_spec(model_spec, model_files, device) if model_spec is not None else None
+    dev = next(model.parameters()).device if model is not None else torch.device("cpu")
+
+    def on(t):
+        return None if t is None else t.to(dev)
+    inputs = MetricInputs(
+        ids=np.asarray(ids), target=torch.as_tensor(np.asarray(targets)).long().to(dev),
+        maps=on(_tensor(maps)), model=model, images=on(_tensor(images, 255)),
+        other_images=on(_tensor(other_images, 255)), other_maps=on(_tensor(other_maps)),
+        masks=on(_tensor(masks)), extras=extras, batch_size=batch_size)
+    out = metric(inputs)
     out.pop("fractions", None)
     cols = {"image_id": np.asarray(ids), "target": np.asarray(targets)}
     for k, v in out.items():
@@ -73,42 +82,118 @@ def _score_chunk(metric_name, metric_params, model_spec, device, batch_size, map
     return pd.DataFrame(cols)
 
 
-def score_store(metric_name: str, metric_params: dict, saliency_path, images_path,
-                model_spec: dict, out_path, *, split: str = "val", fill_path=None,
-                device="auto", batch_size: int = 256, scheduler: str | None = "local",
-                threads: int = 1) -> pd.DataFrame:
-    """Per-image scores of the maps in ``saliency_path``; written to ``out_path`` (parquet)."""
-    metric = get_metric(metric_name)(**metric_params)
-    sal = open_saliency(saliency_path)
-    images = open_images(images_path, split)
-    pos = images.positions(sal.index)
-    chunks = sal.saliency.chunks[0]
-    img_da = da.from_zarr(images.images)[pos].rechunk((chunks, -1, -1, -1))
-    fill_da = None
-    if metric.fill_variant():
-        if fill_path is None:
-            raise ValueError(f"metric {metric_name!r} needs the {metric.fill_variant()!r} "
-                             f"variant images (fill_path)")
-        fill_set = open_images(fill_path, split)
-        fill_da = da.from_zarr(fill_set.images)[fill_set.positions(sal.index)].rechunk(
-            (chunks, -1, -1, -1))
-    bounds = np.cumsum((0,) + chunks)
-    maps_blocks = sal.saliency.to_delayed().ravel()
-    img_blocks = img_da.to_delayed().ravel()
-    fill_blocks = fill_da.to_delayed().ravel() if fill_da is not None else [None] * len(chunks)
+def _rows(arr, pos, chunks):
+    """Rows ``pos`` of a zarr/dask array as a dask array chunked like ``chunks``."""
+    if arr is None:
+        return None
+    a = arr if isinstance(arr, da.Array) else da.from_zarr(arr)
+    return a[pos].rechunk((chunks,) + (-1,) * (a.ndim - 1))
+
+
+def _blocks(a, n_chunks):
+    return list(a.to_delayed().ravel()) if a is not None else [None] * n_chunks
+
+
+def score_store(out, inputs: dict, job, *, threads: int = 1) -> pd.DataFrame:
+    """Per-image scores of ``inputs["saliency"]`` by ``job.metric``, written to ``out``.
+
+    ``inputs``: saliency, selections, and what the metric needs: images, other_images,
+    other_maps, model (the rule's named inputs)."""
+    cls = get_metric(job.metric)
+    metric = cls(**job.params)
+    sal = open_saliency(inputs["saliency"])
+    wanted = set(_requested_ids(as_list(inputs["selections"]), job.max_images))
+    keep = np.isin(sal.index, list(wanted))
+    other = None
+    if "other_maps" in metric.needs:
+        other = open_saliency(inputs["other_maps"])
+        keep &= np.isin(sal.index, other.index)
+    pos = np.flatnonzero(keep)
+    ids, targets = sal.index[pos], sal.target[pos]
+    chunk = max(1, sal.saliency.chunks[0][0] if sal.saliency.chunks[0] else 1)
+    arrays = {"maps": _rows(sal.saliency, pos, chunk)}
+    split = job.split
+    if "images" in inputs:
+        imgs = open_images(inputs["images"], split)
+        ipos = imgs.positions(ids)
+        if "images" in metric.needs:
+            arrays["images"] = _rows(imgs.images, ipos, chunk)
+        if "masks" in metric.needs:
+            if imgs.masks is None:
+                raise ValueError(f"metric {job.metric!r} needs masks; {inputs['images']} has none")
+            arrays["masks"] = _rows(imgs.masks, ipos, chunk)
+    if "other_images" in metric.needs:
+        oi = open_images(inputs["other_images"], split)
+        arrays["other_images"] = _rows(oi.images, oi.positions(ids), chunk)
+    if other is not None:
+        opos = pd.Index(other.index).get_indexer(ids)
+        arrays["other_maps"] = _rows(other.saliency, opos, chunk)
+    n_chunks = len(arrays["maps"].chunks[0]) if len(ids) else 0
+    bounds = np.cumsum((0,) + arrays["maps"].chunks[0]) if len(ids) else [0]
+    blocks = {k: _blocks(arrays.get(k), n_chunks)
+              for k in ("maps", "images", "other_images", "other_maps", "masks")}
+    extras = {k: v[pos] for k, v in sal.extras.items()} if "extras" in metric.needs else {}
+    model_files = [os.path.abspath(p) for p in as_list(inputs.get("model"))]
     task = dask.delayed(_score_chunk, pure=True)
-    tasks = [task(metric_name, metric.hparams, model_spec, str(device), batch_size, m, im,
-                  sal.target[a:b], sal.index[a:b], fl)
-             for m, im, fl, a, b in zip(maps_blocks, img_blocks, fill_blocks, bounds[:-1],
-                                        bounds[1:]) if b > a]
+    tasks = [task(job.metric, metric.hparams, job.model, model_files, job.device,
+                  job.batch_size, ids[a:b], targets[a:b],
+                  {k: v[a:b] for k, v in extras.items()},
+                  *(blocks[k][i] for k in ("maps", "images", "other_images", "other_maps",
+                                           "masks")))
+             for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
     if threads > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // threads))
-    with dask_client(scheduler, threads):
+    with dask_client(job.scheduler, threads):
         parts = dask.compute(*tasks)
     df = (pd.concat(parts, ignore_index=True) if parts
           else pd.DataFrame({"image_id": np.zeros(0, np.int64), "target": np.zeros(0, np.int64)}))
-    for key in ("dataset", "model", "method", "variant"):
-        df.attrs[key] = sal.attrs.get(key)
-    with atomic_path(out_path) as tmp:
-        df.to_parquet(tmp, index=False)
+    write_scores(out, df, {**job.provenance, "metric_name": job.metric,
+                           "metric_params": metric.hparams, "split": split,
+                           "saliency_attrs": {k: sal.attrs.get(k) for k in
+                                              ("parameters", "target_kind", "seed", "dtype")}})
     return df
+
+
+def _requested_ids(selections, max_images) -> np.ndarray:
+    parts = [selected_ids(pd.read_parquet(p), mx)["image_id"].to_numpy()
+             for p, mx in zip(selections, max_images)]
+    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+
+def write_scores(out, df: pd.DataFrame, provenance: dict) -> None:
+    """Per-image scores to parquet, with the provenance (and versions) as JSON metadata."""
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    meta[PROVENANCE_KEY] = json.dumps({**provenance, **versions()}, default=str).encode()
+    with atomic_path(out) as tmp:
+        pq.write_table(table.replace_schema_metadata(meta), tmp)
+
+
+def read_provenance(path) -> dict:
+    """The provenance recorded in a score file by :func:`write_scores`."""
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta.get(PROVENANCE_KEY, b"{}"))
+
+
+def summarize_experiment(scores, selections, job) -> pd.DataFrame:
+    """The experiment's summary, long form: one row per (model, variant, method, metric,
+    score) over exactly the experiment's images, aggregated by the metric's own hook."""
+    sel_frames = [pd.read_parquet(p) for p in selections]
+    rows = []
+    for path, entry in zip(scores, job.entries):
+        df = pd.read_parquet(path)
+        ids = selected_ids(sel_frames[entry.selection], entry.max_images)["image_id"]
+        df = df[df["image_id"].isin(ids)].reset_index(drop=True)
+        k = entry.keys
+        seed = derive_seed(job.seed, k["dataset"], k["model"], k["metric"], k["method"],
+                           k["variant"])
+        for row in get_metric(entry.metric).aggregate(df, n_boot=job.n_boot, level=job.level,
+                                                      seed=seed):
+            rows.append({"experiment": job.experiment, **k, **row})
+    cols = ["experiment", "dataset", "model", "metric", "method", "variant", "score", "n",
+            "mean", "ci_low", "ci_high", "direction", "excluded"]
+    out = pd.DataFrame(rows)
+    for c in cols:
+        if c not in out:
+            out[c] = 0 if c == "excluded" else None
+    return out[cols + [c for c in out.columns if c not in cols]]

@@ -11,6 +11,7 @@ A missing file raises :class:`WeightsNotFoundError` naming every place that was 
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from collections.abc import Callable
@@ -58,15 +59,18 @@ def available_models() -> list[str]:
     return sorted(set(_REGISTRY) | set(_torchvision_names()))
 
 
-def _entry(name: str) -> ModelEntry:
+def _entry(name: str, where: str | None = None) -> ModelEntry:
     if name in _REGISTRY:
         return _REGISTRY[name]
-    if name in _torchvision_names():
+    tv = _torchvision_names()
+    if name in tv:
         return ModelEntry(name, lambda _n=name, **kw: torchvision.models.get_model(_n, **kw),
                           input_size=299 if name == "inception_v3" else 224, torchvision=True)
-    raise ConfigError(f"unknown model {name!r}; available: demo models "
-                      f"{sorted(_REGISTRY)} and the torchvision classification models "
-                      f"{_torchvision_names()}")
+    close = difflib.get_close_matches(name, sorted(_REGISTRY) + tv, n=4, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise ConfigError(f"{where + ': ' if where else ''}unknown model {name!r}; {hint}"
+                      f"allowed: {', '.join(sorted(_REGISTRY))} or a torchvision classification "
+                      f"model (torchvision.models.list_models())")
 
 
 def cache_dir() -> Path:

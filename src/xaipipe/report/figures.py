@@ -1,4 +1,13 @@
-"""Report figures: a grid of images with each method's map, and AUC bar charts."""
+"""Report figures, registered by name (config: ``figures: [saliency_grid, auc_bars]``).
+
+A figure builder is ``builder(inputs: FigureInputs, paths: list[str])``: it draws from
+``inputs`` (the experiment's summary, the saliency stores of the report variant, that variant's
+image store) and saves the same figure to every path, the format taken from the extension
+(``.png``, ``.pdf``), each written atomically.
+
+The drawing functions underneath (:func:`saliency_grid`, :func:`bar_panels`,
+:func:`display_map`) take arrays and frames, not paths, and can be used on their own.
+"""
 from __future__ import annotations
 
 import matplotlib
@@ -8,14 +17,29 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..errors import DataError  # noqa: E402
+from ..registry import Registry  # noqa: E402
 from ..utils import atomic_path  # noqa: E402
+from .inputs import FigureInputs, check_summary  # noqa: E402
+
+FIGURES = Registry("figure", package="xaipipe.report")
+
+BETTER = {"higher": "higher is better", "lower": "lower is better"}
+
+__all__ = ["FIGURES", "FigureInputs", "auc_bars", "auc_bars_figure", "bar_panels",
+           "display_map", "saliency_grid", "saliency_grid_figure"]
 
 
 def _save(fig, paths) -> None:
-    for p in paths:
-        with atomic_path(p) as tmp:
-            fig.savefig(tmp, format=str(p).rsplit(".", 1)[-1], dpi=150, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        for p in paths:
+            fmt = str(p).rsplit(".", 1)[-1].lower()
+            if fmt not in ("png", "pdf", "svg"):
+                raise ValueError(f"{p}: figure paths end in .png, .pdf or .svg")
+            with atomic_path(p) as tmp:
+                fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 def display_map(saliency: np.ndarray) -> np.ndarray:
@@ -25,54 +49,149 @@ def display_map(saliency: np.ndarray) -> np.ndarray:
     return np.clip(m / hi, 0, 1) if hi > 0 else np.zeros_like(m)
 
 
-def saliency_grid(images: np.ndarray, maps: dict[str, np.ndarray], paths, *,
-                  masks: np.ndarray | None = None, titles: list[str] | None = None) -> None:
+def saliency_grid(images: np.ndarray | None, maps: dict[str, np.ndarray], paths, *,
+                  masks: np.ndarray | None = None, titles: list[str] | None = None,
+                  suptitle: str | None = None) -> None:
     """Rows: images (uint8 (N, 3, H, W)); columns: the image, then each method's map
-    ((N, C, H, W) per method). The ground-truth mask, if given, is outlined on the image."""
-    n, names = len(images), list(maps)
-    fig, axes = plt.subplots(n, 1 + len(names), figsize=(1.6 * (1 + len(names)), 1.6 * n),
-                             squeeze=False)
+    ((N, C, H, W) per method). The ground-truth mask, if given, is outlined on the image.
+    ``images=None`` draws the maps only."""
+    names = list(maps)
+    if not names:
+        raise DataError("saliency grid: no maps to draw")
+    n = len(images) if images is not None else len(maps[names[0]])
+    lead = 0 if images is None else 1
+    fig, axes = plt.subplots(n, lead + len(names),
+                             figsize=(1.6 * (lead + len(names)), 1.6 * n), squeeze=False)
     for i in range(n):
-        ax = axes[i, 0]
-        ax.imshow(images[i].transpose(1, 2, 0))
-        if masks is not None:
-            ax.contour(masks[i].astype(float), levels=[0.5], colors="white", linewidths=0.6)
+        if images is not None:
+            ax = axes[i, 0]
+            ax.imshow(np.asarray(images[i]).transpose(1, 2, 0))
+            if masks is not None:
+                ax.contour(np.asarray(masks[i]).astype(float), levels=[0.5], colors="white",
+                           linewidths=0.6)
         if titles:
-            ax.set_ylabel(titles[i], fontsize=7)
+            axes[i, 0].set_ylabel(titles[i], fontsize=7)
         for j, name in enumerate(names):
-            axes[i, 1 + j].imshow(display_map(maps[name][i]), cmap="inferno", vmin=0, vmax=1)
-    for j, title in enumerate(["image"] + names):
+            axes[i, lead + j].imshow(display_map(maps[name][i]), cmap="inferno", vmin=0, vmax=1)
+    for j, title in enumerate((["image"] if images is not None else []) + names):
         axes[0, j].set_title(title, fontsize=8)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
     fig.tight_layout()
     _save(fig, paths)
 
 
-def auc_bars(summary: pd.DataFrame, paths, score: str = "auc") -> None:
-    """Bars of mean ``score`` per method with 95% CI whiskers; one panel per metric, one bar
-    colour per variant."""
-    df = summary[summary["score"] == score]
-    metrics = sorted(df["metric"].unique()) or ["(none)"]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        d = df[df["metric"] == metric]
-        methods = list(dict.fromkeys(d["method"]))
-        variants = list(dict.fromkeys(d["variant"]))
-        width = 0.8 / max(1, len(variants))
-        for k, v in enumerate(variants):
-            dv = d[d["variant"] == v].set_index("method").reindex(methods)
-            x = np.arange(len(methods)) + (k - (len(variants) - 1) / 2) * width
-            err = np.vstack([dv["mean"] - dv["ci_low"], dv["ci_high"] - dv["mean"]])
-            ax.bar(x, dv["mean"], width, yerr=np.nan_to_num(err), capsize=2, label=v)
-        ax.set_xticks(np.arange(len(methods)))
-        ax.set_xticklabels(methods, rotation=35, ha="right", fontsize=8)
-        better = {"insertion": "higher is better", "deletion": "lower is better"}.get(metric, "")
-        ax.set_title(f"{metric} {score} ({better})" if better else f"{metric} {score}",
-                     fontsize=9)
-        ax.set_ylim(0, max(1.0, float(np.nanmax(d["ci_high"])) if len(d) else 1.0))
-        if variants:
-            ax.legend(fontsize=7, title="variant", title_fontsize=7)
+_BAR_COLUMNS = ["model", "metric", "score", "method", "variant", "mean", "ci_low", "ci_high"]
+
+
+def _bars_frame(summary: pd.DataFrame) -> pd.DataFrame:
+    """The full summary is checked; an older frame without ``direction`` (or ``experiment``,
+    ``excluded``, ``dataset``) is drawn without the better-direction in the titles."""
+    if all(c in summary.columns for c in ("direction", "experiment", "excluded", "dataset")):
+        return check_summary(summary, where="bar chart")
+    missing = [c for c in _BAR_COLUMNS if c not in summary.columns]
+    if missing:
+        raise DataError(f"bar chart: the summary lacks the column(s) {missing}")
+    df = summary.copy()
+    if "direction" not in df:
+        df["direction"] = ""
+    return df
+
+
+def bar_panels(summary: pd.DataFrame, paths, *, suptitle: str | None = None) -> None:
+    """One panel per (metric, score) of a long-form summary (a row of panels per model when
+    there are several): bars of the mean per method (in first-seen order), one colour per
+    variant, CI whiskers. Each panel title names the metric and score and, from the summary's
+    ``direction`` column, whether higher or lower is better."""
+    df = _bars_frame(summary)
+    panels = list(dict.fromkeys(zip(df["metric"], df["score"])))
+    models = list(dict.fromkeys(df["model"])) or [""]
+    variants = list(dict.fromkeys(df["variant"]))
+    colours = {v: f"C{k % 10}" for k, v in enumerate(variants)}
+    ncol = max(1, len(panels))
+    fig, axes = plt.subplots(len(models), ncol, figsize=(4.2 * ncol, 3.4 * len(models)),
+                             squeeze=False)
+    for row, model in enumerate(models):
+        for col, (metric, score) in enumerate(panels):
+            ax = axes[row, col]
+            d = df[(df["model"] == model) & (df["metric"] == metric) & (df["score"] == score)]
+            methods = list(dict.fromkeys(d["method"]))
+            vs = [v for v in variants if v in set(d["variant"])]
+            width = 0.8 / max(1, len(vs))
+            for k, v in enumerate(vs):
+                dv = d[d["variant"] == v].set_index("method").reindex(methods)
+                x = np.arange(len(methods)) + (k - (len(vs) - 1) / 2) * width
+                err = np.vstack([dv["mean"] - dv["ci_low"], dv["ci_high"] - dv["mean"]])
+                ax.bar(x, dv["mean"].to_numpy(float), width,
+                       yerr=np.nan_to_num(np.clip(err.astype(float), 0, None)), capsize=2,
+                       color=colours[v], label=v)
+            ax.set_xticks(np.arange(len(methods)))
+            ax.set_xticklabels(methods, rotation=35, ha="right", fontsize=8)
+            dirs = list(dict.fromkeys(d["direction"]))
+            better = BETTER.get(dirs[0], "") if len(dirs) == 1 else ""
+            title = f"{metric} {score}" + (f" ({better})" if better else "")
+            if len(models) > 1:
+                title = f"{model}: {title}"
+            ax.set_title(title, fontsize=9)
+            ax.axhline(0, color="black", linewidth=0.5)
+            if vs:
+                ax.legend(fontsize=7, title="variant", title_fontsize=7)
+    if not panels:
+        axes[0, 0].set_title("(no results)", fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     _save(fig, paths)
+
+
+def auc_bars(summary: pd.DataFrame, paths, score: str | None = "auc") -> None:
+    """:func:`bar_panels` of the rows with ``score`` (all scores when None)."""
+    bar_panels(summary if score is None else summary[summary["score"] == score], paths)
+
+
+# -- registered figures -----------------------------------------------------------------------------
+@FIGURES.register(name="auc_bars")
+def auc_bars_figure(inputs: FigureInputs, paths: list[str]) -> None:
+    """Every (metric, score) of the summary as a bar panel (see :func:`bar_panels`)."""
+    bar_panels(inputs.summary, paths, suptitle=inputs.experiment or None)
+
+
+def _grid_data(inputs: FigureInputs):
+    """(images, maps, masks, titles) of the first ``n_images`` ids that every store has."""
+    from ..data.store import open_images
+    from ..store import open_saliency
+
+    if not inputs.stores:
+        raise DataError(f"saliency_grid{' of ' + inputs.experiment if inputs.experiment else ''}"
+                        ": no saliency stores given")
+    opened = {m: open_saliency(p) for m, p in inputs.stores.items()}
+    common = None
+    for s in opened.values():
+        ids = set(np.asarray(s.index).tolist())
+        common = ids if common is None else common & ids
+    ids = np.array(sorted(common or []), dtype=np.int64)[: max(0, int(inputs.n_images))]
+    if len(ids) == 0:
+        raise DataError("saliency_grid: the saliency stores share no image: "
+                        + ", ".join(f"{m}={p}" for m, p in inputs.stores.items()))
+    maps = {m: np.asarray(s.saliency[pd.Index(s.index).get_indexer(ids)].compute())
+            for m, s in opened.items()}
+    if inputs.images is None:
+        return None, maps, None, [f"#{i}" for i in ids]
+    images = open_images(inputs.images, inputs.split)
+    pos = images.positions(ids)
+    names = images.classes
+    labels = images.labels[pos]
+    titles = [f"#{i} {names[y] if names and 0 <= y < len(names) else y}"
+              for i, y in zip(ids.tolist(), labels.tolist())]
+    return images.read(pos), maps, images.read_masks(pos), titles
+
+
+@FIGURES.register(name="saliency_grid")
+def saliency_grid_figure(inputs: FigureInputs, paths: list[str]) -> None:
+    """Images (rows) x methods (columns) of the first ``n_images`` image ids common to every
+    store, the ground-truth mask outlined, each row titled with its id and class."""
+    images, maps, masks, titles = _grid_data(inputs)
+    saliency_grid(images, maps, paths, masks=masks, titles=titles)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...errors import ConfigError
 from ...params import Param
 from ..base import OBJECTIVE_PARAM, Attribution, Method, register_method
 from ..objectives import objective
@@ -41,6 +42,27 @@ class GradCAM(Method):
         "relu": Param(True, bool, doc="apply the ReLU to the weighted sum"),
         "objective": OBJECTIVE_PARAM,
     }
+
+    @classmethod
+    def check_model(cls, params, model, where):
+        """The named layer (or, with none named, an ``nn.Conv2d``) must exist in ``model``.
+        Only looks at the module tree, so a model on the meta device will do."""
+        label = getattr(model, "name", "") or type(model).__name__
+        layer = params.get("layer")
+        if layer:
+            try:
+                find_layer(model, layer)
+            except KeyError as e:
+                raise ConfigError(f"{where}: gradcam layer {layer!r} is not in model {label!r} "
+                                  f"({e.args[0] if e.args else e}); give layer=<a module name "
+                                  f"of the model> or leave it out for the last Conv2d") from None
+        else:
+            try:
+                last_conv_name(model)
+            except ValueError:
+                raise ConfigError(f"{where}: gradcam needs a convolutional layer, but model "
+                                  f"{label!r} has no nn.Conv2d; give layer=<module name> or "
+                                  f"use another method for this model") from None
 
     def attribute(self, images, target, image_ids=None):
         p = self.hparams

@@ -1,0 +1,5 @@
+from xaipipe.pipeline import figure, log_to
+
+with log_to(snakemake.log[0]):
+    figure(dict(snakemake.output.items()), snakemake.input.summary, list(snakemake.input.stores),
+           snakemake.input.images, snakemake.params.job)

@@ -1,0 +1,4 @@
+from xaipipe.pipeline import log_to, table
+
+with log_to(snakemake.log[0]):
+    table(dict(snakemake.output.items()), snakemake.input[0], snakemake.wildcards.table)

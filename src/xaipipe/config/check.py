@@ -1,0 +1,213 @@
+"""Checks of a schema-valid config against the registries, before any job runs.
+
+Every name must resolve and every parameter be valid; experiments may only combine things
+that can work together (a CAM layer the model has, masks on a data set that has them).
+Errors are :class:`ConfigError` naming the key (and both sides of a bad pair).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..data.datasets import make_source
+from ..data.filters import check_filter
+from ..data.preprocess import check_preprocess
+from ..data.variants import check_variant
+from ..errors import ConfigError
+from ..explain.base import get_method
+from ..metrics.base import get_metric
+from ..models.train import TRAIN_PARAMS
+from ..models.zoo import _entry
+from ..params import check_params
+
+# names Snakemake rules already use: an experiment (its target rule) may not take them
+RESERVED = ("all", "image_store", "train_model", "predict", "select", "explain", "score",
+            "summary", "table", "figure")
+
+
+def split_run(run: str, cfg: dict | None, key: str) -> tuple[str, dict]:
+    """(registered name, parameters) of a ``methods``/``metrics`` entry."""
+    cfg = dict(cfg or {})
+    return cfg.pop(key, run), cfg
+
+
+def method_of(config: dict, run: str) -> tuple[str, dict]:
+    """(registered method name, validated hyper-parameters) of a method run."""
+    name, params = split_run(run, config["methods"][run], "method")
+    return name, get_method(name, f"methods.{run}.method").check(params, f"methods.{run}")
+
+
+def metric_of(config: dict, run: str):
+    """The metric object (validated parameters in ``.hparams``) of a metric run."""
+    name, params = split_run(run, config["metrics"][run], "metric")
+    cls = get_metric(name, f"metrics.{run}.metric")
+    return cls(**cls.check(params, f"metrics.{run}"))
+
+
+def normalise_entry(section: str, name: str, value):
+    """A catalog entry with its declared defaults filled in (for comparisons)."""
+    if section == "methods":
+        return method_of({"methods": {name: value}}, name)
+    if section == "metrics":
+        m = metric_of({"metrics": {name: value}}, name)
+        return (m.name, m.hparams)
+    if section == "variants":
+        return check_variant(name, value)
+    if section == "filters":
+        return check_filter(name, value)
+    if section == "preprocess":
+        return check_preprocess(value)
+    return value
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    models: tuple
+    variants: tuple
+    methods: tuple
+    metrics: tuple
+    filters: dict                    # metric run -> filter name; key None: the default
+    filter_variant: str | None
+    target: str
+    max_images: int | None
+    tables: tuple
+    figures: tuple
+    report_variant: str
+
+    @classmethod
+    def from_config(cls, name: str, e: dict) -> "Experiment":
+        f = e.get("filter", "correct")
+        filters = {None: f} if isinstance(f, str) else \
+            {None: f.get("default", "correct"), **{k: v for k, v in f.items() if k != "default"}}
+        variants = tuple(e.get("variants") or ["original"])
+        return cls(name, tuple(e["models"]), variants, tuple(e["methods"]),
+                   tuple(e.get("metrics") or ()), filters, e.get("filter_variant"),
+                   e.get("target", "label"), e.get("max_images"),
+                   tuple(e.get("tables", ["summary"])), tuple(e.get("figures") or ()),
+                   e.get("report_variant") or variants[0])
+
+    def filter_for(self, metric: str | None = None) -> str:
+        return self.filters.get(metric, self.filters[None])
+
+    def filter_on(self, variant: str) -> str:
+        """The variant whose predictions select the images explained on ``variant``."""
+        return self.filter_variant or variant
+
+
+def _allowed(where: str, name, allowed) -> None:
+    if name not in allowed:
+        raise ConfigError(f"{where}: unknown name {name!r}; allowed: "
+                          f"{', '.join(map(str, allowed)) or '(none)'}")
+
+
+def model_factory(config: dict, name: str):
+    """Build model ``name``'s architecture on the meta device (no memory, no weights), for
+    checks of what it contains."""
+    import torch
+
+    from ..models import load_model
+    m = config["models"][name]
+    kw = {}
+    if m.get("num_classes"):
+        kw["num_classes"] = m["num_classes"]
+    if "train" in m:
+        kw["width"] = check_params(TRAIN_PARAMS, m["train"], "train")["width"]
+        kw.setdefault("num_classes", len(make_source(m["dataset"],
+                                                     config["datasets"][m["dataset"]]).classes()))
+    with torch.device("meta"):
+        return load_model(m["arch"], weights="random", **kw)
+
+
+def check_catalogs(config: dict) -> None:
+    for name, d in config["datasets"].items():
+        make_source(name, d or {})
+    for name, p in config["preprocess"].items():
+        check_preprocess(p, f"preprocess.{name}")
+    for name, v in config["variants"].items():
+        check_variant(name, v, f"variants.{name}")
+    for name, f in config["filters"].items():
+        check_filter(name, f, f"filters.{name}")
+    for name, m in config["models"].items():
+        where = f"models.{name}"
+        _entry(m["arch"], f"{where}.arch")
+        _allowed(f"{where}.dataset", m["dataset"], config["datasets"])
+        _allowed(f"{where}.preprocess", m.get("preprocess", "native"), config["preprocess"])
+        if "train" in m:
+            check_params(TRAIN_PARAMS, m["train"], f"{where}.train")
+            if m.get("weights"):
+                raise ConfigError(f"{where}: a trained model (train: ...) takes no weights")
+    for run in config["methods"]:
+        method_of(config, run)
+    for run in config["metrics"]:
+        metric_of(config, run)
+
+
+def check_experiment(config: dict, e: Experiment) -> None:
+    from ..report.figures import FIGURES
+    from ..report.tables import TABLES
+
+    where = f"experiments.{e.name}"
+    if e.name in RESERVED:
+        raise ConfigError(f"{where}: the name is taken by a workflow rule; reserved: "
+                          f"{', '.join(RESERVED)}")
+    for key, section in (("models", "models"), ("variants", "variants"),
+                         ("methods", "methods"), ("metrics", "metrics")):
+        for name in getattr(e, key):
+            _allowed(f"{where}.{key}", name, config[section])
+    for metric, f in e.filters.items():
+        _allowed(f"{where}.filter" + (f".{metric}" if metric else ""), f, config["filters"])
+        if metric is not None:
+            _allowed(f"{where}.filter (metric)", metric, e.metrics)
+    if e.filter_variant:
+        _allowed(f"{where}.filter_variant", e.filter_variant, config["variants"])
+    _allowed(f"{where}.report_variant", e.report_variant, e.variants)
+    for t in e.tables:
+        TABLES.get(t, f"{where}.tables")
+    for f in e.figures:
+        FIGURES.get(f, f"{where}.figures")
+    for m in e.models:
+        dataset = config["models"][m]["dataset"]
+        source = make_source(dataset, config["datasets"][dataset])
+        model = None
+        for run in e.methods:
+            name, params = method_of(config, run)
+            check_model = getattr(get_method(name), "check_model", None)
+            if check_model is not None:
+                model = model if model is not None else model_factory(config, m)
+                check_model(params, model, f"{where}: method {run!r} on model {m!r}")
+        for run in e.metrics:
+            metric = metric_of(config, run)
+            for need, has in (("masks", source.has_masks),
+                              ("boxes", getattr(source, "has_boxes", False))):
+                if need in metric.needs and not has:
+                    raise ConfigError(f"{where}: metric {run!r} needs {need}, which data set "
+                                      f"{dataset!r} (of model {m!r}) does not have")
+            other = metric.other_variant()
+            if other:
+                _allowed(f"{where}: metric {run!r} needs the variant", other,
+                         config["variants"])
+                if "other_maps" in metric.needs and other not in e.variants:
+                    raise ConfigError(f"{where}: metric {run!r} compares with the maps of "
+                                      f"variant {other!r}; add it to {where}.variants")
+
+
+def check_config(config: dict) -> dict:
+    """Every name resolvable, every parameter valid, every experiment's pairs workable;
+    raises :class:`ConfigError` naming the key. Returns the config."""
+    check_catalogs(config)
+    for name, e in config["experiments"].items():
+        check_experiment(config, Experiment.from_config(name, e))
+    for name in config.get("run") or []:
+        _allowed("run", name, config["experiments"])
+    return config
+
+
+def check_files(config: dict, experiments) -> None:
+    """The data of the given experiments are on disk (checked before any job starts)."""
+    seen = set()
+    for e in experiments:
+        for m in config["experiments"][e]["models"]:
+            d = config["models"][m]["dataset"]
+            if d not in seen:
+                seen.add(d)
+                make_source(d, config["datasets"][d]).check_files()

@@ -1,0 +1,122 @@
+"""Typed jobs: what each rule's script gets besides its input and output paths.
+
+Jobs hold plain data only (names, validated parameters with their defaults filled in,
+settings), so Snakemake's parameter trigger reruns a job exactly when something that changes
+its result changes: writing a default out explicitly changes nothing. Paths come from the
+rule's ``input``/``output``, never from here.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Arguments of :func:`xaipipe.models.load_model`: ``arch``, ``weights`` (an enum name,
+    ``random``, or None when the weights file is the job's ``model`` input), constructor
+    keyword arguments."""
+    arch: str
+    weights: str | None = None
+    kwargs: dict = field(default_factory=dict)
+
+    def load_args(self, weights_path: str | None = None) -> dict:
+        """``load_model`` keyword arguments; ``weights_path`` (the rule's input) wins."""
+        return {"name": self.arch, "weights": weights_path or self.weights, **self.kwargs}
+
+
+@dataclass(frozen=True)
+class ImageStoreJob:
+    dataset: str
+    source: dict                     # the data set's validated parameters (with its kind)
+    preprocess: dict                 # validated preprocessing parameters
+    variant: str
+    variant_params: dict
+    splits: tuple | None             # None: every split of the data set
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    arch: str
+    params: dict                     # validated training parameters
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class PredictJob:
+    model: ModelSpec
+    split: str
+    device: str = "auto"
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class SelectJob:
+    filter: str
+    params: dict
+
+
+@dataclass(frozen=True)
+class ExplainJob:
+    """Attribution maps of the union of the requested selections (each capped at its
+    ``max_images``, aligned with the rule's ``selections`` input)."""
+    method: str                      # registered name
+    params: dict                     # validated hyper-parameters
+    model: ModelSpec
+    target: str                      # label | pred
+    max_images: tuple                # one per selection input (None: all)
+    split: str
+    seed: int
+    device: str
+    batch_size: int
+    memory_mb: float | None
+    dtype: str
+    provenance: dict                 # dataset, preprocess, model, method run, variant, filters
+
+
+@dataclass(frozen=True)
+class ScoreJob:
+    """Per-image scores of one saliency store by one metric; the images scored are the union
+    of the requested selections (aligned with the rule's ``selections`` input) present in the
+    store (and in the other variant's store, where the metric compares two)."""
+    metric: str                      # registered name
+    params: dict                     # validated parameters
+    model: ModelSpec | None          # None: the metric needs no model
+    max_images: tuple
+    split: str
+    device: str
+    batch_size: int
+    scheduler: str
+    provenance: dict
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One per-image score file of an experiment and the images the experiment reads from it:
+    those of selection input ``selection`` (an index into the rule's ``selections``), first
+    ``max_images`` by id."""
+    keys: dict                       # dataset, model, metric, method, variant
+    metric: str                      # registered name
+    selection: int
+    max_images: int | None
+
+
+@dataclass(frozen=True)
+class SummaryJob:
+    experiment: str
+    entries: tuple                   # Entry per ``scores`` input, aligned
+    n_boot: int
+    level: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class FigureJob:
+    experiment: str
+    figure: str
+    methods: tuple                   # aligned with the rule's ``stores`` input
+    split: str
+    n_images: int
+
+
+def as_dict(job) -> dict:
+    return asdict(job)

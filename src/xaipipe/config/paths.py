@@ -1,0 +1,46 @@
+"""Every result path, written once (`DESIGN.md`, "Result paths").
+
+The rules use the templates with their wildcards (``Paths.saliency`` ->
+``results/saliency/{dataset}/{model}/{method}/{variant}.zarr``); the plan formats the same
+templates. Wildcards are exactly: dataset, preprocess, model, method, variant, filter, metric,
+experiment (and, for tables and figures, table / figure).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TEMPLATES = {
+    "images": "{R}/data/{dataset}/{preprocess}/{variant}.zarr",
+    "weights": "{R}/models/{model}/weights.pt",
+    "model_info": "{R}/models/{model}/model.json",
+    "predictions": "{R}/predictions/{dataset}/{model}/{variant}.parquet",
+    # one selection per (filter, variant whose predictions it uses): the DESIGN path
+    # `selection/{dataset}/{model}/{filter}.parquet` with the variant as a last level
+    "selection": "{R}/selection/{dataset}/{model}/{filter}/{variant}.parquet",
+    "saliency": "{R}/saliency/{dataset}/{model}/{method}/{variant}.zarr",
+    "scores": "{R}/metrics/{dataset}/{model}/{metric}/{method}/{variant}.parquet",
+    "summary": "{R}/papers/{experiment}/summary.csv",
+    "table": "{R}/papers/{experiment}/tables/{table}.{ext}",
+    "figure": "{R}/papers/{experiment}/figures/{figure}.{ext}",
+    "log": "{R}/logs/{name}.log",
+}
+TABLE_EXTS = ("csv", "md", "tex")
+FIGURE_EXTS = ("png", "pdf")
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Path templates under one results root; attributes are templates with wildcards,
+    :meth:`fmt` fills them."""
+    R: str = "results"
+
+    def __getattr__(self, key):
+        if key in TEMPLATES:
+            return TEMPLATES[key].replace("{R}", self.R.rstrip("/"))
+        raise AttributeError(key)
+
+    def fmt(self, key: str, **wildcards) -> str:
+        return getattr(self, key).format(**wildcards)
+
+    def log(self, name: str) -> str:
+        return self.fmt("log", name=name)

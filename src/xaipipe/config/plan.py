@@ -1,0 +1,274 @@
+"""The plan of a run: which outputs the experiments need, and each job's typed arguments.
+
+The Snakefile and the tests both use it, so what the workflow builds is testable without
+Snakemake. A saliency store or a score file is shared by every experiment that needs it: it
+covers the union of the image selections they ask of it (each capped at its experiment's
+``max_images``); each experiment's tables read back exactly its own images.
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+from ..data.variants import check_variant
+from ..data.filters import check_filter
+from ..data.preprocess import check_preprocess
+from ..data.datasets import make_source
+from ..errors import ConfigError
+from ..models.train import TRAIN_PARAMS
+from ..models.zoo import is_weights_path
+from ..params import check_params
+from .check import Experiment, method_of, metric_of
+from .jobs import (Entry, ExplainJob, FigureJob, ImageStoreJob, ModelSpec, PredictJob,
+                   ScoreJob, SelectJob, SummaryJob, TrainJob)
+from .paths import FIGURE_EXTS, TABLE_EXTS, Paths
+
+
+def _merge_max(a, b):
+    return None if a is None or b is None else max(a, b)
+
+
+class Plan:
+    """What a checked config asks for: paths, requests and job arguments."""
+
+    def __init__(self, config: dict):
+        self.c = config
+        self.P = Paths(config["results"])
+        self.R = self.P.R.rstrip("/")
+        self.split = config["explain"]["split"]
+        self.experiments = {n: Experiment.from_config(n, e)
+                            for n, e in config["experiments"].items()}
+        self.run = list(config.get("run") or self.experiments)
+        self.methods = {run: method_of(config, run) for run in config["methods"]}
+        self.metrics = {run: metric_of(config, run) for run in config["metrics"]}
+        # (dataset, model, method, variant) -> {(filter, on_variant): max_images}
+        self._explain: dict[tuple, dict] = defaultdict(dict)
+        self._target: dict[tuple, tuple[str, str]] = {}
+        # (dataset, model, metric, method, variant) -> {(filter, on_variant): max_images}
+        self._score: dict[tuple, dict] = defaultdict(dict)
+        # experiment -> [(score key, (filter, on_variant), max_images)]
+        self._entries: dict[str, list] = {}
+        for e in self.experiments.values():
+            self._add(e)
+
+    # -- requests ------------------------------------------------------------------------
+    def _request(self, table: dict, key, sel, max_images) -> None:
+        table[key][sel] = _merge_max(table[key][sel], max_images) if sel in table[key] \
+            else max_images
+
+    def _add(self, e: Experiment) -> None:
+        entries = []
+        for m in e.models:
+            d = self.dataset_of(m)
+            for me in e.methods:
+                for v in e.variants:
+                    key = (d, m, me, v)
+                    if key in self._target and self._target[key][0] != e.target:
+                        other = self._target[key][1]
+                        raise ConfigError(
+                            f"experiments {other!r} and {e.name!r} both need the maps of method "
+                            f"{me!r} on model {m!r} ({v}) but explain different targets "
+                            f"({self._target[key][0]} vs {e.target}); give one of them a "
+                            f"method run of another name")
+                    self._target.setdefault(key, (e.target, e.name))
+                    filters = {e.filter_for(mt) for mt in e.metrics} or {e.filter_for()}
+                    for f in sorted(filters):
+                        self._request(self._explain, key, (f, e.filter_on(v)), e.max_images)
+                    for mt in e.metrics:
+                        if not self.metrics[mt].applies_to(v):
+                            continue
+                        sel = (e.filter_for(mt), e.filter_on(v))
+                        skey = (d, m, mt, me, v)
+                        self._request(self._score, skey, sel, e.max_images)
+                        entries.append((skey, sel, e.max_images))
+        self._entries[e.name] = entries
+
+    # -- names ---------------------------------------------------------------------------
+    def wildcard_constraints(self) -> dict[str, str]:
+        """Each wildcard matches exactly the configured names (longest first)."""
+        from ..report.figures import FIGURES
+        from ..report.tables import TABLES
+
+        def alt(names):
+            return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+        sections = {"dataset": "datasets", "preprocess": "preprocess", "model": "models",
+                    "method": "methods", "variant": "variants", "filter": "filters",
+                    "metric": "metrics", "experiment": "experiments"}
+        out = {w: alt(self.c[s]) for w, s in sections.items()}
+        out["table"] = alt(TABLES.names())
+        out["figure"] = alt(FIGURES.names())
+        return out
+
+    def dataset_of(self, model: str) -> str:
+        return self.c["models"][model]["dataset"]
+
+    def preprocess_of(self, model: str) -> str:
+        return self.c["models"][model].get("preprocess", "native")
+
+    # -- paths ---------------------------------------------------------------------------
+    def images(self, dataset, preprocess, variant) -> str:
+        return self.P.fmt("images", dataset=dataset, preprocess=preprocess, variant=variant)
+
+    def model_images(self, model, variant) -> str:
+        """The image store a model reads for a variant (its data set and preprocessing)."""
+        return self.images(self.dataset_of(model), self.preprocess_of(model), variant)
+
+    def selection(self, dataset, model, filt, variant) -> str:
+        return self.P.fmt("selection", dataset=dataset, model=model, filter=filt,
+                          variant=variant)
+
+    def saliency(self, dataset, model, method, variant) -> str:
+        return self.P.fmt("saliency", dataset=dataset, model=model, method=method,
+                          variant=variant)
+
+    def scores(self, dataset, model, metric, method, variant) -> str:
+        return self.P.fmt("scores", dataset=dataset, model=model, metric=metric,
+                          method=method, variant=variant)
+
+    def summary(self, experiment) -> str:
+        return self.P.fmt("summary", experiment=experiment)
+
+    def table(self, experiment, table) -> dict[str, str]:
+        return {ext: self.P.fmt("table", experiment=experiment, table=table, ext=ext)
+                for ext in TABLE_EXTS}
+
+    def figure(self, experiment, figure) -> dict[str, str]:
+        return {ext: self.P.fmt("figure", experiment=experiment, figure=figure, ext=ext)
+                for ext in FIGURE_EXTS}
+
+    # -- targets -------------------------------------------------------------------------
+    def experiment_targets(self, experiment: str) -> list[str]:
+        e = self.experiments[experiment]
+        out = [self.summary(experiment)]
+        for t in e.tables:
+            out += self.table(experiment, t).values()
+        for f in e.figures:
+            out += self.figure(experiment, f).values()
+        return out
+
+    def all_targets(self) -> list[str]:
+        return [t for e in self.run for t in self.experiment_targets(e)]
+
+    def explain_keys(self) -> list[tuple]:
+        """(dataset, model, method run, variant) of every saliency store."""
+        return sorted(self._explain)
+
+    def score_keys(self) -> list[tuple]:
+        """(dataset, model, metric run, method run, variant) of every score file."""
+        return sorted(self._score)
+
+    # -- data ----------------------------------------------------------------------------
+    def image_store_job(self, dataset, preprocess, variant) -> ImageStoreJob:
+        source = make_source(dataset, self.c["datasets"][dataset])
+        return ImageStoreJob(
+            dataset=dataset, source={"kind": source.name, **source.p},
+            preprocess=check_preprocess(self.c["preprocess"][preprocess]), variant=variant,
+            variant_params=check_variant(variant, self.c["variants"][variant]),
+            # original: every split (training needs train); other variants: the explained one
+            splits=None if variant == "original" else (self.split,))
+
+    # -- models --------------------------------------------------------------------------
+    def model_inputs(self, model) -> list[str]:
+        m = self.c["models"][model]
+        if "train" in m:
+            return [self.P.fmt("weights", model=model)]
+        w = m.get("weights")
+        return [w] if w and is_weights_path(w) else []
+
+    def model_spec(self, model) -> ModelSpec:
+        m = self.c["models"][model]
+        kwargs = {"num_classes": m["num_classes"]} if m.get("num_classes") else {}
+        weights = None if "train" in m or (m.get("weights") and is_weights_path(m["weights"])) \
+            else m.get("weights")
+        return ModelSpec(m["arch"], weights, kwargs)
+
+    def train_job(self, model) -> TrainJob:
+        m = self.c["models"][model]
+        return TrainJob(m["arch"], check_params(TRAIN_PARAMS, m["train"], "train"),
+                        self.c["device"])
+
+    def predict_job(self, model) -> PredictJob:
+        return PredictJob(self.model_spec(model), self.split, self.c["device"],
+                          self.c["score"]["batch_size"])
+
+    def select_job(self, filt) -> SelectJob:
+        return SelectJob(filt, check_filter(filt, self.c["filters"][filt]))
+
+    # -- explain -------------------------------------------------------------------------
+    def explain_selections(self, dataset, model, method, variant) -> list[str]:
+        reqs = self._explain[(dataset, model, method, variant)]
+        return [self.selection(dataset, model, f, on) for f, on in sorted(reqs)]
+
+    def explain_job(self, dataset, model, method, variant) -> ExplainJob:
+        key = (dataset, model, method, variant)
+        reqs = self._explain[key]
+        name, params = self.methods[method]
+        ex = self.c["explain"]
+        return ExplainJob(
+            method=name, params=params, model=self.model_spec(model),
+            target=self._target[key][0], max_images=tuple(reqs[k] for k in sorted(reqs)),
+            split=self.split, seed=self.c["seed"], device=self.c["device"],
+            batch_size=ex["batch_size"], memory_mb=ex["memory_mb"], dtype=ex["dtype"],
+            provenance={"dataset": dataset, "preprocess": self.preprocess_of(model),
+                        "model": model, "method": method, "variant": variant,
+                        "selections": [f"{f}@{on}" for f, on in sorted(reqs)]})
+
+    # -- metrics -------------------------------------------------------------------------
+    def score_inputs(self, dataset, model, metric, method, variant) -> dict:
+        mt = self.metrics[metric]
+        reqs = self._score[(dataset, model, metric, method, variant)]
+        out = {"saliency": self.saliency(dataset, model, method, variant),
+               "selections": [self.selection(dataset, model, f, on) for f, on in sorted(reqs)]}
+        if {"images", "masks", "boxes"} & set(mt.needs):
+            out["images"] = self.model_images(model, variant)
+        other = mt.other_variant()
+        if "other_images" in mt.needs:
+            out["other_images"] = self.model_images(model, other)
+        if "other_maps" in mt.needs:
+            out["other_maps"] = self.saliency(dataset, model, method, other)
+        if "model" in mt.needs:
+            out["model"] = self.model_inputs(model)
+        return out
+
+    def score_job(self, dataset, model, metric, method, variant) -> ScoreJob:
+        mt = self.metrics[metric]
+        reqs = self._score[(dataset, model, metric, method, variant)]
+        sc = self.c["score"]
+        return ScoreJob(
+            metric=mt.name, params=mt.hparams,
+            model=self.model_spec(model) if "model" in mt.needs else None,
+            max_images=tuple(reqs[k] for k in sorted(reqs)), split=self.split,
+            device=self.c["device"], batch_size=sc["batch_size"], scheduler=sc["scheduler"],
+            provenance={"dataset": dataset, "preprocess": self.preprocess_of(model),
+                        "model": model, "metric": metric, "method": method,
+                        "variant": variant, "method_name": self.methods[method][0],
+                        "method_params": self.methods[method][1]})
+
+    # -- experiment outputs --------------------------------------------------------------
+    def summary_inputs(self, experiment) -> dict[str, list[str]]:
+        entries = self._entries[experiment]
+        sels = sorted({self.selection(k[0], k[1], *sel) for k, sel, _ in entries})
+        return {"scores": [self.scores(*k) for k, _, _ in entries], "selections": sels}
+
+    def summary_job(self, experiment) -> SummaryJob:
+        sels = self.summary_inputs(experiment)["selections"]
+        entries = tuple(
+            Entry(keys=dict(zip(("dataset", "model", "metric", "method", "variant"), k)),
+                  metric=self.metrics[k[2]].name,
+                  selection=sels.index(self.selection(k[0], k[1], *sel)), max_images=mx)
+            for k, sel, mx in self._entries[experiment])
+        sc = self.c["score"]
+        return SummaryJob(experiment, entries, sc["bootstrap"], sc["level"], self.c["seed"])
+
+    def figure_inputs(self, experiment, figure) -> dict:
+        e = self.experiments[experiment]
+        m, v = e.models[0], e.report_variant
+        d = self.dataset_of(m)
+        return {"summary": self.summary(experiment),
+                "stores": [self.saliency(d, m, me, v) for me in e.methods],
+                "images": self.model_images(m, v)}
+
+    def figure_job(self, experiment, figure) -> FigureJob:
+        e = self.experiments[experiment]
+        return FigureJob(experiment, figure, e.methods, self.split,
+                         self.c["report"]["images"])

@@ -1,0 +1,54 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from xaipipe.utils import atomic_path
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
+    target = tmp_path / "s.zarr"
+    dead = _dead_pid()
+    stale = tmp_path / f".s.zarr.tmp-{dead}-0123abcd"
+    (stale / "saliency").mkdir(parents=True)
+    stale_file = tmp_path / f".s.zarr.tmp-{dead}-89abcdef"
+    stale_file.write_text("half")
+    live = tmp_path / f".s.zarr.tmp-{os.getpid()}-deadbeef"          # another writer in here
+    live.mkdir()
+    parent = tmp_path / f".s.zarr.tmp-{os.getppid()}-00000000"      # a live process
+    parent.mkdir()
+    other = tmp_path / f".t.zarr.tmp-{dead}-0123abcd"               # another target
+    other.mkdir()
+    odd = tmp_path / f".s.zarr.tmp-{dead}-0123abcd.x.tmp-{dead}-00000000"   # not ours
+    odd.mkdir()
+    with atomic_path(target) as tmp:
+        tmp.write_text("done")
+    assert target.read_text() == "done"
+    assert not stale.exists() and not stale_file.exists()
+    assert live.exists() and parent.exists() and other.exists() and odd.exists()
+
+
+def test_permission_error_means_alive(tmp_path, monkeypatch):
+    def kill(pid, sig):
+        raise PermissionError
+    stale = tmp_path / ".f.tmp-4242-0123abcd"
+    stale.mkdir()
+    monkeypatch.setattr(os, "kill", kill)
+    with atomic_path(tmp_path / "f") as tmp:
+        tmp.write_text("x")
+    assert stale.exists()
+
+
+def test_failure_removes_own_temporary(tmp_path):
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_path(tmp_path / "f") as tmp:
+            tmp.write_text("x")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
