@@ -31,6 +31,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_ig.py
+	$(PY) benchmarks/bench_insertion.py
 
 lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint

@@ -1,5 +1,6 @@
 rule table:
-    """A registered table of an experiment: CSV, Markdown and LaTeX."""
+    """A registered table of an experiment: CSV, Markdown, LaTeX and HTML (shown on the report
+    page)."""
     input:
         P.summary,
     output:
@@ -11,6 +12,12 @@ rule table:
         ),
         md=P.fmt("table", experiment="{experiment}", table="{table}", ext="md"),
         tex=P.fmt("table", experiment="{experiment}", table="{table}", ext="tex"),
+        html=report(
+            P.fmt("table", experiment="{experiment}", table="{table}", ext="html"),
+            caption="../report/table.rst",
+            category="{experiment}",
+            subcategory="Tables",
+        ),
     log:
         P.log("papers/{experiment}/tables/{table}"),
     conda:

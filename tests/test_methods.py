@@ -283,7 +283,8 @@ def test_gradcam_check_model_names_where_and_model(linear_model):
 
     gradcam = get_method("gradcam")
     with torch.device("meta"):
-        demo = load_model("demo_resnet18", weights="random", num_classes=4, width=4)
+        demo = load_model("demo_resnet18", weights="random", num_classes=4, width=4,
+                          device="meta")
     assert next(demo.parameters()).is_meta
     for layer in (None, "layer4", "layer4.1.conv2", "net.layer4"):
         gradcam.check_model(gradcam.check({"layer": layer}), demo, "exp.x")

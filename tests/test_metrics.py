@@ -1,13 +1,20 @@
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
 from xaipipe.errors import ConfigError
-from xaipipe.metrics import available_metrics, deletion, insertion
+from xaipipe.metrics import (MetricInputs, available_metrics, deletion, get_metric, insertion,
+                             pointing_game, stability)
 from xaipipe.metrics.aggregate import bootstrap_ci, summarize, to_markdown
+from xaipipe.metrics.deletion import Deletion
+from xaipipe.metrics.insertion import Insertion
 from xaipipe.metrics.perturbation import pixel_counts, pixel_ranks
+from xaipipe.metrics.pointing_game import PointingGame, class_mean_ci
+from xaipipe.metrics.stability import Stability
 from xaipipe.models import NormalizedModel
+from xaipipe.utils import derive_seed
 
 
 class PixelSum(nn.Module):
@@ -31,9 +38,41 @@ def sigmoid(v):
 
 
 def test_registry():
-    assert {"insertion", "deletion"} <= set(available_metrics())
+    assert {"insertion", "deletion", "stability", "pointing_game"} <= set(available_metrics())
     with pytest.raises(ConfigError, match="fill.*'white'.*black"):
         insertion(None, None, None, None, fill="white")
+    with pytest.raises(ConfigError, match="metrics.x.metric: unknown metric 'auc'; available: del"):
+        get_metric("auc", where="metrics.x.metric")
+    assert get_metric("insertion") is Insertion
+
+
+def test_declarations():
+    assert (Insertion.direction, Deletion.direction) == ("higher", "lower")
+    assert Insertion().needs == {"model", "images"} and Insertion().other_variant() is None
+    blur = Deletion(fill="blur")
+    assert blur.needs == {"model", "images", "other_images"} and blur.other_variant() == "blur"
+    assert Deletion.needs == {"model", "images"}          # the class default is untouched
+    st = Stability(reference="original")
+    assert st.needs == {"other_maps"} and st.direction == "lower"
+    assert st.other_variant() == "original"
+    assert not st.applies_to("original") and st.applies_to("jpeg")
+    assert PointingGame.needs == {"masks"} and PointingGame.direction == "higher"
+    assert PointingGame(reference_size=None).hparams["reference_size"] is None
+    with pytest.raises(ConfigError, match="reference_size"):
+        PointingGame(reference_size=0)
+
+
+def test_missing_need_is_named():
+    x = torch.rand(2, 3, 4, 4)
+    inputs = MetricInputs(ids=np.arange(2), target=torch.zeros(2).long(), maps=x)
+    with pytest.raises(ValueError, match="'stability' needs other_maps"):
+        Stability()(inputs)
+    with pytest.raises(ValueError, match="'insertion' needs model, images"):
+        Insertion()(inputs)
+    with pytest.raises(ValueError, match="'deletion' needs .*other_images"):
+        Deletion(fill="blur")(MetricInputs(ids=np.arange(2), target=torch.zeros(2).long(),
+                                           maps=x, images=x, model=identity_model(
+                                               torch.ones(4, 4))))
 
 
 def test_hand_computed_insertion_and_deletion_auc():
@@ -137,3 +176,283 @@ def test_bootstrap_interval_and_summary():
                     ("auc", "auc_norm"))])
     assert s["mean"].tolist() == pytest.approx([0.2, 0.3]) and s["n"].tolist() == [2, 2]
     assert "insertion" in to_markdown(s) and "0.2000 [" in to_markdown(s)
+
+
+# -- eval mode, target broadcasting, normalised AUC -----------------------------------------
+def bn_model():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    model = NormalizedModel(net, mean=(0.5,) * 3, std=(0.25,) * 3).train()
+    with torch.no_grad():                      # non-trivial running statistics
+        for _ in range(3):
+            model(torch.rand(8, 3, 8, 8))
+    return model
+
+
+@pytest.mark.parametrize("fn", [insertion, deletion])
+def test_metrics_run_in_eval_mode_and_restore_the_mode(fn):
+    model = bn_model()
+    bn = model.net[1]
+    g = torch.Generator().manual_seed(0)
+    x, sal = torch.rand(3, 3, 8, 8, generator=g), torch.randn(3, 3, 8, 8, generator=g)
+    model.eval()
+    ref = fn(model, x, sal, [0, 1, 2], steps=6, batch_size=5)
+    model.train()
+    mean, var = bn.running_mean.clone(), bn.running_var.clone()
+    out = fn(model, x, sal, [0, 1, 2], steps=6, batch_size=5)
+    np.testing.assert_array_equal(out["auc"], ref["auc"])
+    np.testing.assert_array_equal(out["curve"], ref["curve"])
+    assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
+    assert model.training and all(m.training for m in model.modules())
+
+
+def test_model_mode_is_restored_on_error():
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("boom")
+    model = NormalizedModel(Broken()).train()
+    with pytest.raises(RuntimeError, match="boom"):
+        insertion(model, torch.rand(1, 3, 4, 4), torch.rand(1, 3, 4, 4), [0])
+    assert model.training
+
+
+def test_scalar_target_is_broadcast():
+    torch.manual_seed(2)
+    model = identity_model(torch.randn(6, 6))
+    x, sal = torch.rand(4, 3, 6, 6), torch.randn(4, 3, 6, 6)
+    ref = insertion(model, x, sal, [1, 1, 1, 1], steps=5)
+    for t in (1, [1], torch.tensor([1]), torch.tensor(1), np.int64(1)):
+        np.testing.assert_array_equal(insertion(model, x, sal, target=t, steps=5)["auc"],
+                                      ref["auc"])
+    np.testing.assert_array_equal(deletion(model, x, sal, 1, steps=5)["auc"],
+                                  deletion(model, x, sal, [1] * 4, steps=5)["auc"])
+    with pytest.raises(ValueError, match="target has 2 entries for 4 images"):
+        insertion(model, x, sal, [1, 1])
+
+
+def test_auc_norm_excludes_tiny_reference_scores():
+    # PixelSum with w = -1: image 0 (ones) has z = -12, p = sigmoid(-12) ~ 6e-6;
+    # image 1 (zeros) has z = 0 at every q, p = 0.5: curve / ref = 1.
+    model = identity_model(torch.full((2, 2), -1.0))
+    x = torch.stack([torch.ones(3, 2, 2), torch.zeros(3, 2, 2)])
+    sal = torch.rand(2, 3, 2, 2)
+    out = insertion(model, x, sal, 0, steps=5)
+    assert out["norm_excluded"].tolist() == [True, False]
+    assert np.isnan(out["auc_norm"][0]) and out["auc_norm"][1] == pytest.approx(1.0)
+    assert np.isfinite(out["auc"]).all()
+    old = insertion(model, x, sal, 0, steps=5, norm_min=0.0)      # the unguarded ratio
+    assert not old["norm_excluded"].any() and old["auc_norm"][0] > 1e3
+    np.testing.assert_array_equal(old["auc"], out["auc"])
+    # logit: the reference may be negative; only |ref| < norm_min is excluded.
+    # image 0: curve z = -3k for k kept pixels = 0, -3, -6, -9, -12 -> AUC -6, ref -12.
+    lg = insertion(model, x, sal, 0, steps=5, score="logit")
+    assert lg["norm_excluded"].tolist() == [False, True]
+    assert lg["auc"][0] == pytest.approx(-6.0) and lg["auc_norm"][0] == pytest.approx(0.5)
+    assert np.isnan(lg["auc_norm"][1])
+    # the summary counts finite values only and reports the exclusions
+    df = pd.DataFrame({k: out[k] for k in ("auc", "auc_norm", "norm_excluded")})
+    rows = {r["score"]: r for r in Insertion.aggregate(df, n_boot=50)}
+    assert (rows["auc"]["n"], rows["auc"]["excluded"]) == (2, 0)
+    assert (rows["auc_norm"]["n"], rows["auc_norm"]["excluded"]) == (1, 1)
+    assert rows["auc_norm"]["mean"] == pytest.approx(1.0)
+
+
+def test_default_aggregate():
+    df = pd.DataFrame({"auc": [0.1, 0.3, 0.2], "auc_norm": [0.2, np.nan, 0.4]})
+    rows = Deletion.aggregate(df, n_boot=200, seed=7)
+    assert [r["score"] for r in rows] == ["auc", "auc_norm"]
+    for r, col in zip(rows, ["auc", "auc_norm"]):
+        m, lo, hi = bootstrap_ci(df[col], 200, 0.95, derive_seed(7, col))
+        assert (r["mean"], r["ci_low"], r["ci_high"]) == (m, lo, hi)
+        assert r["direction"] == "lower"
+    assert [(r["n"], r["excluded"]) for r in rows] == [(3, 0), (2, 1)]
+    assert rows == Deletion.aggregate(df, n_boot=200, seed=7)
+
+
+# -- stability (metrics.md §6) ----------------------------------------------------------------
+def test_stability_invariants():
+    g = torch.Generator().manual_seed(4)
+    a = torch.rand(3, 3, 5, 5, generator=g, dtype=torch.float64) + 0.1   # float64: c·a exact
+    b = a + 0.2 * torch.randn(3, 3, 5, 5, generator=g, dtype=torch.float64)
+    assert (stability(a, a)["mse"] == 0).all()
+    base = stability(a, b)["mse"]
+    assert (base > 0).all()
+    for c in (3.0, -0.5, 1e-4, -250.0):
+        np.testing.assert_allclose(stability(c * a, b)["mse"], base, rtol=1e-10)
+        np.testing.assert_allclose(stability(a, c * b)["mse"], base, rtol=1e-10)
+    np.testing.assert_array_equal(stability(b, a)["mse"], base)          # symmetric
+
+
+def test_stability_hand_computed_and_flag():
+    # a: channel sum = ones -> ŝ = 1/4 everywhere; b: [[3, -1], [1, 1]] / 4.
+    a = torch.zeros(1, 3, 2, 2)
+    a[0, 0] = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    a[0, 1] = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+    b = torch.tensor([[3.0, -1.0], [1.0, 1.0]])[None, None]
+    out = stability(a, b)
+    assert out["mse"][0] == pytest.approx((0.5 ** 2 + 0.5 ** 2) / 4)       # 0.125
+    assert out["ill_conditioned"].tolist() == [False]
+    assert out["mse_well_conditioned"][0] == out["mse"][0]
+    # a zero-sum map (and an all-zero map) is flagged, either side; the well-conditioned
+    # column is NaN there
+    zero_sum = torch.tensor([[1.0, -1.0], [0.5, -0.5]])[None, None]
+    near = torch.tensor([[1.0, -1.0], [0.5, -0.4999]])[None, None]   # |Σ| = 1e-4 < 1e-3·3
+    ok = torch.tensor([[1.0, -1.0], [0.5, -0.49]])[None, None]       # |Σ| = 1e-2 > 3e-3
+    maps = torch.cat([zero_sum, near, ok, torch.zeros(1, 1, 2, 2)])
+    ones = torch.ones(4, 1, 2, 2)
+    for x, y in ((maps, ones), (ones, maps)):
+        s = stability(x, y)
+        assert s["ill_conditioned"].tolist() == [True, True, False, True]
+        assert np.isnan(s["mse_well_conditioned"][[0, 1, 3]]).all()
+        assert np.isfinite(s["mse_well_conditioned"][2])
+        assert np.isnan(s["mse"][[0, 3]]).all() and np.isfinite(s["mse"][[1, 2]]).all()
+    with pytest.raises(ValueError, match="same images and size"):
+        stability(torch.ones(1, 1, 2, 2), torch.ones(1, 1, 3, 3))
+
+
+# -- pointing game (metrics.md §7) -----------------------------------------------------------
+def point_map(size, y, x):
+    m = torch.zeros(1, 1, size, size)
+    m[0, 0, y, x] = 1.0
+    return m
+
+
+def box_mask(size, y0, y1, x0, x1):
+    m = torch.zeros(1, size, size, dtype=torch.bool)
+    m[0, y0:y1, x0:x1] = True
+    return m
+
+
+@pytest.mark.parametrize("size, box, outside, hit", [
+    (224, (100, 150), 14, True), (224, (100, 150), 15, False),
+    (112, (50, 75), 7, True), (112, (50, 75), 8, False)])
+def test_pointing_game_tolerance(size, box, outside, hit):
+    lo, hi = box                                    # box rows/cols lo..hi-1
+    mask = box_mask(size, lo, hi, lo, hi)
+    mid = (lo + hi) // 2
+    right = pointing_game(point_map(size, mid, hi - 1 + outside), mask)
+    above = pointing_game(point_map(size, lo - outside, mid), mask)
+    for out in (right, above):
+        assert out["hit"].tolist() == [float(hit)]
+    assert (right["point_y"][0], right["point_x"][0]) == (mid, hi - 1 + outside)
+
+
+def test_pointing_game_inside_diagonal_pixels_and_signs():
+    mask = box_mask(224, 100, 150, 100, 150)
+    assert pointing_game(point_map(224, 120, 130), mask)["hit"].tolist() == [1.0]
+    # Euclidean distance from the corner (149, 149): 10·√2 ≈ 14.1 < 15, 11·√2 ≈ 15.6
+    assert pointing_game(point_map(224, 159, 159), mask)["hit"].tolist() == [1.0]
+    assert pointing_game(point_map(224, 160, 160), mask)["hit"].tolist() == [0.0]
+    # tolerance in pixels as given
+    assert pointing_game(point_map(224, 120, 170), mask, tolerance=21,
+                         reference_size=None)["hit"].tolist() == [1.0]
+    # a signed map: abs_sum makes the strongly negative pixel the point
+    m = point_map(224, 10, 10) * 0.5
+    m[0, 0, 120, 130] = -2.0
+    assert pointing_game(m, mask)["hit"].tolist() == [1.0]
+    assert pointing_game(m, mask, reduction="sum")["hit"].tolist() == [0.0]
+    # an empty mask has no ground truth: NaN and flagged
+    out = pointing_game(point_map(224, 0, 0), torch.zeros(1, 224, 224, dtype=torch.bool))
+    assert np.isnan(out["hit"][0]) and out["mask_empty"].tolist() == [True]
+
+
+def test_pointing_game_ties_and_upsampling():
+    mask = torch.zeros(1, 8, 8, dtype=torch.bool)
+    out = pointing_game(torch.zeros(1, 1, 8, 8), mask)              # all ties: first pixel
+    assert (out["point_y"][0], out["point_x"][0]) == (0, 0)
+    m = torch.zeros(1, 1, 8, 8)
+    m[0, 0, 5, 2] = m[0, 0, 3, 6] = m[0, 0, 3, 7] = 1.0
+    out = pointing_game(m, mask)
+    assert (out["point_y"][0], out["point_x"][0]) == (3, 6)
+    # a 2x2 map with its maximum bottom-left, bilinearly upsampled to 8x8
+    # (align_corners=False): rows 6-7 x cols 0-1 hold the maximum; the first is (6, 0)
+    coarse = torch.tensor([[0.0, 0.0], [1.0, 0.0]])[None, None]
+    out = pointing_game(coarse, mask)
+    assert (out["point_y"][0], out["point_x"][0]) == (6, 0)
+    again = pointing_game(coarse.repeat(3, 1, 1, 1), mask.repeat(3, 1, 1))
+    assert again["point_y"].tolist() == [6] * 3 and again["point_x"].tolist() == [0] * 3
+
+
+def test_pointing_game_class_mean_aggregation():
+    # class 0: 1/1 hits, class 1: 1/3 -> mean of classes 2/3; global 2/4; class 2 has only
+    # an image without ground truth: excluded.
+    df = pd.DataFrame({"target": [0, 1, 1, 1, 2], "hit": [1.0, 1.0, 0.0, 0.0, np.nan]})
+    rows = {r["score"]: r for r in PointingGame.aggregate(df, n_boot=500, seed=3)}
+    assert list(rows) == ["hit", "hit_global"]
+    assert rows["hit"]["mean"] == pytest.approx(2 / 3)
+    assert rows["hit_global"]["mean"] == pytest.approx(0.5)
+    for r in rows.values():
+        assert (r["n"], r["excluded"], r["direction"]) == (4, 1, "higher")
+        assert 0 <= r["ci_low"] <= r["mean"] <= r["ci_high"] <= 1
+    assert PointingGame.aggregate(df, n_boot=500, seed=3) == list(rows.values())
+    # the bootstrap resamples images and recomputes the class mean
+    hit, cls = np.array([1.0, 1, 0, 0]), np.array([0, 1, 1, 1])
+    m, lo, hi = class_mean_ci(hit, cls, n_boot=2000, seed=1)
+    assert m == pytest.approx(2 / 3) and lo < m < hi
+    assert class_mean_ci(np.ones(5), np.arange(5), seed=0) == (1.0, 1.0, 1.0)
+
+
+# -- every registered metric keeps the contract ------------------------------------------------
+CASES = [(name, {}) for name in available_metrics()] + [
+    ("insertion", {"fill": "blur", "steps": 5}), ("deletion", {"fill": "blur", "steps": 5})]
+
+
+def contract_inputs(needs, model, n=4):
+    g = torch.Generator().manual_seed(11)
+    masks = torch.rand(n, 8, 8, generator=g) > 0.7
+    masks[:, 4, 4] = True
+    given = {
+        "model": model,
+        "images": torch.rand(n, 3, 8, 8, generator=g),
+        "other_images": torch.rand(n, 3, 8, 8, generator=g),
+        "other_maps": torch.randn(n, 3, 8, 8, generator=g),
+        "masks": masks,
+        "boxes": [np.array([[1.0, 1.0, 5.0, 6.0]])] * n,
+        "extras": {"completeness_gap": np.linspace(0, 1, n)},
+    }
+    return MetricInputs(ids=np.arange(100, 100 + n), target=torch.tensor([0, 1, 2, 0][:n]),
+                        maps=torch.randn(n, 3, 8, 8, generator=g), batch_size=3,
+                        **{k: v for k, v in given.items() if k in needs})
+
+
+def assert_columns_equal(a, b, exact=True):
+    assert set(a) == set(b)
+    for k in a:
+        if exact:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        else:
+            np.testing.assert_allclose(a[k].astype(np.float64), b[k].astype(np.float64),
+                                       rtol=1e-5, atol=1e-7, equal_nan=True, err_msg=k)
+
+
+@pytest.mark.parametrize("name, params", CASES)
+def test_metric_contract(name, params, linear_model):
+    cls = get_metric(name)
+    metric = cls(**params)
+    assert metric.needs <= set(("model", "images", "other_images", "other_maps", "masks",
+                                "boxes", "extras"))
+    assert cls.direction in ("higher", "lower") and set(cls.scalars)
+    linear_model.train()
+    inputs = contract_inputs(metric.needs, linear_model)
+    out = metric(inputs)
+    assert linear_model.training                                # mode restored
+    assert set(cls.scalars) <= set(out)
+    for k, v in out.items():
+        assert isinstance(v, np.ndarray) and v.shape[0] == 4, k
+        if v.dtype.kind == "f":
+            bad = ~np.isfinite(v.reshape(4, -1)).all(1)
+            flag = cls.excludes.get(k)              # NaN only where the metric says so
+            allowed = out[flag].astype(bool) if flag else np.zeros(4, bool)
+            assert not (bad & ~allowed).any(), f"{name}.{k} is not finite for {bad}"
+    assert_columns_equal(out, metric(inputs))                    # deterministic
+    parts = [metric(inputs.take(slice(0, 2))), metric(inputs.take(slice(2, 4)))]
+    joined = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    assert_columns_equal(out, joined, exact=False)               # batch invariant
+    df = pd.DataFrame({"image_id": inputs.ids, "target": inputs.target.numpy(),
+                       **{k: list(v) if v.ndim > 1 else v for k, v in out.items()}})
+    rows = cls.aggregate(df, n_boot=100, seed=0)
+    assert rows and {r["score"] for r in rows} >= set(cls.scalars)
+    for r in rows:
+        assert {"score", "n", "mean", "ci_low", "ci_high", "direction"} <= set(r)
+        assert r["direction"] == cls.direction and 0 <= r["n"] <= 4

@@ -1,18 +1,22 @@
-"""The whole Snakemake workflow on a tiny config, end to end (a few minutes on 2 cores)."""
+"""The whole Snakemake workflow on a tiny overlay, end to end (a few minutes on 2 cores), and
+dry runs of every preset."""
+import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from xaipipe.config import ROOT, Plan, load_config
+from xaipipe.metrics.runner import read_provenance
 from xaipipe.store import open_saliency
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
+PRESETS = sorted((ROOT / "presets").glob("*.yaml")) + sorted((ROOT / "tests" / "configs").glob("*.yaml"))
 
 
 def snakemake(*args, cwd, check=True):
@@ -23,67 +27,161 @@ def snakemake(*args, cwd, check=True):
     return res
 
 
+def workdir(tmp):
+    """A working directory as a user has it: the repository's config.yaml (the catalogs and
+    the default experiment) and the overlays given with --configfile."""
+    shutil.copy(ROOT / "config.yaml", tmp / "config.yaml")
+    return tmp
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    d = tmp_path_factory.mktemp("wf")
-    shutil.copy(TINY, d / "config.yaml")
-    snakemake("--configfile", "config.yaml", "--cores", "2", cwd=d)
+    d = workdir(tmp_path_factory.mktemp("wf"))
+    snakemake("--configfile", str(TINY), "--cores", "2", "tiny", cwd=d)
     return d
 
 
 @pytest.mark.integration
 def test_every_output_exists_and_is_sane(run):
-    cfg = load_config(run / "config.yaml")
+    cfg = load_config(run / "config.yaml", TINY)
     plan = Plan(cfg)
-    for target in plan.all_targets():
+    for target in plan.experiment_targets("tiny"):
         p = run / target
-        assert p.exists() and (p.is_dir() or p.stat().st_size > 0), target
-    n = cfg["explain"]["max_images"]
-    for d, m, me, v in plan.combos():
+        assert p.exists() and p.stat().st_size > 0, target
+    assert not (run / "results/papers/demo").exists()
+    assert not (run / "results/models/shapes_resnet18").exists()
+    n = cfg["experiments"]["tiny"]["max_images"]
+    for d, m, me, v in plan.explain_keys():
         s = open_saliency(run / plan.saliency(d, m, me, v))
         assert s.saliency.shape[0] == n and np.isfinite(s.saliency.compute()).all()
         assert s.attrs["method"] == me and s.attrs["variant"] == v
-    for d, m, mt, me, v in plan.score_combos():
-        df = pd.read_parquet(run / plan.scores(d, m, mt, me, v))
-        assert len(df) == n and df["auc"].between(0, 1).all()
-        assert {"image_id", "target", "curve", "auc_norm"} <= set(df.columns)
-    summary = pd.read_csv(run / plan.tables()["csv"])
-    assert len(summary) == len(plan.score_combos()) * 2
-    assert (summary["ci_low"] <= summary["mean"] + 1e-12).all()
-    assert (summary["mean"] <= summary["ci_high"] + 1e-12).all()
-    for f in plan.figures().values():
-        assert (run / f).read_bytes()[:4] in (b"\x89PNG", b"%PDF")
-    assert (run / "results/logs/saliency/shapes/tiny_resnet18/ig/original.log").exists()
-    info = (run / "results/models/tiny_resnet18/model.json").read_text()
-    assert "val_accuracy" in info
-    # the selection uses the original predictions; jpeg maps explain the same images
-    a = open_saliency(run / plan.saliency("shapes", "tiny_resnet18", "ig", "original"))
-    b = open_saliency(run / plan.saliency("shapes", "tiny_resnet18", "ig", "jpeg"))
-    assert a.index.tolist() == b.index.tolist()
+        assert {"torch_version", "torchvision_version", "zarr_version"} <= set(s.attrs)
+    s_params = {me: plan.methods[me][1] for me in plan.methods}
+    for d, m, mt, me, v in plan.score_keys():
+        path = run / plan.scores(d, m, mt, me, v)
+        df = pd.read_parquet(path)
+        assert len(df) == n and {"image_id", "target"} <= set(df.columns)
+        prov = read_provenance(path)
+        assert prov["metric"] == mt and prov["method"] == me and prov["variant"] == v
+        assert prov["metric_params"] and prov["torchvision_version"]
+        assert prov["method_params"] == s_params[me]
+        if mt.startswith(("insertion", "deletion")):
+            assert df["auc"].between(0, 1).all() and {"curve", "auc_norm"} <= set(df.columns)
+    summary = pd.read_csv(run / plan.summary("tiny"))
+    assert set(summary["metric"]) == {"insertion6", "deletion6_blur", "stability",
+                                      "pointing_game"}
+    assert set(summary["direction"]) == {"higher", "lower"}
+    ok = summary["mean"].notna()
+    assert (summary["ci_low"][ok] <= summary["mean"][ok] + 1e-12).all()
+    assert (summary["mean"][ok] <= summary["ci_high"][ok] + 1e-12).all()
+    md = (run / plan.table("tiny", "summary")["md"]).read_text()
+    assert "↑" in md and "↓" in md
+    for f in ("saliency_grid", "auc_bars"):
+        files = plan.figure("tiny", f)
+        assert (run / files["png"]).read_bytes()[:4] == b"\x89PNG"
+        assert (run / files["pdf"]).read_bytes()[:4] == b"%PDF"
+    assert (run / "results/logs/saliency/tiny_shapes/tiny_resnet18/ig8/original.log").exists()
+    assert "val_accuracy" in (run / "results/models/tiny_resnet18/model.json").read_text()
 
 
 @pytest.mark.integration
 def test_rerun_is_a_no_op_and_report_builds(run):
-    res = snakemake("--configfile", "config.yaml", "--cores", "1", "-n", cwd=run)
+    res = snakemake("--configfile", str(TINY), "--cores", "1", "-n", "tiny", cwd=run)
     assert "Nothing to be done" in res.stdout + res.stderr
-    snakemake("--configfile", "config.yaml", "--report", "report.html", cwd=run)
-    html = (run / "report.html").read_text(errors="ignore")
+    snakemake("--configfile", str(TINY), "--report", "report.html", "tiny", cwd=run)
+    html = (run / "report.html").read_text(encoding="utf-8")
     assert "saliency_grid.png" in html and "auc_bars.png" in html
+    assert 'class=\\"xaipipe-summary\\"' in html                  # the pivot, on the page
+    assert "&uarr;</th>" in html and "&darr;</th>" in html         # direction arrows
+    assert re.search(r"<td>-?\d+\.\d{3} \[-?\d+\.\d{3}, -?\d+\.\d{3}\]", html)
 
 
 @pytest.mark.integration
+def test_explicit_defaults_do_not_rerun(run, tmp_path):
+    text = TINY.read_text().replace("smoothgrad4: {method: smoothgrad, samples: 4}",
+                                    "smoothgrad4: {method: smoothgrad, samples: 4, squared: false}")
+    assert text != TINY.read_text()
+    over = tmp_path / "tiny.yaml"
+    over.write_text(text)
+    res = snakemake("--configfile", str(over), "--cores", "1", "-n", "tiny", cwd=run)
+    assert "Nothing to be done" in res.stdout + res.stderr, res.stdout[-3000:]
+
+
 def test_bad_config_stops_before_running(tmp_path):
-    text = TINY.read_text().replace("ig: {method: integrated_gradients",
-                                    "ig: {method: integrated_gradientz")
-    (tmp_path / "config.yaml").write_text(text)
-    res = snakemake("--configfile", "config.yaml", "--cores", "1", cwd=tmp_path, check=False)
+    d = workdir(tmp_path)
+    over = tmp_path / "tiny.yaml"
+    over.write_text(TINY.read_text().replace("ig8: {method: integrated_gradients",
+                                             "ig8: {method: integrated_gradientz"))
+    res = snakemake("--configfile", str(over), "--cores", "1", "tiny", cwd=d, check=False)
     out = res.stdout + res.stderr
     assert res.returncode != 0
-    assert "unknown method 'integrated_gradientz'" in out and "integrated_gradients" in out
-    assert not (tmp_path / "results").exists()
+    assert "ConfigError: methods.ig8.method: unknown method 'integrated_gradientz'" in out
+    assert "Traceback" not in out and len(out.splitlines()) < 10, out
+    assert not (d / "results").exists()
 
 
-def test_lint_is_clean(tmp_path):
+@pytest.mark.parametrize("key,value,match", [
+    ("bogus", 1, "ConfigError: config key (top level): Additional properties are not allowed"),
+    ("models", {"shapes_resnet18": {"arch": "resnet9000"}},
+     "ConfigError: models.shapes_resnet18.arch: unknown model 'resnet9000'"),
+    ("datasets", {"tiny_shapes": {"kind": "imagefolder", "root": "/nonexistent/imagenet"}},
+     "ConfigError: datasets.tiny_shapes.root: folder '/nonexistent/imagenet' does not exist"),
+])
+def test_config_errors_are_short_and_early(tmp_path, key, value, match):
+    d = workdir(tmp_path)
+    over = yaml.safe_load(TINY.read_text())
+    if key == "datasets":
+        over["datasets"] = value
+        over["models"]["tiny_resnet18"] = {"arch": "resnet18", "weights": "random",
+                                           "dataset": "tiny_shapes"}
+    else:
+        over[key] = value if key != "models" else {**over["models"], **value}
+    (d / "over.yaml").write_text(yaml.safe_dump(over))
+    res = snakemake("--configfile", "over.yaml", "--cores", "1", "tiny", cwd=d, check=False)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and match in out, out
+    assert len(out.splitlines()) < 10, out
+    assert not (d / "results").exists()
+
+
+def planned_outputs(res) -> list[str]:
+    return re.findall(r"^\s+output: (.*)$", res.stdout, flags=re.M)
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_preset_dry_run_plans_only_its_experiment(preset, tmp_path):
+    """A preset is an overlay: its dry run contains no job of another experiment (no output
+    of a model, data set or experiment that only other experiments use)."""
+    d = workdir(tmp_path)
+    over = yaml.safe_load(preset.read_text())
+    for name, ds in (over.get("datasets") or {}).items():
+        if ds.get("kind") == "imagefolder":          # stand-in folder: roots must exist
+            (tmp_path / name / "val" / "n01").mkdir(parents=True)
+            over["datasets"][name]["root"] = str(tmp_path / name)
+    (d / "over.yaml").write_text(yaml.safe_dump(over))
+    cfg = load_config(d / "config.yaml", d / "over.yaml")
+    for exp in over.get("run") or []:
+        res = snakemake("--configfile", "over.yaml", "-n", "-p", exp, cwd=d)
+        outputs = planned_outputs(res)
+        assert outputs, res.stdout[-2000:]
+        mine = cfg["experiments"][exp]
+        models = set(mine["models"])
+        datasets = {cfg["models"][m]["dataset"] for m in models}
+        foreign = set()
+        for other, e in cfg["experiments"].items():
+            if other != exp:
+                foreign |= {f"papers/{other}/"}
+                foreign |= {f"/{m}/" for m in e["models"] if m not in models}
+                foreign |= {f"/{cfg['models'][m]['dataset']}/" for m in e["models"]
+                            if cfg["models"][m]["dataset"] not in datasets}
+        bad = [o for o in outputs for f in foreign if f in o]
+        assert not bad, f"{preset.name}: jobs of other experiments: {bad[:5]}"
+        # and a plain `snakemake` with the overlay builds its `run` too
+        res = snakemake("--configfile", "over.yaml", "-n", cwd=d)
+        assert sorted(planned_outputs(res)) == sorted(outputs)
+
+
+def test_lint_is_clean():
     res = snakemake("--lint", cwd=ROOT, check=False)
     out = (res.stdout + res.stderr).strip()
     assert res.returncode == 0, out
@@ -95,11 +193,11 @@ def test_imagenet_preset_with_local_stand_ins(tmp_path):
     """presets/imagenet.yaml with a tiny ImageFolder and a weights file standing in for
     ImageNet and torchvision's pretrained weights (random ResNet-18, 224x224)."""
     import torch
-    import yaml
     from PIL import Image
 
     from xaipipe.models import load_model
 
+    d = workdir(tmp_path)
     rng = np.random.default_rng(0)
     for c in ("n01440764", "n01443537"):
         (tmp_path / "imagenet" / "val" / c).mkdir(parents=True)
@@ -110,16 +208,19 @@ def test_imagenet_preset_with_local_stand_ins(tmp_path):
     torch.save(load_model("resnet18", weights="random").net.state_dict(), weights)
     cfg = yaml.safe_load((ROOT / "presets" / "imagenet.yaml").read_text())
     cfg["datasets"]["imagenet"]["root"] = str(tmp_path / "imagenet")
-    cfg["models"] = {"resnet18": {"arch": "resnet18", "weights": str(weights)}}
-    cfg["methods"] = {"gradcam": {}, "integrated_gradients": {"steps": 4, "rule": "trapezoid"}}
-    cfg["metrics"] = {"insertion": {"steps": 5, "fill": "blur"}}
-    cfg["explain"].update(filter="all", max_images=2, variants=["jpeg"])
-    cfg["report"]["variant"] = "jpeg"
+    cfg["models"] = {"resnet18": {"arch": "resnet18", "weights": str(weights),
+                                  "dataset": "imagenet", "preprocess": "resize232_crop224"}}
+    cfg["methods"] = {"ig4": {"method": "integrated_gradients", "steps": 4, "rule": "trapezoid"}}
+    cfg["metrics"] = {"insertion5_blur": {"metric": "insertion", "steps": 5, "fill": "blur"}}
+    cfg["experiments"]["imagenet"].update(
+        models=["resnet18"], methods=["gradcam", "ig4"], metrics=["insertion5_blur"],
+        filter="all", max_images=2, variants=["jpeg"])
     cfg["device"] = "cpu"
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    snakemake("--configfile", "config.yaml", "--cores", "2", cwd=tmp_path)
-    plan = Plan(load_config(tmp_path / "config.yaml"))
-    for target in plan.all_targets():
-        assert (tmp_path / target).exists(), target
-    s = open_saliency(tmp_path / plan.saliency("imagenet", "resnet18", "gradcam", "jpeg"))
+    (d / "over.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake("--configfile", "over.yaml", "--cores", "2", "imagenet", cwd=d)
+    plan = Plan(load_config(d / "config.yaml", d / "over.yaml"))
+    for target in plan.experiment_targets("imagenet"):
+        assert (d / target).exists(), target
+    s = open_saliency(d / plan.saliency("imagenet", "resnet18", "gradcam", "jpeg"))
     assert s.saliency.shape == (2, 1, 224, 224)
+    assert not (d / "results/models").exists()          # no demo model trained

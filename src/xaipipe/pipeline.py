@@ -107,13 +107,15 @@ def summary(out, scores, selections, job: SummaryJob):
 
 # -- report ------------------------------------------------------------------------------
 def table(outputs: dict, summary_csv, name: str):
+    from .report import read_summary
     from .report.tables import TABLES
-    TABLES.get(name)(pd.read_csv(summary_csv), outputs)
+    TABLES.get(name)(read_summary(summary_csv), outputs)
 
 
 def figure(outputs: dict, summary_csv, stores, images, job: FigureJob):
+    from .report import read_summary
     from .report.figures import FIGURES, FigureInputs
-    inputs = FigureInputs(summary=pd.read_csv(summary_csv),
+    inputs = FigureInputs(summary=read_summary(summary_csv),
                           stores=dict(zip(job.methods, as_list(stores))), images=images,
                           split=job.split, n_images=job.n_images, experiment=job.experiment)
     FIGURES.get(job.figure)(inputs, [outputs["png"], outputs["pdf"]])

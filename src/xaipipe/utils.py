@@ -95,13 +95,6 @@ def atomic_path(path: str | os.PathLike):
         raise
 
 
-def chunks(n: int, size: int):
-    """Yield slices ``[start, stop)`` covering ``range(n)`` in pieces of at most ``size``."""
-    size = max(1, int(size))
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
-
-
 def as_list(x) -> list:
     """A Snakemake input entry (a path, or a list of them, or nothing) as a list of paths."""
     if x is None:

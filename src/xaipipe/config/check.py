@@ -115,7 +115,7 @@ def model_factory(config: dict, name: str):
         kw.setdefault("num_classes", len(make_source(m["dataset"],
                                                      config["datasets"][m["dataset"]]).classes()))
     with torch.device("meta"):
-        return load_model(m["arch"], weights="random", **kw)
+        return load_model(m["arch"], weights="random", device="meta", **kw)
 
 
 def check_catalogs(config: dict) -> None:

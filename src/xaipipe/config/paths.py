@@ -24,7 +24,7 @@ TEMPLATES = {
     "figure": "{R}/papers/{experiment}/figures/{figure}.{ext}",
     "log": "{R}/logs/{name}.log",
 }
-TABLE_EXTS = ("csv", "md", "tex")
+TABLE_EXTS = ("csv", "md", "tex", "html")
 FIGURE_EXTS = ("png", "pdf")
 
 
@@ -40,7 +40,7 @@ class Paths:
         raise AttributeError(key)
 
     def fmt(self, key: str, **wildcards) -> str:
-        return getattr(self, key).format(**wildcards)
+        return TEMPLATES[key].replace("{R}", self.R.rstrip("/")).format(**wildcards)
 
     def log(self, name: str) -> str:
         return self.fmt("log", name=name)

@@ -1,19 +1,20 @@
 """The image store (Zarr v3): ``results/data/{dataset}/{variant}.zarr``.
 
-Layout (every array chunked along N only, Zstd-compressed, with dimension names, so
+Layout (arrays chunked along N only, Zstd-compressed, with the dimension names shown, so
 ``xarray.open_zarr(path, group=split)`` opens a split with an ``index`` coordinate)::
 
-    /                       root group, no arrays; attributes:
-                              dataset, kind, variant, variant_params, classes (list of names,
-                              label i -> classes[i]), source_params, and the provenance
-                              (xaipipe/torch/torchvision/zarr/numpy ``*_version``, ``created``)
-    /{split}/               one group per split written (``train``, ``val``), no attributes
-        images  (N, 3, H, W) uint8  dims (index, channel, y, x)  RGB, preprocessed, variant applied
-        labels  (N,)         int64  dims (index,)                class of each image
-        index   (N,)         int64  dims (index,)                image ids: the position in the
-                                                                 split, stable across variants
-        masks   (N, H, W)    bool   dims (index, y, x)           ground-truth object masks; only
-                                                                 where the data set has them
+    /                   root group, no arrays; attributes: dataset, kind, variant,
+                        variant_params, classes (names; label i is classes[i]),
+                        source_params, and the provenance (``xaipipe_version``,
+                        ``torch_version``, ``torchvision_version``, ``zarr_version``,
+                        ``numpy_version``, ``created``)
+    /{split}/           one group per split written (``train``, ``val``), no attributes
+        images  (N, 3, H, W) uint8  (index, channel, y, x)  RGB, preprocessed, variant applied
+        labels  (N,)         int64  (index,)                class of each image
+        index   (N,)         int64  (index,)                image ids: the position in the
+                                                            split, stable across variants
+        masks   (N, H, W)    bool   (index, y, x)           ground-truth object masks; only
+                                                            where the data set has them
 
 H and W are the same for every image of a split. Metadata is consolidated into the root
 ``zarr.json``; the store is written under a temporary name and renamed when complete.

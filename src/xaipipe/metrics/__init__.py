@@ -1,11 +1,14 @@
 """Metrics: one function per metric, per-image scores; a registry for the pipeline.
 
 Adding a metric: a file here with a :class:`~xaipipe.metrics.base.Metric` subclass decorated
-with ``@register_metric`` and a plain function, imported below.
+with ``@register_metric`` and a plain function, imported below (the import registers it).
 """
-from .base import Metric, available_metrics, get_metric, register_metric
+from .base import (METRICS, NEEDS, Metric, MetricInputs, available_metrics, get_metric,
+                   register_metric)
 from .deletion import deletion
 from .insertion import insertion
+from .pointing_game import pointing_game
+from .stability import stability
 
-__all__ = ["Metric", "available_metrics", "deletion", "get_metric", "insertion",
-           "register_metric"]
+__all__ = ["METRICS", "NEEDS", "Metric", "MetricInputs", "available_metrics", "deletion",
+           "get_metric", "insertion", "pointing_game", "register_metric", "stability"]

@@ -5,7 +5,13 @@
 - insertion: taken from x̃, the rest from the fill b
 - deletion: taken from b, the rest from x̃.
 The score is the softmax probability (or logit) of the target; the AUC is the trapezoid over
-q ∈ [0, 1]; the normalised AUC divides the curve by the score of the full image.
+q ∈ [0, 1]; the normalised AUC divides the curve by the score of the full image (the
+reference). A reference close to 0 makes that ratio explode (an image the model gets wrong on
+a JPEG variant: p ≈ 1e-4 turns an AUC of 0.01 into 100), so images with |reference| <
+``norm_min`` get ``auc_norm`` = NaN and ``norm_excluded`` = True, and the summary leaves them
+out and counts them. For ``score: logit`` the reference may be negative: the rule is the same
+(|logit| < norm_min is excluded; a negative reference is kept, the curve divided by it is 1 at
+the full image as always).
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import torch.nn.functional as F
 from ..explain.objectives import objective
 from ..imageops import REDUCTIONS, reduce_channels
 from ..params import Param
+from .base import as_target
 
 FILLS = ("black", "normzero", "blur")
 SCORES = ("prob", "logit")
@@ -27,6 +34,9 @@ PERTURBATION_PARAMS = {
                       "variant of the same images)"),
     "score": Param("prob", str, SCORES, doc="softmax probability or logit of the target"),
     "reduction": Param("abs_sum", str, REDUCTIONS, doc="channel reduction of the map"),
+    "norm_min": Param(0.05, float, min=0.0,
+                      doc="auc_norm is NaN (and norm_excluded True) where |score of the full "
+                          "image| < norm_min; 0 excludes only a zero reference"),
 }
 
 
@@ -71,13 +81,15 @@ def make_fill(kind: str, images: torch.Tensor, model, fill: torch.Tensor | None)
 def perturbation_curves(model, images: torch.Tensor, maps: torch.Tensor, target: torch.Tensor,
                         mode: str, steps: int = 21, fill: str = "black",
                         fill_images: torch.Tensor | None = None, score: str = "prob",
-                        reduction: str = "abs_sum", batch_size: int = 256) -> dict[str, np.ndarray]:
-    """Per-image curves and AUCs. Returns ``curve`` (N, steps), ``auc``, ``auc_norm``,
-    ``score_full`` (the score of the unperturbed image) and the ``fractions`` grid."""
+                        reduction: str = "abs_sum", batch_size: int = 256,
+                        norm_min: float = 0.05) -> dict[str, np.ndarray]:
+    """Per-image curves and AUCs: ``curve`` (N, steps) at :func:`fractions`, ``auc``,
+    ``auc_norm`` (NaN where ``norm_excluded``), ``norm_excluded`` and ``score_full`` (the score
+    of the unperturbed image). ``model`` is used as given (eval mode is the caller's job)."""
     if mode not in ("insertion", "deletion"):
         raise ValueError(f"mode must be insertion or deletion, got {mode!r}")
     n, _, h, w = images.shape
-    target = torch.as_tensor(target, device=images.device).long().reshape(-1)
+    target = as_target(target, n, images.device)
     base = make_fill(fill, images, model, fill_images)
     ranks = pixel_ranks(rankable(maps.to(images.device), reduction, (h, w)))  # (N, H, W)
     qs = fractions(steps)
@@ -106,7 +118,17 @@ def perturbation_curves(model, images: torch.Tensor, maps: torch.Tensor, target:
     curve_np = curve.cpu().numpy().astype(np.float64)
     full_np = full.cpu().numpy().astype(np.float64)
     auc = np.trapezoid(curve_np, qs, axis=1)
+    excluded = norm_excluded(full_np, norm_min)
     with np.errstate(divide="ignore", invalid="ignore"):
         auc_norm = np.trapezoid(curve_np / full_np[:, None], qs, axis=1)
-    return {"curve": curve_np, "auc": auc, "auc_norm": auc_norm, "score_full": full_np,
-            "fractions": qs}
+    auc_norm[excluded] = np.nan
+    return {"curve": curve_np, "auc": auc, "auc_norm": auc_norm, "norm_excluded": excluded,
+            "score_full": full_np}
+
+
+def norm_excluded(reference: np.ndarray, norm_min: float) -> np.ndarray:
+    """Images whose reference score is too close to 0 to divide by: |ref| < norm_min, or
+    ref = 0, or ref not finite."""
+    ref = np.asarray(reference, np.float64)
+    with np.errstate(invalid="ignore"):
+        return ~(np.abs(ref) >= norm_min) | (ref == 0)

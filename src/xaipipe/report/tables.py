@@ -217,11 +217,12 @@ def to_latex(summary: pd.DataFrame) -> str:
 
 # -- HTML ----------------------------------------------------------------------------------------
 _STYLE = """<style>
+div.xaipipe-table { max-width: 100%; overflow-x: auto; }
 table.xaipipe-summary { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0; }
 table.xaipipe-summary th, table.xaipipe-summary td { padding: 0.2rem 0.6rem; }
-table.xaipipe-summary thead th { border-bottom: 2px solid #444; text-align: center; }
+table.xaipipe-summary thead th { border-bottom: 2px solid currentColor; text-align: center; }
 table.xaipipe-summary tbody th { text-align: left; font-style: italic; padding-top: 0.5rem;
-  border-bottom: 1px solid #999; }
+  border-bottom: 1px solid currentColor; }
 table.xaipipe-summary td { text-align: right; font-variant-numeric: tabular-nums;
   white-space: nowrap; }
 table.xaipipe-summary td:first-child { text-align: left; }
