@@ -1,45 +1,34 @@
-"""Integrated Gradients throughput: xaipipe against Captum, same model, inputs, steps, rule.
+"""Integrated Gradients throughput: xaipipe against Captum and against the model's raw
+forward+backward limit, same model, inputs, steps, rule and points per forward/backward.
 
-Prints images/s of both, their ratio, and the largest difference of the two maps. Run:
+Prints images/s of all three, the ratios xaipipe/Captum and xaipipe/limit (and Captum/limit),
+each as median and best over interleaved repeats, and the largest difference of the two maps.
+Run:
 
     .venv/bin/python benchmarks/bench_ig.py [--model demo|resnet18] [--images 32] [--steps 64]
 
 ``demo`` uses the demo model trained by ``make demo`` when it exists (random weights otherwise)
 on 64x64 images; ``resnet18`` is torchvision's ResNet-18 (random weights) at 224x224.
+
+The limit pushes the same number of points (images x steps) through forward + backward of the
+same model (gradient of the target logit w.r.t. the input, like IG's default objective), in
+chunks of the same size, on one pre-built random chunk: no path points, no weighting, no
+accumulation, no extra pass for the completeness gap. IG/limit near 1.0 means IG costs what the
+model costs. Nothing is asserted; the numbers are printed.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from pathlib import Path
 
 import torch
 from captum.attr import IntegratedGradients
 
+from benchcommon import bench_model, header, timed
 from xaipipe.explain import explain
 from xaipipe.explain.base import default_memory_mb, get_method
-from xaipipe.models import load_model
 from xaipipe.utils import resolve_device
 
 CAPTUM_METHOD = {"left": "riemann_left", "right": "riemann_right", "middle": "riemann_middle"}
-
-
-def timed(fns, repeats):
-    """Wall times of each function, runs interleaved (a, b, a, b, ...) so that drifts of the
-    machine hit both alike; returns [((median s, best s), last output), ...]."""
-    times = [[] for _ in fns]
-    outs = [None] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            outs[i] = fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            times[i].append(time.perf_counter() - t)
-    return [((statistics.median(t), min(t)), o) for t, o in zip(times, outs)]
 
 
 def main():
@@ -49,21 +38,13 @@ def main():
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--rule", default="right", choices=sorted(CAPTUM_METHOD))
     ap.add_argument("--memory-mb", type=float, default=None,
-                    help="chunk budget of both (default: xaipipe's default for the device)")
+                    help="chunk budget of all three (default: xaipipe's default for the device)")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--device", default="auto")
     a = ap.parse_args()
 
     device = resolve_device(a.device)
-    torch.manual_seed(0)
-    if a.model == "demo":
-        weights = Path("results/models/shapes_resnet18/weights.pt")
-        model = load_model("demo_resnet18", weights=str(weights)) if weights.exists() else \
-            load_model("demo_resnet18", weights="random", num_classes=10)
-        size, source = 64, str(weights) if weights.exists() else "random weights"
-    else:
-        model, size, source = load_model("resnet18", weights="random"), 224, "random weights"
-    model = model.to(device).eval()
+    model, size, source = bench_model(a.model, device)
     x = torch.rand(a.images, 3, size, size, device=device)
     with torch.no_grad():
         target = model(x).argmax(1)
@@ -72,7 +53,7 @@ def main():
     chunk = get_method("integrated_gradients")(model, memory_mb=budget).chunk_size(
         x.shape[1:], device)
     # Captum batches whole steps (internal_batch_size // N steps of N images, at least one);
-    # both get exactly that many points per forward/backward, so the work is the same.
+    # all three get exactly that many points per forward/backward, so the work is the same.
     chunk = a.images * max(1, chunk // a.images)
     ig = IntegratedGradients(model)
 
@@ -84,19 +65,34 @@ def main():
         return ig.attribute(x, target=target, n_steps=a.steps, method=CAPTUM_METHOD[a.rule],
                             internal_batch_size=chunk)
 
-    ours(), captum()                                   # warm-up
-    (t_ours, m_ours), (t_cap, m_cap) = timed([ours, captum], a.repeats)
+    n_points = a.images * a.steps                      # left/right/middle: one point a step
+    lim_x = torch.rand(chunk, *x.shape[1:], device=device)
+    lim_t = target[torch.arange(chunk, device=device) % a.images].view(-1, 1)
+
+    def limit():
+        g = None
+        for s in range(0, n_points, chunk):
+            b = min(chunk, n_points - s)
+            pts = lim_x[:b].detach().requires_grad_(True)
+            with torch.enable_grad():
+                f = model(pts).gather(1, lim_t[:b]).sum()
+                (g,) = torch.autograd.grad(f, pts)
+        return g
+
+    ours(), captum(), limit()                          # warm-up
+    (t_ours, m_ours), (t_cap, m_cap), (t_lim, _) = timed([ours, captum, limit], a.repeats)
     diff = (m_ours - m_cap).abs().max().item()
     scale = m_cap.abs().max().item()
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(header(device))
     print(f"model {a.model} ({source}), {a.images} images {size}x{size}, {a.steps} steps, "
-          f"rule {a.rule}, {chunk} points per forward/backward for both (budget {budget:.0f} MB)")
-    print(f"xaipipe IG: {a.images / t_ours[0]:8.2f} images/s  (median {t_ours[0]:.3f} s, "
-          f"best {t_ours[1]:.3f} s)")
-    print(f"Captum  IG: {a.images / t_cap[0]:8.2f} images/s  (median {t_cap[0]:.3f} s, "
-          f"best {t_cap[1]:.3f} s)")
-    print(f"speed ratio xaipipe/Captum: {t_cap[0] / t_ours[0]:.3f} (median), "
-          f"{t_cap[1] / t_ours[1]:.3f} (best of {a.repeats})")
+          f"rule {a.rule}, {chunk} points per forward/backward for all (budget {budget:.0f} MB)")
+    for name, t in (("xaipipe IG", t_ours), ("Captum  IG", t_cap), ("fwd+bwd limit", t_lim)):
+        print(f"{name:13s}: {a.images / t[0]:8.2f} images/s  (median {t[0]:.3f} s, "
+              f"best {t[1]:.3f} s)")
+    for name, num, den in (("xaipipe/Captum", t_cap, t_ours), ("xaipipe/limit", t_lim, t_ours),
+                           ("Captum/limit", t_lim, t_cap)):
+        print(f"speed ratio {name:14s}: {num[0] / den[0]:.3f} (median), "
+              f"{num[1] / den[1]:.3f} (best of {a.repeats})")
     print(f"max |difference|: {diff:.3e} (max |map| {scale:.3e}, relative {diff / scale:.2e})")
 
 

@@ -7,7 +7,9 @@ from torch import nn
 from xaipipe.errors import ConfigError
 from xaipipe.metrics import (MetricInputs, available_metrics, deletion, get_metric, insertion,
                              pointing_game, stability)
-from xaipipe.metrics.aggregate import bootstrap_ci, summarize, to_markdown
+from xaipipe.metrics.aggregate import bootstrap_ci, column_seed
+from xaipipe.metrics.base import get_metric
+from xaipipe.utils import derive_seed
 from xaipipe.metrics.deletion import Deletion
 from xaipipe.metrics.insertion import Insertion
 from xaipipe.metrics.perturbation import pixel_counts, pixel_ranks
@@ -171,11 +173,17 @@ def test_bootstrap_interval_and_summary():
     assert bootstrap_ci(np.full(10, 2.0)) == (2.0, 2.0, 2.0)
     assert np.isnan(bootstrap_ci([np.nan])[0])
     import pandas as pd
-    keys = dict(dataset="d", model="m", metric="insertion", method="ig", variant="original")
-    s = summarize([(keys, pd.DataFrame({"auc": [0.1, 0.3], "auc_norm": [0.2, 0.4]}),
-                    ("auc", "auc_norm"))])
-    assert s["mean"].tolist() == pytest.approx([0.2, 0.3]) and s["n"].tolist() == [2, 2]
-    assert "insertion" in to_markdown(s) and "0.2000 [" in to_markdown(s)
+    df = pd.DataFrame({"auc": [0.1, 0.3, 0.6], "auc_norm": [0.2, 0.4, np.nan]})
+    parts = (0, "d", "m", "insertion", "ig", "original")
+    rows = get_metric("insertion").aggregate(df, n_boot=200, seed=parts)
+    assert [r["score"] for r in rows] == ["auc", "auc_norm"]
+    assert [r["mean"] for r in rows] == pytest.approx([1 / 3, 0.3])
+    assert [(r["n"], r["excluded"]) for r in rows] == [(3, 0), (2, 1)]
+    assert {r["direction"] for r in rows} == {"higher"}
+    # the CI is seeded by the entry's keys and the column, as the summary always was
+    assert column_seed(parts, "auc") == derive_seed(*parts, "auc")
+    assert (rows[0]["ci_low"], rows[0]["ci_high"]) == bootstrap_ci(
+        df["auc"], 200, 0.95, derive_seed(*parts, "auc"))[1:]
 
 
 # -- eval mode, target broadcasting, normalised AUC -----------------------------------------
@@ -205,6 +213,9 @@ def test_metrics_run_in_eval_mode_and_restore_the_mode(fn):
     np.testing.assert_array_equal(out["curve"], ref["curve"])
     assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
     assert model.training and all(m.training for m in model.modules())
+    bn.eval()                                   # mixed modes come back exactly
+    fn(model, x, sal, [0, 1, 2], steps=6)
+    assert model.training and not bn.training and model.net[0].training
 
 
 def test_model_mode_is_restored_on_error():
@@ -237,16 +248,16 @@ def test_auc_norm_excludes_tiny_reference_scores():
     model = identity_model(torch.full((2, 2), -1.0))
     x = torch.stack([torch.ones(3, 2, 2), torch.zeros(3, 2, 2)])
     sal = torch.rand(2, 3, 2, 2)
-    out = insertion(model, x, sal, 0, steps=5)
+    out = insertion(model, x, sal, [0, 0], steps=5)
     assert out["norm_excluded"].tolist() == [True, False]
     assert np.isnan(out["auc_norm"][0]) and out["auc_norm"][1] == pytest.approx(1.0)
     assert np.isfinite(out["auc"]).all()
-    old = insertion(model, x, sal, 0, steps=5, norm_min=0.0)      # the unguarded ratio
+    old = insertion(model, x, sal, [0, 0], steps=5, norm_min=0.0)      # the unguarded ratio
     assert not old["norm_excluded"].any() and old["auc_norm"][0] > 1e3
     np.testing.assert_array_equal(old["auc"], out["auc"])
     # logit: the reference may be negative; only |ref| < norm_min is excluded.
     # image 0: curve z = -3k for k kept pixels = 0, -3, -6, -9, -12 -> AUC -6, ref -12.
-    lg = insertion(model, x, sal, 0, steps=5, score="logit")
+    lg = insertion(model, x, sal, [0, 0], steps=5, score="logit")
     assert lg["norm_excluded"].tolist() == [False, True]
     assert lg["auc"][0] == pytest.approx(-6.0) and lg["auc_norm"][0] == pytest.approx(0.5)
     assert np.isnan(lg["auc_norm"][1])
@@ -344,9 +355,10 @@ def test_pointing_game_inside_diagonal_pixels_and_signs():
     # Euclidean distance from the corner (149, 149): 10·√2 ≈ 14.1 < 15, 11·√2 ≈ 15.6
     assert pointing_game(point_map(224, 159, 159), mask)["hit"].tolist() == [1.0]
     assert pointing_game(point_map(224, 160, 160), mask)["hit"].tolist() == [0.0]
-    # tolerance in pixels as given
-    assert pointing_game(point_map(224, 120, 170), mask, tolerance=21,
-                         reference_size=None)["hit"].tolist() == [1.0]
+    # tolerance in pixels as given (the point is 21 px right of the box; strict test)
+    for tol, hit in ((21.5, 1.0), (21, 0.0)):
+        assert pointing_game(point_map(224, 120, 170), mask, tolerance=tol,
+                             reference_size=None)["hit"].tolist() == [hit]
     # a signed map: abs_sum makes the strongly negative pixel the point
     m = point_map(224, 10, 10) * 0.5
     m[0, 0, 120, 130] = -2.0

@@ -88,22 +88,6 @@ def test_shards_read_back_as_one_array(tmp_path):
         open_saliency(tmp_path / "missing.zarr")
 
 
-def test_empty_selection_gives_empty_store_and_scores(tmp_path):
-    import torch as _t
-
-    from xaipipe.data.datasets import build_image_store
-    from xaipipe.metrics.runner import score_store
-
-    path = write_saliency(tmp_path / "e.zarr", _t.zeros(0, 3, 32, 32), [], [])
-    assert open_saliency(path).saliency.shape[0] == 0
-    build_image_store("s", {"kind": "shapes", "image_size": 32, "train": 0, "val": 2},
-                      "original", {}, tmp_path / "o.zarr", progress=False)
-    df = score_store("insertion", {}, path, tmp_path / "o.zarr",
-                     {"name": "demo_resnet18", "weights": "random", "width": 4},
-                     tmp_path / "s.parquet", scheduler="synchronous")
-    assert len(df) == 0 and (tmp_path / "s.parquet").exists()
-
-
 def test_extras_keep_trailing_dims_and_kinds_across_shards(tmp_path):
     xr = pytest.importorskip("xarray")
     hist = torch.rand(4, 3, 2)                                    # e.g. a (T, K) history

@@ -26,7 +26,7 @@ def requested_images(selections, max_images, target: str = "label"):
     parts = [selected_ids(pd.read_parquet(p), mx) for p, mx in zip(selections, max_images)]
     sel = (pd.concat(parts) if parts else pd.DataFrame({"image_id": [], target: []}))
     sel = sel.drop_duplicates("image_id").sort_values("image_id")
-    return np.asarray(sel["image_id"], np.int64), np.asarray(sel[target], np.int64)
+    return np.array(sel["image_id"], np.int64), np.array(sel[target], np.int64)
 
 
 def explain_to_store(out, images_path, selections, model_files, job, progress=True):

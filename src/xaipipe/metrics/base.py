@@ -22,8 +22,7 @@ from torch import nn
 
 from ..params import Param, check_params
 from ..registry import Registry
-from ..utils import derive_seed
-from .aggregate import bootstrap_ci
+from .aggregate import bootstrap_ci, column_seed
 
 NEEDS = ("model", "images", "other_images", "other_maps", "masks", "boxes", "extras")
 DIRECTIONS = ("higher", "lower")
@@ -136,19 +135,22 @@ class Metric:
 
     # -- running --------------------------------------------------------------------------
     def __call__(self, inputs: MetricInputs) -> dict[str, np.ndarray]:
-        """Check the inputs, run :meth:`compute` with the model in eval mode (no gradients),
-        restore the model's training mode, and return the per-image columns as arrays."""
+        """Check the inputs, run :meth:`compute` with the model in eval mode and without
+        gradients (a metric that needs them uses ``torch.enable_grad()``), restore every
+        module's training mode, and return the per-image columns as arrays."""
         inputs = self._check_inputs(inputs)
-        model = inputs.model
-        was_training = model.training if model is not None else False
-        if model is not None:
-            model.eval()
+        # every module's own flag, so mixed modes (e.g. frozen BatchNorm in a training net)
+        # come back exactly as they were
+        modes = ([(m, m.training) for m in inputs.model.modules()]
+                 if inputs.model is not None else [])
+        if inputs.model is not None:
+            inputs.model.eval()
         try:
             with torch.no_grad():
                 out = self.compute(inputs)
         finally:
-            if model is not None:
-                model.train(was_training)
+            for m, was_training in modes:
+                m.training = was_training
         n = len(inputs.ids)
         cols = {}
         for k, v in out.items():
@@ -191,7 +193,7 @@ class Metric:
         ``excluded`` counts the images left out (NaN, e.g. ``auc_norm`` of an image whose
         reference score is below ``norm_min``)."""
         return [summary_row(cls, col, df[col] if col in df else np.zeros(0), n_boot=n_boot,
-                            level=level, seed=derive_seed(seed, col))
+                            level=level, seed=column_seed(seed, col))
                 for col in cls.scalars]
 
 

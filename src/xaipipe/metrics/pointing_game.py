@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..imageops import REDUCTIONS, reduce_channels
 from ..params import Param
-from ..utils import derive_seed
+from .aggregate import column_seed
 from .base import Metric, MetricInputs, register_metric, summary_row
 
 
@@ -117,11 +117,11 @@ class PointingGame(Metric):
         cls_ids = df["target"].to_numpy() if "target" in df else np.zeros(0, np.int64)
         ok = np.isfinite(hit)
         mean, lo, hi = class_mean_ci(hit[ok], cls_ids[ok], n_boot, level,
-                                     derive_seed(seed, "hit"))
+                                     column_seed(seed, "hit"))
         row = {"score": "hit", "n": int(ok.sum()), "mean": mean, "ci_low": lo, "ci_high": hi,
                "direction": cls.direction, "excluded": int(hit.size - ok.sum())}
         glob = summary_row(cls, "hit_global", hit, n_boot=n_boot, level=level,
-                           seed=derive_seed(seed, "hit_global"))
+                           seed=column_seed(seed, "hit_global"))
         return [row, glob]
 
 

@@ -26,7 +26,7 @@ from ..data.filters import selected_ids
 from ..data.store import open_images
 from ..models.spec import load_spec
 from ..store import open_saliency
-from ..utils import as_list, atomic_path, derive_seed
+from ..utils import as_list, atomic_path
 from ..zarrio import versions
 from .base import MetricInputs, get_metric
 
@@ -185,8 +185,7 @@ def summarize_experiment(scores, selections, job) -> pd.DataFrame:
         ids = selected_ids(sel_frames[entry.selection], entry.max_images)["image_id"]
         df = df[df["image_id"].isin(ids)].reset_index(drop=True)
         k = entry.keys
-        seed = derive_seed(job.seed, k["dataset"], k["model"], k["metric"], k["method"],
-                           k["variant"])
+        seed = (job.seed, k["dataset"], k["model"], k["metric"], k["method"], k["variant"])
         for row in get_metric(entry.metric).aggregate(df, n_boot=job.n_boot, level=job.level,
                                                       seed=seed):
             rows.append({"experiment": job.experiment, **k, **row})

@@ -101,9 +101,12 @@ def _bars_frame(summary: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+MAX_PANELS_PER_ROW = 4
+
+
 def bar_panels(summary: pd.DataFrame, paths, *, suptitle: str | None = None) -> None:
-    """One panel per (metric, score) of a long-form summary (a row of panels per model when
-    there are several): bars of the mean per method (in first-seen order), one colour per
+    """One panel per (metric, score) of a long-form summary (rows of at most four panels, per
+    model when there are several): bars of the mean per method (in first-seen order), one colour per
     variant, CI whiskers. Each panel title names the metric and score and, from the summary's
     ``direction`` column, whether higher or lower is better."""
     df = _bars_frame(summary)
@@ -111,12 +114,17 @@ def bar_panels(summary: pd.DataFrame, paths, *, suptitle: str | None = None) -> 
     models = list(dict.fromkeys(df["model"])) or [""]
     variants = list(dict.fromkeys(df["variant"]))
     colours = {v: f"C{k % 10}" for k, v in enumerate(variants)}
-    ncol = max(1, len(panels))
-    fig, axes = plt.subplots(len(models), ncol, figsize=(4.2 * ncol, 3.4 * len(models)),
-                             squeeze=False)
+    ncol = max(1, min(MAX_PANELS_PER_ROW, len(panels)))
+    per_model = max(1, -(-len(panels) // ncol))          # panel rows per model
+    fig, axes = plt.subplots(len(models) * per_model, ncol,
+                             figsize=(4.2 * ncol, 3.4 * len(models) * per_model), squeeze=False)
+    used = [(row * per_model + k // ncol, k % ncol)
+            for row in range(len(models)) for k in range(len(panels))]
+    for i, j in set(np.ndindex(axes.shape)) - set(used):
+        axes[i, j].set_visible(False)
     for row, model in enumerate(models):
-        for col, (metric, score) in enumerate(panels):
-            ax = axes[row, col]
+        for k, (metric, score) in enumerate(panels):
+            ax = axes[row * per_model + k // ncol, k % ncol]
             d = df[(df["model"] == model) & (df["metric"] == metric) & (df["score"] == score)]
             methods = list(dict.fromkeys(d["method"]))
             vs = [v for v in variants if v in set(d["variant"])]

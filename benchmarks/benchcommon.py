@@ -1,0 +1,64 @@
+"""Shared by the benchmarks: interleaved timing and the benchmark models.
+
+Only the stable public API of xaipipe is used here (``load_model``, ``resolve_device``), so
+the benchmarks also run against older checkouts (``PYTHONPATH=<worktree>/src``).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from xaipipe.models import load_model
+
+DEMO_WEIGHTS = Path("results/models/shapes_resnet18/weights.pt")
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fns, repeats):
+    """Wall times of each function, runs interleaved (a, b, a, b, ...) so that drifts of the
+    machine hit all alike; returns [((median s, best s), last output), ...]."""
+    times = [[] for _ in fns]
+    outs = [None] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            sync()
+            t = time.perf_counter()
+            outs[i] = fn()
+            sync()
+            times[i].append(time.perf_counter() - t)
+    return [((statistics.median(t), min(t)), o) for t, o in zip(times, outs)]
+
+
+def bench_model(name: str, device):
+    """(model in eval mode on ``device``, image size, where its weights come from).
+
+    ``demo``: the demo ResNet-18 trained by ``make demo`` when its weights exist (relative to
+    the current directory), else a random ``demo_resnet18`` (width 16, 10 classes), 64x64.
+    ``resnet18``: torchvision's ResNet-18 with random weights, 224x224."""
+    torch.manual_seed(0)
+    if name == "demo":
+        if DEMO_WEIGHTS.exists():
+            model, source = load_model("demo_resnet18", weights=str(DEMO_WEIGHTS)), \
+                str(DEMO_WEIGHTS)
+        else:
+            model, source = load_model("demo_resnet18", weights="random", num_classes=10), \
+                "random weights"
+        size = 64
+    elif name == "resnet18":
+        model, size, source = load_model("resnet18", weights="random"), 224, "random weights"
+    else:
+        raise ValueError(f"unknown benchmark model {name!r}; allowed: demo, resnet18")
+    return model.to(device).eval(), size, source
+
+
+def header(device):
+    import xaipipe
+    return (f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+            f"xaipipe from {Path(xaipipe.__file__).parent}")

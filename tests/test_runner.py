@@ -1,0 +1,112 @@
+"""The runners behind the rules: explain_to_store and score_store, called without Snakemake."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from xaipipe.config.jobs import Entry, ExplainJob, ModelSpec, ScoreJob, SummaryJob
+from xaipipe.data.datasets import build_image_store
+from xaipipe.data.predictions import predict
+from xaipipe.data.store import open_images
+from xaipipe.explain.runner import explain_to_store, requested_images
+from xaipipe.metrics import pointing_game, stability
+from xaipipe.metrics.runner import read_provenance, score_store, summarize_experiment
+from xaipipe.models import load_model
+from xaipipe.store import open_saliency
+
+SPEC = ModelSpec("demo_resnet18", None, {"num_classes": 3, "width": 4})
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("run")
+    cfg = {"kind": "shapes", "image_size": 32, "num_classes": 3, "train": 0, "val": 6}
+    for v, p in (("original", {}), ("jpeg", {"quality": 75})):
+        build_image_store("s", cfg, v, p, d / f"{v}.zarr", ["val"] if v != "original" else None,
+                          progress=False)
+    torch.manual_seed(0)
+    model = load_model("demo_resnet18", weights="random", num_classes=3, width=4)
+    torch.save(model.net.state_dict(), d / "w.pt")
+    preds = predict(model, open_images(d / "original.zarr"), progress=False)
+    preds.to_parquet(d / "all.parquet")
+    preds.iloc[[4, 1]].to_parquet(d / "two.parquet")
+    preds.iloc[:0].to_parquet(d / "none.parquet")
+    return d
+
+
+def explain_job(**kw):
+    base = dict(method="saliency", params={"objective": "logit", "grad_space": "pixel"},
+                model=SPEC, target="label", max_images=(None,), split="val", seed=0,
+                device="cpu", batch_size=4, memory_mb=None, dtype="float32",
+                provenance={"method": "saliency"})
+    return ExplainJob(**{**base, **kw})
+
+
+def score_job(metric, params, model=None, **kw):
+    base = dict(metric=metric, params=params, model=model, max_images=(None,), split="val",
+                device="cpu", batch_size=16, scheduler="synchronous",
+                provenance={"metric": metric, "method_params": {"objective": "logit"}})
+    return ScoreJob(**{**base, **kw})
+
+
+def test_requested_images_are_the_union_of_capped_selections(data):
+    ids, t = requested_images([data / "two.parquet", data / "all.parquet"], (None, 2))
+    assert ids.tolist() == [0, 1, 4]
+    labels = pd.read_parquet(data / "all.parquet").set_index("image_id")["label"]
+    assert t.tolist() == labels.loc[[0, 1, 4]].tolist()
+
+
+def test_explain_then_score_with_what_each_metric_needs(data, tmp_path):
+    for v in ("original", "jpeg"):
+        explain_to_store(tmp_path / f"{v}.zarr", data / f"{v}.zarr", [data / "all.parquet"],
+                         [data / "w.pt"], explain_job(max_images=(5,)), progress=False)
+    a, b = open_saliency(tmp_path / "original.zarr"), open_saliency(tmp_path / "jpeg.zarr")
+    assert a.index.tolist() == [0, 1, 2, 3, 4] and a.attrs["target_kind"] == "label"
+    # stability: two stores, no model, no images
+    inputs = {"saliency": tmp_path / "jpeg.zarr", "other_maps": tmp_path / "original.zarr",
+              "selections": [data / "two.parquet"]}
+    df = score_store(tmp_path / "st.parquet", inputs,
+                     score_job("stability", {"reference": "original", "reduction": "sum"}))
+    assert df["image_id"].tolist() == [1, 4]
+    want = stability(torch.from_numpy(b.saliency[[1, 4]].compute()),
+                     torch.from_numpy(a.saliency[[1, 4]].compute()))
+    np.testing.assert_allclose(df["mse"], want["mse"], rtol=1e-12)
+    prov = read_provenance(tmp_path / "st.parquet")
+    assert prov["metric_name"] == "stability" and prov["metric_params"]["reference"] == "original"
+    assert prov["method_params"] == {"objective": "logit"} and prov["torch_version"]
+    # pointing game: masks from the image store, no model
+    inputs = {"saliency": tmp_path / "original.zarr", "images": data / "original.zarr",
+              "selections": [data / "all.parquet"]}
+    pg = score_store(tmp_path / "pg.parquet", inputs,
+                     score_job("pointing_game", {"tolerance": 15, "reference_size": 224,
+                                                 "reduction": "abs_sum"}))
+    masks = torch.from_numpy(open_images(data / "original.zarr").read_masks(np.arange(5)))
+    np.testing.assert_array_equal(
+        pg["hit"], pointing_game(torch.from_numpy(a.saliency.compute()), masks)["hit"])
+    # insertion: model + images; chunking by the store does not change the result
+    inputs = {"saliency": tmp_path / "original.zarr", "images": data / "original.zarr",
+              "selections": [data / "all.parquet"], "model": [data / "w.pt"]}
+    ins = score_store(tmp_path / "in.parquet", inputs, score_job(
+        "insertion", {"steps": 5, "fill": "black", "score": "prob", "reduction": "abs_sum",
+                      "norm_min": 0.05}, model=SPEC, batch_size=3))
+    assert len(ins) == 5 and ins["auc"].between(0, 1).all()
+    assert len(ins["curve"].iloc[0]) == 5
+    # the summary reads exactly the experiment's images back
+    job = SummaryJob("e", (Entry({"dataset": "s", "model": "m", "metric": "insertion",
+                                  "method": "saliency", "variant": "original"},
+                                 "insertion", 0, 2),), 200, 0.95, 0)
+    summ = summarize_experiment([tmp_path / "in.parquet"], [data / "all.parquet"], job)
+    assert summ["n"].tolist() == [2, 2]
+    assert summ["mean"].iloc[0] == pytest.approx(ins["auc"].iloc[:2].mean())
+
+
+def test_empty_selection_gives_empty_store_and_scores(data, tmp_path):
+    explain_to_store(tmp_path / "e.zarr", data / "original.zarr", [data / "none.parquet"],
+                     [data / "w.pt"], explain_job(), progress=False)
+    assert open_saliency(tmp_path / "e.zarr").saliency.shape[0] == 0
+    df = score_store(tmp_path / "s.parquet",
+                     {"saliency": tmp_path / "e.zarr", "images": data / "original.zarr",
+                      "selections": [data / "all.parquet"], "model": [data / "w.pt"]},
+                     score_job("insertion", {"steps": 5}, model=SPEC))
+    assert len(df) == 0 and (tmp_path / "s.parquet").exists()
+
