@@ -2,8 +2,8 @@
 forward+backward limit, same model, inputs, steps, rule and points per forward/backward.
 
 Prints images/s of all three, the ratios xaipipe/Captum and xaipipe/limit (and Captum/limit),
-each as median and best over interleaved repeats, and the largest difference of the two maps.
-Run:
+each as median, best and paired median over interleaved repeats, and the largest difference of
+the two maps. Run:
 
     .venv/bin/python benchmarks/bench_ig.py [--model demo|resnet18] [--images 32] [--steps 64]
 
@@ -23,7 +23,7 @@ import argparse
 import torch
 from captum.attr import IntegratedGradients
 
-from benchcommon import bench_model, header, timed
+from benchcommon import bench_model, header, ratio, speed, timed
 from xaipipe.explain import explain
 from xaipipe.explain.base import default_memory_mb, get_method
 from xaipipe.utils import resolve_device
@@ -87,12 +87,10 @@ def main():
     print(f"model {a.model} ({source}), {a.images} images {size}x{size}, {a.steps} steps, "
           f"rule {a.rule}, {chunk} points per forward/backward for all (budget {budget:.0f} MB)")
     for name, t in (("xaipipe IG", t_ours), ("Captum  IG", t_cap), ("fwd+bwd limit", t_lim)):
-        print(f"{name:13s}: {a.images / t[0]:8.2f} images/s  (median {t[0]:.3f} s, "
-              f"best {t[1]:.3f} s)")
-    for name, num, den in (("xaipipe/Captum", t_cap, t_ours), ("xaipipe/limit", t_lim, t_ours),
-                           ("Captum/limit", t_lim, t_cap)):
-        print(f"speed ratio {name:14s}: {num[0] / den[0]:.3f} (median), "
-              f"{num[1] / den[1]:.3f} (best of {a.repeats})")
+        print(f"{name:13s}: {speed(a.images, t)}")
+    print(f"speed ratio xaipipe/Captum: {ratio(t_cap, t_ours)}")
+    print(f"speed ratio xaipipe/limit : {ratio(t_lim, t_ours)}")
+    print(f"speed ratio Captum/limit  : {ratio(t_lim, t_cap)}")
     print(f"max |difference|: {diff:.3e} (max |map| {scale:.3e}, relative {diff / scale:.2e})")
 
 

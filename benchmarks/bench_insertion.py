@@ -3,8 +3,8 @@
 Times ``xaipipe.metrics.insertion(model, images, maps, target, steps=..., batch_size=...)`` and
 the limit: the same number of model inputs (images x steps) pushed through the model under
 ``torch.no_grad`` in batches of the same size, on one pre-built random batch (no ranking, no
-masking, no scores, no AUCs). Prints images/s of both and insertion/limit as median and best
-over interleaved repeats. Run:
+masking, no scores, no AUCs). Prints images/s of both and insertion/limit as median, best and
+paired median over interleaved repeats. Run:
 
     .venv/bin/python benchmarks/bench_insertion.py [--model demo|resnet18] [--images 64]
 
@@ -22,7 +22,7 @@ import argparse
 
 import torch
 
-from benchcommon import bench_model, header, timed
+from benchcommon import bench_model, header, ratio, speed, timed
 from xaipipe.metrics import insertion
 from xaipipe.utils import resolve_device
 
@@ -68,10 +68,8 @@ def main():
     print(f"model {a.model} ({source}), {a.images} images {size}x{size}, {a.steps} steps, "
           f"{n_inputs} perturbed inputs in batches of {bs} for both")
     for name, t in (("insertion", t_ours), ("forward limit", t_lim)):
-        print(f"{name:13s}: {a.images / t[0]:8.2f} images/s  (median {t[0]:.3f} s, "
-              f"best {t[1]:.3f} s)")
-    print(f"speed ratio insertion/limit: {t_lim[0] / t_ours[0]:.3f} (median), "
-          f"{t_lim[1] / t_ours[1]:.3f} (best of {a.repeats}); "
+        print(f"{name:13s}: {speed(a.images, t)}")
+    print(f"speed ratio insertion/limit: {ratio(t_lim, t_ours)}; "
           f"ceiling steps/(steps+1) = {a.steps / (a.steps + 1):.3f}")
     print(f"mean AUC {float(res['auc'].mean()):.4f} (sanity: curve shape "
           f"{tuple(res['curve'].shape)})")

@@ -23,7 +23,7 @@ def sync():
 
 def timed(fns, repeats):
     """Wall times of each function, runs interleaved (a, b, a, b, ...) so that drifts of the
-    machine hit all alike; returns [((median s, best s), last output), ...]."""
+    machine hit all alike; returns [(list of the times in s, last output), ...]."""
     times = [[] for _ in fns]
     outs = [None] * len(fns)
     for _ in range(repeats):
@@ -33,7 +33,24 @@ def timed(fns, repeats):
             outs[i] = fn()
             sync()
             times[i].append(time.perf_counter() - t)
-    return [((statistics.median(t), min(t)), o) for t, o in zip(times, outs)]
+    return list(zip(times, outs))
+
+
+def speed(n_images, times):
+    """'... images/s (median ... s, best ... s)' of one function's times."""
+    med, best = statistics.median(times), min(times)
+    return f"{n_images / med:8.2f} images/s  (median {med:.3f} s, best {best:.3f} s)"
+
+
+def ratio(fast, slow):
+    """Throughput of ``slow``'s function relative to ``fast``'s (= time fast / time slow), as
+    'M (median), B (best of n), P (paired median)': M of the median times, B of the best
+    times, P the median over repeats of the ratio within each repeat (the runs of one repeat
+    are adjacent, so P is the least sensitive to load that comes and goes)."""
+    med = statistics.median(fast) / statistics.median(slow)
+    best = min(fast) / min(slow)
+    paired = statistics.median(f / s for f, s in zip(fast, slow))
+    return f"{med:.3f} (median), {best:.3f} (best of {len(fast)}), {paired:.3f} (paired median)"
 
 
 def bench_model(name: str, device):

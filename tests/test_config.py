@@ -186,3 +186,25 @@ def test_two_experiments_share_stores_with_the_union_of_their_images():
     c["experiments"]["more"]["target"] = "pred"
     with pytest.raises(ConfigError, match=r"experiments 'demo' and 'more' both need the maps"):
         Plan(check(c))
+
+
+def test_two_models_with_different_input_sizes_in_one_experiment(tmp_path):
+    (tmp_path / "val" / "n01").mkdir(parents=True)
+    c = cfg(datasets__folder={"kind": "imagefolder", "root": str(tmp_path)},
+            preprocess__r232_c224={"resize": 232, "crop": 224},
+            preprocess__r342_c299={"resize": 342, "crop": 299},
+            models__resnet={"arch": "resnet18", "weights": "random", "dataset": "folder",
+                            "preprocess": "r232_c224"},
+            models__inception={"arch": "inception_v3", "weights": "random", "dataset": "folder",
+                               "preprocess": "r342_c299"},
+            experiments__two={"models": ["resnet", "inception"], "methods": ["gradcam"],
+                              "metrics": ["insertion"]})
+    plan = Plan(check(c))
+    assert plan.model_images("resnet", "original") == "results/data/folder/r232_c224/original.zarr"
+    assert plan.model_images("inception", "original") == \
+        "results/data/folder/r342_c299/original.zarr"
+    assert plan.image_store_job("folder", "r342_c299", "original").preprocess["crop"] == 299
+    keys = {k[:2] for k in plan.explain_keys()}
+    assert {("folder", "resnet"), ("folder", "inception")} <= keys
+    # a run is what the experiment lists, not the cartesian product of the catalogs
+    assert not [k for k in plan.explain_keys() if k[1] == "resnet" and k[2] != "gradcam"]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from xaipipe.errors import ConfigError, DataError
-from xaipipe.report import (FIGURES, SUMMARY_COLUMNS, TABLES, FigureInputs, auc_bars,
+from xaipipe.report import (FIGURES, SUMMARY_COLUMNS, TABLES, FigureInputs, bar_panels,
                             read_summary, saliency_grid, to_html, to_latex, to_markdown)
 from xaipipe.report import figures as figures_mod
 
@@ -160,7 +160,7 @@ def test_auc_bars_panels_titles_from_direction(tmp_path, titles):
     assert titles[-1] == ["insertion auc (lower is better)", "deletion auc (lower is better)",
                           "stability mse (lower is better)"]
     df.loc[df["metric"] == "stability", "direction"] = "higher"
-    auc_bars(df, paths, score=None)
+    bar_panels(df, paths)
     assert titles[-1][2] == "stability mse (higher is better)"
 
 

@@ -51,13 +51,13 @@ def test_every_output_exists_and_is_sane(run):
     assert not (run / "results/papers/demo").exists()
     assert not (run / "results/models/shapes_resnet18").exists()
     n = cfg["experiments"]["tiny"]["max_images"]
-    for d, m, me, v in plan.explain_keys():
+    for d, m, me, v in plan.explain_keys("tiny"):
         s = open_saliency(run / plan.saliency(d, m, me, v))
         assert s.saliency.shape[0] == n and np.isfinite(s.saliency.compute()).all()
         assert s.attrs["method"] == me and s.attrs["variant"] == v
         assert {"torch_version", "torchvision_version", "zarr_version"} <= set(s.attrs)
     s_params = {me: plan.methods[me][1] for me in plan.methods}
-    for d, m, mt, me, v in plan.score_keys():
+    for d, m, mt, me, v in plan.score_keys("tiny"):
         path = run / plan.scores(d, m, mt, me, v)
         df = pd.read_parquet(path)
         assert len(df) == n and {"image_id", "target"} <= set(df.columns)
@@ -224,3 +224,18 @@ def test_imagenet_preset_with_local_stand_ins(tmp_path):
     s = open_saliency(d / plan.saliency("imagenet", "resnet18", "gradcam", "jpeg"))
     assert s.saliency.shape == (2, 1, 224, 224)
     assert not (d / "results/models").exists()          # no demo model trained
+
+
+@pytest.mark.integration
+def test_a_real_change_reruns_exactly_the_affected_jobs(run, tmp_path):
+    over = tmp_path / "tiny.yaml"
+    over.write_text(TINY.read_text().replace("steps: 8, rule: trapezoid",
+                                             "steps: 9, rule: trapezoid"))
+    res = snakemake("--configfile", str(over), "--cores", "1", "-n", "tiny", cwd=run)
+    outputs = planned_outputs(res)
+    stores = [o for o in outputs if "/saliency/" in o]
+    scores = [o for o in outputs if "/metrics/" in o]
+    assert sorted(stores) == [f"results/saliency/tiny_shapes/tiny_resnet18/ig8/{v}.zarr"
+                              for v in ("jpeg", "original")]
+    assert scores and all("/ig8/" in o for o in scores)
+    assert not [o for o in outputs if "/data/" in o or "/models/" in o or "/selection/" in o]

@@ -73,13 +73,6 @@ def create(group: zarr.Group, name: str, shape, dtype, chunk_n: int, dims) -> za
                               fill_value=0)
 
 
-def put(group: zarr.Group, name: str, data: np.ndarray, dims, chunk_n: int | None = None):
-    data = np.asarray(data)
-    arr = create(group, name, data.shape, data.dtype, chunk_n or max(1, data.shape[0]), dims)
-    arr[...] = data
-    return arr
-
-
 def open_group(path) -> zarr.Group:
     """Open a store read-only; its consolidated metadata is used when present (zarr's
     ``use_consolidated=None``), so older stores without it still open."""

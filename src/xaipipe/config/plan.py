@@ -46,8 +46,9 @@ class Plan:
         self._target: dict[tuple, tuple[str, str]] = {}
         # (dataset, model, metric, method, variant) -> {(filter, on_variant): max_images}
         self._score: dict[tuple, dict] = defaultdict(dict)
-        # experiment -> [(score key, (filter, on_variant), max_images)]
+        # experiment -> [(score key, (filter, on_variant), max_images)], its store keys
         self._entries: dict[str, list] = {}
+        self._stores: dict[str, list] = {}
         for e in self.experiments.values():
             self._add(e)
 
@@ -57,7 +58,7 @@ class Plan:
             else max_images
 
     def _add(self, e: Experiment) -> None:
-        entries = []
+        entries, stores = [], []
         for m in e.models:
             d = self.dataset_of(m)
             for me in e.methods:
@@ -71,6 +72,7 @@ class Plan:
                             f"({self._target[key][0]} vs {e.target}); give one of them a "
                             f"method run of another name")
                     self._target.setdefault(key, (e.target, e.name))
+                    stores.append(key)
                     filters = {e.filter_for(mt) for mt in e.metrics} or {e.filter_for()}
                     for f in sorted(filters):
                         self._request(self._explain, key, (f, e.filter_on(v)), e.max_images)
@@ -82,6 +84,7 @@ class Plan:
                         self._request(self._score, skey, sel, e.max_images)
                         entries.append((skey, sel, e.max_images))
         self._entries[e.name] = entries
+        self._stores[e.name] = stores
 
     # -- names ---------------------------------------------------------------------------
     def wildcard_constraints(self) -> dict[str, str]:
@@ -149,13 +152,15 @@ class Plan:
     def all_targets(self) -> list[str]:
         return [t for e in self.run for t in self.experiment_targets(e)]
 
-    def explain_keys(self) -> list[tuple]:
-        """(dataset, model, method run, variant) of every saliency store."""
-        return sorted(self._explain)
+    def explain_keys(self, experiment: str | None = None) -> list[tuple]:
+        """(dataset, model, method run, variant) of every saliency store (of one experiment)."""
+        return sorted(self._explain if experiment is None else set(self._stores[experiment]))
 
-    def score_keys(self) -> list[tuple]:
-        """(dataset, model, metric run, method run, variant) of every score file."""
-        return sorted(self._score)
+    def score_keys(self, experiment: str | None = None) -> list[tuple]:
+        """(dataset, model, metric run, method run, variant) of every score file (of one
+        experiment)."""
+        return sorted(self._score if experiment is None
+                      else {k for k, _, _ in self._entries[experiment]})
 
     # -- data ----------------------------------------------------------------------------
     def image_store_job(self, dataset, preprocess, variant) -> ImageStoreJob:

@@ -42,7 +42,7 @@ def preprocess(image: Image.Image, resize=None, mode="shorter", crop=None,
     if resize is None and crop is None:
         return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
     # torchvision's ToTensor (x / 255), as the reference code, to the last bit
-    x = torch.from_numpy(np.asarray(image, dtype=np.uint8)).permute(2, 0, 1).float().div(255)
+    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div(255)
     if resize is not None:
         x = TF.resize(x, [resize, resize] if mode == "squash" else [resize],
                       interpolation=InterpolationMode(interpolation), antialias=True)

@@ -4,11 +4,11 @@
 ``FIGURES.get("auc_bars")(FigureInputs(...), [png, pdf])``; see :mod:`.tables`,
 :mod:`.figures` and :mod:`.inputs` (the summary's columns).
 """
-from .figures import (FIGURES, auc_bars, auc_bars_figure, bar_panels, display_map,
+from .figures import (FIGURES, auc_bars_figure, bar_panels, display_map,
                       saliency_grid, saliency_grid_figure)
 from .inputs import SUMMARY_COLUMNS, FigureInputs, check_summary, read_summary
 from .tables import TABLES, to_html, to_latex, to_markdown
 
-__all__ = ["FIGURES", "SUMMARY_COLUMNS", "TABLES", "FigureInputs", "auc_bars",
+__all__ = ["FIGURES", "SUMMARY_COLUMNS", "TABLES", "FigureInputs",
            "auc_bars_figure", "bar_panels", "check_summary", "display_map", "read_summary",
            "saliency_grid", "saliency_grid_figure", "to_html", "to_latex", "to_markdown"]

@@ -26,7 +26,7 @@ FIGURES = Registry("figure", package="xaipipe.report")
 
 BETTER = {"higher": "higher is better", "lower": "lower is better"}
 
-__all__ = ["FIGURES", "FigureInputs", "auc_bars", "auc_bars_figure", "bar_panels",
+__all__ = ["FIGURES", "FigureInputs", "auc_bars_figure", "bar_panels",
            "display_map", "saliency_grid", "saliency_grid_figure"]
 
 
@@ -155,12 +155,6 @@ def bar_panels(summary: pd.DataFrame, paths, *, suptitle: str | None = None) -> 
     _save(fig, paths)
 
 
-def auc_bars(summary: pd.DataFrame, paths, score: str | None = "auc") -> None:
-    """:func:`bar_panels` of the rows with ``score`` (all scores when None)."""
-    bar_panels(summary if score is None else summary[summary["score"] == score], paths)
-
-
-# -- registered figures -----------------------------------------------------------------------------
 @FIGURES.register(name="auc_bars")
 def auc_bars_figure(inputs: FigureInputs, paths: list[str]) -> None:
     """Every (metric, score) of the summary as a bar panel (see :func:`bar_panels`)."""
