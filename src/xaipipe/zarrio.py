@@ -12,7 +12,6 @@ import importlib
 import warnings
 from pathlib import Path
 
-import numpy as np
 import zarr
 
 from . import __version__
