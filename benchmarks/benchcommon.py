@@ -22,12 +22,15 @@ def sync():
 
 
 def timed(fns, repeats):
-    """Wall times of each function, runs interleaved (a, b, a, b, ...) so that drifts of the
-    machine hit all alike; returns [(list of the times in s, last output), ...]."""
+    """Wall times of each function, runs interleaved (a, b, c, then b, c, a, then c, a, b, ...:
+    the order rotates so that no function always runs first) so that drifts of the machine hit
+    all alike; returns [(list of the times in s, one per repeat, last output), ...]."""
     times = [[] for _ in fns]
     outs = [None] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
+    for r in range(repeats):
+        for j in range(len(fns)):
+            i = (r + j) % len(fns)
+            fn = fns[i]
             sync()
             t = time.perf_counter()
             outs[i] = fn()

@@ -122,8 +122,8 @@ def test_bad_config_stops_before_running(tmp_path):
 
 @pytest.mark.parametrize("key,value,match", [
     ("bogus", 1, "ConfigError: config key (top level): Additional properties are not allowed"),
-    ("models", {"shapes_resnet18": {"arch": "resnet9000"}},
-     "ConfigError: models.shapes_resnet18.arch: unknown model 'resnet9000'"),
+    ("models", {"tiny_resnet18": {"arch": "resnet9000", "dataset": "tiny_shapes"}},
+     "ConfigError: models.tiny_resnet18.arch: unknown model 'resnet9000'"),
     ("datasets", {"tiny_shapes": {"kind": "imagefolder", "root": "/nonexistent/imagenet"}},
      "ConfigError: datasets.tiny_shapes.root: folder '/nonexistent/imagenet' does not exist"),
 ])
