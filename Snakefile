@@ -1,10 +1,12 @@
 # xaipipe: data -> variants -> model filter -> attribution -> Zarr -> Dask metrics -> tables
 # and figures, one target rule per experiment. Rules are thin: each script unpacks
 # `snakemake.*` and calls xaipipe.pipeline; xaipipe.config.Plan says what runs and with which
-# arguments, xaipipe.config.paths holds every result path.
+# arguments (`signature`: what a job's result depends on, Snakemake's rerun trigger),
+# xaipipe.config.paths holds every result path.
 from snakemake.utils import min_version
 
 from xaipipe.config import setup_workflow
+from xaipipe.config.jobs import signature
 
 min_version("9.0")
 

@@ -14,6 +14,7 @@ rule explain:
         gpu=config["explain"]["gpu"],
     params:
         job=lambda w: plan.explain_job(w.dataset, w.model, w.method, w.variant),
+        signature=lambda w: signature(plan.explain_job(w.dataset, w.model, w.method, w.variant)),
     conda:
         "../envs/xaipipe.yaml"
     script:

@@ -6,6 +6,7 @@ rule image_store:
         P.log("data/{dataset}/{preprocess}/{variant}"),
     params:
         job=lambda w: plan.image_store_job(w.dataset, w.preprocess, w.variant),
+        signature=lambda w: signature(plan.image_store_job(w.dataset, w.preprocess, w.variant)),
     conda:
         "../envs/xaipipe.yaml"
     script:

@@ -12,6 +12,7 @@ rule score:
         P.log("metrics/{dataset}/{model}/{metric}/{method}/{variant}"),
     params:
         job=lambda w: plan.score_job(w.dataset, w.model, w.metric, w.method, w.variant),
+        signature=lambda w: signature(plan.score_job(w.dataset, w.model, w.metric, w.method, w.variant)),
     conda:
         "../envs/xaipipe.yaml"
     script:
@@ -29,6 +30,7 @@ rule summary:
         P.log("papers/{experiment}/summary"),
     params:
         job=lambda w: plan.summary_job(w.experiment),
+        signature=lambda w: signature(plan.summary_job(w.experiment)),
     conda:
         "../envs/xaipipe.yaml"
     script:

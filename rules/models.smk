@@ -10,6 +10,7 @@ rule train_model:
     threads: config["threads"]["train"]
     params:
         job=lambda w: plan.train_job(w.model),
+        signature=lambda w: signature(plan.train_job(w.model)),
     conda:
         "../envs/xaipipe.yaml"
     script:
@@ -27,6 +28,7 @@ rule predict:
         P.log("predictions/{dataset}/{model}/{variant}"),
     params:
         job=lambda w: plan.predict_job(w.model),
+        signature=lambda w: signature(plan.predict_job(w.model)),
     conda:
         "../envs/xaipipe.yaml"
     script:
@@ -43,6 +45,7 @@ rule select:
         P.log("selection/{dataset}/{model}/{filter}/{variant}"),
     params:
         job=lambda w: plan.select_job(w.filter),
+        signature=lambda w: signature(plan.select_job(w.filter)),
     conda:
         "../envs/xaipipe.yaml"
     script:

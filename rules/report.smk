@@ -42,6 +42,7 @@ rule figure:
         P.log("papers/{experiment}/figures/{figure}"),
     params:
         job=lambda w: plan.figure_job(w.experiment, w.figure),
+        signature=lambda w: signature(plan.figure_job(w.experiment, w.figure)),
     conda:
         "../envs/xaipipe.yaml"
     script:

@@ -3,6 +3,7 @@ import copy
 import pytest
 import yaml
 
+from xaipipe.config.jobs import signature
 from xaipipe.config import (ROOT, Plan, check_config, check_overlays, load_config, prepare,
                             validate_schema)
 from xaipipe.errors import ConfigError
@@ -68,11 +69,20 @@ def test_jobs_carry_filled_in_defaults_so_explicit_defaults_do_not_rerun():
     b = Plan(check(cfg(methods__smoothgrad={"noise": 0.15, "samples": 25, "squared": False,
                                             "objective": "logit"})))
     key = ("shapes", "shapes_resnet18", "smoothgrad", "original")
-    assert repr(a.explain_job(*key)) == repr(b.explain_job(*key))
+    sig = repr(signature(a.explain_job(*key)))         # what Snakemake compares
+    assert sig == repr(signature(b.explain_job(*key)))
     skey = ("shapes", "shapes_resnet18", "insertion", "smoothgrad", "original")
-    assert repr(a.score_job(*skey)) == repr(b.score_job(*skey))
+    assert repr(signature(a.score_job(*skey))) == repr(signature(b.score_job(*skey)))
     c = Plan(check(cfg(methods__smoothgrad={"samples": 4})))
-    assert repr(c.explain_job(*key)) != repr(a.explain_job(*key))
+    assert repr(signature(c.explain_job(*key))) != sig
+    # execution settings never change a result, so they do not rerun anything
+    d = Plan(check(cfg(explain__batch_size=7, explain__memory_mb=64, score__batch_size=9,
+                       score__scheduler="threads", methods__smoothgrad={"samples": 25})))
+    assert repr(signature(d.explain_job(*key))) == sig
+    assert d.explain_job(*key).batch_size == 7
+    assert repr(signature(d.score_job(*skey))) == repr(signature(a.score_job(*skey)))
+    # the signature is plain data (Snakemake ignores parameters it cannot represent)
+    assert eval(repr(signature(a.summary_job("demo"))))
 
 
 @pytest.mark.parametrize("path,value,match", [

@@ -1,13 +1,35 @@
 """Typed jobs: what each rule's script gets besides its input and output paths.
 
 Jobs hold plain data only (names, validated parameters with their defaults filled in,
-settings), so Snakemake's parameter trigger reruns a job exactly when something that changes
-its result changes: writing a default out explicitly changes nothing. Paths come from the
-rule's ``input``/``output``, never from here.
+settings). Snakemake cannot represent a dataclass parameter, so it never compares the job
+itself; each rule also passes :func:`signature` (a dict of every field that changes the
+result), and Snakemake's parameter trigger reruns a job exactly when that changes: writing a
+default out explicitly changes nothing, and neither do execution settings (fields marked
+:func:`execution`: device, batch sizes, memory budget, scheduler), which never change results.
+Paths come from the rule's ``input``/``output``, never from here.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+
+
+def execution(default=None):
+    """A field that says how a job runs, not what it computes (no rerun when it changes)."""
+    return field(default=default, metadata={"execution": True})
+
+
+def signature(job) -> dict:
+    """The fields of ``job`` that its result depends on, as plain data (Snakemake's params)."""
+    return {f.name: _plain(getattr(job, f.name)) for f in fields(job)
+            if not f.metadata.get("execution")}
+
+
+def _plain(v):
+    if hasattr(v, "__dataclass_fields__"):
+        return asdict(v)
+    if isinstance(v, tuple):
+        return [_plain(x) for x in v]
+    return v
 
 
 @dataclass(frozen=True)
@@ -38,15 +60,15 @@ class ImageStoreJob:
 class TrainJob:
     arch: str
     params: dict                     # validated training parameters
-    device: str = "auto"
+    device: str = execution("auto")
 
 
 @dataclass(frozen=True)
 class PredictJob:
     model: ModelSpec
     split: str
-    device: str = "auto"
-    batch_size: int = 256
+    device: str = execution("auto")
+    batch_size: int = execution(256)
 
 
 @dataclass(frozen=True)
@@ -66,11 +88,11 @@ class ExplainJob:
     max_images: tuple                # one per selection input (None: all)
     split: str
     seed: int
-    device: str
-    batch_size: int
-    memory_mb: float | None
     dtype: str
     provenance: dict                 # dataset, preprocess, model, method run, variant, filters
+    device: str = execution("auto")
+    batch_size: int = execution(32)
+    memory_mb: float | None = execution(None)
 
 
 @dataclass(frozen=True)
@@ -83,10 +105,10 @@ class ScoreJob:
     model: ModelSpec | None          # None: the metric needs no model
     max_images: tuple
     split: str
-    device: str
-    batch_size: int
-    scheduler: str
     provenance: dict
+    device: str = execution("auto")
+    batch_size: int = execution(256)
+    scheduler: str = execution("local")
 
 
 @dataclass(frozen=True)
@@ -116,7 +138,3 @@ class FigureJob:
     methods: tuple                   # aligned with the rule's ``stores`` input
     split: str
     n_images: int
-
-
-def as_dict(job) -> dict:
-    return asdict(job)
