@@ -253,3 +253,10 @@ def assert_report_shows_summary(html: str) -> None:
     assert "&uarr;</th>" in html and "&darr;</th>" in html
     assert "[0.280, 0.330]</td>" in html
     assert "Images excluded" in html
+
+
+def test_small_values_keep_significant_digits():
+    from xaipipe.report.tables import _cell
+    assert _cell(2.41e-5, 1.5e-5, 3.333e-5) == "2.41e-05 [1.50e-05, 3.33e-05]"
+    assert _cell(0.0, 0.0, 0.0) == "0.000 [0.000, 0.000]"
+    assert _cell(0.5, 0.004, 0.9) == "0.500 [0.004, 0.900]"

@@ -78,16 +78,20 @@ class Pivot:
         return "Images excluded (left out of the mean): " + "; ".join(self.excluded) + "."
 
 
-def _num(x: float) -> str:
-    return f"{x:.{DIGITS}f}"
+def _num(x: float, small: bool = False) -> str:
+    return f"{x:.{DIGITS - 1}e}" if small else f"{x:.{DIGITS}f}"
 
 
 def _cell(mean: float, lo: float, hi: float) -> str:
+    """``mean [lo, hi]`` with DIGITS decimals, or DIGITS significant digits when every value
+    is below 0.01 (e.g. stability MSEs of maps divided by their sums), so nothing shows as 0."""
     if not math.isfinite(mean):
         return "n/a"
+    vals = [v for v in (mean, lo, hi) if math.isfinite(v)]
+    small = 0 < max(abs(v) for v in vals) < 0.01
     if math.isfinite(lo) and math.isfinite(hi):
-        return f"{_num(mean)} [{_num(lo)}, {_num(hi)}]"
-    return _num(mean)
+        return f"{_num(mean, small)} [{_num(lo, small)}, {_num(hi, small)}]"
+    return _num(mean, small)
 
 
 MISSING = "–"
