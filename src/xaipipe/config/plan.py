@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 
-from ..data.variants import check_variant
+from ..data.datasets import make_source
 from ..data.filters import check_filter
 from ..data.preprocess import check_preprocess
-from ..data.datasets import make_source
+from ..data.variants import check_variant
 from ..errors import ConfigError
 from ..models.train import TRAIN_PARAMS
 from ..models.zoo import is_weights_path
@@ -34,7 +34,6 @@ class Plan:
     def __init__(self, config: dict):
         self.c = config
         self.P = Paths(config["results"])
-        self.R = self.P.R.rstrip("/")
         self.split = config["explain"]["split"]
         self.experiments = {n: Experiment.from_config(n, e)
                             for n, e in config["experiments"].items()}
