@@ -8,7 +8,8 @@ from xaipipe.config.jobs import Entry, ExplainJob, ModelSpec, ScoreJob, SummaryJ
 from xaipipe.data.datasets import build_image_store
 from xaipipe.data.predictions import predict
 from xaipipe.data.store import open_images
-from xaipipe.explain.runner import explain_to_store, requested_images
+from xaipipe.data.filters import requested_images
+from xaipipe.explain.runner import explain_to_store
 from xaipipe.metrics import pointing_game, stability
 from xaipipe.metrics.runner import read_provenance, score_store, summarize_experiment
 from xaipipe.models import load_model

@@ -95,6 +95,20 @@ def atomic_path(path: str | os.PathLike):
         raise
 
 
+@contextlib.contextmanager
+def eval_mode(model):
+    """Run ``model`` (if any) in eval mode, then give every module back its own training flag,
+    so mixed modes (e.g. frozen BatchNorm in a training net) come back exactly."""
+    modes = [(m, m.training) for m in model.modules()] if model is not None else []
+    if model is not None:
+        model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 def as_list(x) -> list:
     """A Snakemake input entry (a path, or a list of them, or nothing) as a list of paths."""
     if x is None:

@@ -62,3 +62,14 @@ def selected_ids(selection: pd.DataFrame, max_images: int | None = None) -> pd.D
     """The first ``max_images`` rows of a selection, by image id."""
     sel = selection.sort_values("image_id", kind="stable")
     return sel.iloc[:max_images] if max_images else sel
+
+
+def requested_images(selections, max_images, target: str = "label"):
+    """Image ids (sorted) and explained classes (``label`` or ``pred``) of the union of the
+    selection files, each capped at its ``max_images`` (first N by id)."""
+    if target not in ("label", "pred"):
+        raise ValueError(f"target must be label or pred, got {target!r}")
+    parts = [selected_ids(pd.read_parquet(p), mx) for p, mx in zip(selections, max_images)]
+    sel = pd.concat(parts) if parts else pd.DataFrame({"image_id": [], target: []})
+    sel = sel.drop_duplicates("image_id").sort_values("image_id")
+    return np.array(sel["image_id"], np.int64), np.array(sel[target], np.int64)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..registry import Registry
+from ..utils import eval_mode
 from ..params import Param, check_params
 from .objectives import OBJECTIVES, objective
 
@@ -88,13 +89,8 @@ class Method:
         (:func:`content_ids`), so random draws never depend on batching. The model runs in eval
         mode and every module is left in the mode it was in."""
         images, target, image_ids = _prepare(images, target, image_ids)
-        modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             out = self.attribute(images, target, image_ids)
-        finally:
-            for m, training in modes:
-                m.training = training
         out.maps = out.maps.float()
         return out
 

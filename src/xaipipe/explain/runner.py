@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
-import pandas as pd
 import torch
 from tqdm import tqdm
 
-from ..data.filters import selected_ids
+from ..data.filters import requested_images
 from ..data.store import open_images
 from ..models.spec import load_spec
 from ..store import SaliencyWriter
 from .base import get_method
 
 log = logging.getLogger("xaipipe")
-
-
-def requested_images(selections, max_images, target: str = "label"):
-    """Image ids (sorted) and explained classes of the union of the selections, each capped
-    at its ``max_images`` (first N by id)."""
-    if target not in ("label", "pred"):
-        raise ValueError(f"target must be label or pred, got {target!r}")
-    parts = [selected_ids(pd.read_parquet(p), mx) for p, mx in zip(selections, max_images)]
-    sel = (pd.concat(parts) if parts else pd.DataFrame({"image_id": [], target: []}))
-    sel = sel.drop_duplicates("image_id").sort_values("image_id")
-    return np.array(sel["image_id"], np.int64), np.array(sel[target], np.int64)
 
 
 def explain_to_store(out, images_path, selections, model_files, job, progress=True):
@@ -47,8 +34,7 @@ def explain_to_store(out, images_path, selections, model_files, job, progress=Tr
         for s in range(0, len(ids), bs):
             sl = slice(s, s + bs)
             x = images.tensor(pos[sl], dev)
-            t = torch.as_tensor(targets[sl], device=dev)
-            model.eval()
-            res = algo.attribute(x, t, torch.as_tensor(ids[sl]))
+            res = algo.run(x, torch.as_tensor(targets[sl], device=dev),
+                           torch.as_tensor(ids[sl]))
             w.write(res.maps, ids[sl], targets[sl], res.extras)
             bar.update(len(ids[sl]))

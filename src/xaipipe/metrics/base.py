@@ -22,6 +22,7 @@ from torch import nn
 
 from ..params import Param, check_params
 from ..registry import Registry
+from ..utils import eval_mode
 from .aggregate import bootstrap_ci, column_seed
 
 NEEDS = ("model", "images", "other_images", "other_maps", "masks", "boxes", "extras")
@@ -139,18 +140,8 @@ class Metric:
         gradients (a metric that needs them uses ``torch.enable_grad()``), restore every
         module's training mode, and return the per-image columns as arrays."""
         inputs = self._check_inputs(inputs)
-        # every module's own flag, so mixed modes (e.g. frozen BatchNorm in a training net)
-        # come back exactly as they were
-        modes = ([(m, m.training) for m in inputs.model.modules()]
-                 if inputs.model is not None else [])
-        if inputs.model is not None:
-            inputs.model.eval()
-        try:
-            with torch.no_grad():
-                out = self.compute(inputs)
-        finally:
-            for m, was_training in modes:
-                m.training = was_training
+        with eval_mode(inputs.model), torch.no_grad():
+            out = self.compute(inputs)
         n = len(inputs.ids)
         cols = {}
         for k, v in out.items():

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from ..data.filters import selected_ids
+from ..data.filters import requested_images, selected_ids
 from ..data.store import open_images
 from ..models.spec import load_spec
 from ..store import open_saliency
@@ -102,8 +102,8 @@ def score_store(out, inputs: dict, job, *, threads: int = 1) -> pd.DataFrame:
     cls = get_metric(job.metric)
     metric = cls(**job.params)
     sal = open_saliency(inputs["saliency"])
-    wanted = set(_requested_ids(as_list(inputs["selections"]), job.max_images))
-    keep = np.isin(sal.index, list(wanted))
+    wanted, _ = requested_images(as_list(inputs["selections"]), job.max_images)
+    keep = np.isin(sal.index, wanted)
     other = None
     if "other_maps" in metric.needs:
         other = open_saliency(inputs["other_maps"])
@@ -152,12 +152,6 @@ def score_store(out, inputs: dict, job, *, threads: int = 1) -> pd.DataFrame:
                            "saliency_attrs": {k: sal.attrs.get(k) for k in
                                               ("parameters", "target_kind", "seed", "dtype")}})
     return df
-
-
-def _requested_ids(selections, max_images) -> np.ndarray:
-    parts = [selected_ids(pd.read_parquet(p), mx)["image_id"].to_numpy()
-             for p, mx in zip(selections, max_images)]
-    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
 
 def write_scores(out, df: pd.DataFrame, provenance: dict) -> None:
