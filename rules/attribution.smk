@@ -7,6 +7,8 @@ rule explain:
         model=lambda w: plan.model_inputs(w.model),
     output:
         directory(P.saliency),
+    wildcard_constraints:
+        method=plan.alternatives(plan.explained_alone()),
     threads: config["threads"]["explain"]
     log:
         P.log("saliency/{dataset}/{model}/{method}/{variant}"),
@@ -19,3 +21,34 @@ rule explain:
         "../envs/xaipipe.yaml"
     script:
         "../scripts/explain.py"
+
+
+# A step sweep whose method evaluates one path for all counts (IG, Blur IG on nested grids):
+# one job per (dataset, model, variant) writes one store per count, `{run}@{steps}`.
+for _run in plan.sweeps:
+
+    rule:
+        name:
+            f"explain_sweep_{_run}"
+        input:
+            images=lambda w: plan.model_images(w.model, w.variant),
+            selections=lambda w, run=_run: plan.explain_selections(
+                w.dataset, w.model, run, w.variant
+            ),
+            model=lambda w: plan.model_inputs(w.model),
+        output:
+            [directory(p) for p in plan.sweep_stores(_run)],
+        threads: config["threads"]["explain"]
+        log:
+            P.log(f"saliency/{{dataset}}/{{model}}/{_run}/{{variant}}"),
+        resources:
+            gpu=config["explain"]["gpu"],
+        params:
+            job=lambda w, run=_run: plan.explain_job(w.dataset, w.model, run, w.variant),
+            signature=lambda w, run=_run: signature(
+                plan.explain_job(w.dataset, w.model, run, w.variant)
+            ),
+        conda:
+            "../envs/xaipipe.yaml"
+        script:
+            "../scripts/explain.py"

@@ -2,5 +2,8 @@ from xaipipe.pipeline import explain_store, log_to, set_threads
 
 with log_to(snakemake.log[0]):
     set_threads(snakemake.threads)
-    explain_store(snakemake.output[0], snakemake.input.images, list(snakemake.input.selections),
-                  list(snakemake.input.model), snakemake.params.job)
+    job = snakemake.params.job
+    # a one-path sweep writes one store per step count
+    out = list(snakemake.output) if job.sweep else snakemake.output[0]
+    explain_store(out, snakemake.input.images, list(snakemake.input.selections),
+                  list(snakemake.input.model), job)

@@ -218,3 +218,78 @@ def test_two_models_with_different_input_sizes_in_one_experiment(tmp_path):
     assert {("folder", "resnet"), ("folder", "inception")} <= keys
     # a run is what the experiment lists, not the cartesian product of the catalogs
     assert not [k for k in plan.explain_keys() if k[1] == "resnet" and k[2] != "gradcam"]
+
+
+# -- step sweeps and per-metric variants (IDGI study) ------------------------------------------
+def sweep_cfg():
+    c = cfg()
+    c["methods"]["ig_sweep"] = {"method": "integrated_gradients", "steps": [32, 8, 16],
+                                "idgi": True}
+    c["methods"]["ig_mid"] = {"method": "integrated_gradients", "steps": [4, 8],
+                              "rule": "middle"}
+    c["experiments"]["demo"].update(methods=["ig_sweep", "ig_mid", "random"],
+                                    metrics=["insertion", "stability"],
+                                    metric_variants={"insertion": ["original"]})
+    return c
+
+
+def test_a_sweep_is_one_job_writing_one_store_per_step_count():
+    plan = Plan(check(sweep_cfg()))
+    stores = {k[2] for k in plan.explain_keys("demo")}
+    assert {"ig_sweep@8", "ig_sweep@16", "ig_sweep@32", "ig_mid@4", "ig_mid@8",
+            "random"} == stores
+    assert plan.sweeps == {"ig_sweep": (8, 16, 32)}          # middle has no nested grid
+    assert "ig_sweep@8" not in plan.explained_alone() and "ig_mid@4" in plan.explained_alone()
+    job = plan.explain_job("shapes", "shapes_resnet18", "ig_sweep", "original")
+    assert job.sweep == (8, 16, 32) and job.params["steps"] == 32 and job.params["idgi"]
+    assert plan.sweep_stores("ig_sweep", dataset="shapes", model="m", variant="jpeg") == [
+        f"results/saliency/shapes/m/ig_sweep@{n}/jpeg.zarr" for n in (8, 16, 32)]
+    assert plan.sweep_stores("ig_sweep")[0] == \
+        "results/saliency/{dataset}/{model}/ig_sweep@8/{variant}.zarr"
+    alone = plan.explain_job("shapes", "shapes_resnet18", "ig_mid@4", "original")
+    assert alone.sweep is None and alone.params["steps"] == 4
+    # summaries know the method run and the step count of each store
+    info = plan.method_info("ig_sweep@16")
+    assert info == {"method_run": "ig_sweep", "method_name": "integrated_gradients",
+                    "steps": 16, "idgi": True}
+    # insertion only on original; stability (jpeg vs original) on jpeg
+    keys = plan.score_keys("demo")
+    assert ("shapes", "shapes_resnet18", "insertion", "ig_sweep@8", "jpeg") not in keys
+    assert ("shapes", "shapes_resnet18", "insertion", "ig_sweep@8", "original") in keys
+    assert ("shapes", "shapes_resnet18", "stability", "ig_sweep@8", "jpeg") in keys
+    # changing the sweep changes the job's signature; the order of the list does not
+    c = sweep_cfg()
+    c["methods"]["ig_sweep"]["steps"] = [8, 32, 16]
+    assert signature(Plan(check(c)).explain_job("shapes", "shapes_resnet18", "ig_sweep",
+                                                "original")) == signature(job)
+
+
+@pytest.mark.parametrize("steps,match", [([], "non-empty list"), ([8, 0], "positive"),
+                                         ([8, "x"], "positive integers")])
+def test_bad_sweeps_are_named(steps, match):
+    c = sweep_cfg()
+    c["methods"]["ig_sweep"]["steps"] = steps
+    with pytest.raises(ConfigError, match=f"methods.ig_sweep.steps.*{match}"):
+        check(c)
+    c = sweep_cfg()
+    c["methods"]["gradcam"] = {"steps": [4, 8]}
+    with pytest.raises(ConfigError, match="methods.gradcam.steps: method 'gradcam' has no steps"):
+        check(c)
+    c = sweep_cfg()
+    c["experiments"]["demo"]["metric_variants"] = {"insertion": ["blur"]}
+    with pytest.raises(ConfigError, match="metric_variants.insertion.*'blur'"):
+        check(c)
+
+
+def test_command_line_strings_are_read_as_the_schema_types():
+    """Snakemake passes nested --config values as strings ("20", "true")."""
+    c = cfg()
+    c["experiments"]["demo"]["max_images"] = "20"
+    c["score"] = {"bootstrap": "100"}
+    c["methods"]["integrated_gradients"] = {"steps": "16", "rule": "left"}
+    c["methods"]["ig_sweep"] = {"method": "integrated_gradients", "steps": ["8", "16"]}
+    c = check(c)
+    assert c["experiments"]["demo"]["max_images"] == 20 and c["score"]["bootstrap"] == 100
+    plan = Plan(c)
+    assert plan.methods["integrated_gradients"][1]["steps"] == 16
+    assert plan.sweeps == {"ig_sweep": (8, 16)} or "ig_sweep@8" in plan.methods

@@ -29,6 +29,8 @@ class Param:
                                   f"{', '.join(map(repr, self.choices))}")
             return value
         types = self.type if isinstance(self.type, tuple) else (self.type,)
+        if isinstance(value, str) and str not in types:
+            value = _cli_scalar(value)     # `--config` strings: "8" -> 8, "true" -> True
         if float in types and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
@@ -39,6 +41,17 @@ class Param:
         if self.max is not None and value > self.max:
             raise ConfigError(f"{where}: {value!r} is above the maximum {self.max}")
         return value
+
+
+def _cli_scalar(text: str):
+    """A string given on Snakemake's command line (which passes nested values as strings) as
+    the YAML scalar it spells, or the string itself."""
+    import yaml
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (bool, int, float, list)) or value is None else text
 
 
 def _is_free(value, typ) -> bool:

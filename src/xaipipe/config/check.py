@@ -30,10 +30,49 @@ def split_run(run: str, cfg: dict | None, key: str) -> tuple[str, dict]:
     return cfg.pop(key, run), cfg
 
 
+#: a sweep's store runs are named ``{run}@{steps}`` (``@`` is not allowed in catalog names)
+SWEEP_SEP = "@"
+
+
+def sweep_of(config: dict, run: str) -> tuple[int, ...] | None:
+    """The step counts of a method run whose ``steps`` is a list (a sweep), else None."""
+    steps = (config["methods"][run] or {}).get("steps")
+    if not isinstance(steps, list):
+        return None
+    where = f"methods.{run}.steps"
+    steps = [int(n) if isinstance(n, str) and n.strip().isdigit() else n for n in steps]
+    if not steps or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in steps):
+        raise ConfigError(f"{where}: a sweep is a non-empty list of positive integers, "
+                          f"got {steps!r}")
+    return tuple(sorted(set(steps)))
+
+
+def store_runs(config: dict, run: str) -> list[str]:
+    """The saliency stores of a method run: ``[run]``, or ``run@n`` per count of a sweep."""
+    sweep = sweep_of(config, run)
+    return [run] if sweep is None else [f"{run}{SWEEP_SEP}{n}" for n in sweep]
+
+
+def split_store_run(store_run: str) -> tuple[str, int | None]:
+    """(method run, steps) of a store run name (steps None outside sweeps)."""
+    run, sep, n = store_run.partition(SWEEP_SEP)
+    return (run, int(n)) if sep else (run, None)
+
+
 def method_of(config: dict, run: str) -> tuple[str, dict]:
-    """(registered method name, validated hyper-parameters) of a method run."""
+    """(registered method name, validated hyper-parameters) of a method run, or of one store
+    run ``run@n`` of a sweep (``steps`` = n); a sweep's own run gets ``steps`` = max(sweep)."""
+    run, steps = split_store_run(run)
     name, params = split_run(run, config["methods"][run], "method")
-    return name, get_method(name, f"methods.{run}.method").check(params, f"methods.{run}")
+    cls = get_method(name, f"methods.{run}.method")
+    sweep = sweep_of(config, run)
+    if sweep is not None:
+        if "steps" not in cls.params:
+            raise ConfigError(f"methods.{run}.steps: method {name!r} has no steps to sweep")
+        params["steps"] = max(sweep) if steps is None else steps
+    elif steps is not None:
+        raise ConfigError(f"method run {run!r} is not a sweep (no list of steps)")
+    return name, cls.check(params, f"methods.{run}")
 
 
 def metric_of(config: dict, run: str):
@@ -46,7 +85,8 @@ def metric_of(config: dict, run: str):
 def normalise_entry(section: str, name: str, value):
     """A catalog entry with its declared defaults filled in (for comparisons)."""
     if section == "methods":
-        return method_of({"methods": {name: value}}, name)
+        cfg = {"methods": {name: value}}
+        return (*method_of(cfg, name), sweep_of(cfg, name))
     if section == "metrics":
         m = metric_of({"metrics": {name: value}}, name)
         return (m.name, m.hparams)
@@ -73,6 +113,11 @@ class Experiment:
     tables: tuple
     figures: tuple
     report_variant: str
+    metric_variants: dict = None     # metric run -> variants it scores (absent: all)
+
+    def scores(self, metric: str, variant: str) -> bool:
+        """Whether the experiment scores ``variant``'s maps with ``metric``."""
+        return variant in (self.metric_variants or {}).get(metric, self.variants)
 
     @classmethod
     def from_config(cls, name: str, e: dict) -> "Experiment":
@@ -84,7 +129,8 @@ class Experiment:
                    tuple(e.get("metrics") or ()), filters, e.get("filter_variant"),
                    e.get("target", "label"), e.get("max_images"),
                    tuple(e.get("tables", ["summary"])), tuple(e.get("figures") or ()),
-                   e.get("report_variant") or variants[0])
+                   e.get("report_variant") or variants[0],
+                   {k: tuple(v) for k, v in (e.get("metric_variants") or {}).items()})
 
     def filter_for(self, metric: str | None = None) -> str:
         return self.filters.get(metric, self.filters[None])
@@ -137,7 +183,8 @@ def check_catalogs(config: dict) -> None:
             if m.get("weights"):
                 raise ConfigError(f"{where}: a trained model (train: ...) takes no weights")
     for run in config["methods"]:
-        method_of(config, run)
+        for store_run in store_runs(config, run):
+            method_of(config, store_run)
     for run in config["metrics"]:
         metric_of(config, run)
 
@@ -147,9 +194,9 @@ def check_experiment(config: dict, e: Experiment) -> None:
     from ..report.tables import TABLES
 
     where = f"experiments.{e.name}"
-    if e.name in RESERVED:
+    if e.name in RESERVED or e.name.startswith("explain_sweep_"):
         raise ConfigError(f"{where}: the name is taken by a workflow rule; reserved: "
-                          f"{', '.join(RESERVED)}")
+                          f"{', '.join(RESERVED)}, explain_sweep_*")
     for key, section in (("models", "models"), ("variants", "variants"),
                          ("methods", "methods"), ("metrics", "metrics")):
         for name in getattr(e, key):
@@ -158,6 +205,10 @@ def check_experiment(config: dict, e: Experiment) -> None:
         _allowed(f"{where}.filter" + (f".{metric}" if metric else ""), f, config["filters"])
         if metric is not None:
             _allowed(f"{where}.filter (metric)", metric, e.metrics)
+    for metric, vs in (e.metric_variants or {}).items():
+        _allowed(f"{where}.metric_variants", metric, e.metrics)
+        for v in vs:
+            _allowed(f"{where}.metric_variants.{metric}", v, e.variants)
     if e.filter_variant:
         _allowed(f"{where}.filter_variant", e.filter_variant, config["variants"])
     _allowed(f"{where}.report_variant", e.report_variant, e.variants)

@@ -93,6 +93,7 @@ class ExplainJob:
     device: str = execution("auto")
     batch_size: int = execution(32)
     memory_mb: float | None = execution(None)
+    sweep: tuple | None = None       # step counts of one path evaluation, one store each
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ class Entry:
     metric: str                      # registered name
     selection: int
     max_images: int | None
+    method: dict = field(default_factory=dict)   # method_run, method_name, steps, idgi
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from ..errors import ConfigError
 from ..models.train import TRAIN_PARAMS
 from ..models.zoo import is_weights_path
 from ..params import check_params
-from .check import Experiment, method_of, metric_of
+from ..explain.base import get_method
+from .check import Experiment, method_of, metric_of, split_store_run, store_runs, sweep_of
 from .jobs import (Entry, ExplainJob, FigureJob, ImageStoreJob, ModelSpec, PredictJob,
                    ScoreJob, SelectJob, SummaryJob, TrainJob)
 from .paths import FIGURE_EXTS, TABLE_EXTS, Paths
@@ -38,7 +39,17 @@ class Plan:
         self.experiments = {n: Experiment.from_config(n, e)
                             for n, e in config["experiments"].items()}
         self.run = list(config.get("run") or self.experiments)
-        self.methods = {run: method_of(config, run) for run in config["methods"]}
+        # store run (a method run, or ``run@n`` of a sweep) -> (registered name, parameters)
+        self.methods = {sr: method_of(config, sr) for run in config["methods"]
+                        for sr in store_runs(config, run)}
+        # method runs whose sweep is one path evaluation (one job, one store per count)
+        self.sweeps = {}
+        for run in config["methods"]:
+            sweep = sweep_of(config, run)
+            if sweep is not None:
+                name, params = method_of(config, run)
+                if get_method(name).shares_path(params, sweep):
+                    self.sweeps[run] = sweep
         self.metrics = {run: metric_of(config, run) for run in config["metrics"]}
         # (dataset, model, method, variant) -> {(filter, on_variant): max_images}
         self._explain: dict[tuple, dict] = defaultdict(dict)
@@ -60,7 +71,7 @@ class Plan:
         entries, stores = [], []
         for m in e.models:
             d = self.dataset_of(m)
-            for me in e.methods:
+            for me in (sr for run in e.methods for sr in store_runs(self.c, run)):
                 for v in e.variants:
                     key = (d, m, me, v)
                     if key in self._target and self._target[key][0] != e.target:
@@ -72,11 +83,12 @@ class Plan:
                             f"method run of another name")
                     self._target.setdefault(key, (e.target, e.name))
                     stores.append(key)
-                    filters = {e.filter_for(mt) for mt in e.metrics} or {e.filter_for()}
+                    filters = ({e.filter_for(mt) for mt in e.metrics if e.scores(mt, v)}
+                               or {e.filter_for()})
                     for f in sorted(filters):
                         self._request(self._explain, key, (f, e.filter_on(v)), e.max_images)
                     for mt in e.metrics:
-                        if not self.metrics[mt].applies_to(v):
+                        if not self.metrics[mt].applies_to(v) or not e.scores(mt, v):
                             continue
                         sel = (e.filter_for(mt), e.filter_on(v))
                         skey = (d, m, mt, me, v)
@@ -91,15 +103,20 @@ class Plan:
         from ..report.figures import FIGURES
         from ..report.tables import TABLES
 
-        def alt(names):
-            return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+        alt = self.alternatives
         sections = {"dataset": "datasets", "preprocess": "preprocess", "model": "models",
                     "method": "methods", "variant": "variants", "filter": "filters",
                     "metric": "metrics", "experiment": "experiments"}
         out = {w: alt(self.c[s]) for w, s in sections.items()}
+        out["method"] = alt(self.methods)
         out["table"] = alt(TABLES.names())
         out["figure"] = alt(FIGURES.names())
         return out
+
+    @staticmethod
+    def alternatives(names) -> str:
+        """A regex matching exactly one of ``names`` (longest first)."""
+        return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
 
     def dataset_of(self, model: str) -> str:
         return self.c["models"][model]["dataset"]
@@ -199,23 +216,56 @@ class Plan:
         return SelectJob(filt, check_filter(filt, self.c["filters"][filt]))
 
     # -- explain -------------------------------------------------------------------------
+    def explained_alone(self) -> list[str]:
+        """Store runs made by the ``explain`` rule (all but those of one-path sweeps)."""
+        return [sr for sr in self.methods if split_store_run(sr)[0] not in self.sweeps]
+
+    def sweep_stores(self, run: str, **wildcards) -> list[str]:
+        """The saliency stores of a one-path sweep, one per step count (wildcards left as
+        ``{dataset}`` etc. where not given: the sweep rule's outputs)."""
+        w = {k: wildcards.get(k, "{" + k + "}") for k in ("dataset", "model", "variant")}
+        return [self.saliency(w["dataset"], w["model"], sr, w["variant"])
+                for sr in store_runs(self.c, run)]
+
+    def _requests(self, dataset, model, method, variant) -> dict:
+        """The selections asked of a store run, or (a sweep's run) of all its stores."""
+        if method in self.sweeps:
+            reqs: dict = {}
+            for sr in store_runs(self.c, method):
+                for sel, mx in self._explain.get((dataset, model, sr, variant), {}).items():
+                    reqs[sel] = _merge_max(reqs[sel], mx) if sel in reqs else mx
+            return reqs
+        return self._explain[(dataset, model, method, variant)]
+
     def explain_selections(self, dataset, model, method, variant) -> list[str]:
-        reqs = self._explain[(dataset, model, method, variant)]
+        reqs = self._requests(dataset, model, method, variant)
         return [self.selection(dataset, model, f, on) for f, on in sorted(reqs)]
 
     def explain_job(self, dataset, model, method, variant) -> ExplainJob:
-        key = (dataset, model, method, variant)
-        reqs = self._explain[key]
-        name, params = self.methods[method]
+        """The job of one store run, or of a one-path sweep (``method`` = its run name)."""
+        reqs = self._requests(dataset, model, method, variant)
+        sweep = self.sweeps.get(method)
+        first = store_runs(self.c, method)[0] if sweep else method
+        name, params = method_of(self.c, method) if sweep else self.methods[method]
         ex = self.c["explain"]
         return ExplainJob(
             method=name, params=params, model=self.model_spec(model),
-            target=self._target[key][0], max_images=tuple(reqs[k] for k in sorted(reqs)),
+            target=self._target[(dataset, model, first, variant)][0],
+            max_images=tuple(reqs[k] for k in sorted(reqs)),
             split=self.split, seed=self.c["seed"], device=self.c["device"],
             batch_size=ex["batch_size"], memory_mb=ex["memory_mb"], dtype=ex["dtype"],
+            sweep=sweep,
             provenance={"dataset": dataset, "preprocess": self.preprocess_of(model),
                         "model": model, "method": method, "variant": variant,
                         "selections": [f"{f}@{on}" for f, on in sorted(reqs)]})
+
+    def method_info(self, store_run: str) -> dict:
+        """What the tables need to know of a store run: its method run, registered method,
+        step count (None where it has none) and whether it is IDGI."""
+        run, _ = split_store_run(store_run)
+        name, params = self.methods[store_run]
+        return {"method_run": run, "method_name": name, "steps": params.get("steps"),
+                "idgi": bool(params.get("idgi", False))}
 
     # -- metrics -------------------------------------------------------------------------
     def score_inputs(self, dataset, model, metric, method, variant) -> dict:
@@ -259,7 +309,8 @@ class Plan:
         entries = tuple(
             Entry(keys=dict(zip(("dataset", "model", "metric", "method", "variant"), k)),
                   metric=self.metrics[k[2]].name,
-                  selection=sels.index(self.selection(k[0], k[1], *sel)), max_images=mx)
+                  selection=sels.index(self.selection(k[0], k[1], *sel)), max_images=mx,
+                  method=self.method_info(k[3]))
             for k, sel, mx in self._entries[experiment])
         sc = self.c["score"]
         return SummaryJob(experiment, entries, sc["bootstrap"], sc["level"], self.c["seed"])
@@ -268,8 +319,10 @@ class Plan:
         e = self.experiments[experiment]
         m, v = e.models[0], e.report_variant
         d = self.dataset_of(m)
+        # one store per method run: a sweep's largest step count
         return {"summary": self.summary(experiment),
-                "stores": [self.saliency(d, m, me, v) for me in e.methods],
+                "stores": [self.saliency(d, m, store_runs(self.c, me)[-1], v)
+                           for me in e.methods],
                 "images": self.model_images(m, v)}
 
     def figure_job(self, experiment, figure) -> FigureJob:

@@ -15,6 +15,8 @@ def validate_schema(config: dict, schema_path=SCHEMA) -> dict:
     from snakemake.utils import validate
     from snakemake_interface_common.exceptions import WorkflowError
 
+    import yaml
+    coerce_cli_scalars(config, yaml.safe_load(Path(schema_path).read_text()))
     try:
         validate(config, str(schema_path))
     except WorkflowError as e:
@@ -30,3 +32,49 @@ def validate_schema(config: dict, schema_path=SCHEMA) -> dict:
             raise ConfigError(f"config key {key}: {msg}") from None
         raise ConfigError(str(e.args[0] if e.args else e)) from None
     return config
+
+
+def _scalar(text: str, types) -> object:
+    """A string as the first schema type it reads as (YAML 1.1 scalars), else unchanged."""
+    import yaml
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    checks = {"integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+              "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+              "boolean": lambda v: isinstance(v, bool), "null": lambda v: v is None}
+    return value if any(checks.get(t, lambda v: False)(value) for t in types) else text
+
+
+def coerce_cli_scalars(config, schema: dict, root: dict | None = None) -> None:
+    """Snakemake parses a nested ``--config`` value (``experiments={demo: {max_images: 20}}``)
+    with every scalar as a string. Where the schema wants a number, boolean or null and does
+    not accept a string, such a string is read as the YAML scalar it spells (in place), so
+    command-line overrides mean what they say. Catalog entries are left to their parameter
+    checks (:class:`~xaipipe.params.Param` does the same)."""
+    root = schema if root is None else root
+    if "$ref" in schema:
+        node = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            node = node[part]
+        schema = node
+    if isinstance(config, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for k, v in list(config.items()):
+            sub = props.get(k, extra if isinstance(extra, dict) else None)
+            if sub is None:
+                continue
+            types = sub.get("type", [])
+            types = [types] if isinstance(types, str) else types
+            if isinstance(v, str) and types and "string" not in types:
+                config[k] = _scalar(v, types)
+            else:
+                coerce_cli_scalars(v, sub, root)
+    elif isinstance(config, list) and isinstance(schema.get("items"), dict):
+        for i, v in enumerate(config):
+            types = schema["items"].get("type", [])
+            types = [types] if isinstance(types, str) else types
+            if isinstance(v, str) and types and "string" not in types:
+                config[i] = _scalar(v, types)

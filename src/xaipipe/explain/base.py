@@ -94,6 +94,50 @@ class Method:
         out.maps = out.maps.float()
         return out
 
+    # -- step sweeps (`attribution-methods.md` §4.2) ---------------------------------------
+    #: True where one path evaluation serves every step count of a nested sweep
+    #: (:meth:`sweep_attribute` is overridden); otherwise a sweep runs each count on its own.
+    sweepable: ClassVar[bool] = False
+
+    @classmethod
+    def shares_path(cls, params: dict, steps) -> bool:
+        """Whether one path evaluation serves all of ``steps`` with these ``params``: a
+        ``sweepable`` method and nested step counts (each divides the largest)."""
+        if not cls.sweepable:
+            return False
+        steps = sorted({int(n) for n in steps})
+        return all(steps[-1] % n == 0 for n in steps)
+
+    def sweep_attribute(self, images: torch.Tensor, target: torch.Tensor, image_ids,
+                        steps: list[int]) -> dict[int, Attribution]:
+        """{n: Attribution} for each step count ``n`` (prepared inputs, as :meth:`attribute`).
+        Default: one run per count with ``steps`` replaced."""
+        out = {}
+        saved = self.hparams
+        try:
+            for n in steps:
+                self.hparams = {**saved, "steps": int(n)}
+                out[int(n)] = self.attribute(images, target, image_ids)
+        finally:
+            self.hparams = saved
+        return out
+
+    def run_sweep(self, images: torch.Tensor, target, image_ids=None,
+                  steps=(8, 16, 32, 64, 128)) -> dict[int, Attribution]:
+        """:meth:`sweep_attribute` with the inputs checked and completed as in :meth:`run`."""
+        if "steps" not in self.params:
+            raise ValueError(f"method {self.name!r} has no 'steps' to sweep")
+        steps = sorted({int(n) for n in steps})
+        images, target, image_ids = _prepare(images, target, image_ids)
+        with eval_mode(self.model):
+            if self.shares_path(self.hparams, steps):
+                out = self.sweep_attribute(images, target, image_ids, steps)
+            else:
+                out = Method.sweep_attribute(self, images, target, image_ids, steps)
+        for a in out.values():
+            a.maps = a.maps.float()
+        return out
+
     # -- shared helpers -------------------------------------------------------------------
     def seed_parts(self, image_id: int, *extra) -> tuple:
         """What a random draw for one image depends on (never the batch)."""
@@ -249,6 +293,23 @@ def explain(name: str, model: nn.Module, images: torch.Tensor, target, *,
     budget (``memory_mb``, ``max_batch``)."""
     return run_method(name, model, images, target, image_ids=image_ids, seed=seed,
                       memory_mb=memory_mb, max_batch=max_batch, **params).maps
+
+
+def explain_sweep(name: str, model: nn.Module, images: torch.Tensor, target, *,
+                  steps=(8, 16, 32, 64, 128), image_ids=None, seed: int = 0,
+                  memory_mb: float | None = None, max_batch: int | None = None,
+                  return_extras: bool = False, **params) -> dict:
+    """{n: maps} for every step count ``n`` in ``steps`` (maps as :func:`explain` returns them
+    for ``steps=n``; the Attributions with their extras if ``return_extras``).
+
+    Where the method allows it (``get_method(name).sweepable``: IG and Blur IG on nested grids,
+    e.g. 8, 16, …, 128) all counts come from one evaluation of the path of ``max(steps)``
+    points; Guided IG's path depends on its step count, so it runs once per count. IDGI
+    (``idgi=True``) applies per count."""
+    method = get_method(name)(model, seed=seed, memory_mb=memory_mb, max_batch=max_batch,
+                              **params)
+    out = method.run_sweep(images, target, image_ids, steps)
+    return out if return_extras else {n: a.maps for n, a in out.items()}
 
 
 def run_method(name: str, model: nn.Module, images: torch.Tensor, target, *, image_ids=None,

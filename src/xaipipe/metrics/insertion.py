@@ -35,7 +35,7 @@ class Insertion(Metric):
                                    self.mode, steps=p["steps"], fill=p["fill"],
                                    fill_images=inputs.other_images, score=p["score"],
                                    reduction=p["reduction"], batch_size=inputs.batch_size,
-                                   norm_min=p["norm_min"])
+                                   norm_min=p["norm_min"], compat=p["compat"])
 
 
 def run_perturbation(cls, model, images, maps, target, fill_images, batch_size, params):

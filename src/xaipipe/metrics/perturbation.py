@@ -34,6 +34,8 @@ PERTURBATION_PARAMS = {
                       "variant of the same images)"),
     "score": Param("prob", str, SCORES, doc="softmax probability or logit of the target"),
     "reduction": Param("abs_sum", str, REDUCTIONS, doc="channel reduction of the map"),
+    "compat": Param(None, (str, type(None)), ("tmlr",),
+                    doc="tmlr: the TMLR code's ranking (float16 maps, unstable argsort)"),
     "norm_min": Param(0.05, float, min=0.0,
                       doc="auc_norm is NaN (and norm_excluded True) where |score of the full "
                           "image| < norm_min; 0 excludes only a zero reference"),
@@ -49,10 +51,30 @@ def rankable(maps: torch.Tensor, reduction: str, size) -> torch.Tensor:
     return red
 
 
-def pixel_ranks(scores: torch.Tensor) -> torch.Tensor:
-    """rank[n, p] = position of pixel p in the stable descending order of scores[n] (N, H, W)."""
+COMPATS = (None, "tmlr")
+
+
+def pixel_order(scores: torch.Tensor, compat: str | None = None) -> torch.Tensor:
+    """Flat pixel indices (N, H·W), most important first (`metrics.md` §1.2).
+
+    Clean: a stable descending sort of the float32 scores (ties: lower flat index first).
+    ``compat="tmlr"``: the TMLR code's order, i.e. the scores rounded to float16 and
+    ``torch.argsort(descending=True)`` on the CPU (not stable, so ties come in whatever order
+    that sort leaves them; done on the CPU even when the model runs on a GPU)."""
     flat = scores.flatten(1)
-    order = torch.argsort(flat, dim=1, descending=True, stable=True)
+    if compat is None:
+        return torch.argsort(flat.float(), dim=1, descending=True, stable=True)
+    if compat == "tmlr":
+        half = flat.detach().float().cpu().half()
+        return torch.argsort(half, dim=1, descending=True).to(flat.device)
+    raise ValueError(f"unknown compat {compat!r}; allowed: None, 'tmlr'")
+
+
+def pixel_ranks(scores: torch.Tensor, compat: str | None = None) -> torch.Tensor:
+    """rank[n, p] = position of pixel p in the descending order of scores[n] (N, H, W)
+    (:func:`pixel_order`)."""
+    flat = scores.flatten(1)
+    order = pixel_order(scores, compat)
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
     return ranks.view_as(scores)
@@ -82,7 +104,8 @@ def perturbation_curves(model, images: torch.Tensor, maps: torch.Tensor, target:
                         mode: str, steps: int = 21, fill: str = "black",
                         fill_images: torch.Tensor | None = None, score: str = "prob",
                         reduction: str = "abs_sum", batch_size: int = 256,
-                        norm_min: float = 0.05) -> dict[str, np.ndarray]:
+                        norm_min: float = 0.05, compat: str | None = None
+                        ) -> dict[str, np.ndarray]:
     """Per-image curves and AUCs: ``curve`` (N, steps) at :func:`fractions`, ``auc``,
     ``auc_norm`` (NaN where ``norm_excluded``), ``norm_excluded`` and ``score_full`` (the score
     of the unperturbed image). ``model`` is used as given (eval mode is the caller's job)."""
@@ -91,7 +114,7 @@ def perturbation_curves(model, images: torch.Tensor, maps: torch.Tensor, target:
     n, _, h, w = images.shape
     target = as_target(target, n, images.device)
     base = make_fill(fill, images, model, fill_images)
-    ranks = pixel_ranks(rankable(maps.to(images.device), reduction, (h, w)))  # (N, H, W)
+    ranks = pixel_ranks(rankable(maps.to(images.device), reduction, (h, w)), compat)
     qs = fractions(steps)
     counts = torch.as_tensor(pixel_counts(qs, h * w), device=images.device)
     k = len(qs)

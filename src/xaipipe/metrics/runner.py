@@ -182,7 +182,7 @@ def summarize_experiment(scores, selections, job) -> pd.DataFrame:
         seed = (job.seed, k["dataset"], k["model"], k["metric"], k["method"], k["variant"])
         for row in get_metric(entry.metric).aggregate(df, n_boot=job.n_boot, level=job.level,
                                                       seed=seed):
-            rows.append({"experiment": job.experiment, **k, **row})
+            rows.append({"experiment": job.experiment, **k, **row, **entry.method})
     cols = ["experiment", "dataset", "model", "metric", "method", "variant", "score", "n",
             "mean", "ci_low", "ci_high", "direction", "excluded"]
     out = pd.DataFrame(rows)

@@ -1,14 +1,30 @@
-"""Integrated Gradients (Sundararajan et al. 2017), `attribution-methods.md` §5.
+"""Integrated Gradients (Sundararajan et al. 2017), `attribution-methods.md` §4–§5, with IDGI
+(§11) and step sweeps from one path (§4.2).
 
 φ = (x̃ − x̃′) ⊙ Σ_j w_j ∇f(x̃′ + α_j (x̃ − x̃′)) with a Riemann rule over ``steps`` segments.
-Diagnostics: ``completeness_gap`` = Σφ − (f(x̃) − f(x̃′)) per image.
+With ``idgi=True`` the map is IDGI over the m segments α = j/m (whatever ``rule`` says), the
+gradient of each segment taken at its baseline-side end; it is complete: Σφ = f(x̃) − f(x̃′).
+
+Step sweeps (:meth:`IntegratedGradients.sweep`): one path of M = max(steps) segments is
+evaluated; the n-step result takes the points j = 0, M/n, 2M/n, …, M of it, so every count of a
+nested set (8, 16, …, 128) costs nothing beyond the M-step run.
+
+``compat="tmlr"`` (``ShreeSinghi/TMLR-IDGI:ig.py``): M points α_j = j/(M−1); the n-step
+sub-path takes the points 0, s, …, (n−1)s (s = M/n), so it stops at α = (n−1)s/(M−1) < 1 for
+n < M; IG is the right rule over its n−1 segments and IDGI is taken over the same points with
+gradients w.r.t. the normalised input. ``rule`` is ignored there.
+
+Diagnostics per image: ``completeness_gap`` = Σφ − (f(x̃) − f(x̃′)), ``f_input``, ``f_baseline``.
 """
 import torch
 
 from ...params import Param
 from ..base import OBJECTIVE_PARAM, Attribution, Method, register_method
 from ..baselines import BASELINES, make_baseline
-from ..paths import RULES, riemann, straight_path_gradient
+from ..paths import RULES, Grid, evaluate_path, nested_grids
+
+COMPATS = (None, "tmlr")
+IDGI_SPACES = ("pixel", "normalized")
 
 
 @register_method
@@ -20,17 +36,95 @@ class IntegratedGradients(Method):
         "baseline": Param("black", (str, torch.Tensor), BASELINES, doc="baseline x̃′"),
         "blur_sigma": Param(10.0, float, min=0.0, doc="σ (pixels) of the 'blurred' baseline"),
         "objective": OBJECTIVE_PARAM,
+        "idgi": Param(False, bool, doc="IDGI over the path instead of the Riemann sum"),
+        "idgi_space": Param("pixel", str, IDGI_SPACES,
+                            doc="space of the gradients IDGI weighs (pixel or normalized)"),
+        "compat": Param(None, (str, type(None)), COMPATS,
+                        doc="tmlr: the TMLR-IDGI code's sub-paths (see module docstring)"),
     }
+    sweepable = True
+
+    @classmethod
+    def shares_path(cls, params, steps):
+        # the midpoints of different grids are different points
+        if params.get("rule") == "middle" and not params.get("idgi") \
+                and params.get("compat") != "tmlr" and len(set(steps)) > 1:
+            return False
+        return super().shares_path(params, steps)
 
     def attribute(self, images, target, image_ids=None):
+        return self.sweep_attribute(images, target, image_ids, [self.hparams["steps"]])[
+            self.hparams["steps"]]
+
+    def sweep_attribute(self, images, target, image_ids, steps):
         p = self.hparams
         base = make_baseline(p["baseline"], images, self.model, seed_parts=self.seed_parts,
                              image_ids=image_ids, blur_sigma=p["blur_sigma"])
-        alphas, weights = riemann(p["rule"], p["steps"])
-        path_grad, f_path = straight_path_gradient(self, images, base, target, alphas, weights)
-        maps = (images - base) * path_grad
-        # f at the path ends, from the path evaluations when the rule includes them
-        f_b = f_path[:, 0] if alphas[0] == 0 else self.outputs(base, target)
-        f_x = f_path[:, -1] if alphas[-1] == 1 else self.outputs(images, target)
-        gap = maps.flatten(1).sum(1) - (f_x - f_b)
-        return Attribution(maps, {"completeness_gap": gap, "f_input": f_x, "f_baseline": f_b})
+        alphas, grids = self._grids(steps)
+        a = alphas.to(images.device, images.dtype)
+        delta = images - base
+
+        def points(img_i, pt_i):
+            return base[img_i] + a[pt_i].view(-1, 1, 1, 1) * delta[img_i]
+
+        tmlr = p["compat"] == "tmlr"
+        res = evaluate_path(self, images, target, len(alphas), points, grids,
+                            idgi_space="normalized" if tmlr else p["idgi_space"])
+        out, f_x, f_b = {}, None, None
+        for n, g in grids.items():
+            r = res[n]
+            maps = r["idgi"] if p["idgi"] else delta * r["acc"]
+            if f_b is None:
+                f_b = (r["f"][:, 0] if alphas[g.idx[0]] == 0
+                       else self.outputs(base, target).double())
+            if alphas[g.idx[-1]] == 1:
+                fx_n = r["f"][:, -1]
+            else:
+                f_x = self.outputs(images, target).double() if f_x is None else f_x
+                fx_n = f_x
+            gap = maps.flatten(1).double().sum(1) - (fx_n - f_b)
+            out[n] = Attribution(maps, {"completeness_gap": gap.float(),
+                                        "f_input": fx_n.float(), "f_baseline": f_b.float()})
+        return out
+
+    def _grids(self, steps):
+        """(α of the evaluated points, {n: Grid}) for the step counts ``steps``."""
+        p = self.hparams
+        if p["compat"] == "tmlr":
+            m, strides = nested_grids(steps)
+            alphas = torch.arange(m, dtype=torch.float64) / max(m - 1, 1)
+            grids = {}
+            for n, s in strides.items():
+                idx = list(range(0, m, s))
+                coef = {} if p["idgi"] else {j: s / max(m - 1, 1) for j in idx[1:]}
+                grids[n] = Grid(idx, coef, "baseline_side" if p["idgi"] else None)
+            return alphas, grids
+        if p["rule"] == "middle" and not p["idgi"]:
+            if len(set(steps)) > 1:
+                raise ValueError("rule 'middle' has no nested grids (its points are segment "
+                                 "midpoints); sweep with left, right, trapezoid or pair_mean")
+            m = int(steps[0])
+            alphas = (torch.arange(m, dtype=torch.float64) + 0.5) / m
+            return alphas, {m: Grid(range(m), {j: 1.0 / m for j in range(m)})}
+        m, strides = nested_grids(steps)
+        alphas = torch.arange(m + 1, dtype=torch.float64) / m
+        grids = {}
+        for n, s in strides.items():
+            idx = list(range(0, m + 1, s))
+            if p["idgi"]:
+                grids[n] = Grid(idx, None, "baseline_side")
+                continue
+            rule = p["rule"]
+            if rule == "left":
+                coef = {j: 1.0 / n for j in idx[:-1]}
+            elif rule == "right":
+                coef = {j: 1.0 / n for j in idx[1:]}
+            elif rule == "trapezoid":
+                coef = {j: 1.0 / n for j in idx}
+                coef[idx[0]] = coef[idx[-1]] = 0.5 / n
+            elif rule == "pair_mean":
+                coef = {j: 1.0 / (n + 1) for j in idx}
+            else:
+                raise ValueError(f"rule {rule!r} has no nested grids")
+            grids[n] = Grid(idx, coef)
+        return alphas, grids
