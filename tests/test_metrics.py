@@ -407,7 +407,8 @@ def test_pointing_game_class_mean_aggregation():
 
 # -- every registered metric keeps the contract ------------------------------------------------
 CASES = [(name, {}) for name in available_metrics()] + [
-    ("insertion", {"fill": "blur", "steps": 5}), ("deletion", {"fill": "blur", "steps": 5})]
+    ("insertion", {"fill": "blur", "steps": 5}), ("deletion", {"fill": "blur", "steps": 5}),
+    ("insertion", {"reduction": "sum", "compat": "tmlr"}), ("pic", {"variant": "tmlr"})]
 
 
 def contract_inputs(needs, model, n=4):
@@ -431,7 +432,7 @@ def contract_inputs(needs, model, n=4):
 def assert_columns_equal(a, b, exact=True):
     assert set(a) == set(b)
     for k in a:
-        if exact:
+        if exact or a[k].dtype.kind not in "biuf":      # e.g. PIC's exclusion reasons
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
         else:
             np.testing.assert_allclose(a[k].astype(np.float64), b[k].astype(np.float64),
@@ -468,3 +469,15 @@ def test_metric_contract(name, params, linear_model):
     for r in rows:
         assert {"score", "n", "mean", "ci_low", "ci_high", "direction"} <= set(r)
         assert r["direction"] == cls.direction and 0 <= r["n"] <= 4
+
+
+def test_tmlr_ranking_is_float16_unstable_argsort_and_clean_is_stable():
+    from xaipipe.metrics.perturbation import pixel_order
+    scores = torch.tensor([[[1.0, 1.0001, 0.5], [1.0, 2.0, 0.5]]])   # ties after float16
+    clean = pixel_order(scores)
+    assert clean[0].tolist() == [4, 1, 0, 3, 2, 5]                      # stable: lower index first
+    tmlr = pixel_order(scores, compat="tmlr")
+    assert torch.equal(tmlr, torch.argsort(scores.flatten(1).half(), dim=1, descending=True))
+    assert tmlr[0, 0] == 4 and set(tmlr[0, 1:4].tolist()) == {0, 1, 3}
+    with pytest.raises(ValueError, match="unknown compat"):
+        pixel_order(scores, compat="pair")

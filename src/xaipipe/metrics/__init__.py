@@ -7,8 +7,9 @@ from .base import (METRICS, NEEDS, Metric, MetricInputs, available_metrics, get_
                    register_metric)
 from .deletion import deletion
 from .insertion import insertion
+from .pic import pic
 from .pointing_game import pointing_game
 from .stability import stability
 
 __all__ = ["METRICS", "NEEDS", "Metric", "MetricInputs", "available_metrics", "deletion",
-           "get_metric", "insertion", "pointing_game", "register_metric", "stability"]
+           "get_metric", "insertion", "pic", "pointing_game", "register_metric", "stability"]
