@@ -1,0 +1,144 @@
+"""Guided Integrated Gradients (Kapishnikov et al., CVPR 2021), `attribution-methods.md` §9,
+with IDGI (§11). The algorithm follows the prose of PAIR's ``saliency/core/guided_ig.py``.
+
+Guided IG walks from the baseline x̃′ to x̃ in S steps. At each step it takes the gradient g
+once at the current point x_c, then moves the features with the smallest |g| (the
+``fraction``-quantile, method ``lower``, over all C·H·W values of the image; features already at
+their step target get |g| = +∞) towards that target until the L1 distance to x̃ has shrunk to
+L1_total·(1 − (s+1)/S), keeping every feature within ``max_dist`` (relative) of the straight
+line. Each move adds (x_new − x_old) ⊙ g to φ. The path ends exactly at x̃.
+
+As PAIR, the path lives in float64 (exact ``x == x_max`` tests; a step ends when the L1
+distance matches its target within 1e-9, relative and absolute); the model runs in float32.
+The S gradient evaluations are sequential per image; all images of a batch (as many as the
+memory budget allows per forward/backward) take each step together.
+
+``idgi=True``: IDGI over the points x_c(0), …, x_c(S−1), x̃ with each step's own gradient
+(baseline side) and one extra forward at x̃: Σφ = f(x̃) − f(x̃′) exactly.
+``compat="tmlr"`` (``ShreeSinghi/TMLR-IDGI:gig.py``): gradients w.r.t. the normalised input
+(path and displacements in pixel space), tolerance 1e-7; IDGI skips the last segment (x_c(S−1)
+→ x̃), so its gap is f(x̃) − f(x_c(S−1)) and IDGI uses normalised gradients.
+Diagnostics: ``completeness_gap`` = Σφ − (f(x̃) − f(x̃′)), ``f_input``, ``f_baseline``.
+"""
+import math
+
+import torch
+
+from ...params import Param
+from ..base import GRAD_SPACE_PARAM, OBJECTIVE_PARAM, Attribution, Method, register_method
+from ..baselines import BASELINES, make_baseline
+from ..idgi import IDGIAccumulator
+
+COMPATS = (None, "tmlr")
+EPSILON = {None: 1e-9, "tmlr": 1e-7}
+
+
+def _lower_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """NumPy ``quantile(values, q, method="lower")`` of a flat tensor (inf allowed)."""
+    n = values.numel()
+    k = int(math.floor((n - 1) * q))
+    return torch.kthvalue(values, k + 1).values
+
+
+def guided_step(x, x_in, x_base, grad, step, steps, fraction, max_dist, eps):
+    """One Guided IG step of one image (float64 tensors of one shape), in place on ``x``;
+    returns the attribution of the step, Σ (x_new − x_old) ⊙ grad over its moves."""
+    total = x_in - x_base
+    l1_total = total.abs().sum()
+    alpha = (step + 1.0) / steps
+    a_min, a_max = max(alpha - max_dist, 0.0), min(alpha + max_dist, 1.0)
+    x_min, x_max = x_base + total * a_min, x_base + total * a_max
+    l1_target = l1_total * (1 - (step + 1) / steps)
+    g = grad.clone()
+    start = x.clone()
+    moving = total != 0
+    while True:
+        pos = torch.where(moving, (x - x_base) / torch.where(moving, total, 1.0),
+                          torch.full_like(x, a_max))
+        low = pos < a_min
+        x[low] = x_min[low]
+        l1_cur = (x - x_in).abs().sum()
+        if math.isclose(float(l1_target), float(l1_cur), rel_tol=eps, abs_tol=eps):
+            break
+        g[x == x_max] = math.inf
+        ag = g.abs()
+        thr = _lower_quantile(ag.flatten(), fraction)
+        sel = (ag <= thr) & (g != math.inf)
+        l1_s = ((x - x_max).abs() * sel).sum()
+        gamma = (l1_cur - l1_target) / l1_s if l1_s > 0 else math.inf
+        if gamma > 1.0:
+            x[sel] = x_max[sel]
+        else:
+            x[sel] = (x + (x_max - x) * gamma)[sel]
+            break
+    return (x - start) * grad
+
+
+@register_method
+class GuidedIG(Method):
+    name = "guided_ig"
+    params = {
+        "steps": Param(128, int, min=1, doc="number of steps S"),
+        "fraction": Param(0.25, float, min=1e-12, max=1.0,
+                          doc="fraction of the features moved at each inner move"),
+        "max_dist": Param(0.02, float, min=0.0, max=1.0,
+                          doc="largest relative L1 deviation from the straight line"),
+        "baseline": Param("black", (str, torch.Tensor), BASELINES, doc="baseline x̃′"),
+        "blur_sigma": Param(10.0, float, min=0.0, doc="σ of the 'blurred' baseline"),
+        "objective": OBJECTIVE_PARAM,
+        "grad_space": GRAD_SPACE_PARAM,
+        "idgi": Param(False, bool, doc="IDGI over the Guided IG path"),
+        "idgi_space": Param("pixel", str, ("pixel", "normalized"),
+                            doc="space of the gradients IDGI weighs"),
+        "compat": Param(None, (str, type(None)), COMPATS,
+                        doc="tmlr: normalised-space gradients, IDGI without the last segment"),
+    }
+
+    def attribute(self, images, target, image_ids=None):
+        p = self.hparams
+        tmlr = p["compat"] == "tmlr"
+        grad_space = "normalized" if tmlr else p["grad_space"]
+        idgi_space = "normalized" if tmlr else p["idgi_space"]
+        base = make_baseline(p["baseline"], images, self.model, seed_parts=self.seed_parts,
+                             image_ids=image_ids, blur_sigma=p["blur_sigma"])
+        n, steps = images.shape[0], p["steps"]
+        maps = torch.zeros_like(images)
+        f_b = torch.empty(n, dtype=torch.float64, device=images.device)
+        f_last = torch.empty_like(f_b)
+        chunk = self.chunk_size(images.shape[1:], images.device)
+        std = self.model.normalize.std.view(-1, 1, 1).double() if idgi_space != grad_space \
+            else None
+        for s0 in range(0, n, chunk):
+            sl = slice(s0, s0 + chunk)
+            x_in, x_base = images[sl].double(), base[sl].double()
+            x = x_base.clone()
+            attr = torch.zeros_like(x)
+            k = x.shape[0]
+            acc = (IDGIAccumulator(k, images.shape[1:], steps - 1 if tmlr else steps,
+                                   images.device, torch.float64) if p["idgi"] else None)
+            for step in range(steps):
+                g, f = self.gradient(x.to(images.dtype), target[sl], grad_space)
+                g = g.double()
+                if step == 0:
+                    f_b[sl] = f.double()
+                if step == steps - 1:
+                    f_last[sl] = f.double()
+                if acc is not None and (step < steps or not tmlr):
+                    gi = g if std is None else (g * std if idgi_space == "normalized"
+                                                else g / std)
+                    acc.feed(torch.arange(k), torch.full((k,), step), gi, f.double())
+                for i in range(k):
+                    attr[i] += guided_step(x[i], x_in[i], x_base[i], g[i], step, steps,
+                                           p["fraction"], p["max_dist"], EPSILON[p["compat"]])
+            f_x = self.outputs(images[sl], target[sl]).double()
+            if acc is not None:
+                if not tmlr:
+                    acc.feed(torch.arange(k), torch.full((k,), steps), None, f_x)
+                phi, _, _, _ = acc.result()
+                maps[sl] = phi.to(images.dtype)
+            else:
+                maps[sl] = attr.to(images.dtype)
+            f_last[sl] = f_x
+        gap = maps.flatten(1).double().sum(1) - (f_last - f_b)
+        return Attribution(maps, {"completeness_gap": gap.float(), "f_input": f_last.float(),
+                                  "f_baseline": f_b.float()})

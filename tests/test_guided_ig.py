@@ -1,0 +1,103 @@
+"""Guided IG (`attribution-methods.md` §9) and IDGI on its path (§11), with PAIR's
+``GuidedIG`` as the oracle (§12)."""
+import numpy as np
+import pytest
+import torch
+
+from pair_oracle import pair_saliency
+from xaipipe.explain import explain, get_method, run_method
+from xaipipe.explain.base import gradient
+from xaipipe.explain.methods.guided_ig import guided_step
+from xaipipe.explain.objectives import objective
+
+
+@pytest.fixture
+def x16():
+    return torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+def path_points(model, x, t, steps, fraction, max_dist, grad_space="pixel", eps=1e-9):
+    """The step starts x_c(0..S−1) and the end point of one image's Guided IG path, replayed
+    with the method's own step function."""
+    x_in, x_base = x.double(), torch.zeros_like(x, dtype=torch.float64)
+    cur, starts = x_base.clone(), []
+    for s in range(steps):
+        starts.append(cur.clone())
+        g, _ = gradient(model, cur[None].float(), t.view(1), "prob", grad_space)
+        guided_step(cur, x_in, x_base, g[0].double(), s, steps, fraction, max_dist, eps)
+    return starts, cur
+
+
+@pytest.mark.parametrize("fraction,max_dist", [(0.5, 1.0), (0.25, 0.02)])
+def test_matches_pair_guided_ig(cnn, x16, fraction, max_dist):
+    t = torch.tensor([1, 2])
+    ours = explain("guided_ig", cnn, x16, t, steps=12, fraction=fraction, max_dist=max_dist,
+                   objective="prob")
+    with pair_saliency() as (core, _):
+        for i in range(len(x16)):
+            def call(batch, call_model_args=None, expected_keys=None):
+                pts = torch.as_tensor(np.asarray(batch), dtype=torch.float32)
+                pts = pts.permute(0, 3, 1, 2).requires_grad_(True)
+                f = objective(cnn(pts), t[i].expand(len(pts)), "prob").sum()
+                (g,) = torch.autograd.grad(f, pts)
+                return {core.base.INPUT_OUTPUT_GRADIENTS: g.permute(0, 2, 3, 1).numpy()}
+            ref = core.GuidedIG().GetMask(x16[i].permute(1, 2, 0).double().numpy(), call,
+                                          x_steps=12, x_baseline=np.zeros((16, 16, 3)),
+                                          fraction=fraction, max_dist=max_dist)
+            a = ours[i].permute(1, 2, 0).double().numpy()
+            assert np.linalg.norm(a - ref) <= 1e-5 * np.linalg.norm(ref)
+
+
+def test_path_ends_at_the_input_and_moves_within_max_dist(cnn, x16):
+    t = torch.tensor(1)
+    starts, end = path_points(cnn, x16[0], t, steps=8, fraction=0.25, max_dist=0.1)
+    assert torch.equal(end, x16[0].double())
+    for s, p in enumerate(starts):          # every feature within max_dist of the line
+        alpha = s / 8
+        pos = p / x16[0].double()
+        assert pos.min() >= max(alpha - 0.1, 0) - 1e-12
+    assert torch.equal(starts[0], torch.zeros_like(end))
+
+
+@pytest.mark.parametrize("obj", ["prob", "logit"])
+def test_idgi_is_complete_and_plain_gap_shrinks(smooth_cnn, x16, obj):
+    t = torch.tensor([0, 3])
+    out = run_method("guided_ig", smooth_cnn, x16, t, steps=16, fraction=0.5, max_dist=1.0,
+                     objective=obj, idgi=True)
+    diff = (out.extras["f_input"] - out.extras["f_baseline"]).double()
+    assert torch.allclose(out.maps.double().sum((1, 2, 3)), diff, rtol=1e-5, atol=1e-7)
+    gaps = [run_method("guided_ig", smooth_cnn, x16, t, steps=m, objective=obj)
+            .extras["completeness_gap"].abs().mean().item() for m in (2, 8, 32)]
+    assert gaps[0] > gaps[2]
+
+
+def test_fraction_one_unbounded_is_ig_left(cnn, x16):
+    """fraction = 1, max_dist = 1: every feature moves proportionally, the straight line."""
+    t = torch.tensor([0, 2])
+    gig = explain("guided_ig", cnn, x16, t, steps=6, fraction=1.0, max_dist=1.0)
+    ig = explain("integrated_gradients", cnn, x16, t, steps=6, rule="left")
+    assert torch.allclose(gig, ig, rtol=1e-4, atol=1e-6 * float(ig.abs().max()))
+
+
+def test_tmlr_idgi_gap_is_the_skipped_last_segment(cnn, x16):
+    t = torch.tensor([1, 3])
+    out = run_method("guided_ig", cnn, x16, t, steps=6, fraction=0.5, max_dist=1.0,
+                     objective="prob", idgi=True, compat="tmlr")
+    for i in range(2):
+        starts, _ = path_points(cnn, x16[i], t[i], 6, 0.5, 1.0, "normalized", 1e-7)
+        with torch.no_grad():
+            f_last = objective(cnn(starts[-1][None].float()), t[i].view(1), "prob")
+            f_x = objective(cnn(x16[i][None]), t[i].view(1), "prob")
+        assert out.extras["completeness_gap"][i].item() == pytest.approx(
+            (f_last - f_x).item(), abs=1e-6)
+
+
+def test_batch_and_budget_invariance(cnn, x16):
+    t = torch.tensor([0, 1])
+    ids = torch.tensor([3, 4])
+    a = explain("guided_ig", cnn, x16, t, steps=5, image_ids=ids, idgi=True)
+    b = torch.cat([explain("guided_ig", cnn, x16[i:i + 1], t[i:i + 1], steps=5,
+                           image_ids=ids[i:i + 1], idgi=True) for i in range(2)])
+    c = explain("guided_ig", cnn, x16, t, steps=5, image_ids=ids, idgi=True, max_batch=1)
+    assert torch.allclose(a, b, atol=1e-7) and torch.allclose(a, c, atol=1e-7)
+    assert not get_method("guided_ig").shares_path({}, [8, 16])   # a sweep runs per count
