@@ -33,18 +33,17 @@ COMPATS = (None, "tmlr")
 EPSILON = {None: 1e-9, "tmlr": 1e-7}
 
 
-def _lower_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
-    """NumPy ``quantile(values, q, method="lower")`` of a flat tensor (inf allowed)."""
-    n = values.numel()
-    k = int(math.floor((n - 1) * q))
-    return torch.kthvalue(values, k + 1).values
+def guided_steps(x, x_in, x_base, grad, step, steps, fraction, max_dist, eps):
+    """One Guided IG step of K images at once: float64 tensors (K, D) (flattened images),
+    ``x`` updated in place; returns the step's attribution Σ (x_new − x_old) ⊙ grad (K, D).
 
-
-def guided_step(x, x_in, x_base, grad, step, steps, fraction, max_dist, eps):
-    """One Guided IG step of one image (float64 tensors of one shape), in place on ``x``;
-    returns the attribution of the step, Σ (x_new − x_old) ⊙ grad over its moves."""
+    Per image as PAIR's loop: pull features that fell behind α_min up to the line, stop when
+    the L1 distance to x̃ matches the step's target (``math.isclose`` with rel = abs = eps),
+    else move the features with |g| at or below the ``fraction``-quantile (method ``lower``)
+    and |g| < ∞ (features at x_max get ∞) to x_max, or by the fraction γ of the way there
+    when that overshoots (the step ends). Images that are done stay put."""
     total = x_in - x_base
-    l1_total = total.abs().sum()
+    l1_total = total.abs().sum(1)
     alpha = (step + 1.0) / steps
     a_min, a_max = max(alpha - max_dist, 0.0), min(alpha + max_dist, 1.0)
     x_min, x_max = x_base + total * a_min, x_base + total * a_max
@@ -52,26 +51,41 @@ def guided_step(x, x_in, x_base, grad, step, steps, fraction, max_dist, eps):
     g = grad.clone()
     start = x.clone()
     moving = total != 0
+    safe_total = torch.where(moving, total, torch.ones_like(total))
+    k = int(math.floor((x.shape[1] - 1) * fraction)) + 1      # the 'lower' quantile's rank
+    active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     while True:
-        pos = torch.where(moving, (x - x_base) / torch.where(moving, total, 1.0),
-                          torch.full_like(x, a_max))
-        low = pos < a_min
-        x[low] = x_min[low]
-        l1_cur = (x - x_in).abs().sum()
-        if math.isclose(float(l1_target), float(l1_cur), rel_tol=eps, abs_tol=eps):
+        pos = torch.where(moving, (x - x_base) / safe_total, torch.full_like(x, a_max))
+        low = (pos < a_min) & active[:, None]
+        x.copy_(torch.where(low, x_min, x))
+        l1_cur = (x - x_in).abs().sum(1)
+        close = (l1_target - l1_cur).abs() <= torch.clamp(
+            eps * torch.maximum(l1_target.abs(), l1_cur.abs()), min=eps)
+        active &= ~close
+        if not bool(active.any()):
             break
         g[x == x_max] = math.inf
         ag = g.abs()
-        thr = _lower_quantile(ag.flatten(), fraction)
-        sel = (ag <= thr) & (g != math.inf)
-        l1_s = ((x - x_max).abs() * sel).sum()
-        gamma = (l1_cur - l1_target) / l1_s if l1_s > 0 else math.inf
-        if gamma > 1.0:
-            x[sel] = x_max[sel]
-        else:
-            x[sel] = (x + (x_max - x) * gamma)[sel]
-            break
+        thr = torch.kthvalue(ag, k, dim=1).values
+        sel = (ag <= thr[:, None]) & (g != math.inf) & active[:, None]
+        l1_s = ((x - x_max).abs() * sel).sum(1)
+        gamma = torch.where(l1_s > 0, (l1_cur - l1_target) / torch.where(l1_s > 0, l1_s, 1.0),
+                            torch.full_like(l1_s, math.inf))
+        full = gamma > 1.0
+        x.copy_(torch.where(sel & full[:, None], x_max, x))
+        part = sel & ~full[:, None]
+        x.copy_(torch.where(part, x + (x_max - x) * gamma[:, None].clamp(max=1.0), x))
+        active &= full
     return (x - start) * grad
+
+
+def guided_step(x, x_in, x_base, grad, step, steps, fraction, max_dist, eps):
+    """:func:`guided_steps` for one image of any shape (``x`` updated in place)."""
+    flat = x.reshape(1, -1)
+    out = guided_steps(flat, x_in.reshape(1, -1), x_base.reshape(1, -1), grad.reshape(1, -1),
+                       step, steps, fraction, max_dist, eps)
+    x.copy_(flat.view_as(x))
+    return out.view_as(x)
 
 
 @register_method
@@ -127,9 +141,10 @@ class GuidedIG(Method):
                     gi = g if std is None else (g * std if idgi_space == "normalized"
                                                 else g / std)
                     acc.feed(torch.arange(k), torch.full((k,), step), gi, f.double())
-                for i in range(k):
-                    attr[i] += guided_step(x[i], x_in[i], x_base[i], g[i], step, steps,
-                                           p["fraction"], p["max_dist"], EPSILON[p["compat"]])
+                flat = x.view(k, -1)
+                attr.view(k, -1).add_(guided_steps(
+                    flat, x_in.reshape(k, -1), x_base.reshape(k, -1), g.reshape(k, -1), step,
+                    steps, p["fraction"], p["max_dist"], EPSILON[p["compat"]]))
             f_x = self.outputs(images[sl], target[sl]).double()
             if acc is not None:
                 if not tmlr:
