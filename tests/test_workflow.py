@@ -240,3 +240,42 @@ def test_a_real_change_reruns_exactly_the_affected_jobs(run, tmp_path):
                               for v in ("jpeg", "original")]
     assert scores and all("/ig8/" in o for o in scores)
     assert not [o for o in outputs if "/data/" in o or "/models/" in o or "/selection/" in o]
+
+
+IDGI = ROOT / "presets" / "idgi_tmlr.yaml"
+
+
+@pytest.mark.integration
+def test_idgi_preset_runs_on_a_small_model_with_one_override(run):
+    """presets/idgi_tmlr.yaml with the README's override pointed at the tiny model (the
+    README's is the demo model with 20 images): sweeps of one path per (model, variant),
+    insertion and PIC on original only, stability on jpeg, the step tables and figure."""
+    override = "experiments={idgi_tmlr: {models: [tiny_resnet18], max_images: 3}}"
+    snakemake("--configfile", str(IDGI), str(TINY), "--cores", "2", "idgi_tmlr",
+              "--config", override, cwd=run)
+    out = run / "results/papers/idgi_tmlr"
+    for t in ("summary", "by_steps"):
+        for ext in ("csv", "md", "tex", "html"):
+            assert (out / "tables" / f"{t}.{ext}").stat().st_size > 0
+    assert (out / "figures/vs_steps.png").read_bytes()[:4] == b"\x89PNG"
+    s = pd.read_csv(out / "summary.csv")
+    sweep = s[s["method_run"] == "tmlr_ig_idgi"]
+    assert sorted(set(sweep["steps"])) == [8, 16, 32, 64, 128]
+    assert set(s["metric"]) == {"tmlr_insertion", "tmlr_pic", "tmlr_stability"}
+    assert set(s.loc[s["metric"] != "tmlr_stability", "variant"]) == {"original"}
+    assert set(s.loc[s["metric"] == "tmlr_stability", "variant"]) == {"jpeg"}
+    assert {"sic", "aic"} <= set(s.loc[s["metric"] == "tmlr_pic", "score"])
+    md = (out / "tables/by_steps.md").read_text()
+    assert "128" in md and "random" in md
+    # one store per step count, each a complete store from the one sweep job
+    st = open_saliency(run / "results/saliency/tiny_shapes/tiny_resnet18/tmlr_ig_idgi@32/"
+                       "original.zarr")
+    assert st.attrs["parameters"]["steps"] == 32 and st.attrs["sweep"] == [8, 16, 32, 64, 128]
+    gap = np.asarray(st.extras["completeness_gap"])
+    f_span = np.abs(np.asarray(st.extras["f_input"]) - np.asarray(st.extras["f_baseline"]))
+    assert np.all(np.abs(gap) <= 1e-4 * np.maximum(f_span, 1e-3))   # IDGI is complete
+    logs = run / "results/logs/saliency/tiny_shapes/tiny_resnet18"
+    assert (logs / "tmlr_blur_ig/original.log").exists()
+    res = snakemake("--configfile", str(IDGI), str(TINY), "--cores", "1", "-n", "idgi_tmlr",
+                    "--config", override, cwd=run)
+    assert "Nothing to be done" in res.stdout + res.stderr
