@@ -32,6 +32,8 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_ig.py
 	$(PY) benchmarks/bench_insertion.py
+	$(PY) benchmarks/bench_sweep.py
+	$(PY) benchmarks/bench_pic.py
 
 lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint
