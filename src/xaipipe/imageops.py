@@ -24,11 +24,16 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     Computed as B_H · X · B_Wᵀ with the (side × side) matrices of the padded 1-D convolution
     (:func:`blur_matrix`, cached): for large σ this is far cheaper than a convolution with a
     kernel of hundreds of taps, and it is the same linear map."""
+    return separable_blur(images, sigma, "reflect")
+
+
+def separable_blur(images: torch.Tensor, sigma: float, mode: str) -> torch.Tensor:
+    """B_H · X · B_Wᵀ with the cached :func:`blur_matrix` of ``mode``; σ ≤ 0: the input."""
     if sigma <= 0:
         return images
     h, w = images.shape[-2:]
-    bh = blur_matrix(h, float(sigma), "reflect", images.device, images.dtype)
-    bw = blur_matrix(w, float(sigma), "reflect", images.device, images.dtype)
+    bh = blur_matrix(h, float(sigma), mode, images.device, images.dtype)
+    bw = blur_matrix(w, float(sigma), mode, images.device, images.dtype)
     return bh @ images @ bw.T
 
 
@@ -81,9 +86,4 @@ def gaussian_blur_zero(images: torch.Tensor, sigma: float) -> torch.Tensor:
     ``ndimage.gaussian_filter(mode="constant", truncate=4.0)``: radius int(4σ + 0.5), the
     kernel normalised over it, any radius (it may exceed the image). σ ≤ 0 returns the input
     (PAIR's ``blur_ig.gaussian_blur``)."""
-    if sigma <= 0:
-        return images
-    h, w = images.shape[-2:]
-    bh = blur_matrix(h, float(sigma), "zero", images.device, images.dtype)
-    bw = blur_matrix(w, float(sigma), "zero", images.device, images.dtype)
-    return bh @ images @ bw.T
+    return separable_blur(images, sigma, "zero")
