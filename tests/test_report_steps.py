@@ -239,3 +239,12 @@ def test_vs_steps_lines_styles_and_variants():
     plt.close(fig)
     assert info.titles[:2] == ["insertion auc ↑ (original)", "stability mse ↓"]
     assert info.legend[-2:] == ["variant original", "variant jpeg"]
+    empty = df.copy()
+    empty.loc[empty["metric"] == "stability", ["n", "mean", "ci_low", "ci_high"]] = \
+        [0, np.nan, np.nan, np.nan]                       # no image selected: n = 0, no mean
+    fig, _ = steps_figure(empty)
+    try:
+        assert [t.get_text() for t in fig.axes[1].texts] == ["(no data)"]
+        assert not fig.axes[0].texts
+    finally:
+        plt.close(fig)

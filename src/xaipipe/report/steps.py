@@ -425,7 +425,7 @@ def steps_figure(summary: pd.DataFrame, *, suptitle: str | None = None):
                     elif np.isfinite([ylo[0], yhi[0]]).all():
                         ax.errorbar(x, y, yerr=[[max(y[0] - ylo[0], 0)], [max(yhi[0] - y[0], 0)]],
                                     color=c, capsize=2, linewidth=1)
-            if d.empty:
+            if not np.isfinite(d["mean"].to_numpy(float)).any():     # no row, or every n 0
                 ax.text(0.5, 0.5, "(no data)", ha="center", va="center", fontsize=8,
                         transform=ax.transAxes)
             ax.set_xscale("log", base=2)
