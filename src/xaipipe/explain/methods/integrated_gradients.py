@@ -21,7 +21,7 @@ import torch
 from ...params import Param
 from ..base import OBJECTIVE_PARAM, Attribution, Method, register_method
 from ..baselines import BASELINES, make_baseline
-from ..paths import RULES, Grid, evaluate_path, nested_grids
+from ..paths import RULES, Grid, evaluate_path, nested_grids, riemann
 
 COMPATS = (None, "tmlr")
 IDGI_SPACES = ("pixel", "normalized")
@@ -104,8 +104,8 @@ class IntegratedGradients(Method):
                 raise ValueError("rule 'middle' has no nested grids (its points are segment "
                                  "midpoints); sweep with left, right, trapezoid or pair_mean")
             m = int(steps[0])
-            alphas = (torch.arange(m, dtype=torch.float64) + 0.5) / m
-            return alphas, {m: Grid(range(m), {j: 1.0 / m for j in range(m)})}
+            alphas, weights = riemann("middle", m)
+            return alphas, {m: Grid(range(m), dict(enumerate(weights.tolist())))}
         m, strides = nested_grids(steps)
         alphas = torch.arange(m + 1, dtype=torch.float64) / m
         grids = {}
@@ -114,17 +114,7 @@ class IntegratedGradients(Method):
             if p["idgi"]:
                 grids[n] = Grid(idx, None, "baseline_side")
                 continue
-            rule = p["rule"]
-            if rule == "left":
-                coef = {j: 1.0 / n for j in idx[:-1]}
-            elif rule == "right":
-                coef = {j: 1.0 / n for j in idx[1:]}
-            elif rule == "trapezoid":
-                coef = {j: 1.0 / n for j in idx}
-                coef[idx[0]] = coef[idx[-1]] = 0.5 / n
-            elif rule == "pair_mean":
-                coef = {j: 1.0 / (n + 1) for j in idx}
-            else:
-                raise ValueError(f"rule {rule!r} has no nested grids")
-            grids[n] = Grid(idx, coef)
+            # the rule's own points j/n of the n-grid are the points s·j of the path
+            a, w = riemann(p["rule"], n)
+            grids[n] = Grid(idx, {s * round(float(x) * n): float(v) for x, v in zip(a, w)})
         return alphas, grids
