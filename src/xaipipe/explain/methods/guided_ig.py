@@ -118,7 +118,7 @@ class GuidedIG(Method):
         n, steps = images.shape[0], p["steps"]
         maps = torch.zeros_like(images)
         f_b = torch.empty(n, dtype=torch.float64, device=images.device)
-        f_last = torch.empty_like(f_b)
+        f_in = torch.empty_like(f_b)
         chunk = self.chunk_size(images.shape[1:], images.device)
         std = self.model.normalize.std.view(-1, 1, 1).double() if idgi_space != grad_space \
             else None
@@ -135,9 +135,7 @@ class GuidedIG(Method):
                 g = g.double()
                 if step == 0:
                     f_b[sl] = f.double()
-                if step == steps - 1:
-                    f_last[sl] = f.double()
-                if acc is not None and (step < steps or not tmlr):
+                if acc is not None:
                     gi = g if std is None else (g * std if idgi_space == "normalized"
                                                 else g / std)
                     acc.feed(torch.arange(k), torch.full((k,), step), gi, f.double())
@@ -153,7 +151,7 @@ class GuidedIG(Method):
                 maps[sl] = phi.to(images.dtype)
             else:
                 maps[sl] = attr.to(images.dtype)
-            f_last[sl] = f_x
-        gap = maps.flatten(1).double().sum(1) - (f_last - f_b)
-        return Attribution(maps, {"completeness_gap": gap.float(), "f_input": f_last.float(),
+            f_in[sl] = f_x
+        gap = maps.flatten(1).double().sum(1) - (f_in - f_b)
+        return Attribution(maps, {"completeness_gap": gap.float(), "f_input": f_in.float(),
                                   "f_baseline": f_b.float()})
