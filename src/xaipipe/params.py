@@ -30,7 +30,7 @@ class Param:
             return value
         types = self.type if isinstance(self.type, tuple) else (self.type,)
         if isinstance(value, str) and str not in types:
-            value = _cli_scalar(value)     # `--config` strings: "8" -> 8, "true" -> True
+            value = cli_scalar(value)     # `--config` strings: "8" -> 8, "true" -> True
         if float in types and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
@@ -43,7 +43,7 @@ class Param:
         return value
 
 
-def _cli_scalar(text: str):
+def cli_scalar(text: str):
     """A string given on Snakemake's command line (which passes nested values as strings) as
     the YAML scalar it spells, or the string itself."""
     import yaml

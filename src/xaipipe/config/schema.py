@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..params import cli_scalar
 
 ROOT = Path(__file__).resolve().parents[3]
 SCHEMA = ROOT / "schemas" / "config.schema.yaml"
@@ -34,17 +35,21 @@ def validate_schema(config: dict, schema_path=SCHEMA) -> dict:
     return config
 
 
-def _scalar(text: str, types) -> object:
-    """A string as the first schema type it reads as (YAML 1.1 scalars), else unchanged."""
-    import yaml
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    checks = {"integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-              "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-              "boolean": lambda v: isinstance(v, bool), "null": lambda v: v is None}
-    return value if any(checks.get(t, lambda v: False)(value) for t in types) else text
+_TYPE_CHECKS = {"integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+                "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+                "boolean": lambda v: isinstance(v, bool), "null": lambda v: v is None}
+
+
+def _coerced(value, sub: dict):
+    """``value`` read as a YAML scalar (:func:`~xaipipe.params.cli_scalar`) where it is a
+    string and the sub-schema ``sub`` wants a number, boolean or null and no string; else
+    unchanged."""
+    types = sub.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if not isinstance(value, str) or not types or "string" in types:
+        return value
+    read = cli_scalar(value)
+    return read if any(_TYPE_CHECKS.get(t, lambda v: False)(read) for t in types) else value
 
 
 def coerce_cli_scalars(config, schema: dict, root: dict | None = None) -> None:
@@ -64,17 +69,9 @@ def coerce_cli_scalars(config, schema: dict, root: dict | None = None) -> None:
         extra = schema.get("additionalProperties")
         for k, v in list(config.items()):
             sub = props.get(k, extra if isinstance(extra, dict) else None)
-            if sub is None:
-                continue
-            types = sub.get("type", [])
-            types = [types] if isinstance(types, str) else types
-            if isinstance(v, str) and types and "string" not in types:
-                config[k] = _scalar(v, types)
-            else:
-                coerce_cli_scalars(v, sub, root)
+            if sub is not None:
+                config[k] = _coerced(v, sub)
+                coerce_cli_scalars(config[k], sub, root)
     elif isinstance(config, list) and isinstance(schema.get("items"), dict):
         for i, v in enumerate(config):
-            types = schema["items"].get("type", [])
-            types = [types] if isinstance(types, str) else types
-            if isinstance(v, str) and types and "string" not in types:
-                config[i] = _scalar(v, types)
+            config[i] = _coerced(v, schema["items"])
