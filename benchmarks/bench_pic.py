@@ -34,7 +34,7 @@ from xaipipe.metrics.pic import PAIR_THRESHOLDS, random_mask
 from xaipipe.utils import resolve_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from pair_oracle import pair_saliency  # noqa: E402  (the NumPy shims PAIR needs)
+from pair_oracle import pair_pic  # noqa: E402  (PAIR under the NumPy shims it needs)
 
 
 def inputs(name, model, n, size, device):
@@ -73,32 +73,8 @@ def main():
     x, maps, target = inputs(a.model, model, n, size, device)
     masks = np.stack([random_mask(size, size, seed=0, image_id=i) for i in range(n)])
 
-    # PAIR's inputs: uint8 HWC images (round(255 x), what xaipipe scores too), the abs_of_sum map
-    u8 = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    sal = maps.sum(1).abs().float().cpu().numpy()
-
-    def forward(batch):
-        t = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div(255).to(device)
-        with torch.no_grad():
-            return model(t).float().cpu()
-
-    def pair():
-        results = []
-        with pair_saliency() as (_, P):
-            for i in range(n):
-                t = int(target[i])
-                row = {}
-                for score, f in (
-                        ("sic", lambda b: torch.softmax(forward(b), 1)[:, t].double().numpy()),
-                        ("aic", lambda b: (forward(b).argmax(1) == t).double().numpy())):
-                    try:
-                        row[score] = P.compute_pic_metric(u8[i], sal[i], masks[i], f,
-                                                          list(PAIR_THRESHOLDS),
-                                                          min_pred_value=min_pred)
-                    except P.ComputePicMetricError:
-                        row[score] = None
-                results.append(row)
-        return results
+    def pair():    # PAIR's compute_pic_metric per image, SIC then AIC, as its notebook does
+        return pair_pic(model, x, maps, target, masks, PAIR_THRESHOLDS, min_pred)
 
     def ours():
         return pic(model, x, maps, target, variant="pair", random_mask=masks,

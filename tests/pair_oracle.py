@@ -42,3 +42,36 @@ def pair_saliency():
             np.trapz = old_trapz
         else:
             del np.trapz
+
+
+def pair_pic(model, x, maps, target, masks, thresholds, min_pred=0.8):
+    """PAIR's ``compute_pic_metric`` per image, SIC and AIC, as its notebook calls it: uint8
+    HWC images round(255 x), the ``abs_of_sum`` map, softmax probabilities (SIC) and top-1
+    correctness (AIC) of ``model`` (on the images' device), at ``thresholds``. Returns one dict per image,
+    ``{"sic": PicMetricResult or None, "aic": ...}`` (None: PAIR excluded the image)."""
+    import torch
+
+    u8 = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    sal = maps.sum(1).abs().float().cpu().numpy()
+
+    def logits(batch):
+        b = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div(255).to(x.device)
+        with torch.no_grad():
+            return model(b).float().cpu()
+
+    out = []
+    with pair_saliency() as (_, pic):
+        for i in range(len(u8)):
+            t = int(target[i])
+            fns = {"sic": lambda b: torch.softmax(logits(b), 1)[:, t].double().numpy(),
+                   "aic": lambda b: (logits(b).argmax(1) == t).double().numpy()}
+            row = {}
+            for score, f in fns.items():
+                try:
+                    row[score] = pic.compute_pic_metric(u8[i], sal[i], masks[i], f,
+                                                        list(thresholds),
+                                                        min_pred_value=min_pred)
+                except pic.ComputePicMetricError:
+                    row[score] = None
+            out.append(row)
+    return out

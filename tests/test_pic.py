@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from pair_oracle import pair_saliency
+from pair_oracle import pair_pic, pair_saliency
 from xaipipe.imageops import gaussian_blur
 from xaipipe.metrics import MetricInputs, get_metric, pic
 from xaipipe.metrics.pic import (PAIR_THRESHOLDS, Pic, curve_grid, interpolated_image,
@@ -72,33 +72,6 @@ def test_interpolated_image_is_pairs_blurred_image_bit_for_bit():
         np.testing.assert_array_equal(interpolated_image(img, np.ones((20, 20), bool)), img)
 
 
-def pair_reference(model, x, maps, target, masks, min_pred=0.8):
-    """PAIR's compute_pic_metric per image, SIC and AIC, as the notebook calls it."""
-    u8 = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    sal = maps.sum(1).abs().float().numpy()
-
-    def logits(b):
-        with torch.no_grad():
-            return model(torch.from_numpy(b).permute(0, 3, 1, 2).float() / 255)
-
-    out = []
-    with pair_saliency() as (_, P):
-        for i in range(len(x)):
-            t = int(target[i])
-            fns = {"sic": lambda b: torch.softmax(logits(b), 1)[:, t].double().numpy(),
-                   "aic": lambda b: (logits(b).argmax(1) == t).double().numpy()}
-            row = {}
-            for score, f in fns.items():
-                try:
-                    row[score] = P.compute_pic_metric(u8[i], sal[i], masks[i], f,
-                                                      list(PAIR_THRESHOLDS),
-                                                      min_pred_value=min_pred)
-                except P.ComputePicMetricError:
-                    row[score] = None
-            out.append(row)
-    return out
-
-
 def test_pair_variant_matches_compute_pic_metric():
     model = plain(Detail())
     x = textured(6, 24)
@@ -107,7 +80,7 @@ def test_pair_variant_matches_compute_pic_metric():
     target = torch.tensor([0, 0, 0, 0, 0, 1])               # image 5: wrong class
     masks = np.stack([random_mask(24, 24, 0, i) for i in range(6)])
     ours = pic(model, x, maps, target, variant="pair", random_mask=masks, batch_size=5)
-    ref = pair_reference(model, x, maps, target, masks)
+    ref = pair_pic(model, x, maps, target, masks, PAIR_THRESHOLDS)
     assert ours["sic_curve"].shape == ours["aic_curve"].shape == (6, 1001)
     for score in ("sic", "aic"):
         kept = np.array([r[score] is not None for r in ref])
