@@ -1,6 +1,8 @@
 from xaipipe.pipeline import log_to, score, set_threads
 
-with log_to(snakemake.log[0]):
-    set_threads(snakemake.threads)
-    score(snakemake.output[0], dict(snakemake.input.items()), snakemake.params.job,
-          threads=snakemake.threads)
+# guarded: a local Dask cluster spawns worker processes, which re-import this module
+if __name__ == "__main__":
+    with log_to(snakemake.log[0]):
+        set_threads(snakemake.threads)
+        score(snakemake.output[0], dict(snakemake.input.items()), snakemake.params.job,
+              threads=snakemake.threads)

@@ -134,7 +134,7 @@ def test_schema_errors_are_one_line_naming_the_key(path, value, match):
      r"experiments.demo.report_variant: unknown name 'blur'; allowed: original, jpeg"),
     ("run", ["paper"], r"run: unknown name 'paper'; allowed: demo"),
     ("datasets__shapes__kind", "mnist",
-     r"datasets.shapes.kind: unknown dataset kind 'mnist'; available: imagefolder, shapes"),
+     r"datasets.shapes.kind: unknown dataset kind 'mnist'; available: imagefolder, imagenet, shapes"),
     ("datasets__shapes__num_classes", 30, r"datasets.shapes.num_classes: 30 is above"),
 ])
 def test_registry_errors_name_the_key_and_the_allowed_values(path, value, match):

@@ -115,8 +115,8 @@ def test_imagefolder_source(tmp_path):
     Image.new("RGB", (10, 10)).save(tmp_path / "val" / "n01" / "broken.png")
     (tmp_path / "val" / "n01" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="broken.png"):
-        build_image_store("folder", cfg, "original", {}, tmp_path / "b.zarr", progress=False,
-                          preprocess_params=pp)
+        build_image_store("folder", {**cfg, "unreadable": "error"}, "original", {},
+                          tmp_path / "b.zarr", progress=False, preprocess_params=pp)
     assert not (tmp_path / "b.zarr").exists()
 
 

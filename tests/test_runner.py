@@ -111,3 +111,47 @@ def test_empty_selection_gives_empty_store_and_scores(data, tmp_path):
                      score_job("insertion", {"steps": 5}, model=SPEC))
     assert len(df) == 0 and (tmp_path / "s.parquet").exists()
 
+
+
+def test_allocated_threads_follow_slurm_and_affinity(monkeypatch):
+    from xaipipe.parallel import allocated_cpus, job_threads
+    from xaipipe.metrics.runner import _workers
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    n = allocated_cpus()
+    assert n == len(__import__("os").sched_getaffinity(0))
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    assert allocated_cpus() == 1 and job_threads(8) == 1
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "64")
+    assert allocated_cpus() == n and job_threads(64) == n and job_threads(1) == 1
+    # worker processes get one torch thread each; the job's own process gets them all
+    assert _workers("local", 4) == (4, 1) and _workers("local", 1) == (1, 1)
+    assert _workers("synchronous", 4) == (1, 4) and _workers("threads", 3) == (3, 1)
+    assert _workers("tcp://127.0.0.1:8786", 4) == (1, None)
+
+
+def test_worker_processes_and_a_scheduler_elsewhere_give_the_same_scores(data, tmp_path,
+                                                                           monkeypatch):
+    """Chunks scored by worker processes (local cluster, and an external scheduler whose
+    workers run in another folder, so relative paths would not resolve) equal the in-process
+    result exactly."""
+    from distributed import Client, LocalCluster
+    explain_to_store(tmp_path / "m.zarr", data / "original.zarr", [data / "all.parquet"],
+                     [data / "w.pt"], explain_job(batch_size=2), progress=False)
+    monkeypatch.chdir(tmp_path)
+    rel = {"saliency": "m.zarr", "images": str(data / "original.zarr"),
+           "selections": [str(data / "all.parquet")], "model": [str(data / "w.pt")]}
+    params = {"steps": 5, "fill": "black", "score": "prob", "reduction": "abs_sum",
+              "norm_min": 0.05}
+    ref = score_store("s.parquet", rel, score_job("insertion", params, model=SPEC))
+    two = score_store("l.parquet", rel, score_job("insertion", params, model=SPEC,
+                                                  scheduler="local"), threads=2)
+    pd.testing.assert_frame_equal(ref, two)
+    monkeypatch.chdir("/")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        monkeypatch.chdir(tmp_path)
+        ext = score_store("e.parquet", rel, score_job("insertion", params, model=SPEC,
+                                                      scheduler=cluster.scheduler_address))
+        cwd = client.run(lambda: __import__("os").getcwd())
+    assert set(cwd.values()) == {"/"}
+    pd.testing.assert_frame_equal(ref, ext)

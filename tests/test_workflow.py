@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from xaipipe.config import ROOT, Plan, load_config
+from xaipipe.data.store import open_images
 from xaipipe.metrics.runner import read_provenance
 from xaipipe.store import open_saliency
 
@@ -205,6 +206,8 @@ def test_imagenet_preset_with_local_stand_ins(tmp_path):
         for i in range(2):
             Image.fromarray(rng.integers(0, 255, (300, 260, 3), dtype=np.uint8)).save(
                 tmp_path / "imagenet" / "val" / c / f"ILSVRC2012_val_{c}_{i}.JPEG")
+    (tmp_path / "imagenet" / "val" / c / "ILSVRC2012_val_truncated.JPEG").write_bytes(
+        b"\xff\xd8\xff\xe0")                   # unreadable: skipped, named and counted
     weights = tmp_path / "resnet18-stand-in.pth"
     torch.save(load_model("resnet18", weights="random").net.state_dict(), weights)
     cfg = yaml.safe_load((ROOT / "presets" / "imagenet.yaml").read_text())
@@ -225,6 +228,8 @@ def test_imagenet_preset_with_local_stand_ins(tmp_path):
     s = open_saliency(d / plan.saliency("imagenet", "resnet18", "gradcam", "jpeg"))
     assert s.saliency.shape == (2, 1, 224, 224)
     assert not (d / "results/models").exists()          # no demo model trained
+    images = open_images(d / "results/data/imagenet/resize232_crop224/jpeg.zarr")
+    assert len(images) == 4 and images.attrs["n_skipped"] == 1
 
 
 @pytest.mark.integration

@@ -11,7 +11,6 @@ import logging
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from .config.jobs import (ExplainJob, FigureJob, ImageStoreJob, PredictJob, ScoreJob,
                           SelectJob, SummaryJob, TrainJob)
@@ -23,6 +22,7 @@ from .explain.runner import explain_to_store
 from .metrics.runner import score_store, summarize_experiment
 from .models.spec import load_spec
 from .models.train import train_demo_model
+from .parallel import set_torch_threads
 from .utils import as_list, atomic_path, resolve_device
 
 log = logging.getLogger("xaipipe")
@@ -51,9 +51,9 @@ def log_to(path):
             log.removeHandler(handler)
 
 
-def set_threads(threads: int | None) -> None:
-    if threads:
-        torch.set_num_threads(int(threads))
+def set_threads(threads: int | None) -> int:
+    """Torch threads of a job: the rule's ``threads`` capped by the CPUs it was allocated."""
+    return set_torch_threads(threads)
 
 
 # -- data --------------------------------------------------------------------------------

@@ -110,6 +110,7 @@ class ScoreJob:
     device: str = execution("auto")
     batch_size: int = execution(256)
     scheduler: str = execution("local")
+    dashboard: bool = execution(False)
 
 
 @dataclass(frozen=True)

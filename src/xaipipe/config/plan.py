@@ -293,6 +293,7 @@ class Plan:
             model=self.model_spec(model) if "model" in mt.needs else None,
             max_images=tuple(reqs[k] for k in sorted(reqs)), split=self.split,
             device=self.c["device"], batch_size=sc["batch_size"], scheduler=sc["scheduler"],
+            dashboard=sc["dashboard"],
             provenance={"dataset": dataset, "preprocess": self.preprocess_of(model),
                         "model": model, "metric": metric, "method": method,
                         "variant": variant, "method_name": self.methods[method][0],

@@ -5,14 +5,18 @@ Layout (arrays chunked along N only, Zstd-compressed, with the dimension names s
 
     /                   root group, no arrays; attributes: dataset, kind, variant,
                         variant_params, classes (names; label i is classes[i]),
-                        source_params, and the provenance (``xaipipe_version``,
+                        source_params, the provenance (``xaipipe_version``,
                         ``torch_version``, ``torchvision_version``, ``zarr_version``,
-                        ``numpy_version``, ``created``)
+                        ``numpy_version``, ``created``), and for folder-based data sets
+                        ``skipped`` (list of {split, index, file, error}: unreadable
+                        files left out) and ``n_skipped``
     /{split}/           one group per split written (``train``, ``val``), no attributes
         images  (N, 3, H, W) uint8  (index, channel, y, x)  RGB, preprocessed, variant applied
         labels  (N,)         int64  (index,)                class of each image
         index   (N,)         int64  (index,)                image ids: the position in the
-                                                            split, stable across variants
+                                                            split's sorted file list, stable
+                                                            across variants; an unreadable
+                                                            file leaves a gap (no row)
         masks   (N, H, W)    bool   (index, y, x)           ground-truth object masks; only
                                                             where the data set has them
 
@@ -35,7 +39,11 @@ IMG_DIMS = ("index", "channel", "y", "x")
 
 
 class ImageStoreWriter:
-    """``with ImageStoreWriter(path, attrs) as w: w.add_split("val", n, h, w, masks=True); w.write(...)``"""
+    """``with ImageStoreWriter(path, attrs) as w: w.add_split("val", n, h, w, masks=True); w.write(...)``
+
+    ``add_split`` preallocates ``n`` rows; a writer that ends up with fewer good rows (images
+    skipped as unreadable) calls :meth:`trim`, which shrinks the split's arrays to the rows
+    written, so rows are written compactly and no pre-scan of the files is needed."""
 
     def __init__(self, path, attrs: dict, chunk_n: int = 256):
         self.path, self.attrs, self.chunk_n = path, attrs, chunk_n
@@ -82,6 +90,20 @@ class ImageStoreWriter:
         if masks is not None:
             g["masks"][sl] = masks
         self._pos[split] = sl.stop
+
+    def trim(self, split: str) -> int:
+        """Shrink ``split``'s arrays to the rows written so far (their number, returned)."""
+        g, n = self._root[split], self._pos[split]
+        if n != self._n[split]:
+            for key in ("images", "labels", "index", "masks"):
+                if key in g:
+                    g[key].resize((n, *g[key].shape[1:]))
+            self._n[split] = n
+        return n
+
+    def update_attrs(self, attrs: dict) -> None:
+        """Add root attributes before the store is closed (e.g. what was skipped)."""
+        self._root.attrs.update(attrs)
 
 
 @dataclass

@@ -10,7 +10,6 @@ provenance (metric and method parameters, versions) in its metadata.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 
@@ -25,32 +24,13 @@ import torch
 from ..data.filters import requested_images, selected_ids
 from ..data.store import open_images
 from ..models.spec import load_spec
+from ..parallel import dask_client, job_threads
 from ..store import open_saliency
 from ..utils import as_list, atomic_path
 from ..zarrio import versions
 from .base import MetricInputs, get_metric
 
 PROVENANCE_KEY = b"xaipipe"
-
-
-@contextlib.contextmanager
-def dask_client(scheduler: str | None = "local", threads: int = 1):
-    """``local``: a LocalCluster (one worker, ``threads`` threads, in-process); ``threads`` or
-    ``synchronous``: dask's local schedulers without distributed; anything else: the address
-    of a running scheduler (e.g. a dask-jobqueue SLURMCluster)."""
-    threads = max(1, int(threads))
-    if scheduler in (None, "local"):
-        from distributed import Client, LocalCluster
-        with LocalCluster(n_workers=1, threads_per_worker=threads, processes=False,
-                          dashboard_address=None) as cluster, Client(cluster) as client:
-            yield client
-    elif scheduler in ("threads", "synchronous"):
-        with dask.config.set(scheduler=scheduler, num_workers=threads):
-            yield None
-    else:
-        from distributed import Client
-        with Client(scheduler) as client:
-            yield client
 
 
 def _tensor(block, scale=None):
@@ -60,8 +40,11 @@ def _tensor(block, scale=None):
     return t.float().div_(scale) if scale else t
 
 
-def _score_chunk(metric_name, params, model_spec, model_files, device, batch_size, ids,
-                 targets, extras, maps, images, other_images, other_maps, masks):
+def _score_chunk(metric_name, params, model_spec, model_files, device, batch_size,
+                 torch_threads, ids, targets, extras, maps, images, other_images, other_maps,
+                 masks):
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
     metric = get_metric(metric_name)(**params)
     model = load_spec(model_spec, model_files, device) if model_spec is not None else None
     dev = next(model.parameters()).device if model is not None else torch.device("cpu")
@@ -82,6 +65,17 @@ def _score_chunk(metric_name, params, model_spec, model_files, device, batch_siz
     return pd.DataFrame(cols)
 
 
+def _workers(scheduler, threads):
+    """(Dask workers, torch threads per task) for a job with ``threads`` CPUs: one worker per
+    CPU with one torch thread each, except in the job's own process (``synchronous``, or a
+    local cluster of one), where torch gets them all; remote workers keep their own setting."""
+    if scheduler in ("synchronous",) or (scheduler in (None, "local") and threads == 1):
+        return 1, threads
+    if scheduler in (None, "local", "threads"):
+        return threads, 1
+    return 1, None
+
+
 def _rows(arr, pos, chunks):
     """Rows ``pos`` of a zarr/dask array as a dask array chunked like ``chunks``."""
     if arr is None:
@@ -99,6 +93,8 @@ def score_store(out, inputs: dict, job, *, threads: int = 1) -> pd.DataFrame:
 
     ``inputs``: saliency, selections, and what the metric needs: images, other_images,
     other_maps, model (the rule's named inputs)."""
+    inputs = {k: ([os.path.abspath(p) for p in v] if isinstance(v, (list, tuple))
+                  else os.path.abspath(v)) for k, v in inputs.items()}
     cls = get_metric(job.metric)
     metric = cls(**job.params)
     sal = open_saliency(inputs["saliency"])
@@ -133,17 +129,16 @@ def score_store(out, inputs: dict, job, *, threads: int = 1) -> pd.DataFrame:
     blocks = {k: _blocks(arrays.get(k), n_chunks)
               for k in ("maps", "images", "other_images", "other_maps", "masks")}
     extras = {k: v[pos] for k, v in sal.extras.items()} if "extras" in metric.needs else {}
-    model_files = [os.path.abspath(p) for p in as_list(inputs.get("model"))]
+    model_files = as_list(inputs.get("model"))
+    workers, torch_threads = _workers(job.scheduler, job_threads(threads))
     task = dask.delayed(_score_chunk, pure=True)
     tasks = [task(job.metric, metric.hparams, job.model, model_files, job.device,
-                  job.batch_size, ids[a:b], targets[a:b],
+                  job.batch_size, torch_threads, ids[a:b], targets[a:b],
                   {k: v[a:b] for k, v in extras.items()},
                   *(blocks[k][i] for k in ("maps", "images", "other_images", "other_maps",
                                            "masks")))
              for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
-    if threads > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // threads))
-    with dask_client(job.scheduler, threads):
+    with dask_client(job.scheduler, workers, dashboard=job.dashboard):
         parts = dask.compute(*tasks)
     df = (pd.concat(parts, ignore_index=True) if parts
           else pd.DataFrame({"image_id": np.zeros(0, np.int64), "target": np.zeros(0, np.int64)}))
