@@ -6,7 +6,7 @@ CORES   ?= all
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 
-.PHONY: env demo report test test-fast bench lint clean
+.PHONY: env demo resume report test test-fast bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,14 @@ env: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES) --show-failed-logs
 	$(VENV)/bin/snakemake --report results/report.html
+
+# After a crash, a kill or a lost node: drop the stale lock (only safe when no other snakemake
+# runs in this folder), then rerun what is incomplete. Finished shards are kept.
+# `make resume ARGS="idgi_tmlr --configfile presets/idgi_tmlr.yaml"`
+ARGS    ?=
+resume: $(STAMP)
+	$(VENV)/bin/snakemake --unlock $(ARGS)
+	$(VENV)/bin/snakemake --cores $(CORES) --rerun-incomplete --show-failed-logs $(ARGS)
 
 report: $(STAMP)
 	$(VENV)/bin/snakemake --report results/report.html
@@ -34,6 +42,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_insertion.py
 	$(PY) benchmarks/bench_sweep.py
 	$(PY) benchmarks/bench_pic.py
+	$(PY) benchmarks/bench_dask.py
 
 lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint

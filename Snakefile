@@ -5,6 +5,9 @@
 # xaipipe.config.paths holds every result path.
 from snakemake.utils import min_version
 
+import os
+
+from xaipipe import repro
 from xaipipe.config import setup_workflow
 from xaipipe.config.jobs import signature
 
@@ -20,6 +23,10 @@ plan = setup_workflow(
     targets=getattr(workflow.dag_settings, "targets", ()),
 )
 P = plan.P
+
+# reproducible mode: pinned CPU kernels in every job (read when a job imports torch)
+if config.get("reproducible"):
+    os.environ.update(repro.environment())
 
 
 wildcard_constraints:

@@ -22,6 +22,7 @@ from .explain.runner import explain_to_store
 from .metrics.runner import score_store, summarize_experiment
 from .models.spec import load_spec
 from .models.train import train_demo_model
+from . import repro
 from .parallel import set_torch_threads
 from .utils import as_list, atomic_path, resolve_device
 
@@ -52,7 +53,11 @@ def log_to(path):
 
 
 def set_threads(threads: int | None) -> int:
-    """Torch threads of a job: the rule's ``threads`` capped by the CPUs it was allocated."""
+    """Torch threads of a job: the rule's ``threads`` capped by the CPUs it was allocated; in
+    reproducible mode (:mod:`xaipipe.repro`) the pinned kernels and a fixed thread count."""
+    if repro.requested():
+        repro.enable()
+        return repro.REPRO_THREADS
     return set_torch_threads(threads)
 
 

@@ -3,13 +3,23 @@
 Layout (dimension names set, so ``xarray.open_zarr`` gives an ``index`` coordinate)::
 
     saliency  (N, C, H, W) float32 (or float16 + per-image ``scale``), chunked along N, Zstd
+              (float16: byte-shuffled first, Blosc);
+              (N, C, h, w) for a method's native low-resolution maps (GradCAM's h x w layer)
     index     (N,) int64   image ids
     target    (N,) int64   explained class
     scale     (N,) float32 only for float16: saliency = stored * scale (per-image max |value|)
     <extra>   (N, ...) method extras with their trailing dims (diagnostics, histories,
               curves), dims (index, <extra>_dim1, ...); float32, int64 or bool
     attrs     method, parameters, model, dataset, variant, dtype, provenance (versions of
-              xaipipe, torch, torchvision, zarr, numpy; created)
+              xaipipe, torch, torchvision, zarr, numpy; created); float16 stores also
+              ``scale: "max_abs"``; native-resolution stores ``image_size: [H, W]`` and
+              ``upsample: {"mode": ..., "align_corners": ...}`` (``F.interpolate`` settings)
+
+float16 divides each map by its own max |value| (0 -> 1) before rounding, so stored values lie
+in [-1, 1]: the error is at most 2^-11 of the image's max (half precision) whatever the scale
+of the gradients (plain float16 flushes values below 6e-8 to zero). Native-resolution maps
+are upsampled when read, exactly as the method upsamples them (:func:`open_saliency`), so
+consumers see (N, C, H, W) maps either way.
 
 Metadata is consolidated into the root ``zarr.json`` before the store is renamed into place.
 
@@ -25,13 +35,17 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .errors import DataError
+from .shards import read_manifest
 from .utils import atomic_path
-from .zarrio import consolidate, create, new_group, open_group, provenance, versions
+from .zarrio import (COMPRESSOR, SHUFFLED_ZSTD, consolidate, create, new_group, open_group,
+                     provenance, versions)
 
 DIMS = ("index", "channel", "y", "x")
 RESERVED = ("saliency", "index", "target", "scale")     # array names that are not extras
+UPSAMPLE_MODES = ("nearest", "bilinear", "bicubic", "area", "nearest-exact")
 
 
 class SaliencyWriter:
@@ -43,11 +57,25 @@ class SaliencyWriter:
     """
 
     def __init__(self, path, n: int, attrs: dict | None = None, dtype: str = "float32",
-                 chunk_n: int = 64):
+                 chunk_n: int = 64, image_size=None, upsample: dict | None = None):
+        """``image_size`` (H, W) with ``upsample`` (``F.interpolate`` keywords: ``mode``,
+        ``align_corners``): the maps may be smaller than the images (a method's native
+        resolution); readers upsample them to ``image_size`` with ``upsample``."""
         if dtype not in ("float32", "float16"):
             raise ValueError(f"saliency dtype must be float32 or float16, got {dtype!r}")
         self.path, self.n, self.dtype, self.chunk_n = Path(path), int(n), dtype, chunk_n
         self.attrs = {**(attrs or {}), "dtype": dtype, **provenance()}
+        if dtype == "float16":
+            self.attrs["scale"] = "max_abs"
+        self.image_size = None
+        if image_size is not None:
+            self.image_size = tuple(int(v) for v in image_size)
+            upsample = dict(upsample or {})
+            if len(self.image_size) != 2 or upsample.get("mode") not in UPSAMPLE_MODES:
+                raise ValueError(f"{self.path}: native-resolution maps need image_size (H, W) "
+                                 f"and upsample={{'mode': one of {UPSAMPLE_MODES}, "
+                                 f"'align_corners': ...}}; got {image_size!r}, {upsample!r}")
+            self.attrs.update(image_size=list(self.image_size), upsample=upsample)
         self._ctx = None
         self._group = None
         self._written = 0
@@ -56,7 +84,11 @@ class SaliencyWriter:
     def __enter__(self):
         self._ctx = atomic_path(self.path)
         self._tmp = self._ctx.__enter__()
-        self._group = new_group(self._tmp, json.loads(json.dumps(self.attrs, default=str)))
+        try:
+            self._group = new_group(self._tmp, json.loads(json.dumps(self.attrs, default=str)))
+        except BaseException as e:              # the first write failed: name the output
+            self._ctx.__exit__(type(e), e, e.__traceback__)
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb):
@@ -77,8 +109,9 @@ class SaliencyWriter:
         if self._arrays:
             return
         g, n = self._group, self.n
-        self._arrays["saliency"] = create(g, "saliency", (n, *shape[1:]), self.dtype,
-                                          self.chunk_n, DIMS)
+        self._arrays["saliency"] = create(
+            g, "saliency", (n, *shape[1:]), self.dtype, self.chunk_n, DIMS,
+            SHUFFLED_ZSTD if self.dtype == "float16" else COMPRESSOR)
         self._arrays["index"] = create(g, "index", (n,), "int64", max(n, 1), DIMS[:1])
         self._arrays["target"] = create(g, "target", (n,), "int64", max(n, 1), DIMS[:1])
         if self.dtype == "float16":
@@ -156,42 +189,51 @@ def _extra(path, name, x) -> np.ndarray:
 
 
 def write_saliency(path, maps, image_ids, targets, attrs: dict | None = None,
-                   extras: dict | None = None, dtype: str = "float32", chunk_n: int = 64) -> Path:
-    """Write a complete store in one call."""
-    with SaliencyWriter(path, len(_np(image_ids)), attrs, dtype, chunk_n) as w:
+                   extras: dict | None = None, dtype: str = "float32", chunk_n: int = 64,
+                   image_size=None, upsample: dict | None = None) -> Path:
+    """Write a complete store in one call (arguments as :class:`SaliencyWriter`)."""
+    with SaliencyWriter(path, len(_np(image_ids)), attrs, dtype, chunk_n, image_size,
+                        upsample) as w:
         w.write(maps, image_ids, targets, extras)
     return Path(path)
 
 
 @dataclass
 class SaliencyStore:
-    saliency: da.Array            # (N, C, H, W) float32 (float16 stores are rescaled lazily)
+    saliency: da.Array            # (N, C, H, W) float32 (float16 stores are rescaled and
+                                  # native-resolution stores upsampled lazily)
     index: np.ndarray             # (N,) image ids
     target: np.ndarray            # (N,)
     attrs: dict
     extras: dict                  # name -> (N, ...) numpy, trailing dims as written
 
 
-def open_saliency(paths) -> SaliencyStore:
+def open_saliency(paths, native: bool = False) -> SaliencyStore:
     """Open one store, or several shards of one (a list of paths, concatenated along N), as a
     dask array plus metadata. Attributes must agree across shards (except provenance: the
-    first shard's is returned); so must the extras (names, trailing dims)."""
+    first shard's is returned); so must the extras (names, trailing dims).
+
+    The maps are float32 and chunked along N as stored: float16 stores are multiplied by
+    their ``scale``; native-resolution stores are upsampled to ``image_size`` as the method
+    does it, unless ``native`` (then the maps are returned at the resolution stored)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
+    # a sharded store (a folder of shard stores with a manifest, xaipipe.shards) is its shards
+    paths = [q for p in paths for q in (read_manifest(p) or [p])]
     parts = []
     for p in paths:
         g = open_group(p)
         if "saliency" not in g:
             raise DataError(f"{p}: not a saliency store (no 'saliency' array)")
-        arr = da.from_zarr(g["saliency"])
-        if "scale" in g:
-            scale = da.from_zarr(g["scale"])
-            arr = arr.astype(np.float32) * scale[:, None, None, None]
+        arr = _decoded(p, g)
+        size = g.attrs.get("image_size")
+        if not native and size and tuple(arr.shape[2:]) != tuple(size):
+            arr = _upsampled(arr, tuple(size), dict(g.attrs.get("upsample") or {}))
         extras = {k: np.asarray(g[k]) for k in g.array_keys()
                   if k not in RESERVED}
         parts.append((arr, np.asarray(g["index"]), np.asarray(g["target"]), dict(g.attrs), extras))
     first = parts[0][3]
-    skip = {"created", "shard", *versions()}
+    skip = {"created", "shard", "shard_key", *versions()}
     for (_, _, _, attrs, _), p in zip(parts[1:], paths[1:]):
         if {k: v for k, v in attrs.items() if k not in skip} != \
                 {k: v for k, v in first.items() if k not in skip}:
@@ -208,3 +250,34 @@ def open_saliency(paths) -> SaliencyStore:
         attrs=first,
         extras={k: np.concatenate([p[4][k] for p in parts]) for k in extra_keys},
     )
+
+
+def _decoded(path, g) -> da.Array:
+    """The stored maps as float32: float16 ones times their per-image ``scale``, lazily and
+    in the chunks of the maps."""
+    arr = da.from_zarr(g["saliency"])
+    if "scale" not in g:
+        return arr
+    scale = np.asarray(g["scale"], dtype=np.float32)
+    if scale.shape != arr.shape[:1]:
+        raise DataError(f"{path}: 'scale' has shape {scale.shape}, the maps {arr.shape}")
+    scale = da.from_array(scale, chunks=(arr.chunks[0],))
+    return arr.astype(np.float32) * scale[:, None, None, None]
+
+
+def _upsampled(arr: da.Array, size: tuple, upsample: dict) -> da.Array:
+    """(N, C, h, w) -> (N, C, H, W) with ``F.interpolate(..., **upsample)``, chunk by chunk
+    (each image on its own, so the result does not depend on the chunking)."""
+    mode = upsample.get("mode", "bilinear")
+    corners = upsample.get("align_corners") if mode in ("bilinear", "bicubic") else None
+    c = arr.shape[1]
+
+    def block(b):
+        if b.shape[0] == 0:
+            return np.zeros((0, c, *size), np.float32)
+        t = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32))
+        return F.interpolate(t, size=size, mode=mode, align_corners=corners).numpy()
+
+    arr = arr.rechunk({1: -1, 2: -1, 3: -1})
+    return arr.map_blocks(block, chunks=(arr.chunks[0], (c,), (size[0],), (size[1],)),
+                          dtype=np.float32, meta=np.empty((0, 0, 0, 0), np.float32))

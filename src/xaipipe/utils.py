@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -11,7 +12,10 @@ import shutil
 import uuid
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from .errors import OutputWriteError
 
 
 def derive_seed(*parts) -> int:
@@ -69,14 +73,55 @@ def _remove_stale_tmps(path: Path) -> None:
             _remove(sib)
 
 
+#: errnos only a write raises: inside an :func:`atomic_path` block they always concern the output
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
+def _concerns_output(err: OSError, path: Path, tmp: Path) -> bool:
+    """Whether ``err``, raised inside an :func:`atomic_path` block, is a failure to write the
+    output (so it is reported against ``path``) rather than, say, an unreadable input."""
+    if err.errno in WRITE_ERRNOS:
+        return True
+    hidden = f".{path.name}.tmp-"
+    for name in (err.filename, err.filename2):
+        if name is None or isinstance(name, int):
+            continue
+        f = Path(os.fsdecode(name)).absolute()
+        if f in (path.absolute(), path.parent.absolute()) or f.name.startswith(hidden) or \
+                tmp.absolute() in f.parents:
+            return True
+    return False
+
+
+def write_error(err: OSError, path) -> OutputWriteError:
+    """``err`` as an :class:`~xaipipe.errors.OutputWriteError` whose message names the final
+    output ``path`` and the reason: "no space left on device writing results/x.zarr"."""
+    path = Path(path)
+    blocker = next((p for p in (path.parent, *path.parent.parents)
+                    if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        return OutputWriteError(f"cannot write {path}: {blocker} is a file, not a directory",
+                                err.errno, path)
+    reason = os.strerror(err.errno).lower() if err.errno else (str(err) or type(err).__name__)
+    return OutputWriteError(f"{reason} writing {path}", err.errno, path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary sibling path to write a file or directory to; on success it is
     renamed to ``path`` (replacing what was there), on any error it is removed. So an output
     is either complete or absent. Temporaries that killed runs left next to ``path`` are
-    removed first (see :func:`_remove_stale_tmps`)."""
+    removed first (see :func:`_remove_stale_tmps`).
+
+    A failure to write (an :class:`OSError` such as ENOSPC, EDQUOT, EROFS, or EACCES on the
+    temporary, the output or its folder; a parent path that is a file) is re-raised as an
+    :class:`~xaipipe.errors.OutputWriteError` naming ``path`` and the reason, after the
+    temporary is removed. Other errors (e.g. an unreadable input) pass through unchanged."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(e, path) from e
     _remove_stale_tmps(path)
     tmp = _tmp_sibling(path)
     try:
@@ -86,13 +131,35 @@ def atomic_path(path: str | os.PathLike):
         if path.exists() or path.is_symlink():
             old = _tmp_sibling(path)
             os.replace(path, old)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)      # put the previous output back
+                raise
             _remove(old)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         _remove(tmp)
+        if isinstance(e, OSError) and not isinstance(e, OutputWriteError) and \
+                _concerns_output(e, path, tmp):
+            raise write_error(e, path) from e
         raise
+
+
+def nonfinite_rows(x) -> np.ndarray | torch.Tensor:
+    """(N,) bool: which rows of ``x`` (a tensor or array, N leading) hold a NaN or an Inf.
+    One ``isfinite`` reduction; a tensor's flags stay on its device (the caller decides when
+    to synchronise). Integer and bool inputs are always finite."""
+    if isinstance(x, torch.Tensor):
+        if not (x.is_floating_point() or x.is_complex()):
+            return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        ok = torch.isfinite(x)
+        return ~(ok.flatten(1).all(1) if ok.ndim > 1 else ok)
+    x = np.asarray(x)
+    if x.dtype.kind not in "fc":
+        return np.zeros(x.shape[0], bool)
+    return ~np.isfinite(x).all(axis=tuple(range(1, x.ndim)))
 
 
 @contextlib.contextmanager

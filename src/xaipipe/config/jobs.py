@@ -94,6 +94,10 @@ class ExplainJob:
     batch_size: int = execution(32)
     memory_mb: float | None = execution(None)
     sweep: tuple | None = None       # step counts of one path evaluation, one store each
+    # the layout, not the values read back: GradCAM's h x w map as computed (upsampled on
+    # read), and shards of images (the unit of resume, xaipipe.shards)
+    native_resolution: bool = execution(True)
+    shard_size: int | None = execution(None)
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,7 @@ class ScoreJob:
     batch_size: int = execution(256)
     scheduler: str = execution("local")
     dashboard: bool = execution(False)
+    shard_size: int | None = execution(None)
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,11 @@ class ImageStoreWriter:
     def __enter__(self):
         self._ctx = atomic_path(self.path)
         self._tmp = self._ctx.__enter__()
-        self._root = new_group(self._tmp, {**self.attrs, **provenance()})
+        try:
+            self._root = new_group(self._tmp, {**self.attrs, **provenance()})
+        except BaseException as e:              # the first write failed: name the output
+            self._ctx.__exit__(type(e), e, e.__traceback__)
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb):

@@ -16,8 +16,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ..errors import ConfigError, NonFiniteError
 from ..registry import Registry
-from ..utils import eval_mode
+from ..utils import eval_mode, nonfinite_rows
 from ..params import Param, check_params
 from .objectives import OBJECTIVES, objective
 
@@ -279,43 +280,88 @@ def get_method(name: str, where: str | None = None) -> type[Method]:
     return METHODS.get(name, where)
 
 
+ON_NONFINITE = ("raise", "record")
+
+
+def _on_nonfinite(value: str) -> str:
+    if value not in ON_NONFINITE:
+        raise ConfigError(f"on_nonfinite: {value!r} is not allowed; allowed values: "
+                          f"{', '.join(map(repr, ON_NONFINITE))}")
+    return value
+
+
+def check_finite(name: str, att: Attribution, on_nonfinite: str = "raise",
+                 image_ids=None) -> Attribution:
+    """Stop on maps that hold NaN/Inf (a broken model, exploding gradients) instead of
+    returning them silently: raise :class:`~xaipipe.errors.NonFiniteError` naming the batch
+    positions (and the ``image_ids`` given) of those images. ``on_nonfinite="record"`` returns
+    ``att`` as it is, with ``extras["nonfinite"]`` (N,) bool on the maps' device (present in
+    every batch, so a store gets the same extras throughout). One ``isfinite`` reduction."""
+    _on_nonfinite(on_nonfinite)
+    bad = nonfinite_rows(att.maps)
+    if on_nonfinite == "record":
+        att.extras["nonfinite"] = bad
+    elif bool(bad.any()):
+        pos = torch.nonzero(bad).flatten().cpu().tolist()
+        ids = None if image_ids is None else \
+            torch.as_tensor(image_ids).reshape(-1).cpu()[pos].tolist()
+        which = f"batch positions {pos}" + ("" if ids is None else f" (image ids {ids})")
+        raise NonFiniteError(f"method {name!r}: the maps of the images at {which} hold NaN/Inf "
+                             "(the model's outputs or gradients are not finite there); pass "
+                             "on_nonfinite='record' to keep them, flagged in "
+                             "extras['nonfinite']", pos if ids is None else ids)
+    return att
+
+
 def explain(name: str, model: nn.Module, images: torch.Tensor, target, *,
             image_ids=None, seed: int = 0, memory_mb: float | None = None,
-            max_batch: int | None = None, **params) -> torch.Tensor:
+            max_batch: int | None = None, on_nonfinite: str = "raise",
+            return_extras: bool = False, **params):
     """Attribution maps of ``images`` for ``target`` by the method ``name``.
 
     Returns a float32 tensor on ``images.device``: (N, C, H, W) for pixel attributions,
-    (N, 1, H, W) for single-channel maps. See :func:`available_methods`.
+    (N, 1, H, W) for single-channel maps (the :class:`Attribution` with its extras if
+    ``return_extras``). See :func:`available_methods`.
 
     ``image_ids`` (N ints) seed each image's random draws together with ``seed``, the method
     and its hyper-parameters; without them an image's id is a hash of its bytes. Either way
     the maps of an image do not depend on the batch it comes in, its position or the memory
-    budget (``memory_mb``, ``max_batch``)."""
-    return run_method(name, model, images, target, image_ids=image_ids, seed=seed,
-                      memory_mb=memory_mb, max_batch=max_batch, **params).maps
+    budget (``memory_mb``, ``max_batch``).
+
+    Maps with NaN/Inf raise :class:`~xaipipe.errors.NonFiniteError` naming the batch positions
+    (and ``image_ids``); ``on_nonfinite="record"`` returns them as they are, flagged per image
+    in ``extras["nonfinite"]`` (see ``return_extras``; :func:`check_finite`)."""
+    out = run_method(name, model, images, target, image_ids=image_ids, seed=seed,
+                     memory_mb=memory_mb, max_batch=max_batch, on_nonfinite=on_nonfinite,
+                     **params)
+    return out if return_extras else out.maps
 
 
 def explain_sweep(name: str, model: nn.Module, images: torch.Tensor, target, *,
                   steps=(8, 16, 32, 64, 128), image_ids=None, seed: int = 0,
                   memory_mb: float | None = None, max_batch: int | None = None,
-                  return_extras: bool = False, **params) -> dict:
+                  return_extras: bool = False, on_nonfinite: str = "raise", **params) -> dict:
     """{n: maps} for every step count ``n`` in ``steps`` (maps as :func:`explain` returns them
     for ``steps=n``; the Attributions with their extras if ``return_extras``).
 
     Where the method allows it (``get_method(name).sweepable``: IG and Blur IG on nested grids,
     e.g. 8, 16, …, 128) all counts come from one evaluation of the path of ``max(steps)``
     points; Guided IG's path depends on its step count, so it runs once per count. IDGI
-    (``idgi=True``) applies per count."""
+    (``idgi=True``) applies per count. Non-finite maps: as :func:`explain`, per count."""
+    _on_nonfinite(on_nonfinite)
     method = get_method(name)(model, seed=seed, memory_mb=memory_mb, max_batch=max_batch,
                               **params)
     out = method.run_sweep(images, target, image_ids, steps)
+    for n, a in out.items():
+        check_finite(f"{name}@{n}", a, on_nonfinite, image_ids)
     return out if return_extras else {n: a.maps for n, a in out.items()}
 
 
 def run_method(name: str, model: nn.Module, images: torch.Tensor, target, *, image_ids=None,
                seed: int = 0, memory_mb: float | None = None, max_batch: int | None = None,
-               **params) -> Attribution:
+               on_nonfinite: str = "raise", **params) -> Attribution:
     """Like :func:`explain` but returns the :class:`Attribution` with its diagnostics."""
+    _on_nonfinite(on_nonfinite)
     method = get_method(name)(model, seed=seed, memory_mb=memory_mb, max_batch=max_batch,
                               **params)
-    return method.run(images, target, image_ids)
+    return check_finite(name, method.run(images, target, image_ids), on_nonfinite, image_ids)

@@ -11,7 +11,10 @@ from tqdm import tqdm
 from ..data.filters import requested_images
 from ..data.store import open_images
 from ..models.spec import load_spec
+from .. import shards
+from ..config.jobs import signature
 from ..store import SaliencyWriter
+from ..zarrio import open_group
 from .base import get_method
 
 log = logging.getLogger("xaipipe")
@@ -20,7 +23,9 @@ log = logging.getLogger("xaipipe")
 def explain_to_store(out, images_path, selections, model_files, job, progress=True):
     """Write the store ``out`` of one method run, or, for a one-path sweep (``job.sweep``),
     the stores ``out`` (a list aligned with ``job.sweep``), one per step count, from one
-    evaluation of each image's path. Every store is complete or absent."""
+    evaluation of each image's path. Every store is complete or absent. With more images than
+    ``job.shard_size``, each store is a folder of shard stores (:mod:`xaipipe.shards`) and a
+    rerun after a kill recomputes only unfinished shards. Returns ``{"shards", "reused"}``."""
     cls = get_method(job.method)
     model = load_spec(job.model, model_files, job.device)
     dev = next(model.parameters()).device
@@ -28,6 +33,12 @@ def explain_to_store(out, images_path, selections, model_files, job, progress=Tr
     ids, targets = requested_images(selections, job.max_images, job.target)
     pos = images.positions(ids)
     algo = cls(model, seed=job.seed, memory_mb=job.memory_mb, **job.params)
+    # Methods with a coarser native map (GradCAM) store it as computed; readers upsample it.
+    upsample = getattr(cls, "native_upsample", None)
+    if upsample and getattr(job, "native_resolution", True):
+        algo.native_resolution = True
+    else:
+        upsample = None
     sweep = list(job.sweep) if job.sweep else None
     outs = list(out) if sweep else [out]
     if sweep and len(outs) != len(sweep):
@@ -41,24 +52,63 @@ def explain_to_store(out, images_path, selections, model_files, job, progress=Tr
         return {**base, "method": f"{job.provenance['method']}@{n}", "sweep": sweep,
                 "parameters": {**algo.hparams, "steps": n}}
 
-    log.info("%s%s on %d images (%s), device %s", job.method,
-             f" sweep {sweep}" if sweep else "", len(ids), images_path, dev)
+    parts = shards.bounds(len(ids), getattr(job, "shard_size", None))
+    log.info("%s%s on %d images (%s) in %d shard(s), device %s", job.method,
+             f" sweep {sweep}" if sweep else "", len(ids), images_path, len(parts), dev)
     bs = job.batch_size
-    with contextlib.ExitStack() as stack:
-        writers = [stack.enter_context(SaliencyWriter(o, len(ids), attrs(n), dtype=job.dtype,
-                                                      chunk_n=max(bs, 1)))
-                   for o, n in zip(outs, sweep or [None])]
-        bar = stack.enter_context(tqdm(total=len(ids), desc=job.method,
-                                       disable=not progress, mininterval=2))
-        for s in range(0, len(ids), bs):
-            sl = slice(s, s + bs)
-            x = images.tensor(pos[sl], dev)
-            t = torch.as_tensor(targets[sl], device=dev)
-            if sweep:
-                res = algo.run_sweep(x, t, torch.as_tensor(ids[sl]), sweep)
-                for w, n in zip(writers, sweep):
-                    w.write(res[n].maps, ids[sl], targets[sl], res[n].extras)
-            else:
-                res = algo.run(x, t, torch.as_tensor(ids[sl]))
-                writers[0].write(res.maps, ids[sl], targets[sl], res.extras)
-            bar.update(len(ids[sl]))
+    bar = tqdm(total=len(ids), desc=job.method, disable=not progress, mininterval=2)
+
+    def write(paths, a, b, extra_attrs):
+        """Attribute images ``a:b`` into the stores ``paths`` (one per step count)."""
+        with contextlib.ExitStack() as stack:
+            writers = [stack.enter_context(SaliencyWriter(
+                           o, b - a, {**attrs(n), **extra_attrs}, dtype=job.dtype,
+                           chunk_n=max(bs, 1),
+                           image_size=images.images.shape[-2:] if upsample else None,
+                           upsample=upsample))
+                       for o, n in zip(paths, sweep or [None])]
+            for s in range(a, b, bs):
+                sl = slice(s, min(b, s + bs))
+                x = images.tensor(pos[sl], dev)
+                t = torch.as_tensor(targets[sl], device=dev)
+                if sweep:
+                    res = algo.run_sweep(x, t, torch.as_tensor(ids[sl]), sweep)
+                    for w, n in zip(writers, sweep):
+                        w.write(res[n].maps, ids[sl], targets[sl], res[n].extras)
+                else:
+                    res = algo.run(x, t, torch.as_tensor(ids[sl]))
+                    writers[0].write(res.maps, ids[sl], targets[sl], res.extras)
+                bar.update(sl.stop - sl.start)
+
+    with bar:
+        if len(parts) == 1:
+            write(outs, 0, len(ids), {})
+            return {"shards": 1, "reused": 0}
+        # several shards: each finished one is kept in a staging folder until all are done, so
+        # a killed job's rerun recomputes only the shards that were not finished
+        stages = [shards.staging(o) for o in outs]
+        job_key = {"job": signature(job), "inputs": shards.fingerprint(
+            [images_path, *model_files])}
+        reused = 0
+        for k, (a, b) in enumerate(parts):
+            key = shards.shard_key({**job_key, "targets": targets[a:b].tolist()}, ids[a:b])
+            paths = [st / shards.shard_name(k, ".zarr") for st in stages]
+            if all(_shard_done(p, key) for p in paths):
+                reused += 1
+                bar.update(b - a)
+                continue
+            write(paths, a, b, {"shard": k, "shard_key": key})
+        if reused:
+            log.info("reused %d of %d finished shards", reused, len(parts))
+        for st, o in zip(stages, outs):
+            shards.write_manifest(st, [shards.shard_name(k, ".zarr") for k in range(len(parts))],
+                                  [b - a for a, b in parts])
+            shards.finish(st, o)
+        return {"shards": len(parts), "reused": reused}
+
+
+def _shard_done(path, key) -> bool:
+    """A finished shard store of this job (complete by construction: written atomically)."""
+    if not (path / "zarr.json").is_file():
+        return False
+    return open_group(path).attrs.get("shard_key") == key

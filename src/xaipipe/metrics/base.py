@@ -20,13 +20,22 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..errors import NonFiniteError
 from ..params import Param, check_params
 from ..registry import Registry
-from ..utils import eval_mode
+from ..utils import eval_mode, nonfinite_rows
 from .aggregate import bootstrap_ci, column_seed
 
 NEEDS = ("model", "images", "other_images", "other_maps", "masks", "boxes", "extras")
 DIRECTIONS = ("higher", "lower")
+ON_NONFINITE = ("raise", "record")
+
+#: Declared by the metrics that take it (``params = {..., "on_nonfinite": NONFINITE_PARAM}``);
+#: the others always raise. See :meth:`Metric.run`.
+NONFINITE_PARAM = Param("raise", str, ON_NONFINITE,
+                        doc="NaN/Inf in a map or in the model's scores: raise (NonFiniteError "
+                            "naming the image ids) or record (that image's float columns NaN, "
+                            "flagged in the bool column nonfinite)")
 
 # Metrics are registered by the imports in ``metrics/__init__.py`` (importing this module
 # imports the package first), not by scanning the package: that would import the Dask runner.
@@ -96,7 +105,8 @@ class Metric:
     summary aggregates), ``needs``, ``direction`` and implement :meth:`compute`.
 
     ``excludes`` maps a scalar column to the boolean per-image column that says which images
-    were left out of it (their value is NaN): the only NaN a metric may return.
+    were left out of it (their value is NaN): the only NaN a metric may return (besides the
+    images flagged ``nonfinite`` with ``on_nonfinite: record``, see :meth:`run`).
     An instance may widen ``needs`` (insertion with ``fill: blur`` needs the other images).
     """
 
@@ -136,12 +146,28 @@ class Metric:
 
     # -- running --------------------------------------------------------------------------
     def __call__(self, inputs: MetricInputs) -> dict[str, np.ndarray]:
-        """Check the inputs, run :meth:`compute` with the model in eval mode and without
-        gradients (a metric that needs them uses ``torch.enable_grad()``), restore every
-        module's training mode, and return the per-image columns as arrays."""
+        """:meth:`run` with the metric's own :meth:`compute`."""
+        return self.run(inputs)
+
+    def run(self, inputs: MetricInputs, **compute_kw) -> dict[str, np.ndarray]:
+        """Check the inputs, run :meth:`compute` (with ``compute_kw``) with the model in eval
+        mode and without gradients (a metric that needs them uses ``torch.enable_grad()``),
+        restore every module's training mode, and return the per-image columns as arrays.
+
+        Non-finite values never pass silently. Before :meth:`compute`: maps (and other maps)
+        holding NaN/Inf. After it: a float column that is not finite where the metric does not
+        exclude the image (``excludes``; e.g. a curve from a model with NaN weights), or where
+        :meth:`compute` flags it in an optional bool column ``nonfinite`` (PIC: model scores
+        of a level). With ``on_nonfinite: raise`` (the default, and for metrics that do not
+        declare it) that raises :class:`~xaipipe.errors.NonFiniteError` naming the image ids;
+        with ``record`` the bad maps are scored as zeros, then every float column of the
+        flagged images is set to NaN and the bool column ``nonfinite`` (N,) is returned
+        (in every batch, all False where nothing was wrong)."""
         inputs = self._check_inputs(inputs)
+        record = self.hparams.get("on_nonfinite", "raise") == "record"
+        inputs, bad_maps = self._nonfinite_maps(inputs, record)
         with eval_mode(inputs.model), torch.no_grad():
-            out = self.compute(inputs)
+            out = self.compute(inputs, **compute_kw)
         n = len(inputs.ids)
         cols = {}
         for k, v in out.items():
@@ -150,11 +176,69 @@ class Metric:
                 raise RuntimeError(f"metric {self.name!r}: column {k!r} has shape {v.shape}, "
                                    f"expected a leading dimension of {n} images")
             cols[k] = v
+        bad = np.asarray(cols.pop("nonfinite", np.zeros(n, bool)), bool) | \
+            self._unexcluded_nonfinite(cols)
+        if not record:
+            if bad.any():
+                raise NonFiniteError(
+                    f"metric {self.name!r}: the model's scores of image ids "
+                    f"{np.asarray(inputs.ids)[bad].tolist()} are NaN/Inf (broken weights or "
+                    "an overflow); set on_nonfinite: record to keep going with NaN scores "
+                    "flagged in the column nonfinite", np.asarray(inputs.ids)[bad].tolist())
+            return cols
+        return self.record_nonfinite(cols, bad | bad_maps)
+
+    def record_nonfinite(self, cols: dict[str, np.ndarray],
+                         bad: np.ndarray) -> dict[str, np.ndarray]:
+        """``on_nonfinite: record``: the float columns of the ``bad`` images NaN and the bool
+        column ``nonfinite``. A metric with its own validity flags (PIC) updates them too."""
+        for k, v in cols.items():
+            if v.dtype.kind in "fc" and bad.any():
+                cols[k] = v.copy()
+                cols[k][bad] = np.nan
+        cols["nonfinite"] = bad
         return cols
 
+    def _unexcluded_nonfinite(self, cols: dict[str, np.ndarray]) -> np.ndarray:
+        """(N,) bool: images with a non-finite float value the metric does not exclude."""
+        n = len(next(iter(cols.values()))) if cols else 0
+        bad = np.zeros(n, bool)
+        for k, v in cols.items():
+            if v.dtype.kind in "fc":
+                rows = nonfinite_rows(v)
+                flag = self.excludes.get(k)
+                if flag in cols:
+                    rows &= ~cols[flag].astype(bool)
+                bad |= rows
+        return bad
+
+    def _nonfinite_maps(self, inputs: MetricInputs, record: bool):
+        """Raise :class:`~xaipipe.errors.NonFiniteError` naming the ids of images whose maps
+        (or other maps) hold NaN/Inf, or (``record``) return the inputs with those maps zeroed
+        and the (N,) bool flags. One ``isfinite`` reduction per map tensor."""
+        bad = np.zeros(len(inputs.ids), bool)
+        for k in ("maps", "other_maps"):
+            v = getattr(inputs, k)
+            if v is None:
+                continue
+            rows = nonfinite_rows(v)
+            if not bool(rows.any()):
+                continue
+            rows_np = rows.cpu().numpy() if isinstance(rows, torch.Tensor) else rows
+            if not record:
+                ids = np.asarray(inputs.ids)[rows_np].tolist()
+                raise NonFiniteError(f"metric {self.name!r}: {k} of image ids {ids} hold "
+                                     "NaN/Inf (the attribution method produced them; a map "
+                                     "with NaN cannot be ranked)", ids)
+            keep = ~rows.view(-1, *([1] * (v.ndim - 1)))
+            inputs = replace(inputs, **{k: torch.where(keep, v, torch.zeros_like(v))})
+            bad |= rows_np
+        return inputs, bad
+
     def _check_inputs(self, inputs: MetricInputs) -> MetricInputs:
-        """The declared needs are present, every per-image input has N rows, maps are finite;
-        returns the inputs with ``target`` as an (N,) long tensor (a scalar is broadcast)."""
+        """The declared needs are present and every per-image input has N rows; returns the
+        inputs with ``target`` as an (N,) long tensor (a scalar is broadcast). Finiteness is
+        :meth:`run`'s job."""
         missing = [k for k in NEEDS if k in self.needs and getattr(inputs, k) is None]
         if missing:
             raise ValueError(f"metric {self.name!r} needs {', '.join(missing)}, which the "
@@ -167,12 +251,6 @@ class Metric:
             if v is not None and v.shape[0] != n:
                 raise ValueError(f"metric {self.name!r}: {k} has {v.shape[0]} images, "
                                  f"ids has {n}")
-        for k in ("maps", "other_maps"):
-            v = getattr(inputs, k)
-            if v is not None and v.is_floating_point() and not torch.isfinite(v).all():
-                bad = torch.nonzero(~torch.isfinite(v.flatten(1)).all(1)).flatten().cpu()
-                raise ValueError(f"metric {self.name!r}: {k} of image ids "
-                                 f"{np.asarray(inputs.ids)[bad.numpy()].tolist()} hold NaN/inf")
         return inputs
 
     # -- aggregation ----------------------------------------------------------------------

@@ -12,6 +12,11 @@ a JPEG variant: p ≈ 1e-4 turns an AUC of 0.01 into 100), so images with |refer
 out and counts them. For ``score: logit`` the reference may be negative: the rule is the same
 (|logit| < norm_min is excluded; a negative reference is kept, the curve divided by it is 1 at
 the full image as always).
+
+Maps with NaN/Inf (checked before ranking: a NaN map has no order) and non-finite model scores
+(a curve from a model with NaN weights) raise a NonFiniteError naming the image ids; with
+``on_nonfinite: record`` those images get NaN columns and ``nonfinite`` = True
+(:meth:`~xaipipe.metrics.base.Metric.run`).
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import torch.nn.functional as F
 from ..explain.objectives import objective
 from ..imageops import REDUCTIONS, reduce_channels
 from ..params import Param
-from .base import as_target
+from .base import NONFINITE_PARAM, as_target
 
 FILLS = ("black", "normzero", "blur")
 SCORES = ("prob", "logit")
@@ -39,6 +44,7 @@ PERTURBATION_PARAMS = {
     "norm_min": Param(0.05, float, min=0.0,
                       doc="auc_norm is NaN (and norm_excluded True) where |score of the full "
                           "image| < norm_min; 0 excludes only a zero reference"),
+    "on_nonfinite": NONFINITE_PARAM,
 }
 
 

@@ -56,9 +56,9 @@ from scipy.spatial import Delaunay
 
 from ..imageops import REDUCTIONS
 from ..params import Param
-from ..utils import eval_mode, generator
+from ..utils import generator
 from .aggregate import column_seed
-from .base import Metric, MetricInputs, as_target, register_metric
+from .base import NONFINITE_PARAM, Metric, MetricInputs, as_target, register_metric
 from .perturbation import pixel_ranks, rankable
 
 VARIANTS = ("pair", "tmlr")
@@ -192,6 +192,7 @@ class Pic(Metric):
         "seed": Param(0, int, doc="pair: seed of the random masks, with the image id"),
         "compat": Param(None, str, ("tmlr",),
                         doc="tmlr: the study's ranking (float16 maps, non-stable argsort)"),
+        "on_nonfinite": NONFINITE_PARAM,
     }
     scalars = ("sic", "aic")
     needs = frozenset({"model", "images"})
@@ -241,7 +242,21 @@ class Pic(Metric):
         need = np.flatnonzero((keep["sic"] == "") | (keep["aic"] == ""))
         middle = [(int(i), k) for i in need for k in range(1, n_lv - 1)]
         self._measure(inputs, middle, build, probs, correct, entropy)
-        return self._curves(probs, correct, entropy, keep)
+        measured = np.zeros(probs.shape, bool)
+        measured[:, [0, -1]] = True
+        measured[need, 1:-1] = True
+        # NaN model scores could hide behind an exclusion: flag them (Metric.run decides)
+        return {**self._curves(probs, correct, entropy, keep),
+                "nonfinite": (measured & ~np.isfinite(probs)).any(1)}
+
+    def record_nonfinite(self, cols, bad):
+        """Also mark the flagged images invalid for both curves, with reason 'nonfinite'."""
+        cols = super().record_nonfinite(cols, bad)
+        for name in ("sic", "aic"):
+            cols[f"{name}_valid"] = cols[f"{name}_valid"] & ~bad
+            cols[f"{name}_excluded"] = cols[f"{name}_excluded"] | bad
+            cols[f"{name}_reason"] = np.where(bad, "nonfinite", cols[f"{name}_reason"])
+        return cols
 
     # -- bokeh images and their measurements --------------------------------------------------
     def _pair_builder(self, inputs, scores, random_masks):
@@ -417,7 +432,8 @@ def pic(model, images, maps, target, variant: str = "pair", seed: int = 0, rando
     ``fill_images`` the blurred images (N, 3, H, W) in [0, 1]. Other ``params``: see
     :class:`Pic`. Returns ``sic_curve``, ``aic_curve`` (N, K), ``sic_auc``, ``aic_auc`` (N,,
     NaN where excluded), ``sic_valid``, ``aic_valid`` (N,) bool, ``sic_reason``,
-    ``aic_reason`` (N,) str."""
+    ``aic_reason`` (N,) str, and with ``on_nonfinite="record"`` ``nonfinite`` (N,) bool
+    (reason 'nonfinite': NaN/Inf maps or model scores, which otherwise raise)."""
     metric = Pic(variant=variant, seed=seed, compat=compat, **params)
     if variant == "tmlr" and fill_images is None:
         raise ValueError("pic with variant 'tmlr' needs the blurred images (fill_images=...)")
@@ -426,12 +442,12 @@ def pic(model, images, maps, target, variant: str = "pair", seed: int = 0, rando
                          "fill_images is for variant 'tmlr'")
     n = images.shape[0]
     ids = np.arange(n) if ids is None else np.asarray(ids)
-    inputs = metric._check_inputs(MetricInputs(
+    out = metric.run(MetricInputs(
         ids=ids, target=as_target(target, n, images.device), maps=torch.as_tensor(maps),
-        model=model, images=images, other_images=fill_images, batch_size=batch_size))
-    with eval_mode(model), torch.no_grad():
-        out = metric.compute(inputs, random_masks=random_mask)
+        model=model, images=images, other_images=fill_images, batch_size=batch_size),
+        random_masks=random_mask)
     return {"sic_curve": out["sic_curve"], "aic_curve": out["aic_curve"],
             "sic_auc": out["sic"], "aic_auc": out["aic"],
             "sic_valid": out["sic_valid"], "aic_valid": out["aic_valid"],
-            "sic_reason": out["sic_reason"], "aic_reason": out["aic_reason"]}
+            "sic_reason": out["sic_reason"], "aic_reason": out["aic_reason"],
+            **({"nonfinite": out["nonfinite"]} if "nonfinite" in out else {})}

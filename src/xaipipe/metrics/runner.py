@@ -11,7 +11,9 @@ provenance (metric and method parameters, versions) in its metadata.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 
 import dask
 import dask.array as da
@@ -23,6 +25,8 @@ import torch
 
 from ..data.filters import requested_images, selected_ids
 from ..data.store import open_images
+from .. import repro, shards
+from ..config.jobs import signature
 from ..models.spec import load_spec
 from ..parallel import dask_client, job_threads
 from ..store import open_saliency
@@ -31,6 +35,7 @@ from ..zarrio import versions
 from .base import MetricInputs, get_metric
 
 PROVENANCE_KEY = b"xaipipe"
+log = logging.getLogger("xaipipe")
 
 
 def _tensor(block, scale=None):
@@ -43,7 +48,9 @@ def _tensor(block, scale=None):
 def _score_chunk(metric_name, params, model_spec, model_files, device, batch_size,
                  torch_threads, ids, targets, extras, maps, images, other_images, other_maps,
                  masks):
-    if torch_threads:
+    if repro.requested():                     # a worker process of a reproducible job
+        repro.enable()
+    elif torch_threads:
         torch.set_num_threads(torch_threads)
     metric = get_metric(metric_name)(**params)
     model = load_spec(model_spec, model_files, device) if model_spec is not None else None
@@ -138,15 +145,50 @@ def score_store(out, inputs: dict, job, *, threads: int = 1) -> pd.DataFrame:
                   *(blocks[k][i] for k in ("maps", "images", "other_images", "other_maps",
                                            "masks")))
              for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+    # shards: consecutive chunks of about shard_size rows (one shard: the whole store)
+    size = getattr(job, "shard_size", None)
+    groups = [0] * len(tasks) if not size or len(ids) <= size else \
+        [int(a) // size for a in bounds[:-1]]
+    n_shards = len(set(groups))
     with dask_client(job.scheduler, workers, dashboard=job.dashboard):
-        parts = dask.compute(*tasks)
+        if n_shards <= 1:
+            parts = list(dask.compute(*tasks))
+        else:
+            parts = _score_shards(out, tasks, groups,
+                                  [ids[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
+                                  job, inputs)
     df = (pd.concat(parts, ignore_index=True) if parts
           else pd.DataFrame({"image_id": np.zeros(0, np.int64), "target": np.zeros(0, np.int64)}))
     write_scores(out, df, {**job.provenance, "metric_name": job.metric,
                            "metric_params": metric.hparams, "split": split,
                            "saliency_attrs": {k: sal.attrs.get(k) for k in
                                               ("parameters", "target_kind", "seed", "dtype")}})
+    if n_shards > 1:
+        shutil.rmtree(shards.staging(out))
     return df
+
+
+def _score_shards(out, tasks, groups, chunk_ids, job, inputs) -> list[pd.DataFrame]:
+    """Score shard by shard (``groups[i]``: the shard of task ``i``, whose image ids are
+    ``chunk_ids[i]``) into the staging folder of ``out`` (:mod:`xaipipe.shards`), reusing the
+    shards a killed run finished; returns the shards' frames as read back."""
+    stage = shards.staging(out)
+    job_key = {"job": signature(job), "inputs": shards.fingerprint(
+        [v for k in sorted(inputs) for v in as_list(inputs[k])])}
+    reused, frames = 0, []
+    for k, g in enumerate(sorted(set(groups))):
+        mine = [i for i, gi in enumerate(groups) if gi == g]
+        key = shards.shard_key(job_key, np.concatenate([chunk_ids[i] for i in mine]))
+        path = stage / shards.shard_name(k, ".parquet")
+        if path.is_file() and read_provenance(path).get("shard_key") == key:
+            reused += 1
+        else:
+            df = pd.concat(dask.compute(*[tasks[i] for i in mine]), ignore_index=True)
+            write_scores(path, df, {"shard": k, "shard_key": key})
+        frames.append(pd.read_parquet(path))
+    if reused:
+        log.info("reused %d of %d finished score shards", reused, len(frames))
+    return frames
 
 
 def write_scores(out, df: pd.DataFrame, provenance: dict) -> None:

@@ -18,7 +18,7 @@ import torch
 
 from ..imageops import REDUCTIONS, reduce_channels
 from ..params import Param
-from .base import Metric, MetricInputs, register_metric
+from .base import NONFINITE_PARAM, Metric, MetricInputs, register_metric
 
 ILL_CONDITIONED = 1e-3   # flag |Σs| < ILL_CONDITIONED · Σ|s| (`metrics.md` §6)
 
@@ -34,14 +34,17 @@ def _normalised(maps: torch.Tensor, reduction: str):
     return shat, ill
 
 
-def stability(maps_a: torch.Tensor, maps_b: torch.Tensor, reduction: str = "sum") -> dict:
+def stability(maps_a: torch.Tensor, maps_b: torch.Tensor, reduction: str = "sum",
+              on_nonfinite: str = "raise") -> dict:
     """Per-image JPEG-stability MSE between two sets of maps of the same images (§6).
 
     Returns ``mse`` (N,), ``ill_conditioned`` (N,) bool and ``mse_well_conditioned`` (the MSE,
-    NaN where flagged). Maps may differ in channels but not in H×W; the score is symmetric."""
+    NaN where flagged). Maps may differ in channels but not in H×W; the score is symmetric.
+    Maps with NaN/Inf raise a NonFiniteError naming their positions, or with
+    ``on_nonfinite="record"`` give NaN scores flagged in ``nonfinite``."""
     a, b = torch.as_tensor(maps_a), torch.as_tensor(maps_b)
     n = a.shape[0] if a.ndim else 0
-    return Stability(reduction=reduction)(MetricInputs(
+    return Stability(reduction=reduction, on_nonfinite=on_nonfinite)(MetricInputs(
         ids=np.arange(n), target=torch.zeros(n, dtype=torch.long), maps=b, other_maps=a))
 
 
@@ -67,6 +70,7 @@ class Stability(Metric):
     params = {
         "reference": Param("original", str, doc="variant whose maps are the reference s"),
         "reduction": Param("sum", str, REDUCTIONS, doc="channel reduction (§6: signed sum)"),
+        "on_nonfinite": NONFINITE_PARAM,
     }
     scalars = ("mse", "mse_well_conditioned")
     needs = frozenset({"other_maps"})

@@ -5,7 +5,13 @@ CAM = ReLU(Σ_k α_k A_k), bilinearly upsampled to the input size (align_corners
 Default layer: the output of the last ``nn.Conv2d`` in registration order (before its BN/ReLU),
 e.g. ResNet-18 ``layer4.1.conv2``; any module name (``layer4``) can be given instead.
 Returns (N, 1, H, W), not normalised.
+
+With ``native_resolution`` set on an instance (the explain runner sets it, so stores keep the
+h x w CAM, see ``xaipipe.store``), the CAM is returned before the upsampling, (N, 1, h, w);
+``native_upsample`` holds the ``F.interpolate`` settings that turn it into the (N, 1, H, W) map.
 """
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,6 +48,10 @@ class GradCAM(Method):
         "relu": Param(True, bool, doc="apply the ReLU to the weighted sum"),
         "objective": OBJECTIVE_PARAM,
     }
+    #: ``F.interpolate`` keywords (besides ``size``) from the layer's h x w to the image's H x W
+    native_upsample: ClassVar[dict] = {"mode": "bilinear", "align_corners": False}
+    #: return the h x w CAM, not upsampled (an execution setting, not a hyper-parameter)
+    native_resolution: bool = False
 
     @classmethod
     def check_model(cls, params, model, where):
@@ -86,8 +96,9 @@ class GradCAM(Method):
                 cam = (g.mean((2, 3), keepdim=True) * a.detach()).sum(1, keepdim=True)
                 if p["relu"]:
                     cam = cam.clamp_min(0)
-                maps.append(F.interpolate(cam, size=images.shape[-2:], mode="bilinear",
-                                          align_corners=False))
+                if not self.native_resolution:
+                    cam = F.interpolate(cam, size=images.shape[-2:], **self.native_upsample)
+                maps.append(cam)
         finally:
             handle.remove()
         return Attribution(torch.cat(maps))

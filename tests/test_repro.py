@@ -1,0 +1,65 @@
+"""Reproducible mode (xaipipe.repro): pinned CPU kernels give the same bits whatever the
+allocation, and every device stays within the documented tolerance of recorded numbers.
+
+``tests/reference/repro.json`` was recorded in reproducible mode (``python -m xaipipe.repro
+--record ...`` with the environment of ``xaipipe.repro.ENV``) on the 2-core x86 development VM.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from xaipipe import repro
+
+REFERENCE = json.loads((Path(__file__).parent / "reference" / "repro.json").read_text())
+
+
+def numbers(env_extra: dict, cpus=None, device="cpu") -> dict:
+    """The reference numbers computed in a fresh process (torch reads the kernel settings at
+    import), optionally pinned to ``cpus`` (another allocation: another thread count)."""
+    env = {k: v for k, v in os.environ.items() if k not in repro.ENV and k != "OMP_NUM_THREADS"}
+    env.update(env_extra)
+    code = ("import json, sys; from xaipipe import repro\n"
+            "repro.enable() if repro.requested() else None\n"
+            f"print(json.dumps(repro.reference_numbers({device!r})))")
+    cmd = [sys.executable, "-c", code]
+    if cpus is not None:
+        cmd = ["taskset", "-c", cpus, *cmd]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def within(got, ref, tol):
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], err_msg=k, **tol)
+
+
+def test_reproducible_mode_is_bit_identical_across_allocations_and_within_tolerance():
+    one = numbers(repro.environment(), cpus="0")
+    every = numbers(repro.environment())
+    assert one == every                       # 1 CPU or all: the same bits
+    within(every, REFERENCE, repro.TOLERANCE)
+    identical = every == REFERENCE
+    print(f"reproducible mode equals the recorded numbers bit for bit: {identical}")
+
+
+def test_default_mode_stays_within_the_documented_tolerance():
+    within(numbers({}), REFERENCE, repro.TOLERANCE)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_stays_within_the_documented_tolerance():
+    within(numbers(repro.environment(), device="cuda"), REFERENCE, repro.TOLERANCE)
+
+
+def test_missing_environment_is_named(monkeypatch):
+    for k in repro.ENV:
+        monkeypatch.delenv(k, raising=False)
+    assert "ATEN_CPU_CAPABILITY=default" in repro.check_environment()
+    monkeypatch.setattr(os, "environ", {**os.environ, **repro.ENV})
+    assert repro.check_environment() == []
