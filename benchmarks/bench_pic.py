@@ -55,6 +55,29 @@ def inputs(name, model, n, size, device):
     return x, torch.randn(n, 3, size, size, generator=g).to(device), target
 
 
+def on_workers(workers, model, x, maps, target, masks, min_pred, batch_size, pair, repeats):
+    """Time ``pic`` on a running LocalCluster of ``workers`` processes (one thread each), the
+    images split into 2 chunks per worker, interleaved with PAIR (in this process); returns
+    ((our times, PAIR times), our merged result)."""
+    from distributed import Client, LocalCluster
+
+    def chunked(client, remote_model):
+        parts = np.array_split(np.arange(len(x)), 2 * workers)
+        futs = [client.submit(pic, remote_model, x[p], maps[p], target[p], variant="pair",
+                              random_mask=masks[p], min_pred_value=min_pred,
+                              batch_size=batch_size, pure=False) for p in parts]
+        res = client.gather(futs)
+        return {k: np.concatenate([r[k] for r in res]) for k in res[0]}
+
+    with LocalCluster(n_workers=workers, threads_per_worker=1, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        remote = client.scatter(model, broadcast=True)
+        chunked(client, remote)                                # warm-up: imports, model copy
+        (t_dask, r_dask), (t_pair, _) = timed([lambda: chunked(client, remote), pair],
+                                              repeats)
+    return (t_dask, t_pair), r_dask
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="demo", choices=["demo", "resnet18"])
@@ -64,6 +87,10 @@ def main():
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--workers", type=int, default=2,
+                    help="also time xaipipe's pic on a running LocalCluster of this many "
+                         "worker processes, images in chunks as the score rule sends them "
+                         "(0: skip)")
     a = ap.parse_args()
     n = a.images or (16 if a.model == "demo" else 2)
     min_pred = a.min_pred if a.min_pred is not None else (0.8 if a.model == "demo" else 0.0)
@@ -82,6 +109,9 @@ def main():
 
     ours()                                                     # warm-up
     (t_ours, r_ours), (t_pair, r_pair) = timed([ours, pair], a.repeats)
+    if a.workers > 1 and device.type == "cpu":
+        t_dask, r_dask = on_workers(a.workers, model, x, maps, target, masks, min_pred,
+                                    a.batch_size, pair, a.repeats)
     print(header(device))
     print(f"model {a.model} ({source}), {n} images {size}x{size}, PAIR variant, "
           f"{len(PAIR_THRESHOLDS)} thresholds, min_pred_value {min_pred}, "
@@ -89,6 +119,16 @@ def main():
     print(f"xaipipe pic      : {speed(n, t_ours)}")
     print(f"PAIR compute_pic : {speed(n, t_pair)}  (SIC + AIC calls)")
     print(f"speed ratio xaipipe/PAIR: {ratio(t_pair, t_ours)}")
+    if a.workers > 1 and device.type == "cpu":
+        # chunks batch the model calls differently: the kernels' last bits may move
+        diff = max(float(np.nanmax(np.abs(np.asarray(r_dask[k], float) - np.asarray(
+            r_ours[k], float)), initial=0)) for k in r_ours
+            if np.asarray(r_ours[k]).dtype.kind == "f")
+        same = all(np.array_equal(r_dask[k], r_ours[k]) for k in r_ours
+                   if np.asarray(r_ours[k]).dtype.kind != "f")
+        print(f"xaipipe pic on {a.workers} worker processes: {speed(n, t_dask[0])}; "
+              f"max |Δ| against one process {diff:.2e}, same flags and reasons: {same}")
+        print(f"speed ratio xaipipe ({a.workers} workers)/PAIR: {ratio(t_dask[1], t_dask[0])}")
     for score in ("sic", "aic"):
         ok_pair = np.array([r[score] is not None for r in r_pair])
         ok_ours = r_ours[f"{score}_valid"]

@@ -53,3 +53,16 @@ def smooth_cnn():
 def images():
     g = torch.Generator().manual_seed(1)
     return torch.rand(3, 3, 32, 32, generator=g)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The tiny workflow run once per session, locally with 2 cores, shared by the workflow
+    tests and the SLURM comparison: (folder, wall seconds)."""
+    import time
+
+    from test_workflow import TINY, snakemake, workdir
+    d = workdir(tmp_path_factory.mktemp("wf"))
+    t = time.monotonic()
+    snakemake("--configfile", str(TINY), "--cores", "2", "tiny", cwd=d)
+    return d, time.monotonic() - t

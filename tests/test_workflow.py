@@ -35,11 +35,9 @@ def workdir(tmp):
     return tmp
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    d = workdir(tmp_path_factory.mktemp("wf"))
-    snakemake("--configfile", str(TINY), "--cores", "2", "tiny", cwd=d)
-    return d
+@pytest.fixture
+def run(tiny_run):
+    return tiny_run[0]            # conftest.py: one tiny run per session, shared with test_slurm
 
 
 @pytest.mark.integration
@@ -157,7 +155,7 @@ def test_preset_dry_run_plans_only_its_experiment(preset, tmp_path):
     d = workdir(tmp_path)
     over = yaml.safe_load(preset.read_text())
     for name, ds in (over.get("datasets") or {}).items():
-        if ds.get("kind") == "imagefolder":          # stand-in folder: roots must exist
+        if ds.get("kind") in ("imagefolder", "imagenet"):          # stand-in folder: roots must exist
             (tmp_path / name / "val" / "n01").mkdir(parents=True)
             over["datasets"][name]["root"] = str(tmp_path / name)
     (d / "over.yaml").write_text(yaml.safe_dump(over))

@@ -1,0 +1,124 @@
+"""The tiny workflow through SLURM (`--profile profiles/slurm`) on a real one-node cluster
+(tests/slurm_cluster.py): same results as a local run of the same config, every request fits
+the node. The wall-time ratio is printed (a speed goal, not a test: README, Benchmarks)."""
+import re
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+import zarr
+
+from slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
+from test_workflow import TINY, snakemake, workdir
+from xaipipe.config import ROOT, Plan, load_config
+
+pytestmark = [pytest.mark.slurm, pytest.mark.integration]
+
+PROFILE = ROOT / "profiles" / "slurm"
+PROFILE_CFG = yaml.safe_load((PROFILE / "config.yaml").read_text())
+
+
+def timed(cwd, *args) -> float:
+    t0 = time.monotonic()
+    snakemake("--configfile", str(TINY), *args, "tiny", cwd=cwd)
+    return time.monotonic() - t0
+
+
+@pytest.fixture(scope="module")
+def runs(slurm_cluster, tiny_run, tmp_path_factory):  # noqa: F811
+    """The tiny run locally (conftest's, --cores 2 = the profile's cores) and through SLURM,
+    each in its own folder: (local dir, local s, slurm dir, slurm s)."""
+    assert PROFILE_CFG["cores"] == 2
+    local, t_local = tiny_run
+    remote = workdir(tmp_path_factory.mktemp("slurm"))
+    t_slurm = timed(remote, "--profile", str(PROFILE))
+    print(f"\ntiny run: local {t_local:.0f} s, SLURM {t_slurm:.0f} s, "
+          f"ratio {t_slurm / t_local:.2f}")
+    return local, t_local, remote, t_slurm
+
+
+def plan_of(d) -> Plan:
+    return Plan(load_config(d / "config.yaml", TINY))
+
+
+def dry_run_jobs(stdout: str) -> list[tuple[str, str]]:
+    """(rule, text) of every job a dry run prints (`rule X:` then its indented fields)."""
+    parts = re.split(r"^\s*(?:local)?rule (\w+):$", stdout, flags=re.M)
+    return list(zip(parts[1::2], parts[2::2]))
+
+
+def test_profile_requests_fit_the_node(slurm_cluster, tmp_path):  # noqa: F811
+    """Every job of the dry run asks for at most the node's CPUs, and side by side in a group
+    job at most its memory (config.yaml's threads.train: 4 comes out as the profile's cores);
+    only attribution jobs may ask for a GPU."""
+    cores = PROFILE_CFG["cores"]
+    assert cores <= slurm_cluster.cpus
+    d = workdir(tmp_path)
+    res = snakemake("--configfile", str(TINY), "--profile", str(PROFILE), "-n", "tiny", cwd=d)
+    jobs = dry_run_jobs(res.stdout)
+    assert {"train_model", "explain", "score", "summary"} <= {r for r, _ in jobs}, jobs[:3]
+    threads = {rule: int(m.group(1)) for rule, text in jobs
+               if (m := re.search(r"threads: (\d+)", text))}
+    assert threads.get("train_model") == min(load_config(d / "config.yaml")["threads"]["train"],
+                                             cores), threads
+    assert max(threads.values()) <= cores, threads
+    mems = [int(m) for _, text in jobs for m in re.findall(r"\bmem_mb=(\d+)", text)]
+    assert mems and max(mems) * cores <= slurm_cluster.memory_mb, max(mems)
+    gpu_rules = {rule for rule, text in jobs if re.search(r"\bgpu=[1-9]", text)}
+    assert gpu_rules <= {"explain"}, gpu_rules
+    assert re.search(r"\bgpu=\d", dict(jobs)["explain"])       # explain.gpu reaches SLURM
+
+
+def test_slurm_run_matches_the_local_run(runs):
+    local, _, remote, _ = runs
+    plan = plan_of(local)
+    a, b = pd.read_csv(local / plan.summary("tiny")), pd.read_csv(remote / plan.summary("tiny"))
+    assert len(a) > 0
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    for key in plan.score_keys("tiny"):
+        path = plan.scores(*key)
+        _frames_equal(pd.read_parquet(local / path), pd.read_parquet(remote / path), path)
+    for key in plan.explain_keys("tiny"):
+        path = plan.saliency(*key)
+        ga, gb = zarr.open_group(local / path, mode="r"), zarr.open_group(remote / path, mode="r")
+        names = sorted(ga.array_keys())
+        assert "saliency" in names and names == sorted(gb.array_keys()), path
+        for name in names:
+            np.testing.assert_array_equal(np.asarray(ga[name]), np.asarray(gb[name]),
+                                          err_msg=f"{path}/{name}")
+
+
+def _frames_equal(a: pd.DataFrame, b: pd.DataFrame, path: str):
+    """Per-image score tables equal, array cells (curves) included."""
+    assert list(a.columns) == list(b.columns) and len(a) == len(b) > 0, path
+    for c in a.columns:
+        x, y = a[c].to_numpy(), b[c].to_numpy()
+        if x.dtype == object and len(x) and isinstance(x[0], np.ndarray):
+            x, y = np.stack(x), np.stack(y)
+        np.testing.assert_array_equal(x, y, err_msg=f"{path}: column {c}")
+
+
+def slurm_submissions(workdir) -> dict[str, str]:
+    """SLURM job id -> log folder (`rule_<rule>` or `group_<group>_...`) of every job the
+    run submitted, from Snakemake's log (the plugin deletes logs of successful jobs)."""
+    text = "".join(p.read_text() for p in (workdir / ".snakemake/log").glob("*.snakemake.log"))
+    return dict(re.findall(r"submitted with SLURM jobid (\d+) \(log: .*?/slurm_logs/([^/]+)/",
+                           text))
+
+
+def test_slurm_run_went_through_slurm(runs):
+    """Every rule that is not a target ran as SLURM jobs (folders `rule_<rule>`, or
+    `group_<group>_...` when the profile groups rules), each its own SLURM job."""
+    _, _, remote, _ = runs
+    jobs = slurm_submissions(remote)
+    folders = set(jobs.values())
+    groups = PROFILE_CFG.get("groups") or {}
+    for rule in ("image_store", "train_model", "predict", "select", "explain", "score",
+                 "summary", "table", "figure"):
+        want = f"group_{groups[rule]}_" if rule in groups else f"rule_{rule}"
+        assert any(f == want or f.startswith(want) for f in folders), (rule, folders)
+    if not groups:      # one SLURM job per job of the plan (the target rule runs locally)
+        assert sum(f == "rule_score" for f in jobs.values()) == len(
+            plan_of(remote).score_keys("tiny"))
