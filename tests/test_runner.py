@@ -155,3 +155,38 @@ def test_worker_processes_and_a_scheduler_elsewhere_give_the_same_scores(data, t
         cwd = client.run(lambda: __import__("os").getcwd())
     assert set(cwd.values()) == {"/"}
     pd.testing.assert_frame_equal(ref, ext)
+
+
+def test_a_worker_killed_mid_job_is_replaced_and_the_scores_are_unchanged(data, tmp_path):
+    """SIGKILL of a Dask worker process while a score job runs on it: the nanny starts a new
+    worker, the scheduler reruns the lost chunks, the scores equal an undisturbed run's."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from distributed import Client, LocalCluster
+    explain_to_store(tmp_path / "m.zarr", data / "original.zarr", [data / "all.parquet"],
+                     [data / "w.pt"], explain_job(batch_size=1), progress=False)
+    inputs = {"saliency": tmp_path / "m.zarr", "images": data / "original.zarr",
+              "selections": [data / "all.parquet"], "model": [data / "w.pt"]}
+    params = {"variant": "pair", "min_pred_value": 0.0}
+    ref = score_store(tmp_path / "ref.parquet", inputs, score_job("pic", params, model=SPEC))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        pids = client.run(os.getpid)                  # worker address -> pid
+        out = {}
+        job = threading.Thread(target=lambda: out.update(df=score_store(
+            tmp_path / "k.parquet", inputs,
+            score_job("pic", params, model=SPEC, scheduler=cluster.scheduler_address))))
+        job.start()
+        deadline = time.time() + 120
+        busy = []
+        while time.time() < deadline and not busy:
+            busy = [w for w, keys in client.processing().items() if keys]
+            time.sleep(0.05)
+        assert busy, "the job never started on the cluster"
+        os.kill(pids[busy[0]], signal.SIGKILL)           # the worker running a chunk
+        job.join(timeout=600)
+        assert set(client.run(os.getpid).values()) - set(pids.values())   # a new worker
+    pd.testing.assert_frame_equal(out["df"], ref)
