@@ -265,7 +265,7 @@ def slurm_cluster():
     try:
         with one_node_cluster() as cluster:
             yield cluster
-    except SlurmUnavailable as e:
+    except (SlurmUnavailable, RuntimeError) as e:     # not installed, or daemons did not start
         if os.environ.get(REQUIRE_ENV) == "1":
             pytest.fail(f"{REQUIRE_ENV}=1 but no SLURM cluster: {e}")
         pytest.skip(f"no SLURM cluster: {e}")

@@ -21,8 +21,10 @@ PROFILE_CFG = yaml.safe_load((PROFILE / "config.yaml").read_text())
 
 
 def timed(cwd, *args) -> float:
+    """Wall time of the tiny run; a cluster that never runs the jobs (a request no node can
+    take stays PENDING for ever) fails after 40 minutes instead of hanging."""
     t0 = time.monotonic()
-    snakemake("--configfile", str(TINY), *args, "tiny", cwd=cwd)
+    snakemake("--configfile", str(TINY), *args, "tiny", cwd=cwd, timeout=2400)
     return time.monotonic() - t0
 
 

@@ -20,9 +20,9 @@ TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 PRESETS = sorted((ROOT / "presets").glob("*.yaml")) + sorted((ROOT / "tests" / "configs").glob("*.yaml"))
 
 
-def snakemake(*args, cwd, check=True):
+def snakemake(*args, cwd, check=True, timeout=None):
     cmd = SNAKEMAKE + ["-s", str(ROOT / "Snakefile"), "--directory", str(cwd), *args]
-    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     if check and res.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
     return res
