@@ -27,10 +27,9 @@ def numbers(env_extra: dict, cpus=None, device="cpu") -> dict:
     code = ("import json, sys; from xaipipe import repro\n"
             "repro.enable() if repro.requested() else None\n"
             f"print(json.dumps(repro.reference_numbers({device!r})))")
-    cmd = [sys.executable, "-c", code]
-    if cpus is not None:
-        cmd = ["taskset", "-c", cpus, *cmd]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus is not None else None
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True, preexec_fn=pin)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -40,7 +39,7 @@ def within(got, ref, tol):
 
 
 def test_reproducible_mode_is_bit_identical_across_allocations_and_within_tolerance():
-    one = numbers(repro.environment(), cpus="0")
+    one = numbers(repro.environment(), cpus={0})
     every = numbers(repro.environment())
     assert one == every                       # 1 CPU or all: the same bits
     within(every, REFERENCE, repro.TOLERANCE)
