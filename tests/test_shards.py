@@ -104,7 +104,7 @@ KILLED = textwrap.dedent("""
 
 def test_sigkill_mid_shard_then_resume_recomputes_only_unfinished_shards(data, tmp_path):
     out = tmp_path / "ig.zarr"
-    stage = out.with_name(f".{out.name}.shards")
+    stage = shards.stage_path(out)
     proc = subprocess.Popen([sys.executable, "-c", KILLED, str(data), str(out)],
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 300

@@ -17,6 +17,10 @@ class DataError(XaipipeError, ValueError):
     """Unreadable or inconsistent data: the message names the file."""
 
 
+#: what the ``on_nonfinite`` option of methods and metrics accepts
+ON_NONFINITE = ("raise", "record")
+
+
 class NonFiniteError(DataError):
     """NaN or Inf in attribution maps or model scores. The message names the images (their
     ids, or their positions in the batch where no ids are known); ``ids`` holds them too.

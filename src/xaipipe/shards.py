@@ -56,10 +56,15 @@ def fingerprint(paths) -> list:
     return out
 
 
+def stage_path(out) -> Path:
+    """Where the staging folder of output ``out`` lives."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.shards")
+
+
 def staging(out) -> Path:
     """The staging folder of output ``out`` (created, stale temporary names removed)."""
-    out = Path(out)
-    stage = out.with_name(f".{out.name}.shards")
+    stage = stage_path(out)
     stage.mkdir(parents=True, exist_ok=True)
     for p in stage.iterdir():
         if p.name.startswith(".") and ".tmp-" in p.name:      # a killed writer's leftovers

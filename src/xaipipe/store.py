@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from .errors import DataError
 from .shards import read_manifest
-from .utils import atomic_path
+from .utils import atomic_path, nonfinite_rows
 from .zarrio import (COMPRESSOR, SHUFFLED_ZSTD, consolidate, create, new_group, open_group,
                      provenance, versions)
 
@@ -136,7 +136,7 @@ class SaliencyWriter:
         self._ensure_arrays(maps.shape, extras)
         if b == 0:
             return
-        bad = ~np.isfinite(maps.reshape(b, -1)).all(1)
+        bad = nonfinite_rows(maps)
         if bad.any():
             raise DataError(f"{self.path}: non-finite saliency for image ids {ids[bad].tolist()}")
         if maps.shape[1:] != self._arrays["saliency"].shape[1:]:

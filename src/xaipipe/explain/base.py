@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..errors import ConfigError, NonFiniteError
+from ..errors import ON_NONFINITE, ConfigError, NonFiniteError
 from ..registry import Registry
 from ..utils import eval_mode, nonfinite_rows
 from ..params import Param, check_params
@@ -280,7 +280,6 @@ def get_method(name: str, where: str | None = None) -> type[Method]:
     return METHODS.get(name, where)
 
 
-ON_NONFINITE = ("raise", "record")
 
 
 def _on_nonfinite(value: str) -> str:

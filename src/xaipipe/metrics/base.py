@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..errors import NonFiniteError
+from ..errors import ON_NONFINITE, NonFiniteError
 from ..params import Param, check_params
 from ..registry import Registry
 from ..utils import eval_mode, nonfinite_rows
@@ -28,7 +28,6 @@ from .aggregate import bootstrap_ci, column_seed
 
 NEEDS = ("model", "images", "other_images", "other_maps", "masks", "boxes", "extras")
 DIRECTIONS = ("higher", "lower")
-ON_NONFINITE = ("raise", "record")
 
 #: Declared by the metrics that take it (``params = {..., "on_nonfinite": NONFINITE_PARAM}``);
 #: the others always raise. See :meth:`Metric.run`.

@@ -164,7 +164,7 @@ def score_store(out, inputs: dict, job, *, threads: int = 1) -> pd.DataFrame:
                            "saliency_attrs": {k: sal.attrs.get(k) for k in
                                               ("parameters", "target_kind", "seed", "dtype")}})
     if n_shards > 1:
-        shutil.rmtree(shards.staging(out))
+        shutil.rmtree(shards.stage_path(out))
     return df
 
 
