@@ -25,7 +25,8 @@ rule summary:
     input:
         unpack(lambda w: plan.summary_inputs(w.experiment)),
     output:
-        P.summary,
+        summary=P.summary,
+        per_image=P.per_image,
     log:
         P.log("papers/{experiment}/summary"),
     params:

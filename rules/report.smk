@@ -2,7 +2,8 @@ rule table:
     """A registered table of an experiment: CSV, Markdown, LaTeX and HTML (shown on the report
     page)."""
     input:
-        P.summary,
+        summary=P.summary,
+        per_image=P.per_image,
     output:
         csv=report(
             P.fmt("table", experiment="{experiment}", table="{table}", ext="csv"),

@@ -2,4 +2,4 @@ from xaipipe.pipeline import figure, log_to
 
 with log_to(snakemake.log[0]):
     figure(dict(snakemake.output.items()), snakemake.input.summary, list(snakemake.input.stores),
-           snakemake.input.images, snakemake.params.job)
+           snakemake.input.images, snakemake.params.job, per_image=snakemake.input.per_image)

@@ -17,7 +17,15 @@ from xaipipe.models import load_model
 LIGHT = {
     "integrated_gradients": {"steps": 4},
     "smoothgrad": {"samples": 3},
+    # mask methods: a few steps; pyShearLab builds no shearlet system at 32x32, so ShearletX
+    # runs on the batch upsampled to 64x64 with 2 scales (17 bands; see SIZE)
+    "shearletx": {"steps": 2, "samples": 2, "history_every": 1},
+    "waveletx": {"steps": 2, "samples": 2, "levels": 2, "history_every": 1},
+    "cartoonx": {"steps": 2, "samples": 2, "levels": 2},
+    "pixel_mask": {"steps": 2, "samples": 2, "history_every": 1},
 }
+#: image size per method where 32x32 cannot work
+SIZE = {"shearletx": 64}
 #: small values for count-like parameters of methods not in LIGHT (clamped to their minimum)
 GENERIC = {"steps": 4, "samples": 3, "n_samples": 3, "iterations": 4, "history_every": 2}
 
@@ -62,6 +70,9 @@ def batch():
 
 
 def attribute(name, model, images, target, ids=None, **kw):
+    if name in SIZE and images.shape[-1] != SIZE[name]:
+        images = torch.nn.functional.interpolate(images, size=SIZE[name], mode="bilinear",
+                                                 align_corners=False)
     return run_method(name, model, images, target, image_ids=ids, **light_params(name), **kw)
 
 
@@ -100,7 +111,8 @@ def test_method_contract(name, device, model, batch):
 
     # shape, dtype, device, finite
     c = images.shape[1] if cls.channels == "input" else 1
-    assert out.maps.shape == (N, c, *images.shape[-2:]), f"{name}: {tuple(out.maps.shape)}"
+    size = (SIZE[name],) * 2 if name in SIZE else tuple(images.shape[-2:])
+    assert out.maps.shape == (N, c, *size), f"{name}: {tuple(out.maps.shape)}"
     assert out.maps.dtype == torch.float32
     assert out.maps.device == images.device
     assert torch.isfinite(out.maps).all(), f"{name}: non-finite maps"

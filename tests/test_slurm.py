@@ -1,6 +1,10 @@
-"""The tiny workflow through SLURM (`--profile profiles/slurm`) on a real one-node cluster
+"""A tiny workflow through SLURM (`--profile profiles/slurm`) on a real one-node cluster
 (tests/slurm_cluster.py): same results as a local run of the same config, every request fits
-the node. The wall-time ratio is printed (a speed goal, not a test: README, Benchmarks)."""
+the node. The wall-time ratio is printed (a speed goal, not a test: README, Benchmarks).
+
+The run is tests/configs/slurm_tiny.yaml (every rule, 2 methods x 2 variants x 2 metrics),
+not tiny.yaml's 43 jobs: each SLURM job costs 15-25 s of start-up on a 2-core CI machine,
+and the whole of tiny.yaml took 22-33 minutes there."""
 import re
 import time
 
@@ -11,38 +15,41 @@ import yaml
 import zarr
 
 from slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
-from test_workflow import TINY, snakemake, workdir
+from test_workflow import snakemake, workdir
 from xaipipe.config import ROOT, Plan, load_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
 PROFILE = ROOT / "profiles" / "slurm"
+CONFIG = ROOT / "tests" / "configs" / "slurm_tiny.yaml"
+EXP = "slurm_tiny"
 PROFILE_CFG = yaml.safe_load((PROFILE / "config.yaml").read_text())
 
 
 def timed(cwd, *args) -> float:
-    """Wall time of the tiny run; a cluster that never runs the jobs (a request no node can
-    take stays PENDING for ever) fails after 40 minutes instead of hanging."""
+    """Wall time of the run; a cluster that never runs the jobs (a request no node can
+    take stays PENDING for ever) fails after 20 minutes instead of hanging."""
     t0 = time.monotonic()
-    snakemake("--configfile", str(TINY), *args, "tiny", cwd=cwd, timeout=2400)
+    snakemake("--configfile", str(CONFIG), *args, EXP, cwd=cwd, timeout=1200)
     return time.monotonic() - t0
 
 
 @pytest.fixture(scope="module")
-def runs(slurm_cluster, tiny_run, tmp_path_factory):  # noqa: F811
-    """The tiny run locally (conftest's, --cores 2 = the profile's cores) and through SLURM,
-    each in its own folder: (local dir, local s, slurm dir, slurm s)."""
+def runs(slurm_cluster, tmp_path_factory):  # noqa: F811
+    """The run locally (--cores 2 = the profile's cores) and through SLURM, each in its own
+    folder: (local dir, local s, slurm dir, slurm s)."""
     assert PROFILE_CFG["cores"] == 2
-    local, t_local = tiny_run
+    local = workdir(tmp_path_factory.mktemp("local"))
+    t_local = timed(local, "--cores", "2")
     remote = workdir(tmp_path_factory.mktemp("slurm"))
     t_slurm = timed(remote, "--profile", str(PROFILE))
-    print(f"\ntiny run: local {t_local:.0f} s, SLURM {t_slurm:.0f} s, "
+    print(f"\n{EXP} run: local {t_local:.0f} s, SLURM {t_slurm:.0f} s, "
           f"ratio {t_slurm / t_local:.2f}")
     return local, t_local, remote, t_slurm
 
 
 def plan_of(d) -> Plan:
-    return Plan(load_config(d / "config.yaml", TINY))
+    return Plan(load_config(d / "config.yaml", CONFIG))
 
 
 def dry_run_jobs(stdout: str) -> list[tuple[str, str]]:
@@ -58,7 +65,7 @@ def test_profile_requests_fit_the_node(slurm_cluster, tmp_path):  # noqa: F811
     cores = PROFILE_CFG["cores"]
     assert cores <= slurm_cluster.cpus
     d = workdir(tmp_path)
-    res = snakemake("--configfile", str(TINY), "--profile", str(PROFILE), "-n", "tiny", cwd=d)
+    res = snakemake("--configfile", str(CONFIG), "--profile", str(PROFILE), "-n", EXP, cwd=d)
     jobs = dry_run_jobs(res.stdout)
     assert {"train_model", "explain", "score", "summary"} <= {r for r, _ in jobs}, jobs[:3]
     threads = {rule: int(m.group(1)) for rule, text in jobs
@@ -76,13 +83,13 @@ def test_profile_requests_fit_the_node(slurm_cluster, tmp_path):  # noqa: F811
 def test_slurm_run_matches_the_local_run(runs):
     local, _, remote, _ = runs
     plan = plan_of(local)
-    a, b = pd.read_csv(local / plan.summary("tiny")), pd.read_csv(remote / plan.summary("tiny"))
+    a, b = pd.read_csv(local / plan.summary(EXP)), pd.read_csv(remote / plan.summary(EXP))
     assert len(a) > 0
     pd.testing.assert_frame_equal(a, b, check_exact=True)
-    for key in plan.score_keys("tiny"):
+    for key in plan.score_keys(EXP):
         path = plan.scores(*key)
         _frames_equal(pd.read_parquet(local / path), pd.read_parquet(remote / path), path)
-    for key in plan.explain_keys("tiny"):
+    for key in plan.explain_keys(EXP):
         path = plan.saliency(*key)
         ga, gb = zarr.open_group(local / path, mode="r"), zarr.open_group(remote / path, mode="r")
         names = sorted(ga.array_keys())
@@ -123,4 +130,4 @@ def test_slurm_run_went_through_slurm(runs):
         assert any(f == want or f.startswith(want) for f in folders), (rule, folders)
     if not groups:      # one SLURM job per job of the plan (the target rule runs locally)
         assert sum(f == "rule_score" for f in jobs.values()) == len(
-            plan_of(remote).score_keys("tiny"))
+            plan_of(remote).score_keys(EXP))

@@ -19,7 +19,7 @@ from .data.filters import select
 from .data.predictions import predict
 from .data.store import open_images
 from .explain.runner import explain_to_store
-from .metrics.runner import score_store, summarize_experiment
+from .metrics.runner import per_image_frame, score_store, summarize_experiment
 from .models.spec import load_spec
 from .models.train import train_demo_model
 from . import repro
@@ -103,24 +103,31 @@ def score(out, inputs: dict, job: ScoreJob, threads: int = 1):
     return score_store(out, inputs, job, threads=threads)
 
 
-def summary(out, scores, selections, job: SummaryJob):
+def summary(out, scores, selections, job: SummaryJob, per_image=None):
+    """The experiment's summary CSV and, with ``per_image``, its per-image scores (parquet,
+    long form: :func:`xaipipe.metrics.runner.per_image_frame`)."""
     df = summarize_experiment(as_list(scores), as_list(selections), job)
+    if per_image is not None:
+        frame = per_image_frame(as_list(scores), as_list(selections), job)
+        with atomic_path(per_image) as tmp:
+            frame.to_parquet(tmp, index=False)
     with atomic_path(out) as tmp:
         df.to_csv(tmp, index=False)
     return df
 
 
 # -- report ------------------------------------------------------------------------------
-def table(outputs: dict, summary_csv, name: str):
+def table(outputs: dict, summary_csv, name: str, per_image=None):
     from .report import read_summary
-    from .report.tables import TABLES
-    TABLES.get(name)(read_summary(summary_csv), outputs)
+    from .report.tables import TABLES, build_table
+    build_table(TABLES.get(name), read_summary(summary_csv), outputs, per_image)
 
 
-def figure(outputs: dict, summary_csv, stores, images, job: FigureJob):
+def figure(outputs: dict, summary_csv, stores, images, job: FigureJob, per_image=None):
     from .report import read_summary
     from .report.figures import FIGURES, FigureInputs
     inputs = FigureInputs(summary=read_summary(summary_csv),
                           stores=dict(zip(job.methods, as_list(stores))), images=images,
-                          split=job.split, n_images=job.n_images, experiment=job.experiment)
+                          split=job.split, n_images=job.n_images, experiment=job.experiment,
+                          per_image=per_image)
     FIGURES.get(job.figure)(inputs, [outputs["png"], outputs["pdf"]])

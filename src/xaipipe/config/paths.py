@@ -20,6 +20,8 @@ TEMPLATES = {
     "saliency": "{R}/saliency/{dataset}/{model}/{method}/{variant}.zarr",
     "scores": "{R}/metrics/{dataset}/{model}/{metric}/{method}/{variant}.parquet",
     "summary": "{R}/papers/{experiment}/summary.csv",
+    # every per-image score of the experiment's own images, long form (the summary's input)
+    "per_image": "{R}/papers/{experiment}/per_image.parquet",
     "table": "{R}/papers/{experiment}/tables/{table}.{ext}",
     "figure": "{R}/papers/{experiment}/figures/{figure}.{ext}",
     "log": "{R}/logs/{name}.log",

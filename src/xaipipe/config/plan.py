@@ -147,6 +147,9 @@ class Plan:
     def summary(self, experiment) -> str:
         return self.P.fmt("summary", experiment=experiment)
 
+    def per_image(self, experiment) -> str:
+        return self.P.fmt("per_image", experiment=experiment)
+
     def table(self, experiment, table) -> dict[str, str]:
         return {ext: self.P.fmt("table", experiment=experiment, table=table, ext=ext)
                 for ext in TABLE_EXTS}
@@ -158,7 +161,7 @@ class Plan:
     # -- targets -------------------------------------------------------------------------
     def experiment_targets(self, experiment: str) -> list[str]:
         e = self.experiments[experiment]
-        out = [self.summary(experiment)]
+        out = [self.summary(experiment), self.per_image(experiment)]
         for t in e.tables:
             out += self.table(experiment, t).values()
         for f in e.figures:
@@ -265,8 +268,15 @@ class Plan:
         step count (None where it has none) and whether it is IDGI."""
         run, _ = split_store_run(store_run)
         name, params = self.methods[store_run]
-        return {"method_run": run, "method_name": name, "steps": params.get("steps"),
-                "idgi": bool(params.get("idgi", False))}
+        out = {"method_run": run, "method_name": name, "steps": params.get("steps"),
+               "idgi": bool(params.get("idgi", False))}
+        from ..explain import get_method
+        declared = get_method(name).params
+        if "init" in declared:          # mask methods: the StartGrad report groups by it
+            out["init"] = params.get("init", declared["init"].default)
+            out["history_every"] = params.get("history_every",
+                                              declared["history_every"].default)
+        return out
 
     # -- metrics -------------------------------------------------------------------------
     def score_inputs(self, dataset, model, metric, method, variant) -> dict:
@@ -322,7 +332,7 @@ class Plan:
         m, v = e.models[0], e.report_variant
         d = self.dataset_of(m)
         # one store per method run: a sweep's largest step count
-        return {"summary": self.summary(experiment),
+        return {"summary": self.summary(experiment), "per_image": self.per_image(experiment),
                 "stores": [self.saliency(d, m, store_runs(self.c, me)[-1], v)
                            for me in e.methods],
                 "images": self.model_images(m, v)}

@@ -206,6 +206,29 @@ def read_provenance(path) -> dict:
     return json.loads(meta.get(PROVENANCE_KEY, b"{}"))
 
 
+def per_image_frame(scores, selections, job) -> pd.DataFrame:
+    """Every per-image score of the experiment's own images, long form: the key columns
+    (experiment, dataset, model, metric, method, variant), the metric's registered name
+    (``metric_name``), what the plan knows of the method run (``method_run``,
+    ``method_name``, ``steps``, …), then each score file's columns (``image_id``, ``target``,
+    scalars, curves as arrays; a column a metric does not have is missing in its rows).
+    The report builders that need single images (scatter plots, convergence curves, paired
+    tests) read it (:func:`xaipipe.report.inputs.read_per_image`)."""
+    sel_frames = [pd.read_parquet(p) for p in selections]
+    frames = []
+    for path, entry in zip(scores, job.entries):
+        df = pd.read_parquet(path)
+        ids = selected_ids(sel_frames[entry.selection], entry.max_images)["image_id"]
+        df = df[df["image_id"].isin(ids)].reset_index(drop=True)
+        keys = {"experiment": job.experiment, **entry.keys, "metric_name": entry.metric,
+                **{k: v for k, v in entry.method.items() if k != "method"}}
+        head = pd.DataFrame({k: [v] * len(df) for k, v in keys.items()}, index=df.index)
+        frames.append(pd.concat([head, df], axis=1))
+    if not frames:
+        return pd.DataFrame({"experiment": [], "image_id": []})
+    return pd.concat(frames, ignore_index=True)
+
+
 def summarize_experiment(scores, selections, job) -> pd.DataFrame:
     """The experiment's summary, long form: one row per (model, variant, method, metric,
     score) over exactly the experiment's images, aggregated by the metric's own hook."""

@@ -59,6 +59,18 @@ def read_summary(path) -> pd.DataFrame:
     return check_summary(df, where=str(path))
 
 
+def read_per_image(path) -> pd.DataFrame:
+    """The experiment's per-image scores (``per_image.parquet``, written with the summary:
+    :func:`xaipipe.metrics.runner.per_image_frame`)."""
+    if path is None:
+        raise DataError("this table or figure needs the experiment's per-image scores "
+                        "(per_image.parquet), which were not given")
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read the per-image scores ({e})") from None
+
+
 @dataclass
 class FigureInputs:
     """Everything a registered figure may use."""
@@ -69,3 +81,4 @@ class FigureInputs:
     split: str = "val"
     n_images: int = 6
     experiment: str = ""
+    per_image: str | None = None   # the experiment's per-image scores (read_per_image)

@@ -27,6 +27,17 @@ from .inputs import check_summary
 
 TABLES = Registry("table", package="xaipipe.report")
 
+
+def build_table(builder, summary: pd.DataFrame, out: dict[str, str], per_image=None) -> None:
+    """Call a registered table builder: ``builder(summary, out)``, or, for a builder that
+    declares a ``per_image`` parameter (tables of single images: paired tests, speed-ups),
+    ``builder(summary, out, per_image=<path of per_image.parquet>)``."""
+    import inspect
+    if "per_image" in inspect.signature(builder).parameters:
+        builder(summary, out, per_image=per_image)
+    else:
+        builder(summary, out)
+
 FORMATS = ("csv", "md", "tex", "html")
 DIGITS = 3
 ARROW = {"higher": "↑", "lower": "↓"}

@@ -1,0 +1,321 @@
+"""The mask-optimisation framework shared by ShearletX, WaveletX, CartoonX and the pixel mask
+(`mask-methods.md` §2), with the three initialisations (§9: ``ones``, ``uniform``,
+``startgrad``) and the per-iteration histories (`metrics.md` §10.1).
+
+A host method describes its representation as a list of *parts* (ShearletX: one part, the
+(N, C, K, H, W) shearlet coefficients; WaveletX: yl and the J detail levels; the pixel mask:
+the image itself). For each part it has a mask shared across colour channels, shape
+(N, 1, ...), and noise statistics. The framework then runs, per step,
+
+    c̃_s = m ⊙ c + (1 − m) ⊙ u_s,   x̃_s = T⁻¹(c̃_s) (clipped as the method says),
+    L = Σ_images λ_D·(1/S)·Σ_s (y_ref − p_c(x̃_s))² + the method's regularisers,
+
+followed by one Adam step and the projection m ← clamp(m, 0, 1).
+
+Batching and randomness: the N images are optimised together, but every image has its own
+mask, its own loss (the batch loss is their sum, and Adam is elementwise) and its own noise,
+drawn per (seed, image id, method, hyper-parameters, step, sample) with a generator on the
+images' device. So an image's result does not depend on its batch. The (image, sample)
+points of a step are pushed through the transform and the model in chunks that fit the
+memory budget (``memory_mb``); their gradients accumulate into the masks before the step.
+
+Outputs: the maps are the explanation image x_E = clip(T⁻¹(m ⊙ c)) (N, 3, H, W). Extras:
+``final_retained_l1`` / ``final_retained_entropy`` / ``final_retained_pixel`` (N,), ``mask``
+(the mask in its own layout, when ``return_mask`` or ``steps=0``) and, with
+``history_every=k``, T = ceil(steps / k) entries per image (entry 0 is the initial mask's,
+before any update; entry j is taken at step j·k from that step's S noisy samples):
+``retained_probability``, ``retained_l1``, ``retained_entropy``, ``retained_pixel``,
+``cp_l1``, ``cp_pixel`` (N, T) and ``loss_terms`` (N, T, K) in the method's ``LOSS_TERMS``
+order.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..params import Param
+from ..utils import derive_seed
+from .base import Attribution, Method
+from .startgrad import SCORES, quantile_transform, ranking_score
+
+INITS = ("ones", "uniform", "startgrad")
+
+#: The parameters every mask method shares (a host adds its λs and may change defaults).
+COMMON_PARAMS = {
+    "steps": Param(300, int, min=0, doc="optimisation steps (Adam, then clamp to [0, 1])"),
+    "lr": Param(0.1, float, min=0.0, doc="Adam learning rate"),
+    "samples": Param(16, int, min=1, doc="noise samples S per step"),
+    "noise": Param("uniform", str, ("uniform", "gaussian", "zeros"),
+                   doc="perturbation u: U[μ−σ, μ+σ], N(μ, σ²) or 0"),
+    "distortion": Param("maximize", str, ("maximize", "preserve"),
+                        doc="y_ref = 1 (ShearletX code) or p_c of the clean image (StartGrad)"),
+    "lambda_d": Param(1.0, float, min=0.0, doc="weight of the distortion term"),
+    "init": Param("ones", str, INITS, doc="initial mask: all ones, U(0,1), or StartGrad"),
+    "startgrad_score": Param("nll", str, SCORES,
+                             doc="StartGrad score: −log p_c, p_c (same mask) or the logit"),
+    "history_every": Param(0, int, min=0, doc="record the histories every N steps (0: off)"),
+    "return_mask": Param(False, bool, doc="return the final mask in extras['mask']"),
+}
+
+HISTORY = ("retained_probability", "retained_l1", "retained_entropy", "retained_pixel",
+           "cp_l1", "cp_pixel")
+
+
+def entropy(v: torch.Tensor) -> torch.Tensor:
+    """H(v) = −Σ q ln(q + 1e-7), q = |v|²/Σ|v|², per image over all other dims (`metrics.md`
+    §8). (N,) float64."""
+    e = v.detach().double().flatten(1).abs() ** 2
+    q = e / e.sum(1, keepdim=True).clamp_min(1e-300)
+    return -(q * torch.log(q + 1e-7)).sum(1)
+
+
+@dataclass
+class State:
+    """What a host method prepares once per batch."""
+    images: torch.Tensor                 # (N, C, H, W) in [0, 1]
+    coeffs: list[torch.Tensor]           # per part (N, C, ...)
+    mu: list[torch.Tensor]               # per part, broadcastable to (N, Cn, ...)
+    sigma: list[torch.Tensor]
+    extra: dict = field(default_factory=dict)
+
+
+class MaskMethod(Method):
+    """Base class of the transform-domain mask methods. Subclasses implement
+    :meth:`prepare` (coefficients and noise statistics), :meth:`synthesize` (coefficients →
+    image, differentiable, no clipping), :meth:`regularizers` and set ``LOSS_TERMS``
+    (``"distortion"`` first), ``noise_shared_across_colour``, ``coefficient_clip``."""
+
+    channels = "input"
+    LOSS_TERMS: tuple[str, ...] = ("distortion",)
+    #: one noise tensor for R, G and B (ShearletX) or one per channel (WaveletX, pixel)
+    noise_shared_across_colour = False
+    #: QTF block dims per part for StartGrad (the trailing dims that form one block)
+    qtf_block_dims: tuple[int, ...] = (2,)
+    #: bytes per (image, sample) point the transform needs, on top of the model's
+    transform_point_bytes = 0
+
+    # -- hooks ----------------------------------------------------------------------------
+    def prepare(self, images: torch.Tensor) -> State:
+        raise NotImplementedError
+
+    def synthesize(self, state: State, parts: list[torch.Tensor]) -> torch.Tensor:
+        """(n, C, ...) coefficients per part → (n, C, H, W) images, not clipped."""
+        raise NotImplementedError
+
+    def regularizers(self, state: State, masks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """(N,) per-image terms, already weighted, in ``LOSS_TERMS[1:]`` order."""
+        raise NotImplementedError
+
+    def mask_shapes(self, state: State) -> list[tuple]:
+        """Per part, the mask shape of one image (1, ...) (shared across colour)."""
+        return [(1, *c.shape[2:]) for c in state.coeffs]
+
+    def coefficient_clip(self) -> bool:
+        """Clip the obfuscated coefficients (compat ShearletX) instead of the image."""
+        return False
+
+    # -- the loop -------------------------------------------------------------------------
+    def attribute(self, images, target, image_ids=None):
+        p = self.hparams
+        n = images.shape[0]
+        state = self.prepare(images)
+        with torch.no_grad():
+            p_clean = self._probs(images, target)                  # (N,) p_c(x̃)
+        y_ref = torch.ones_like(p_clean) if p["distortion"] == "maximize" else p_clean
+        masks = self.initial_masks(state, target, image_ids)
+        extras = {}
+        if p["steps"] == 0:
+            extras["mask"] = self.export_mask(masks)
+            return Attribution(self.explanation(state, masks), {
+                **extras, **self.final_extras(state, masks)})
+
+        every = p["history_every"]
+        t_hist = math.ceil(p["steps"] / every) if every else 0
+        hist = {k: torch.zeros(n, t_hist, dtype=torch.float64) for k in HISTORY}
+        terms = torch.zeros(n, t_hist, len(self.LOSS_TERMS), dtype=torch.float64)
+        params = [m.requires_grad_(True) for m in masks]
+        opt = torch.optim.Adam(params, lr=p["lr"])
+        for step in range(p["steps"]):
+            opt.zero_grad(set_to_none=False)
+            record = bool(every) and step % every == 0
+            probs = self._distortion_pass(state, params, target, y_ref, image_ids, step)
+            with torch.enable_grad():
+                regs = self.regularizers(state, params)
+                total = sum(r.sum() for r in regs) if regs else None
+                if total is not None and total.requires_grad:
+                    total.backward()
+            if record:
+                j = step // every
+                dist = p["lambda_d"] * ((y_ref[:, None] - probs) ** 2).mean(1)
+                terms[:, j] = torch.stack([dist, *[r.detach() for r in regs]], 1).double().cpu()
+                self._record(hist, j, state, params, probs, p_clean)
+            opt.step()
+            with torch.no_grad():
+                for m in params:
+                    m.clamp_(0.0, 1.0)
+        masks = [m.detach() for m in params]
+        if every:
+            extras.update({k: v.float() for k, v in hist.items()})
+            extras["loss_terms"] = terms.float()
+        if p["return_mask"]:
+            extras["mask"] = self.export_mask(masks)
+        extras.update(self.final_extras(state, masks))
+        return Attribution(self.explanation(state, masks), extras)
+
+    def _probs(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        chunk = self.chunk_size(x.shape[1:], x.device)
+        out = []
+        for s in range(0, x.shape[0], chunk):
+            logits = self.model(x[s:s + chunk])
+            out.append(F.softmax(logits.float(), 1).gather(
+                1, target[s:s + chunk].view(-1, 1)).squeeze(1))
+        return torch.cat(out)
+
+    def _point_chunk(self, images: torch.Tensor) -> int:
+        chunk = self.chunk_size(images.shape[1:], images.device)
+        if self.transform_point_bytes:
+            budget = (self.memory_mb or 512.0) * 2**20
+            chunk = min(chunk, max(1, int(budget // self.transform_point_bytes)))
+        return chunk
+
+    def _noise(self, state: State, i: int, image_id: int, step: int, s: int) -> list:
+        """Noise of image i, sample s at ``step``: per part (Cn, ...) with Cn = 1 or C."""
+        p = self.hparams
+        dev = state.images.device
+        g = torch.Generator(device=dev).manual_seed(
+            derive_seed(*self.seed_parts(image_id, "noise", step, s)))
+        out = []
+        for c, mu, sd in zip(state.coeffs, state.mu, state.sigma):
+            shape = (1 if self.noise_shared_across_colour else c.shape[1], *c.shape[2:])
+            mu_i, sd_i = mu[i], sd[i]
+            if p["noise"] == "zeros":
+                out.append(torch.zeros(shape, device=dev, dtype=c.dtype))
+            elif p["noise"] == "uniform":
+                u = torch.rand(shape, generator=g, device=dev, dtype=c.dtype)
+                out.append(mu_i - sd_i + 2 * sd_i * u)
+            else:
+                out.append(mu_i + sd_i * torch.randn(shape, generator=g, device=dev,
+                                                     dtype=c.dtype))
+        return out
+
+    def _obfuscate(self, state: State, masks: list, img_i: list[int], noises: list[list]):
+        idx = torch.tensor(img_i, device=state.images.device)
+        parts = []
+        for k, (c, m) in enumerate(zip(state.coeffs, masks)):
+            u = torch.stack([nz[k] for nz in noises])
+            mk = m[idx]
+            parts.append(mk * c[idx] + (1 - mk) * u)
+        if self.coefficient_clip():
+            parts = [q.clamp(0.0, 1.0) for q in parts]
+            return self.synthesize(state, parts)
+        return self.synthesize(state, parts).clamp(0.0, 1.0)
+
+    def _distortion_pass(self, state, masks, target, y_ref, image_ids, step) -> torch.Tensor:
+        """Accumulate ∂(λ_D·D)/∂m into the masks' grads; returns p_c of every sample (N, S)."""
+        p = self.hparams
+        n, s_count = state.images.shape[0], p["samples"]
+        points = [(i, s) for i in range(n) for s in range(s_count)]
+        chunk = self._point_chunk(state.images)
+        probs = torch.zeros(n, s_count, device=state.images.device)
+        for start in range(0, len(points), chunk):
+            pts = points[start:start + chunk]
+            img_i = [i for i, _ in pts]
+            noises = [self._noise(state, i, int(image_ids[i]), step, s) for i, s in pts]
+            with torch.enable_grad():
+                x = self._obfuscate(state, masks, img_i, noises)
+                logits = self.model(x)
+                t = target[torch.tensor(img_i, device=target.device)]
+                pc = F.softmax(logits.float(), 1).gather(1, t.view(-1, 1)).squeeze(1)
+                yr = y_ref[torch.tensor(img_i, device=y_ref.device)]
+                loss = p["lambda_d"] * ((yr - pc) ** 2).sum() / s_count
+                loss.backward()
+            probs[img_i, [s for _, s in pts]] = pc.detach()
+        return probs
+
+    # -- initialisation -------------------------------------------------------------------
+    def initial_masks(self, state: State, target, image_ids) -> list[torch.Tensor]:
+        p = self.hparams
+        n, dev = state.images.shape[0], state.images.device
+        shapes = self.mask_shapes(state)
+        if p["init"] == "ones":
+            return [torch.ones((n, *sh), device=dev) for sh in shapes]
+        if p["init"] == "uniform":
+            out = []
+            for k, sh in enumerate(shapes):
+                out.append(torch.stack([torch.rand(sh, generator=torch.Generator().manual_seed(
+                    derive_seed(*self.seed_parts(int(i), "init", k)))) for i in image_ids]
+                ).to(dev))
+            return out
+        return self.startgrad_masks(state, target)
+
+    def startgrad_masks(self, state: State, target) -> list[torch.Tensor]:
+        """§9.1: z = T(x̃) as a leaf, x′ = T⁻¹(z), a = |∂s/∂z|, max over colour, QTF per
+        block. The gradient runs through the inverse transform (no clipping)."""
+        z = [c.detach().clone().requires_grad_(True) for c in state.coeffs]
+        with torch.enable_grad():
+            chunk = self.chunk_size(state.images.shape[1:], state.images.device)
+            grads = [torch.zeros_like(c) for c in z]
+            for s in range(0, state.images.shape[0], chunk):
+                zs = [c[s:s + chunk] for c in z]
+                x = self.synthesize(state, zs)
+                sc = ranking_score(self.model(x).float(), target[s:s + chunk],
+                                     self.hparams["startgrad_score"])
+                gs = torch.autograd.grad(sc.sum(), zs)
+                for g, gi in zip(grads, gs):
+                    g[s:s + chunk] = gi
+        out = []
+        for g, sh, bd in zip(grads, self.mask_shapes(state), self.qtf_block_dims):
+            a = g.abs().amax(1, keepdim=True)              # max over colour → (N, 1, ...)
+            a = a.expand(a.shape[0], *sh) if a.shape[1:] != sh else a
+            out.append(quantile_transform(a, bd).to(g.device))
+        return out
+
+    # -- outputs --------------------------------------------------------------------------
+    def export_mask(self, masks: list[torch.Tensor]) -> torch.Tensor:
+        """The mask in its own layout for extras: one part → without the colour axis;
+        several parts → flattened and concatenated (N, n_mask)."""
+        if len(masks) == 1:
+            return masks[0].detach().squeeze(1).float()
+        return torch.cat([m.detach().flatten(1) for m in masks], 1).float()
+
+    @torch.no_grad()
+    def explanation(self, state: State, masks: list[torch.Tensor]) -> torch.Tensor:
+        parts = [m * c for m, c in zip(masks, state.coeffs)]
+        return self.synthesize(state, parts).clamp(0.0, 1.0).float()
+
+    @torch.no_grad()
+    def _retained(self, state: State, masks: list[torch.Tensor]):
+        num = sum((m * c).abs().flatten(1).sum(1) for m, c in zip(masks, state.coeffs))
+        den = sum(c.abs().flatten(1).sum(1) for c in state.coeffs)
+        l1 = num.double() / den.double().clamp_min(1e-300)
+        kept = torch.cat([(m * c).flatten(1) for m, c in zip(masks, state.coeffs)], 1)
+        full = torch.cat([c.flatten(1) for c in state.coeffs], 1)
+        ent = entropy(kept) / entropy(full).clamp_min(1e-300)
+        x_e = self.explanation(state, masks)
+        pix = x_e.double().abs().flatten(1).sum(1) / \
+            state.images.double().abs().flatten(1).sum(1).clamp_min(1e-300)
+        return l1, ent, pix
+
+    def final_extras(self, state: State, masks: list[torch.Tensor]) -> dict:
+        l1, ent, pix = self._retained(state, masks)
+        return {"final_retained_l1": l1.float(), "final_retained_entropy": ent.float(),
+                "final_retained_pixel": pix.float()}
+
+    def _record(self, hist, j, state, masks, probs, p_clean):
+        l1, ent, pix = self._retained(state, [m.detach() for m in masks])
+        rcp = (probs / p_clean[:, None].clamp_min(1e-30)).mean(1).double().cpu()
+        l1, ent, pix = l1.cpu(), ent.cpu(), pix.cpu()
+        hist["retained_probability"][:, j] = rcp
+        hist["retained_l1"][:, j] = l1
+        hist["retained_entropy"][:, j] = ent
+        hist["retained_pixel"][:, j] = pix
+        hist["cp_l1"][:, j] = rcp / l1.clamp_min(1e-300)
+        hist["cp_pixel"][:, j] = rcp / pix.clamp_min(1e-300)
+
+
+def gray(images: torch.Tensor) -> torch.Tensor:
+    """(R+G+B)/3, as the ShearletX repository (`mask-methods.md` §1). (N, 1, H, W)."""
+    return images.mean(1, keepdim=True)

@@ -1,0 +1,64 @@
+"""StartGrad initialisation (Uendes et al., ICLR 2025), `mask-methods.md` §9.1: the shared
+pieces every mask method uses for ``init="startgrad"``.
+
+- :func:`quantile_transform`: the clean QTF, the exact tie-averaged empirical CDF per block,
+  m₀(i) = (R̄_i − 1)/(n − 1) with R̄_i the average 1-based rank (ties share the mean rank).
+  It maps every block to U(0, 1) (mean exactly 0.5) and is invariant to any strictly
+  increasing transform of its input, which is why the ``prob`` and ``nll`` scores give the
+  same mask.
+- :func:`score`: the StartGrad score (``prob``, ``nll``, ``logit``), and
+  :func:`ranking_score`, the one whose gradient is taken (``prob`` and ``nll`` share it).
+
+Each host method computes a = |∂s/∂z| for its own coefficients z (through its inverse
+transform), reduces colour by max and calls :func:`quantile_transform` with its blocks.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SCORES = ("prob", "nll", "logit")
+
+
+def quantile_transform(a: torch.Tensor, block_dims: int) -> torch.Tensor:
+    """Tie-averaged empirical CDF over the last ``block_dims`` dims of ``a``: every slice
+    ``a[i, ..., :, :]`` of those dims is one block. Returns float32 of ``a``'s shape in
+    [0, 1]. A block of one value maps to 0.5."""
+    if block_dims < 1 or block_dims > a.ndim:
+        raise ValueError(f"block_dims must be in 1..{a.ndim}, got {block_dims}")
+    lead = a.shape[:a.ndim - block_dims]
+    flat = a.detach().reshape(-1, int(torch.tensor(a.shape[a.ndim - block_dims:]).prod()))
+    flat = flat.to(torch.float64).contiguous()
+    n = flat.shape[1]
+    if n == 1:
+        return torch.full(a.shape, 0.5, dtype=torch.float32, device=a.device)
+    s, _ = torch.sort(flat, dim=1)
+    less = torch.searchsorted(s, flat, side="left")          # values < v
+    less_eq = torch.searchsorted(s, flat, side="right")      # values <= v
+    # average 1-based rank of v's tie group: (less + 1 + less_eq) / 2
+    m0 = (less + less_eq - 1).to(torch.float64) / (2.0 * (n - 1))
+    return m0.to(torch.float32).reshape(*lead, *a.shape[a.ndim - block_dims:])
+
+
+def ranking_score(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """The scalar whose |gradient| StartGrad ranks for the score ``kind``. ``prob`` and ``nll``
+    both use log p_c: ∂p_c/∂z = p_c·∂log p_c/∂z, so their |gradients| differ by the factor
+    p_c > 0 per image, which the per-image quantile transform removes. Taking one gradient
+    for both makes their masks identical bit for bit, not just up to float rounding of near
+    ties. ``logit`` uses z_c (a different mask)."""
+    if kind not in SCORES:
+        raise ValueError(f"startgrad_score: {kind!r} is not allowed; allowed: {', '.join(SCORES)}")
+    return score(logits, target, "logit" if kind == "logit" else "nll")
+
+
+def score(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """(N,) StartGrad score of the class ``target``: ``prob`` p_c, ``nll`` −log p_c,
+    ``logit`` z_c."""
+    if kind == "logit":
+        return logits.gather(1, target.view(-1, 1)).squeeze(1)
+    logp = F.log_softmax(logits, dim=1).gather(1, target.view(-1, 1)).squeeze(1)
+    if kind == "nll":
+        return -logp
+    if kind == "prob":
+        return logp.exp()
+    raise ValueError(f"startgrad_score: {kind!r} is not allowed; allowed: {', '.join(SCORES)}")

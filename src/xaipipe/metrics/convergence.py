@@ -1,0 +1,53 @@
+"""Per-iteration curves of a mask method (`metrics.md` §10.1): the histories a mask method
+records with ``history_every=k`` (:mod:`xaipipe.explain.masks`), passed through from the
+saliency store's extras to the per-image score table, so that the StartGrad report (curves,
+speed-up, Wilcoxon tests: :mod:`xaipipe.metrics.curves`, :mod:`xaipipe.report.startgrad`)
+reads them like any other metric output.
+
+Per image: the curves ``retained_probability``, ``retained_l1``, ``retained_entropy``,
+``retained_pixel``, ``cp_l1``, ``cp_pixel`` (N, T) and ``loss_terms`` (N, T·K, flattened) as
+recorded, and the scalars at the last recorded step (``final_cp_l1``, ``final_cp_pixel``,
+``final_retained_probability``, ``final_retained_l1``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import DataError
+from .base import Metric, MetricInputs, register_metric
+
+CURVES = ("retained_probability", "retained_l1", "retained_entropy", "retained_pixel",
+          "cp_l1", "cp_pixel")
+
+
+@register_metric
+class Convergence(Metric):
+    name = "convergence"
+    needs = frozenset({"extras"})
+    direction = "higher"
+    scalars = ("final_cp_l1", "final_cp_pixel", "final_retained_probability",
+               "final_retained_l1")
+
+    def compute(self, inputs: MetricInputs) -> dict:
+        ex = inputs.extras
+        missing = [k for k in CURVES if k not in ex or np.asarray(ex[k]).ndim != 2]
+        if missing:
+            raise DataError(
+                f"metric 'convergence' reads the histories of a mask method, but the store's "
+                f"extras lack {missing} (have: {sorted(ex)}); run the method with "
+                "history_every: N (e.g. {method: shearletx, history_every: 1})")
+        out = {k: np.asarray(ex[k], np.float64) for k in CURVES}
+        for k in ("cp_l1", "cp_pixel", "retained_probability", "retained_l1"):
+            out[f"final_{k}"] = out[k][:, -1]
+        if "loss_terms" in ex:
+            lt = np.asarray(ex["loss_terms"], np.float64)
+            out["loss_terms"] = lt.reshape(lt.shape[0], -1)
+        return out
+
+
+def convergence(extras: dict) -> dict:
+    """The per-image curves of a mask method's ``extras`` (``history_every`` set)."""
+    n = len(np.asarray(extras["retained_probability"]))
+    import torch
+    return Convergence()(MetricInputs(ids=np.arange(n), target=torch.zeros(n, dtype=torch.long),
+                                      maps=torch.zeros(n, 1, 1, 1), extras=dict(extras)))

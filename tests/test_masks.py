@@ -1,0 +1,167 @@
+"""Mask methods (`mask-methods.md` §2, §4, §5, §7, §9): the shared optimisation framework, the
+StartGrad initialisation and its quantile transform, on tiny models and images."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from xaipipe.explain import explain, run_method
+from xaipipe.explain.masks import entropy
+from xaipipe.explain.startgrad import quantile_transform
+
+IDS = torch.tensor([11, 12, 13])
+
+
+@pytest.fixture(scope="module")
+def x32():
+    g = torch.Generator().manual_seed(3)
+    base = torch.rand(3, 3, 4, 4, generator=g)
+    # smooth-ish images with structure (upsampled blocks plus a little noise)
+    x = torch.nn.functional.interpolate(base, size=32, mode="bilinear", align_corners=False)
+    return (x + 0.05 * torch.rand(3, 3, 32, 32, generator=g)).clamp(0, 1)
+
+
+# -- the quantile transform --------------------------------------------------------------
+def test_qtf_is_uniform_per_block_with_mean_one_half():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(2, 5, 7, 9, generator=g).abs()
+    m = quantile_transform(a, 2)
+    assert m.shape == a.shape
+    flat = m.reshape(10, 63)
+    torch.testing.assert_close(flat.mean(1).double(), torch.full((10,), 0.5, dtype=torch.float64))
+    assert torch.all(flat.amin(1) == 0) and torch.all(flat.amax(1) == 1)
+    # each block is exactly the grid {0, 1/(n-1), ..., 1} (no ties in continuous data)
+    srt = flat.sort(1).values
+    torch.testing.assert_close(srt, torch.linspace(0, 1, 63).expand(10, 63))
+
+
+def test_qtf_ties_share_the_mean_rank_and_match_sklearn():
+    from sklearn.preprocessing import QuantileTransformer
+    a = torch.tensor([[3.0, 1.0, 1.0, 2.0, 5.0, 5.0, 5.0, 0.5]])
+    m = quantile_transform(a, 1)[0].double()
+    # ranks: 0.5->1, 1,1 -> 2.5, 2 -> 4, 3 -> 5, 5,5,5 -> 7 ; (R-1)/(n-1), n = 8
+    want = torch.tensor([4, 1.5, 1.5, 3, 6, 6, 6, 0], dtype=torch.float64) / 7
+    torch.testing.assert_close(m, want, atol=1e-7, rtol=0)
+    # sklearn's oracle on tie-free data: with ties its percentile grid puts a tie group's
+    # ends half a rank off (floating interpolation between equal neighbours)
+    g = torch.Generator().manual_seed(1)
+    b = torch.randn(500, generator=g)
+    qt = QuantileTransformer(n_quantiles=500, subsample=None, output_distribution="uniform")
+    ref = qt.fit_transform(b.double().numpy()[:, None])[:, 0]
+    np.testing.assert_allclose(quantile_transform(b[None], 1)[0].numpy(), ref, atol=1e-6)
+
+
+def test_qtf_is_invariant_to_increasing_transforms():
+    g = torch.Generator().manual_seed(2)
+    a = torch.rand(4, 10, 10, generator=g)
+    for f in (torch.exp, lambda v: 3 * v + 1, lambda v: v ** 3):
+        assert torch.equal(quantile_transform(a, 2), quantile_transform(f(a), 2))
+
+
+def test_entropy_of_one_hot_and_uniform():
+    one_hot = torch.zeros(1, 50)
+    one_hot[0, 7] = 3.0
+    assert abs(float(entropy(one_hot))) < 1e-6
+    assert float(entropy(torch.ones(1, 50))) == pytest.approx(math.log(50), rel=1e-5)
+
+
+# -- the pixel mask ----------------------------------------------------------------------
+def test_pixel_mask_ones_gives_the_image_and_retains_everything(cnn, x32):
+    t = torch.tensor([0, 1, 2])
+    att = run_method("pixel_mask", cnn, x32, t, image_ids=IDS, steps=0)
+    assert att.extras["mask"].shape == (3, 1, 32, 32)
+    assert torch.equal(att.extras["mask"], torch.ones(3, 1, 32, 32))
+    torch.testing.assert_close(att.maps, x32)
+    for k in ("final_retained_l1", "final_retained_entropy", "final_retained_pixel"):
+        torch.testing.assert_close(att.extras[k], torch.ones(3))
+
+
+def test_pixel_mask_history_and_projection(cnn, x32):
+    t = torch.tensor([0, 1, 2])
+    att = run_method("pixel_mask", cnn, x32, t, image_ids=IDS, steps=7, history_every=3,
+                     return_mask=True, lr=0.3)
+    h = att.extras
+    t_hist = math.ceil(7 / 3)
+    for k in ("retained_probability", "retained_l1", "retained_entropy", "retained_pixel",
+              "cp_l1", "cp_pixel"):
+        assert h[k].shape == (3, t_hist), k
+    assert h["loss_terms"].shape == (3, t_hist, 3)
+    # entry 0 is the all-ones mask: every sample is the clean image, nothing is removed
+    torch.testing.assert_close(h["retained_probability"][:, 0], torch.ones(3))
+    torch.testing.assert_close(h["retained_l1"][:, 0], torch.ones(3))
+    # loss terms at entry 0: distortion (1 - p_c)^2, sparsity λ1·mean(m) = 1, TV weight 0
+    p = torch.softmax(cnn(x32), 1).gather(1, t[:, None])[:, 0]
+    torch.testing.assert_close(h["loss_terms"][:, 0, 0], (1 - p) ** 2, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(h["loss_terms"][:, 0, 1], torch.ones(3))
+    assert torch.all(h["loss_terms"][:, :, 2] == 0)
+    m = h["mask"]
+    assert m.min() >= 0 and m.max() <= 1 and m.min() < 1          # moved, and projected
+    torch.testing.assert_close(att.maps, m * x32)                  # x_E = m ⊙ x̃
+    torch.testing.assert_close(h["cp_l1"], h["retained_probability"] / h["retained_l1"])
+
+
+def test_pixel_mask_tv_is_zero_for_a_constant_mask(cnn, x32):
+    from xaipipe.explain.methods.pixel_mask import PixelMask
+    meth = PixelMask(cnn, lambda_tv=1.0, lambda_1=0.0)
+    state = meth.prepare(x32)
+    regs = meth.regularizers(state, [torch.full((3, 1, 32, 32), 0.3)])
+    assert torch.all(regs[1] == 0)
+    m = torch.zeros(3, 1, 32, 32)
+    m[:, :, :, 16:] = 1.0                                          # one vertical edge
+    regs = meth.regularizers(state, [m])
+    torch.testing.assert_close(regs[1], torch.full((3,), 32 / 1024))
+
+
+def test_mask_methods_are_deterministic_and_batch_invariant(cnn, x32):
+    t = torch.tensor([0, 1, 2])
+    kw = dict(steps=4, samples=3, init="uniform", return_mask=True)
+    a = run_method("pixel_mask", cnn, x32, t, image_ids=IDS, **kw)
+    b = run_method("pixel_mask", cnn, x32, t, image_ids=IDS, **kw)
+    assert torch.equal(a.maps, b.maps)
+    one = run_method("pixel_mask", cnn, x32[1:2], t[1:2], image_ids=IDS[1:2], **kw)
+    torch.testing.assert_close(one.extras["mask"][0], a.extras["mask"][1], atol=1e-5, rtol=0)
+    other = run_method("pixel_mask", cnn, x32, t, image_ids=IDS + 100, **kw)
+    assert not torch.equal(other.extras["mask"], a.extras["mask"])   # ids seed the draws
+
+
+def test_startgrad_pixel_mask(cnn, x32):
+    t = torch.tensor([0, 1, 2])
+    m = {s: run_method("pixel_mask", cnn, x32, t, steps=0, init="startgrad",
+                       startgrad_score=s).extras["mask"] for s in ("prob", "nll", "logit")}
+    assert torch.equal(m["prob"], m["nll"])                  # rank-based: same mask
+    assert not torch.equal(m["prob"], m["logit"])
+    torch.testing.assert_close(m["prob"].mean((1, 2, 3)).double(),
+                               torch.full((3,), 0.5, dtype=torch.float64))
+    # it ranks by |∂p_c/∂x| max over colour (taken as p_c·|∂log p_c/∂x|: same ranks)
+    x = x32.clone().requires_grad_(True)
+    p = torch.log_softmax(cnn(x), 1).gather(1, t[:, None]).sum()
+    (g,) = torch.autograd.grad(p, x)
+    want = quantile_transform(g.abs().amax(1, keepdim=True), 2)
+    torch.testing.assert_close(m["prob"], want)
+
+
+def test_gradient_of_the_loss_is_nonzero_at_init(cnn, x32):
+    from xaipipe.explain.methods.pixel_mask import PixelMask
+    meth = PixelMask(cnn, samples=2)
+    state = meth.prepare(x32)
+    t = torch.tensor([0, 1, 2])
+    masks = [torch.ones(3, 1, 32, 32, requires_grad=True)]
+    with torch.no_grad():
+        y_ref = torch.ones(3)
+    meth._distortion_pass(state, masks, t, y_ref, IDS, 0)
+    assert masks[0].grad is not None and masks[0].grad.abs().sum() > 0
+
+
+def test_optimisation_raises_retained_probability_from_a_uniform_init(cnn, x32):
+    t = torch.tensor([0, 1, 2])
+    att = run_method("pixel_mask", cnn, x32, t, image_ids=IDS, steps=20, history_every=1,
+                     init="uniform", lambda_1=0.0, samples=4, lr=0.1)
+    rcp = att.extras["retained_probability"]
+    assert torch.all(rcp[:, -3:].mean(1) > rcp[:, 0]), rcp
+
+
+def test_explain_returns_the_explanation_image(cnn, x32):
+    maps = explain("pixel_mask", cnn, x32, 1, steps=2, samples=2)
+    assert maps.shape == x32.shape and maps.dtype == torch.float32
+    assert maps.min() >= 0 and maps.max() <= 1
