@@ -28,9 +28,9 @@ PROFILE_CFG = yaml.safe_load((PROFILE / "config.yaml").read_text())
 
 def timed(cwd, *args) -> float:
     """Wall time of the run; a cluster that never runs the jobs (a request no node can
-    take stays PENDING for ever) fails after 20 minutes instead of hanging."""
+    take stays PENDING for ever) fails after 40 minutes instead of hanging."""
     t0 = time.monotonic()
-    snakemake("--configfile", str(CONFIG), *args, EXP, cwd=cwd, timeout=1200)
+    snakemake("--configfile", str(CONFIG), *args, EXP, cwd=cwd, timeout=2400)
     return time.monotonic() - t0
 
 

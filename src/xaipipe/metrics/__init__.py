@@ -5,11 +5,15 @@ with ``@register_metric`` and a plain function, imported below (the import regis
 """
 from .base import (METRICS, NEEDS, Metric, MetricInputs, available_metrics, get_metric,
                    register_metric)
+from .convergence import convergence
+from .cp import cp_scores
 from .deletion import deletion
+from .hallucination import hallucination_score
 from .insertion import insertion
 from .pic import pic
 from .pointing_game import pointing_game
 from .stability import stability
 
-__all__ = ["METRICS", "NEEDS", "Metric", "MetricInputs", "available_metrics", "deletion",
-           "get_metric", "insertion", "pic", "pointing_game", "register_metric", "stability"]
+__all__ = ["METRICS", "NEEDS", "Metric", "MetricInputs", "available_metrics", "convergence",
+           "cp_scores", "deletion", "get_metric", "hallucination_score", "insertion", "pic",
+           "pointing_game", "register_metric", "stability"]

@@ -1,0 +1,281 @@
+"""Per-iteration curves of the mask methods and the StartGrad statistics (`metrics.md` §10).
+
+The mask methods record, with ``history_every``, per-image histories (N_img, T) such as the
+retained class probability or CP-ℓ1_t (§10.1; extras of ``xaipipe.explain.masks``). This module
+turns them into what the StartGrad paper reports:
+
+- :func:`iqm` / :func:`step_curve`: the per-step statistic over images (§10.2): the
+  interquartile mean (values with Q25 ≤ v ≤ Q75, linear-interpolation quantiles, inclusive
+  bounds, then their mean), the median, the mean, or the 1 %/99 % trimmed mean that the
+  reference calls "mean";
+- :func:`speedup`: the convergence speed-up of one initialisation over another with a paired
+  bootstrap over images (§10.3);
+- :func:`wilcoxon_per_step`: the one-sided Wilcoxon signed-rank test at every step (§10.4);
+- :func:`histories_from_long`: a long table (``step``, ``lineKey``, ``lineVal``, the layout of
+  the StartGrad CSVs) as an (N_img, T) array.
+
+Sources: `BuelentUendes/StartGrad:experiments/vision/convergence_calculations.py` (the per-step
+statistics, the bootstrap over image columns seeded by the replicate index, the reference
+step, the first step reaching it, the speed-up and its verification; §10.3 cites L242-303) and
+`experiments/vision/run_statistical_analysis.py` (Wilcoxon on the paired per-image
+differences, ``alternative='greater'``, ``correction=True``). No code is copied.
+
+Differences from the reference, on purpose: the reference's per-step statistic is itself the
+mean of 500 unseeded bootstrap means of the filtered values; that is about the plain statistic
+(§10.2), which is what :func:`step_curve` computes, so results are deterministic. The clean
+speed-up is the ratio of iteration counts (t_ref + 1)/(t* + 1); ``compat=True`` gives the
+reference's t_ref/t* (infinite when t* = 0, NaN when both are 0) and its bootstrap indices.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+STATS = ("iqm", "median", "mean", "trimmed_mean")
+TRIM = (0.01, 0.99)       # the reference's "mean": values between the 1 % and 99 % quantiles
+
+
+def nanquantiles(values, qs, axis=0) -> np.ndarray:
+    """Quantiles ``qs`` of ``values`` along ``axis`` ignoring NaN, with linear interpolation
+    (NumPy's default, pandas' ``quantile``): the result has a leading len(qs) axis and keeps
+    ``axis`` as a singleton. Vectorised (one sort), unlike ``np.nanquantile``; a slice without
+    values gives NaN."""
+    v = np.moveaxis(np.asarray(values, np.float64), axis, -1)
+    srt = np.sort(v, -1)                                       # NaN last
+    k = (~np.isnan(srt)).sum(-1, keepdims=True)
+    out = []
+    for q in qs:
+        pos = q * np.maximum(k - 1, 0)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, np.maximum(k - 1, 0))
+        a, b = np.take_along_axis(srt, lo, -1), np.take_along_axis(srt, hi, -1)
+        r = a + (b - a) * (pos - lo)
+        r = np.where(pos == lo, a, r)                          # exact at the sample points
+        out.append(np.moveaxis(np.where(k > 0, r, np.nan), -1, axis))
+    return np.stack(out)
+
+
+def quantile_mean(values, lower: float, upper: float, axis=0) -> np.ndarray:
+    """The mean of the values v with Q_lower ≤ v ≤ Q_upper along ``axis`` (quantiles with linear
+    interpolation, as pandas; bounds inclusive). NaN values are ignored; a slice without
+    finite values gives NaN."""
+    v = np.asarray(values, np.float64)
+    lo, hi = nanquantiles(v, (lower, upper), axis)
+    keep = (v >= lo) & (v <= hi)                              # NaN compares False
+    count = keep.sum(axis)
+    total = np.where(keep, v, 0.0).sum(axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def iqm(values, axis=0) -> np.ndarray:
+    """Interquartile mean along ``axis`` (`metrics.md` §10.2): the mean of the values with
+    Q25 ≤ v ≤ Q75 (linear-interpolation quantiles, inclusive). NaN-safe (NaN values are
+    dropped first). A 1-D input gives a 0-d array (use ``float()``)."""
+    return quantile_mean(values, 0.25, 0.75, axis)
+
+
+def trimmed_mean(values, axis=0, lower: float = TRIM[0], upper: float = TRIM[1]) -> np.ndarray:
+    """The mean of the values between the ``lower`` and ``upper`` quantiles (inclusive): the
+    statistic the StartGrad scripts call "mean" (1 %/99 % trimming, §10.2)."""
+    return quantile_mean(values, lower, upper, axis)
+
+
+def step_curve(histories, stat: str = "iqm") -> np.ndarray:
+    """(N_img, T) per-image histories -> (T,) the per-step statistic over images: ``iqm``,
+    ``median``, ``mean`` (plain) or ``trimmed_mean`` (1 %/99 %, the reference's "mean").
+    NaN values (an image without a value at a step) are ignored."""
+    h = np.asarray(histories, np.float64)
+    if h.ndim != 2:
+        raise ValueError(f"histories must be (N_img, T), got shape {h.shape}")
+    if stat == "iqm":
+        return iqm(h, 0)
+    if stat == "trimmed_mean":
+        return trimmed_mean(h, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if stat == "median":
+            return np.nanmedian(h, 0)
+        if stat == "mean":
+            return np.nanmean(h, 0)
+    raise ValueError(f"unknown statistic {stat!r}; allowed: {', '.join(STATS)}")
+
+
+def bootstrap_indices(n_images: int, b: int, *, seed: int = 0,
+                      compat: bool = False) -> np.ndarray:
+    """The image indices (n_images,) of bootstrap replicate ``b``, drawn with replacement and
+    shared by every initialisation (§10.3, paired bootstrap).
+
+    Clean: ``np.random.default_rng([seed, b])``. ``compat=True``: the reference's draw,
+    ``np.random.seed(b)`` then ``np.random.randint(0, n, n)`` (through a private
+    ``RandomState(b)``, so the global NumPy state is not touched; ``seed`` is unused)."""
+    if n_images < 1:
+        raise ValueError("the bootstrap needs at least one image")
+    if compat:
+        return np.random.RandomState(int(b)).randint(0, n_images, size=n_images)
+    return np.random.default_rng([int(seed), int(b)]).integers(0, n_images, size=n_images)
+
+
+def paired_resample(curves: dict, b: int, *, seed: int = 0,
+                    compat: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(indices, {init: histories[indices]}): replicate ``b`` of the paired bootstrap, the same
+    rows (images) for every initialisation."""
+    arrays = _check_curves(curves)
+    n = next(iter(arrays.values())).shape[0]
+    idx = bootstrap_indices(n, b, seed=seed, compat=compat)
+    return idx, {k: v[idx] for k, v in arrays.items()}
+
+
+def reference_point(curve, reference_step: float = 1.0,
+                    use_reference_step_max: bool = False) -> tuple[int, float]:
+    """(t_ref, v_ref) of a reference curve (T,): t_ref = max(0, int(ρ·T) − 1) with ρ =
+    ``reference_step`` (ρ = 1: the last step), or the first arg-max of the curve with
+    ``use_reference_step_max``; v_ref = curve[t_ref] (§10.3 step 3)."""
+    c = np.asarray(curve, np.float64)
+    if use_reference_step_max:
+        if not np.isfinite(c).any():
+            return 0, float(c[0])
+        t = int(np.nanargmax(np.where(np.isnan(c), -np.inf, c)))
+    else:
+        if not 0 < reference_step <= 1:
+            raise ValueError(f"reference_step must be in (0, 1], got {reference_step!r}")
+        t = max(0, int(reference_step * len(c)) - 1)
+    return t, float(c[t])
+
+
+def first_reaching(curve, value: float) -> int:
+    """The first step at which ``curve`` ≥ ``value``, or T − 1 if it never does (§10.3,
+    step 4)."""
+    c = np.asarray(curve, np.float64)
+    hit = np.flatnonzero(c >= value)
+    return int(hit[0]) if hit.size else len(c) - 1
+
+
+def speedup_ratio(t_ref: int, t_star: int, compat: bool = False) -> float:
+    """Clean: (t_ref + 1)/(t* + 1), a ratio of iteration counts. ``compat``: t_ref/t*, inf when
+    t* = 0 < t_ref and NaN when both are 0 (the reference's division)."""
+    if not compat:
+        return (t_ref + 1) / (t_star + 1)
+    if t_star == 0:
+        return np.inf if t_ref > 0 else np.nan
+    return t_ref / t_star
+
+
+def _check_curves(curves: dict) -> dict[str, np.ndarray]:
+    arrays = {k: np.asarray(v, np.float64) for k, v in curves.items()}
+    if not arrays:
+        raise ValueError("no curves given")
+    shapes = {k: v.shape for k, v in arrays.items()}
+    if any(len(s) != 2 for s in shapes.values()) or len(set(shapes.values())) != 1:
+        raise ValueError(f"the curves of every initialisation must be (N_img, T) arrays of the "
+                         f"same images and steps (a paired comparison), got {shapes}")
+    return arrays
+
+
+def speedup(curves: dict, *, reference: str = "ones", candidate: str = "startgrad",
+            reference_step: float = 1.0, use_reference_step_max: bool = False,
+            n_boot: int = 250, stat: str = "iqm", compat: bool = False, seed: int = 0) -> dict:
+    """Convergence speed-up of ``candidate`` over ``reference`` (`metrics.md` §10.3).
+
+    ``curves``: init name -> (N_img, T) per-image histories of the same images in the same
+    order (e.g. CP-ℓ1_t for ``ones``, ``uniform`` and ``startgrad``). For each replicate
+    b = 0..n_boot−1 the images are resampled with the same indices for every init
+    (:func:`bootstrap_indices`), the per-step curve (``stat``, :func:`step_curve`) of each is
+    taken, (t_ref, v_ref) is read off the reference curve (:func:`reference_point`), t* is the
+    first step at which the candidate curve is ≥ v_ref (T − 1 if never), the speed-up is
+    (t_ref + 1)/(t* + 1) (``compat``: t_ref/t*), and ``verified`` says whether the candidate
+    is > v_ref at every step ≥ t*. ``n_boot=0`` computes one replicate on all the images, not
+    resampled. With ``compat``, ``stat="mean"`` is the reference's trimmed mean.
+
+    Returns per-replicate arrays ``t_ref``, ``v_ref``, ``t_star``, ``speedup``, ``verified``
+    (n_boot,) and the summary ``speedup_mean``, ``speedup_std``, ``t_star_mean``,
+    ``t_star_std`` (population std, as the reference), ``verified_fraction``, ``n_boot``,
+    ``n_images``, ``steps``."""
+    arrays = _check_curves(curves)
+    for name in (reference, candidate):
+        if name not in arrays:
+            raise ValueError(f"no curves for init {name!r}; given: {', '.join(arrays)}")
+    if compat and stat == "mean":
+        stat = "trimmed_mean"
+    if stat not in STATS:
+        raise ValueError(f"unknown statistic {stat!r}; allowed: {', '.join(STATS)}")
+    n_img, steps = arrays[reference].shape
+    pair = {reference: arrays[reference], candidate: arrays[candidate]}
+    reps = range(n_boot) if n_boot > 0 else [None]
+    cols = {k: [] for k in ("t_ref", "v_ref", "t_star", "speedup", "verified")}
+    for b in reps:
+        sample = pair if b is None else paired_resample(pair, b, seed=seed, compat=compat)[1]
+        ref_curve = step_curve(sample[reference], stat)
+        cand_curve = step_curve(sample[candidate], stat)
+        t_ref, v_ref = reference_point(ref_curve, reference_step, use_reference_step_max)
+        t_star = first_reaching(cand_curve, v_ref)
+        cols["t_ref"].append(t_ref)
+        cols["v_ref"].append(v_ref)
+        cols["t_star"].append(t_star)
+        cols["speedup"].append(speedup_ratio(t_ref, t_star, compat))
+        cols["verified"].append(bool((cand_curve[t_star:] > v_ref).all()))
+    out = {"t_ref": np.asarray(cols["t_ref"], np.int64),
+           "v_ref": np.asarray(cols["v_ref"], np.float64),
+           "t_star": np.asarray(cols["t_star"], np.int64),
+           "speedup": np.asarray(cols["speedup"], np.float64),
+           "verified": np.asarray(cols["verified"], bool)}
+    with np.errstate(invalid="ignore"):
+        out.update(speedup_mean=float(np.mean(out["speedup"])),
+                   speedup_std=float(np.std(out["speedup"])),
+                   t_star_mean=float(np.mean(out["t_star"])),
+                   t_star_std=float(np.std(out["t_star"])),
+                   verified_fraction=float(np.mean(out["verified"])),
+                   n_boot=int(n_boot), n_images=int(n_img), steps=int(steps),
+                   reference=reference, candidate=candidate, stat=stat, compat=bool(compat))
+    return out
+
+
+def wilcoxon_per_step(candidate, baseline, alternative: str = "greater", *,
+                      correction: bool = True, zero_method: str = "wilcox") -> np.ndarray:
+    """(T,) p-values of the Wilcoxon signed-rank test at every step on the paired per-image
+    differences candidate − baseline (both (N_img, T), same images in the same order), with
+    H1 "candidate − baseline > 0" by default (`metrics.md` §10.4;
+    ``run_statistical_analysis.py`` uses ``alternative='greater'``, ``correction=True``).
+
+    Pairs with a NaN are dropped per step. A step where every remaining difference is 0 has
+    no evidence against H0: its p-value is 1.0 (scipy would fail or warn there); a step with
+    no pair left is NaN."""
+    from scipy import stats
+
+    c, b = np.asarray(candidate, np.float64), np.asarray(baseline, np.float64)
+    if c.shape != b.shape or c.ndim != 2:
+        raise ValueError(f"candidate and baseline must be (N_img, T) of the same shape, got "
+                         f"{c.shape} and {b.shape}")
+    p = np.full(c.shape[1], np.nan)
+    for t in range(c.shape[1]):
+        d = c[:, t] - b[:, t]
+        d = d[np.isfinite(d)]
+        if d.size == 0:
+            continue
+        if not np.any(d != 0):
+            p[t] = 1.0
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)      # exact -> normal approximation
+            p[t] = stats.wilcoxon(d, alternative=alternative, correction=correction,
+                                  zero_method=zero_method).pvalue
+    return p
+
+
+def histories_from_long(df: pd.DataFrame, *, step: str = "step", image: str = "lineKey",
+                        value: str = "lineVal", images=None) -> tuple[np.ndarray, np.ndarray]:
+    """A long table (one row per image and step, the StartGrad CSV layout ``step``,
+    ``lineKey``, ``lineVal``) as ((N_img, T) float64 histories, (N_img,) image keys). Rows are
+    the sorted keys, or ``images`` in that order (use the same list for every init to pair
+    them); columns the sorted steps. A missing (image, step) is NaN; a duplicate raises."""
+    if df.duplicated([image, step]).any():
+        raise ValueError(f"the table has several {value!r} for one ({image!r}, {step!r})")
+    wide = df.pivot(index=image, columns=step, values=value).sort_index(axis=1)
+    if images is not None:
+        missing = pd.Index(images).difference(wide.index)
+        if len(missing):
+            raise ValueError(f"images {list(missing)[:5]} are not in the table")
+        wide = wide.reindex(list(images))
+    return wide.to_numpy(np.float64), wide.index.to_numpy()

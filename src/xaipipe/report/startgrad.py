@@ -1,0 +1,147 @@
+"""StartGrad tables (`metrics.md` §10.3-10.4), registered by name; the convergence figure is
+in :mod:`xaipipe.report.masks`. Both read the per-image histories of the ``convergence``
+metric, paired by image id across the inits of one host method (the images every init has).
+
+``startgrad_speedup``: one row per (model, variant, method, quantity, reference init):
+the reference curve's value at its last step (v_ref, the per-step IQM), the first step t* at
+which StartGrad's IQM curve reaches it, and the speed-up (t_ref + 1)/(t* + 1) (clean form),
+each as mean ± std over 250 paired bootstrap replicates (:func:`xaipipe.metrics.curves.speedup`),
+with the fraction of replicates where StartGrad stays above v_ref from t* on (``verified``).
+Steps are optimisation steps (recorded index × ``history_every``).
+
+``startgrad_wilcoxon``: one row per (model, variant, method, quantity, baseline init): the
+one-sided Wilcoxon signed-rank p-value (H1: StartGrad − baseline > 0, per image) at steps 0,
+1, 10, 50, 100 and the last recorded step (those recorded), and the fraction of recorded
+steps with p < 0.05.
+
+Formats: csv (the rows), md, tex, html; every file written atomically once all are rendered.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..metrics.curves import speedup, wilcoxon_per_step
+from ..utils import atomic_path
+from .inputs import read_per_image
+from .masks import history_curves
+from .tables import TABLES
+
+QUANTITIES = ("cp_l1", "cp_pixel", "retained_probability")
+REFERENCES = ("ones", "uniform")
+P_STEPS = (0, 1, 10, 50, 100)
+N_BOOT = 250
+
+
+def paired(curves: dict) -> dict:
+    """{(model, variant, method): {init: entry}} with every init restricted to the image ids
+    all inits of that method have, in the same order."""
+    groups: dict = {}
+    for (model, variant, host, init), e in curves.items():
+        groups.setdefault((model, variant, host), {})[init] = e
+    out = {}
+    for key, inits in groups.items():
+        common = None
+        for e in inits.values():
+            ids = set(e["image_id"].tolist())
+            common = ids if common is None else common & ids
+        ids = np.array(sorted(common))
+        sub = {}
+        for init, e in inits.items():
+            pos = pd.Index(e["image_id"]).get_indexer(ids)
+            sub[init] = {k: (v[pos] if isinstance(v, np.ndarray) and v.ndim == 2 else v)
+                         for k, v in e.items()}
+            sub[init]["image_id"] = ids
+        out[key] = sub
+    return out
+
+
+def speedup_frame(per_image: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
+    rows = []
+    for (model, variant, host), inits in paired(history_curves(per_image)).items():
+        if "startgrad" not in inits:
+            continue
+        every = inits["startgrad"]["every"]
+        for q in QUANTITIES:
+            for ref in REFERENCES:
+                if ref not in inits or q not in inits[ref]:
+                    continue
+                cur = {ref: inits[ref][q], "startgrad": inits["startgrad"][q]}
+                if cur[ref].shape[0] == 0:
+                    continue
+                s = speedup(cur, reference=ref, candidate="startgrad", n_boot=n_boot)
+                rows.append({"model": model, "variant": variant, "method": host,
+                             "quantity": q, "reference": ref, "n_images": s["n_images"],
+                             "steps": s["steps"] * every,
+                             "v_ref": float(np.mean(s["v_ref"])),
+                             "t_ref": int(np.max(s["t_ref"])) * every,
+                             "t_star_mean": s["t_star_mean"] * every,
+                             "t_star_std": s["t_star_std"] * every,
+                             "speedup_mean": s["speedup_mean"], "speedup_std": s["speedup_std"],
+                             "verified": s["verified_fraction"], "n_boot": n_boot})
+    return pd.DataFrame(rows)
+
+
+def wilcoxon_frame(per_image: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for (model, variant, host), inits in paired(history_curves(per_image)).items():
+        if "startgrad" not in inits:
+            continue
+        every = inits["startgrad"]["every"]
+        for q in ("cp_l1", "cp_pixel"):
+            for base in REFERENCES:
+                if base not in inits or q not in inits[base]:
+                    continue
+                p = wilcoxon_per_step(inits["startgrad"][q], inits[base][q])
+                t = len(p)
+                row = {"model": model, "variant": variant, "method": host, "quantity": q,
+                       "baseline": base, "n_images": len(inits[base]["image_id"])}
+                for step in (*P_STEPS, (t - 1) * every):
+                    if step % every == 0 and step // every < t:
+                        row[f"p_step_{step}"] = float(p[step // every])
+                row["frac_p_below_0.05"] = float(np.mean(p < 0.05)) if t else np.nan
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (float, np.floating)):
+        return "–" if not np.isfinite(v) else f"{v:.3g}"
+    return str(v)
+
+
+def write_frame(df: pd.DataFrame, out: dict[str, str], caption: str) -> None:
+    """csv, md, tex and html of one flat table; all rendered first, then each written
+    atomically."""
+    shown = df.map(_fmt) if len(df) else df
+    texts = {
+        "csv": df.to_csv(index=False),
+        "md": f"{caption}\n\n" + (shown.to_markdown(index=False) if len(df) else "(no rows)")
+        + "\n",
+        "tex": "% " + caption + "\n" + (shown.to_latex(index=False) if len(df) else "") + "\n",
+        "html": f"<p>{caption}</p>\n" + (shown.to_html(index=False) if len(df) else "") + "\n",
+    }
+    for ext, path in out.items():
+        if ext not in texts:
+            raise ValueError(f"{path}: a table is written as csv, md, tex or html")
+    for ext, path in out.items():
+        with atomic_path(path) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(texts[ext])
+
+
+@TABLES.register(name="startgrad_speedup")
+def startgrad_speedup(summary: pd.DataFrame, out: dict[str, str], per_image=None) -> None:
+    """StartGrad's speed-up over the ones / uniform inits (module docstring)."""
+    write_frame(speedup_frame(read_per_image(per_image)), out,
+                "StartGrad speed-up: first step t* at which StartGrad's per-step IQM reaches "
+                "the reference init's final IQM; speed-up (t_ref + 1)/(t* + 1); mean ± std "
+                f"over {N_BOOT} paired bootstrap replicates of the images.")
+
+
+@TABLES.register(name="startgrad_wilcoxon")
+def startgrad_wilcoxon(summary: pd.DataFrame, out: dict[str, str], per_image=None) -> None:
+    """One-sided Wilcoxon p-values of StartGrad against each baseline init per step."""
+    write_frame(wilcoxon_frame(read_per_image(per_image)), out,
+                "One-sided Wilcoxon signed-rank tests, H1: StartGrad − baseline > 0 per image, "
+                "at selected steps; frac_p_below_0.05 over all recorded steps.")

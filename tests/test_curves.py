@@ -1,0 +1,193 @@
+"""Per-step curves, IQM, the StartGrad speed-up statistic and Wilcoxon (`metrics.md` §10)."""
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from xaipipe.metrics.curves import (bootstrap_indices, first_reaching, histories_from_long,
+                                    iqm, nanquantiles, paired_resample, reference_point,
+                                    speedup, step_curve, trimmed_mean, wilcoxon_per_step)
+
+
+def rising(n_img=30, steps=40, seed=0, scale=1.0):
+    """Noisy per-image curves that rise towards ``scale`` (N_img, T)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(steps)
+    rate = rng.uniform(0.05, 0.3, size=(n_img, 1))
+    return scale * (1 - np.exp(-rate * t)) + rng.normal(0, 0.02, size=(n_img, steps))
+
+
+def test_iqm_constant_and_one_to_hundred():
+    assert float(iqm(np.full(17, 3.25))) == 3.25
+    v = np.arange(1, 101, dtype=float)
+    s = pd.Series(v)
+    manual = s[(s >= s.quantile(0.25)) & (s <= s.quantile(0.75))].mean()
+    assert s.quantile(0.25) == 25.75 and s.quantile(0.75) == 75.25
+    assert float(iqm(v)) == manual == pytest.approx(50.5)
+    # skewed data: the IQM ignores the tail the mean follows
+    w = np.r_[np.arange(1, 21, dtype=float), 1e6]
+    sw = pd.Series(w)
+    assert float(iqm(w)) == pytest.approx(sw[(sw >= sw.quantile(.25)) & (sw <= sw.quantile(.75))]
+                                          .mean())
+    assert float(iqm(w)) < 20 < w.mean()
+    # along an axis, NaN-safe, with inclusive bounds on ties
+    m = np.stack([v, v[::-1] * 2, np.r_[v[:50], [np.nan] * 50]], 1)        # (100, 3)
+    got = iqm(m, axis=0)
+    assert got.tolist() == pytest.approx([50.5, 101.0, float(iqm(v[:50]))])
+    assert float(iqm([1.0, 2.0, 2.0, 2.0, 9.0])) == 2.0
+    assert np.isnan(iqm(np.full(4, np.nan)))
+    t = np.r_[0.0, np.arange(1, 99, dtype=float), 1000.0]
+    st = pd.Series(t)
+    assert float(trimmed_mean(t)) == pytest.approx(st[(st >= st.quantile(.01)) &
+                                                      (st <= st.quantile(.99))].mean())
+
+
+def test_nanquantiles_match_numpy():
+    rng = np.random.default_rng(2)
+    v = np.round(rng.normal(size=(60, 4, 3)), 1)              # ties
+    v[rng.random(v.shape) < 0.2] = np.nan
+    v[:, 0, 0] = np.nan                                        # an empty slice
+    qs = (0.01, 0.25, 0.5, 0.75, 0.99)
+    for axis in range(3):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)    # the all-NaN slice
+            want = np.nanquantile(v, qs, axis=axis, keepdims=True)
+        np.testing.assert_allclose(nanquantiles(v, qs, axis), want, rtol=1e-12, atol=1e-14)
+
+
+def test_step_curve_statistics():
+    h = rising()
+    assert np.allclose(step_curve(h, "median"), np.median(h, 0))
+    assert np.allclose(step_curve(h, "mean"), h.mean(0))
+    assert np.allclose(step_curve(h, "iqm"), [float(iqm(h[:, j])) for j in range(h.shape[1])])
+    assert np.allclose(step_curve(h, "trimmed_mean"), trimmed_mean(h, 0))
+    with pytest.raises(ValueError, match="unknown statistic"):
+        step_curve(h, "mode")
+    with pytest.raises(ValueError, match="N_img, T"):
+        step_curve(h[0])
+
+
+def test_equal_curves_reach_the_reference_no_later_than_t_ref():
+    h = rising()
+    for kw in ({}, {"reference_step": 0.5}, {"use_reference_step_max": True},
+               {"stat": "median"}):
+        out = speedup({"ones": h, "startgrad": h.copy()}, n_boot=20, **kw)
+        assert (out["t_star"] <= out["t_ref"]).all(), kw
+        assert (out["speedup"] >= 1).all() and out["speedup_mean"] >= 1, kw
+    out = speedup({"ones": h, "startgrad": h.copy()}, n_boot=20)
+    assert (out["t_ref"] == h.shape[1] - 1).all()            # ρ = 1: the last step
+
+
+def test_a_curve_that_never_reaches_v_ref_gives_the_last_step():
+    h = rising()
+    out = speedup({"uniform": h, "startgrad": h - 5.0}, reference="uniform", n_boot=10)
+    assert (out["t_star"] == h.shape[1] - 1).all() and not out["verified"].any()
+    assert out["speedup"] == pytest.approx(np.ones(10))       # (T-1+1)/(T-1+1)
+    assert first_reaching([0.1, 0.2, 0.3], 0.5) == 2
+    assert first_reaching([0.1, 0.6, 0.3], 0.5) == 1
+
+
+def test_paired_bootstrap_uses_the_same_images_for_every_init():
+    n, steps = 25, 6
+    ids = np.arange(n, dtype=float)[:, None]
+    curves = {"ones": ids + np.zeros(steps), "uniform": 1000 + ids + np.zeros(steps),
+              "startgrad": -ids + np.zeros(steps)}
+    for compat in (False, True):
+        for b in (0, 1, 7):
+            idx, res = paired_resample(curves, b, seed=3, compat=compat)
+            assert np.array_equal(res["ones"][:, 0], idx)
+            assert np.array_equal(res["uniform"][:, 0] - 1000, idx)
+            assert np.array_equal(-res["startgrad"][:, 0], idx)
+            assert np.array_equal(idx, bootstrap_indices(n, b, seed=3, compat=compat))
+    assert not np.array_equal(bootstrap_indices(n, 0), bootstrap_indices(n, 1))
+    assert not np.array_equal(bootstrap_indices(n, 0, seed=0), bootstrap_indices(n, 0, seed=1))
+    # compat: the reference's draw (np.random.seed(b); randint), global state untouched
+    state = np.random.get_state()
+    np.random.seed(4)
+    want = np.random.randint(0, n, size=n)
+    np.random.set_state(state)
+    assert np.array_equal(bootstrap_indices(n, 4, compat=True), want)
+    assert np.array_equal(np.random.get_state()[1], state[1])
+    # speedup itself pairs: recomputing every replicate with one index set per b agrees
+    ref, cand = rising(seed=1), rising(seed=2, scale=1.1)
+    out = speedup({"ones": ref, "uniform": rising(seed=3), "startgrad": cand}, n_boot=15,
+                  seed=9)
+    for b in range(15):
+        idx = bootstrap_indices(ref.shape[0], b, seed=9)
+        t_ref, v_ref = reference_point(step_curve(ref[idx]))
+        assert out["t_star"][b] == first_reaching(step_curve(cand[idx]), v_ref)
+        assert out["v_ref"][b] == v_ref and out["t_ref"][b] == t_ref
+    with pytest.raises(ValueError, match="same images"):
+        speedup({"ones": ref, "startgrad": cand[:-1]})
+
+
+def test_constructed_case_gives_the_exact_speedup():
+    steps, n = 100, 12
+    t = np.arange(steps)
+    ref = np.tile(t / (steps - 1), (n, 1))                     # reaches 1.0 at step 99
+    cand = np.tile((t + 0.5) / 24, (n, 1))                     # first ≥ 1.0 at step 24
+    curves = {"ones": ref, "startgrad": cand}
+    out = speedup(curves, n_boot=5)
+    assert out["t_ref"].tolist() == [99] * 5 and out["t_star"].tolist() == [24] * 5
+    assert out["speedup"] == pytest.approx([100 / 25] * 5) and out["verified"].all()
+    assert out["speedup_std"] == 0 and out["t_star_mean"] == 24
+    comp = speedup(curves, n_boot=5, compat=True)
+    assert comp["speedup_mean"] == pytest.approx(99 / 24)
+    half = speedup(curves, n_boot=0, reference_step=0.5)       # t_ref 49, v_ref 49/99
+    assert half["t_ref"].tolist() == [49] and half["t_star"].tolist() == [12]
+    assert half["speedup"][0] == pytest.approx(50 / 13)
+    # the reference's maximum (a peak at step 30), and compat's t* = 0
+    peak = np.tile(np.exp(-((t - 30) / 10.0) ** 2), (n, 1))
+    top = speedup({"ones": peak, "startgrad": cand}, n_boot=0, use_reference_step_max=True)
+    assert top["t_ref"][0] == 30 and top["t_star"][0] == 24
+    early = speedup({"ones": ref, "startgrad": ref + 2}, n_boot=0, compat=True)
+    assert early["t_star"][0] == 0 and np.isinf(early["speedup"][0])
+    assert speedup({"ones": ref, "startgrad": ref + 2}, n_boot=0)["speedup"][0] == 100
+    # no bootstrap on asymmetric images: t* follows the per-step IQM, not the mean
+    rng = np.random.default_rng(0)
+    noisy = cand + rng.normal(0, 0.01, (n, 1))
+    noisy[0] += 50                                             # one outlier image
+    no_boot = speedup({"ones": ref, "startgrad": noisy}, n_boot=0)
+    assert no_boot["t_star"][0] == first_reaching(step_curve(noisy), 1.0) > 20
+
+
+def test_wilcoxon_per_step():
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(40, 5))
+    up = base + 0.5 + rng.normal(0, 0.3, size=(40, 5))
+    down = base - 0.5 + rng.normal(0, 0.3, size=(40, 5))
+    p_up, p_down = wilcoxon_per_step(up, base), wilcoxon_per_step(down, base)
+    assert p_up.shape == (5,) and (p_up < 1e-4).all() and (p_down > 0.99).all()
+    assert p_up[2] == pytest.approx(stats.wilcoxon(up[:, 2] - base[:, 2], alternative="greater",
+                                                   correction=True).pvalue, rel=1e-12)
+    assert (wilcoxon_per_step(down, base, alternative="less") < 1e-4).all()
+    # all differences zero: p = 1; pairs with NaN are dropped; no pair left: NaN
+    same = base.copy()
+    same[:, 1] += 1.0
+    p = wilcoxon_per_step(same, base)
+    assert p[0] == 1.0 and p[1] < 1e-4
+    holes = up.copy()
+    holes[:5, 3] = np.nan
+    holes[:, 4] = np.nan
+    ph = wilcoxon_per_step(holes, base)
+    assert ph[3] == pytest.approx(stats.wilcoxon(up[5:, 3] - base[5:, 3],
+                                                 alternative="greater").pvalue)
+    assert np.isnan(ph[4])
+
+
+def test_histories_from_long_round_trip():
+    h = rising(n_img=4, steps=3)
+    keys = np.array(["img_b", "img_a", "img_d", "img_c"])
+    df = pd.DataFrame({"step": np.repeat(np.arange(3), 4), "lineKey": np.tile(keys, 3),
+                       "lineVal": h.T.ravel()}).sample(frac=1, random_state=0)
+    arr, got_keys = histories_from_long(df)
+    order = np.argsort(keys)
+    assert got_keys.tolist() == sorted(keys) and np.array_equal(arr, h[order])
+    arr2, keys2 = histories_from_long(df, images=list(keys))
+    assert keys2.tolist() == list(keys) and np.array_equal(arr2, h)
+    with pytest.raises(ValueError, match="not in the table"):
+        histories_from_long(df, images=["img_x"])
+    with pytest.raises(ValueError, match="several"):
+        histories_from_long(pd.concat([df, df.iloc[:1]]))
