@@ -24,6 +24,12 @@ LIGHT = {
     "cartoonx": {"steps": 2, "samples": 2, "levels": 2},
     "pixel_mask": {"steps": 2, "samples": 2, "history_every": 1},
 }
+#: Optimisation methods: a gradient summed over another chunk composition differs in its last
+#: bits (the backend's convolution kernels depend on the batch), and Adam's normalised steps
+#: (m/√v) carry such differences into the mask at lr scale; batches and memory budgets agree
+#: to this tolerance instead of 1e-6 (measured: 1e-5 after 2 steps).
+ITERATIVE_ATOL = {"shearletx": 1e-4, "waveletx": 1e-4, "cartoonx": 1e-4, "pixel_mask": 1e-4,
+                  "smooth_mask": 1e-4}
 #: image size per method where 32x32 cannot work
 SIZE = {"shearletx": 64}
 #: small values for count-like parameters of methods not in LIGHT (clamped to their minimum)
@@ -76,18 +82,19 @@ def attribute(name, model, images, target, ids=None, **kw):
     return run_method(name, model, images, target, image_ids=ids, **light_params(name), **kw)
 
 
-def assert_same(a, b, what):
+def assert_same(a, b, what, atol=1e-6):
     assert a.shape == b.shape, f"{what}: shape {tuple(a.shape)} != {tuple(b.shape)}"
-    assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), \
+    assert torch.allclose(a, b, rtol=1e-5, atol=atol), \
         f"{what}: max difference {(a - b).abs().max().item():.3g}"
 
 
 def assert_same_attribution(a, b, what):
-    assert_same(a.maps, b.maps, f"{what}: maps")
+    atol = ITERATIVE_ATOL.get(what.split(":")[0], 1e-6)
+    assert_same(a.maps, b.maps, f"{what}: maps", atol)
     assert a.extras.keys() == b.extras.keys(), f"{what}: extras {sorted(a.extras)} != " \
                                                 f"{sorted(b.extras)}"
     for key in a.extras:
-        assert_same(a.extras[key], b.extras[key], f"{what}: extras[{key!r}]")
+        assert_same(a.extras[key], b.extras[key], f"{what}: extras[{key!r}]", atol)
 
 
 def cat(parts):
@@ -147,7 +154,8 @@ def test_method_without_ids_is_batch_invariant(name, model, batch):
     whole = attribute(name, model, images, target).maps
     halves = torch.cat([attribute(name, model, images[:2], target[:2]).maps,
                         attribute(name, model, images[2:], target[2:]).maps])
-    assert_same(whole, halves, f"{name}: no ids, [0:2] + [2:4] vs [0:4]")
+    assert_same(whole, halves, f"{name}: no ids, [0:2] + [2:4] vs [0:4]",
+                ITERATIVE_ATOL.get(name, 1e-6))
 
 
 @pytest.mark.parametrize("training", [False, True])
