@@ -64,7 +64,7 @@ def dilate3x3(edges) -> torch.Tensor:
     padded = F.pad(b.to(torch.uint8), (1, 1, 1, 1))
     out = torch.zeros_like(b)
     for dy in range(3):
-        for dx in range(2):
+        for dx in range(3):
             out |= padded[..., dy:dy + h, dx:dx + w].bool()
     return out
 
