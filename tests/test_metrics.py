@@ -406,7 +406,9 @@ def test_pointing_game_class_mean_aggregation():
 
 
 # -- every registered metric keeps the contract ------------------------------------------------
-CASES = [(name, {}) for name in available_metrics()] + [
+# the Hallucination Score at the inputs' own size (its default resizes to 256 x 256)
+LIGHT = {"hallucination_score": {"size": None}}
+CASES = [(name, LIGHT.get(name, {})) for name in available_metrics()] + [
     ("insertion", {"fill": "blur", "steps": 5}), ("deletion", {"fill": "blur", "steps": 5}),
     ("insertion", {"reduction": "sum", "compat": "tmlr"}), ("pic", {"variant": "tmlr"})]
 
@@ -422,7 +424,11 @@ def contract_inputs(needs, model, n=4):
         "other_maps": torch.randn(n, 3, 8, 8, generator=g),
         "masks": masks,
         "boxes": [np.array([[1.0, 1.0, 5.0, 6.0]])] * n,
-        "extras": {"completeness_gap": np.linspace(0, 1, n)},
+        # a gap (N,) and a mask method's histories (N, T) (the convergence metric)
+        "extras": {"completeness_gap": np.linspace(0, 1, n),
+                   **{k: np.linspace(0.5, 1.5, n * 5).reshape(n, 5) for k in (
+                       "retained_probability", "retained_l1", "retained_entropy",
+                       "retained_pixel", "cp_l1", "cp_pixel")}},
     }
     return MetricInputs(ids=np.arange(100, 100 + n), target=torch.tensor([0, 1, 2, 0][:n]),
                         maps=torch.randn(n, 3, 8, 8, generator=g), batch_size=3,
