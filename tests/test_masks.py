@@ -165,3 +165,18 @@ def test_explain_returns_the_explanation_image(cnn, x32):
     maps = explain("pixel_mask", cnn, x32, 1, steps=2, samples=2)
     assert maps.shape == x32.shape and maps.dtype == torch.float32
     assert maps.min() >= 0 and maps.max() <= 1
+
+
+def test_recording_and_run_length_do_not_change_the_draws(cnn, x32):
+    """A 3-step run is the first 3 steps of a 5-step run, with or without histories."""
+    t = torch.tensor([0, 1, 2])
+    kw = dict(samples=2, init="uniform", return_mask=True)
+    short = run_method("pixel_mask", cnn, x32, t, image_ids=IDS, steps=3, **kw)
+    logged = run_method("pixel_mask", cnn, x32, t, image_ids=IDS, steps=3, history_every=1, **kw)
+    assert torch.equal(short.extras["mask"], logged.extras["mask"])
+    init = run_method("pixel_mask", cnn, x32, t, image_ids=IDS, steps=0, init="uniform")
+    h = run_method("pixel_mask", cnn, x32, t, image_ids=IDS, steps=5, history_every=1,
+                   samples=2, init="uniform")
+    # entry 0 of the longer run's history is the same initial mask's retained ℓ1
+    torch.testing.assert_close(h.extras["retained_l1"][:, 0],
+                               init.extras["final_retained_l1"])

@@ -202,6 +202,7 @@ def test_mask_in_unit_interval_deterministic_and_extras(model, batch):
     # final extras by hand
     l1 = out.maps.abs().flatten(1).sum(1) / x.abs().flatten(1).sum(1)
     assert torch.allclose(out.extras["final_retained_l1"], l1, rtol=1e-6)
+    assert torch.equal(out.extras["final_retained_pixel"], out.extras["final_retained_l1"])
 
     def h(v):
         q = v.double().flatten(1).numpy() ** 2
@@ -215,6 +216,11 @@ def test_mask_in_unit_interval_deterministic_and_extras(model, batch):
     sx = run_method("smooth_mask", model, x, t, image_ids=ids, compat="shearletx", **kw)
     assert torch.equal(sx.extras["mask"], m)
     assert torch.allclose(sx.maps, m * x * x)
+    assert torch.equal(sx.extras["final_retained_l1"], out.extras["final_retained_l1"])
+    pix = (m * x * x).flatten(1).sum(1) / x.flatten(1).sum(1)
+    assert torch.allclose(sx.extras["final_retained_pixel"], pix, rtol=1e-6)
+    np.testing.assert_allclose(sx.extras["final_retained_entropy"].numpy(),
+                               h(m * x * x) / h(x), rtol=1e-6)
 
 
 def test_steps_zero_returns_the_initial_mask(model, batch):
@@ -262,7 +268,8 @@ def test_history_shapes_and_first_entry(model, batch):
         out = run_method("smooth_mask", model, x, t, image_ids=ids, steps=steps,
                          history_every=every)
         n_t = math.ceil(steps / every)
-        for k in ("retained_probability", "retained_l1", "retained_pixel", "cp_l1", "cp_pixel"):
+        for k in ("retained_probability", "retained_l1", "retained_entropy", "retained_pixel",
+                  "cp_l1", "cp_pixel"):
             assert out.extras[k].shape == (3, n_t), k
         assert out.extras["loss_terms"].shape == (3, n_t, len(LOSS_TERMS))
     assert LOSS_TERMS == ("reward", "area_penalty")
@@ -279,6 +286,8 @@ def test_history_shapes_and_first_entry(model, batch):
     assert torch.allclose(e["retained_l1"][:, 0], l1, rtol=1e-6)
     assert torch.equal(e["retained_pixel"], e["retained_l1"])
     assert torch.allclose(e["cp_l1"], e["retained_probability"] / e["retained_l1"])
+    assert torch.allclose(e["cp_pixel"], e["retained_probability"] / e["retained_pixel"])
+    assert torch.allclose(e["retained_entropy"][:, 0], (entropy(m0 * x) / entropy(x)).float())
     rew = torch.tensor([logits[i, t[i]] - max(logits[i, c] for c in range(4) if c != t[i])
                         for i in range(3)])
     assert torch.allclose(e["loss_terms"][:, 0, 0], rew, atol=1e-5)

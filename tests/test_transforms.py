@@ -15,8 +15,8 @@ import torch
 pyshearlab_mind = pytest.importorskip("pyshearlab_mind")
 
 from xaipipe.transforms import ShearletTransform, Transform, WaveletTransform  # noqa: E402
-from xaipipe.transforms import shearlet as shearlet_mod  # noqa: E402
-from xaipipe.transforms.shearlet import cache_file, clear_memory_cache, default_cache_dir  # noqa: E402
+from xaipipe.transforms.shearlet import (cache_file, clear_memory_cache,  # noqa: E402
+                                        default_cache_dir, library_version)
 
 
 def rel(a, b) -> float:
@@ -47,6 +47,16 @@ def dst(tmp_path_factory):
         T = ShearletTransform(256, 256, 4, cache_dir=cache)
     return SimpleNamespace(T=T, lib=lib, cache=cache, calls=calls,
                            mtime=os.stat(T.cache_path).st_mtime_ns)
+
+
+@pytest.fixture
+def one_thread():
+    """gradcheck runs thousands of ops on tiny tensors: there, handing work to a second
+    thread costs far more than the work (tens of ms per op on a loaded machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def images(n=1, c=1, size=256, seed=0, dtype=torch.float32):
@@ -136,11 +146,9 @@ def test_batching_over_images_and_channels(dst):
     noise = torch.randn(c.shape, generator=torch.Generator().manual_seed(0))
     r = dst.T.reconstruct(noise)
     assert r.shape == (2, 3, 256, 256)
-    for n in range(2):
-        for ch in range(3):
-            torch.testing.assert_close(c[n, ch], dst.T.decompose(x[n, ch]), rtol=0, atol=1e-6)
-            torch.testing.assert_close(r[n, ch], dst.T.reconstruct(noise[n, ch]), rtol=0,
-                                       atol=1e-5)
+    for n, ch in ((0, 0), (1, 2)):
+        torch.testing.assert_close(c[n, ch], dst.T.decompose(x[n, ch]), rtol=0, atol=1e-6)
+        torch.testing.assert_close(r[n, ch], dst.T.reconstruct(noise[n, ch]), rtol=0, atol=1e-5)
 
 
 def test_bad_inputs_are_named(dst):
@@ -181,7 +189,7 @@ def test_synthetic_bank_matches_the_library_formulas(size, capsys):
 
 
 @pytest.mark.parametrize("size", [(8, 8), (7, 9)])
-def test_gradcheck_on_a_synthetic_bank(size):
+def test_gradcheck_on_a_synthetic_bank(size, one_thread):
     T = ShearletTransform.from_filters(torch.from_numpy(random_bank(3, *size, seed=2)))
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 1, *size, dtype=torch.float64, generator=g, requires_grad=True)
@@ -212,7 +220,7 @@ def test_from_filters_weights():
 def test_cache_file_written_once_and_reused_without_the_library(dst, monkeypatch):
     expected = cache_file(256, 256, 4, dst.cache)
     assert dst.T.cache_path == expected
-    assert "256x256_s4" in expected.name and shearlet_mod.library_version() in expected.name
+    assert "256x256_s4" in expected.name and library_version() in expected.name
     # one complete file, no temporaries
     assert sorted(p.name for p in dst.cache.iterdir()) == [expected.name]
     monkeypatch.setattr(pyshearlab_mind, "SLgetShearletSystem2D", library_must_not_run)
@@ -333,7 +341,7 @@ def test_wavelet_odd_sizes_are_cropped():
                                              [tuple(h.shape[-2:]) for h in yh]), mode
 
 
-def test_wavelet_gradients():
+def test_wavelet_gradients(one_thread):
     D = WaveletTransform(J=2, wave="db3")
     x = torch.randn(1, 2, 12, 11, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: D.decompose(t)[0], (x,))

@@ -97,6 +97,15 @@ class MaskMethod(Method):
     #: bytes per (image, sample) point the transform needs, on top of the model's
     transform_point_bytes = 0
 
+    #: parameters that do not change what is optimised: left out of the seeds, so recording
+    #: histories, returning the mask or running longer never changes the draws of a step
+    UNSEEDED = ("steps", "history_every", "return_mask")
+
+    def seed_parts(self, image_id: int, *extra) -> tuple:
+        hp = {k: v for k, v in self.hparams.items()
+              if k not in self.UNSEEDED and not isinstance(v, torch.Tensor)}
+        return (self.seed, int(image_id), self.name, hp, *extra)
+
     # -- hooks ----------------------------------------------------------------------------
     def prepare(self, images: torch.Tensor) -> State:
         raise NotImplementedError

@@ -46,28 +46,34 @@ Output: ``maps`` is the explanation x_E = mask ⊙ x̃ (N, 3, H, W) (``compat="s
 mask ⊙ x̃², the HEAD ``skmda37/ShearletX:code/scatterplot.py`` L263 multiplies the masked image
 by x̃ again; the paper-era script 16fee04 and the clean default use mask ⊙ x̃ once).
 
-Extras (leading dim N): ``final_retained_l1`` Σ|x_E|/Σ|x̃|; ``final_retained_entropy``
-H(x_E)/H(x̃) with H(v) = −Σ q·ln(q + 1e−7), q = |v|²/Σ|v|² over all channels and positions;
-``area`` the mean of the returned (cropped, H×W) mask; ``area_full`` the mean of the full mask
-with its margin, the quantity the area constraint acts on; ``mask`` (N, 1, H, W) with
-``return_mask=True`` or ``steps=0``. With ``history_every=k`` (`metrics.md` §10.1), entries at
-iterations t = 0, k, 2k, … < ``steps`` (T = ⌈steps/k⌉; entry 0 is the initial mask, before any
-update), each from the forward pass of that iteration (so on even t the jittered, flipped
-image): ``retained_probability`` p_c(perturbed)/p_c(x̃), ``retained_l1`` Σ|m ⊙ x̃|/Σ|x̃|
-(summed over RGB), ``retained_pixel`` (equal to ``retained_l1`` for a pixel-space mask),
-``cp_l1`` and ``cp_pixel`` (retained probability over each), and ``loss_terms`` (N, T, K) in
-the order of :data:`LOSS_TERMS` (the loss minimised is −reward + area_penalty).
+Extras (leading dim N), named as in the shared mask framework (:mod:`xaipipe.explain.masks`):
+``final_retained_l1`` Σ|m ⊙ x̃|/Σ|x̃| (the ℓ1 kept in the representation, here pixels);
+``final_retained_pixel`` Σ|x_E|/Σ|x̃| (the same number unless ``compat="shearletx"``);
+``final_retained_entropy`` H(x_E)/H(x̃) with H(v) = −Σ q·ln(q + 1e−7), q = |v|²/Σ|v|² over all
+channels and positions; ``area`` the mean of the returned (cropped, H×W) mask; ``area_full`` the
+mean of the full mask with its margin, the quantity the area constraint acts on; ``mask`` (N, 1,
+H, W) with ``return_mask=True`` or ``steps=0``. With ``history_every=k`` (`metrics.md` §10.1),
+entries at iterations t = 0, k, 2k, … < ``steps`` (T = ⌈steps/k⌉; entry 0 is the initial mask,
+before any update), each from the forward pass of that iteration (so on even t the jittered,
+flipped image): ``retained_probability`` p_c(perturbed)/p_c(x̃), ``retained_l1`` Σ|m ⊙ x̃|/Σ|x̃|
+(summed over RGB), ``retained_entropy`` H(m ⊙ x̃)/H(x̃), ``retained_pixel`` Σ|x_E(m)|/Σ|x̃|
+(equal to ``retained_l1`` for this pixel-space mask unless ``compat="shearletx"``), ``cp_l1``
+and ``cp_pixel`` (retained probability over ``retained_l1`` / ``retained_pixel``), and
+``loss_terms`` (N, T, K) in the order of :data:`LOSS_TERMS` (the loss minimised is −reward +
+area_penalty).
 
 Initialisation (``init``): ``ones`` (TorchRay); ``uniform`` U(0,1) per parameter, drawn per
-image from ``generator(*seed_parts(image_id, "init"))`` (the seed leaves out the parameters
-that do not shape the optimisation: ``steps``, ``history_every``, ``return_mask``,
-``compat``); ``startgrad`` (`mask-methods.md` §9.1):
-a = |∂s/∂x̃| of the StartGrad score s (``startgrad_score``: prob, nll, logit) at the clean
-image, max over RGB, then *area-averaged onto the parameter grid*: parameter (i, j) gets the
-mean of a over the s×s cell centred on its pixel (s·i, s·j), clipped to the image
-(``avg_pool2d`` with kernel and stride s, padding ⌊s/2⌋, padding not counted), and finally the
-exact quantile transform (:func:`xaipipe.explain.startgrad.quantile_transform`) over the whole
-grid of each image, so the initial parameters have mean exactly 0.5.
+image from ``generator(*seed_parts(image_id, "init"))`` (the seed leaves out the parameters that
+do not shape the optimisation: ``steps``, ``history_every``, ``return_mask``, ``compat``);
+``startgrad`` (`mask-methods.md` §9.1): a = |∂s/∂x̃| of the StartGrad score s
+(``startgrad_score``: prob, nll, logit; the gradient is taken of
+:func:`~xaipipe.explain.startgrad.ranking_score`, one score for prob and nll, whose gradients
+differ by the factor p_c > 0 only, so their masks are identical) at the clean image, max over
+RGB, then *area-averaged onto the parameter grid*: parameter (i, j) gets the mean of a over the
+s×s cell centred on its pixel (s·i, s·j), clipped to the image (``avg_pool2d`` with kernel and
+stride s, padding ⌊s/2⌋, padding not counted), and finally the exact quantile transform
+(:func:`xaipipe.explain.startgrad.quantile_transform`) over the whole grid of each image, so the
+initial parameters have mean exactly 0.5.
 
 Notes:
 - The pooling coldness is the parameter ``coldness`` (TorchRay's ``MaskGenerator.coldness``,
@@ -93,14 +99,14 @@ from ...params import Param
 from ...utils import generator
 from ..base import Attribution, Method, estimate_point_bytes, default_memory_mb, \
     register_method
-from ..startgrad import SCORES, quantile_transform, score
+from ..masks import entropy          # H(v) = −Σ q ln(q + 1e−7), q = |v|²/Σ|v|², float64
+from ..startgrad import SCORES, quantile_transform, ranking_score
 
 #: order of the last axis of ``extras["loss_terms"]`` (N, T, K); loss = −reward + area_penalty
 LOSS_TERMS = ("reward", "area_penalty")
 REWARDS = ("contrastive", "logit", "preserve_prob")
 
 _EPS_F32 = 1.19209290e-07          # float32 machine epsilon, TorchRay's imsmooth guard
-_ENTROPY_EPS = 1e-7
 
 
 # -- blur pyramid and perturbation -------------------------------------------------------------
@@ -261,11 +267,10 @@ def area_penalty(full_mask: torch.Tensor, reference: torch.Tensor, lam: float) -
     return ((srt - reference.to(srt.device, srt.dtype)) ** 2).mean(1) * lam
 
 
-def entropy(v: torch.Tensor) -> torch.Tensor:
-    """(N,) H(v) = −Σ q·ln(q + 1e−7), q = |v|²/Σ|v|² over all but the first dim (float64)."""
-    e = v.detach().double().flatten(1) ** 2
-    q = e / e.sum(1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
-    return -(q * torch.log(q + _ENTROPY_EPS)).sum(1)
+def _l1_ratio(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(N,) float32 Σ|v| / Σ|x| per image (float64 sums)."""
+    return (v.detach().double().abs().flatten(1).sum(1)
+            / x.double().abs().flatten(1).sum(1).clamp_min(1e-300)).float()
 
 
 def parameter_grid_average(a: torch.Tensor, step: int) -> torch.Tensor:
@@ -334,7 +339,7 @@ class SmoothMask(Method):
                 for i in image_ids]).to(images.device)
         x = images.detach().requires_grad_(True)
         with torch.enable_grad():
-            s = score(self.model(x), target, p["startgrad_score"])
+            s = ranking_score(self.model(x), target, p["startgrad_score"])
             (g,) = torch.autograd.grad(s.sum(), x)
         a = g.abs().amax(1, keepdim=True)                                # max over RGB
         return quantile_transform(parameter_grid_average(a, gen.step), 2).to(images.device)
@@ -368,15 +373,24 @@ class SmoothMask(Method):
         reference = area_reference(math.prod(gen.shape_out), p["area"]).to(images.device)
         pmask = self.initial_params(images, target, image_ids, gen).float()
         every, steps = p["history_every"], p["steps"]
-        x_l1 = images.abs().flatten(1).sum(1)
+        h_x = entropy(images)
 
-        hist = {}
+        def explanation(m):
+            x_e = m * images
+            return x_e * images if p["compat"] == "shearletx" else x_e
+
+        def retained(m):
+            """(ℓ1 of m ⊙ x̃, entropy of m ⊙ x̃, ℓ1 of the explanation), each over x̃'s."""
+            kept, x_e = m * images, explanation(m)
+            return (_l1_ratio(kept, images), (entropy(kept) / h_x).float(),
+                    _l1_ratio(x_e, images))
+
+        names = ("retained_probability", "retained_l1", "retained_entropy", "retained_pixel")
+        hist = {k: [] for k in (*names, "loss_terms")}
         if every:
-            t_hist = math.ceil(steps / every)
             with torch.no_grad():
                 p_clean = torch.softmax(self.model(images), 1).gather(
                     1, target.view(-1, 1)).squeeze(1)
-            hist = {"retained_probability": [], "retained_l1": [], "loss_terms": []}
 
         with torch.no_grad():
             mask, full = gen(pmask)             # rendered mask when steps == 0
@@ -395,8 +409,8 @@ class SmoothMask(Method):
             if every and t % every == 0:
                 with torch.no_grad():
                     prob = torch.softmax(logits, 1).gather(1, target.view(-1, 1)).squeeze(1)
-                    hist["retained_probability"].append(prob / p_clean)
-                    hist["retained_l1"].append((mask * images.abs()).flatten(1).sum(1) / x_l1)
+                    for k, v in zip(names, (prob / p_clean, *retained(mask.detach()))):
+                        hist[k].append(v.float())
                     hist["loss_terms"].append(torch.stack([r.detach(), pen.detach()], 1))
             with torch.no_grad():               # torch.optim.SGD's update, elementwise
                 if buf is None:
@@ -407,27 +421,22 @@ class SmoothMask(Method):
             lam *= p["lambda_growth"]
         mask, full = mask.detach(), full.detach()
 
-        x_e = mask * images
-        if p["compat"] == "shearletx":
-            x_e = x_e * images
+        x_e = explanation(mask)
+        l1, ent, pix = retained(mask)
         extras = {
-            "final_retained_l1": (x_e.abs().flatten(1).sum(1) / x_l1).float(),
-            "final_retained_entropy": (entropy(x_e) / entropy(images)).float(),
+            "final_retained_l1": l1,
+            "final_retained_entropy": (entropy(x_e) / h_x).float(),
+            "final_retained_pixel": pix,
             "area": mask.flatten(1).mean(1).float(),
             "area_full": full.flatten(1).mean(1).float(),
         }
         if p["return_mask"] or steps == 0:
             extras["mask"] = mask.float()
         if every:
-            empty = images.new_zeros(n, 0)
-            rp = torch.stack(hist["retained_probability"], 1) if t_hist else empty
-            rl = torch.stack(hist["retained_l1"], 1) if t_hist else empty
-            terms = torch.stack(hist["loss_terms"], 1) if t_hist else \
-                images.new_zeros(n, 0, len(LOSS_TERMS))
-            extras.update({
-                "retained_probability": rp.float(), "retained_l1": rl.float(),
-                "retained_pixel": rl.float().clone(), "cp_l1": (rp / rl).float(),
-                "cp_pixel": (rp / rl).float(),
-                "loss_terms": terms.float(),
-            })
+            out = {k: torch.stack(v, 1) if v else images.new_zeros(n, 0) for k, v in hist.items()}
+            if not hist["loss_terms"]:
+                out["loss_terms"] = images.new_zeros(n, 0, len(LOSS_TERMS))
+            out["cp_l1"] = out["retained_probability"] / out["retained_l1"]
+            out["cp_pixel"] = out["retained_probability"] / out["retained_pixel"]
+            extras.update({k: v.float() for k, v in out.items()})
         return Attribution(x_e.float(), extras)
