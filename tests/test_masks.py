@@ -174,9 +174,82 @@ def test_recording_and_run_length_do_not_change_the_draws(cnn, x32):
     short = run_method("pixel_mask", cnn, x32, t, image_ids=IDS, steps=3, **kw)
     logged = run_method("pixel_mask", cnn, x32, t, image_ids=IDS, steps=3, history_every=1, **kw)
     assert torch.equal(short.extras["mask"], logged.extras["mask"])
-    init = run_method("pixel_mask", cnn, x32, t, image_ids=IDS, steps=0, init="uniform")
+    init = run_method("pixel_mask", cnn, x32, t, image_ids=IDS, steps=0, init="uniform",
+                      samples=2)
     h = run_method("pixel_mask", cnn, x32, t, image_ids=IDS, steps=5, history_every=1,
                    samples=2, init="uniform")
     # entry 0 of the longer run's history is the same initial mask's retained ℓ1
     torch.testing.assert_close(h.extras["retained_l1"][:, 0],
                                init.extras["final_retained_l1"])
+
+
+# -- ShearletX / WaveletX -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def x64(x32):
+    return torch.nn.functional.interpolate(x32[:2], size=64, mode="bilinear",
+                                           align_corners=False).clamp(0, 1)
+
+
+@pytest.mark.parametrize("name", ["shearletx", "waveletx", "cartoonx"])
+def test_transform_masks_of_ones_give_the_image(name, cnn, x64):
+    att = run_method(name, cnn, x64, torch.tensor([0, 1]), steps=0)
+    torch.testing.assert_close(att.maps, x64, atol=2e-6, rtol=0)
+    for k in ("final_retained_l1", "final_retained_entropy"):
+        torch.testing.assert_close(att.extras[k], torch.ones(2))
+    if name == "shearletx":
+        assert att.extras["mask"].shape == (2, 17, 64, 64)       # 2 scales at 64 px
+    else:
+        from xaipipe.transforms import WaveletTransform
+        assert att.extras["mask"].shape == (2, WaveletTransform().n_coefficients(64, 64))
+
+
+def test_shearletx_noise_statistics_are_those_of_the_gray_bands(cnn, x64):
+    from xaipipe.explain.methods.shearletx import ShearletX
+    from xaipipe.transforms import ShearletTransform
+    meth = ShearletX(cnn, samples=2)
+    state = meth.prepare(x64)
+    cg = ShearletTransform(64, 64, scales=2).decompose(x64.mean(1, keepdim=True))
+    torch.testing.assert_close(state.mu[0][:, 0, :, 0, 0], cg.mean((-2, -1))[:, 0])
+    torch.testing.assert_close(state.sigma[0][:, 0, :, 0, 0], cg.std((-2, -1))[:, 0])
+    # one noise tensor for R, G, B: (1, K, H, W), uniform within μ_k ± σ_k of its band
+    u = meth._noise(state, 0, 5, 0, 0)[0]
+    assert u.shape == (1, 17, 64, 64)
+    lo = (state.mu[0][0] - state.sigma[0][0])[0]
+    hi = (state.mu[0][0] + state.sigma[0][0])[0]
+    assert torch.all(u[0] >= lo - 1e-6) and torch.all(u[0] <= hi + 1e-6)
+
+
+def test_shearletx_compat_clips_the_coefficients(cnn, x64):
+    from xaipipe.explain.methods.shearletx import ShearletX
+    clean, compat = ShearletX(cnn), ShearletX(cnn, compat="shearletx")
+    state = clean.prepare(x64)
+    masks = [torch.full((2, 1, 17, 64, 64), 0.5)]
+    noise = [clean._noise(state, i, i, 0, 0) for i in (0, 1)]
+    a = clean._obfuscate(state, masks, [0, 1], noise)
+    b = compat._obfuscate(state, masks, [0, 1], noise)
+    assert a.min() >= 0 and a.max() <= 1                       # the image is clipped
+    assert not torch.allclose(a, b)
+
+
+def test_shearletx_raises_the_retained_probability_over_its_first_steps(cnn, x64):
+    t = cnn(x64).argmax(1)
+    att = run_method("shearletx", cnn, x64, t, image_ids=[3, 4], steps=8, samples=4,
+                     history_every=1, init="uniform", lambda_1=0.1, lambda_2=0.1)
+    rcp = att.extras["retained_probability"]
+    assert rcp.shape == (2, 8)
+    assert torch.all(rcp[:, -2:].mean(1) > rcp[:, 0]), rcp
+    assert torch.all((att.extras["retained_l1"] > 0) & (att.extras["retained_l1"] <= 1))
+
+
+def test_startgrad_on_transform_masks(cnn, x64):
+    t = torch.tensor([0, 1])
+    for name, shape in (("shearletx", (2, 17, 64, 64)), ("waveletx", None)):
+        m = {s: run_method(name, cnn, x64, t, steps=0, init="startgrad",
+                           startgrad_score=s).extras["mask"] for s in ("prob", "nll", "logit")}
+        assert torch.equal(m["prob"], m["nll"]) and not torch.equal(m["prob"], m["logit"])
+        if shape:
+            assert m["prob"].shape == shape
+            # every band is its own block: mean exactly 0.5 per (image, band)
+            torch.testing.assert_close(m["prob"].mean((-2, -1)).double(),
+                                       torch.full(shape[:2], 0.5, dtype=torch.float64))
+        assert m["prob"].min() >= 0 and m["prob"].max() <= 1
