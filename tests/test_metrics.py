@@ -43,7 +43,7 @@ def test_registry():
     assert {"insertion", "deletion", "stability", "pointing_game"} <= set(available_metrics())
     with pytest.raises(ConfigError, match="fill.*'white'.*black"):
         insertion(None, None, None, None, fill="white")
-    with pytest.raises(ConfigError, match="metrics.x.metric: unknown metric 'auc'; available: del"):
+    with pytest.raises(ConfigError, match="metrics.x.metric: unknown metric 'auc'; available: conv"):
         get_metric("auc", where="metrics.x.metric")
     assert get_metric("insertion") is Insertion
 
