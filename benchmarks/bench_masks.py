@@ -83,7 +83,8 @@ def batching(model, size, n, device, repeats):
                                     for i in range(n)])
         (tb, ob), (ts, os_) = timed([whole, single], repeats)
         print(f"  {name:11s} batched/single per image: {ratio(ts, tb)}  "
-              f"(max |Δ| {float((ob - os_).abs().max()):.2g})")
+              f"(|Δ| max {float((ob - os_).abs().max()):.2g}, "
+              f"mean {float((ob - os_).abs().mean()):.2g})")
 
 
 def startgrad_speedup(device, steps, n_images, samples):
