@@ -206,6 +206,16 @@ def read_provenance(path) -> dict:
     return json.loads(meta.get(PROVENANCE_KEY, b"{}"))
 
 
+def experiment_scores(scores, selections, job):
+    """(entry, per-image frame) of each score file of a summary job, restricted to exactly
+    the experiment's images (its selection and ``max_images``)."""
+    sel_frames = [pd.read_parquet(p) for p in selections]
+    for path, entry in zip(scores, job.entries):
+        df = pd.read_parquet(path)
+        ids = selected_ids(sel_frames[entry.selection], entry.max_images)["image_id"]
+        yield entry, df[df["image_id"].isin(ids)].reset_index(drop=True)
+
+
 def per_image_frame(scores, selections, job) -> pd.DataFrame:
     """Every per-image score of the experiment's own images, long form: the key columns
     (experiment, dataset, model, metric, method, variant), the metric's registered name
@@ -214,12 +224,8 @@ def per_image_frame(scores, selections, job) -> pd.DataFrame:
     scalars, curves as arrays; a column a metric does not have is missing in its rows).
     The report builders that need single images (scatter plots, convergence curves, paired
     tests) read it (:func:`xaipipe.report.inputs.read_per_image`)."""
-    sel_frames = [pd.read_parquet(p) for p in selections]
     frames = []
-    for path, entry in zip(scores, job.entries):
-        df = pd.read_parquet(path)
-        ids = selected_ids(sel_frames[entry.selection], entry.max_images)["image_id"]
-        df = df[df["image_id"].isin(ids)].reset_index(drop=True)
+    for entry, df in experiment_scores(scores, selections, job):
         keys = {"experiment": job.experiment, **entry.keys, "metric_name": entry.metric,
                 **{k: v for k, v in entry.method.items() if k != "method"}}
         head = pd.DataFrame({k: [v] * len(df) for k, v in keys.items()}, index=df.index)
@@ -232,12 +238,8 @@ def per_image_frame(scores, selections, job) -> pd.DataFrame:
 def summarize_experiment(scores, selections, job) -> pd.DataFrame:
     """The experiment's summary, long form: one row per (model, variant, method, metric,
     score) over exactly the experiment's images, aggregated by the metric's own hook."""
-    sel_frames = [pd.read_parquet(p) for p in selections]
     rows = []
-    for path, entry in zip(scores, job.entries):
-        df = pd.read_parquet(path)
-        ids = selected_ids(sel_frames[entry.selection], entry.max_images)["image_id"]
-        df = df[df["image_id"].isin(ids)].reset_index(drop=True)
+    for entry, df in experiment_scores(scores, selections, job):
         k = entry.keys
         seed = (job.seed, k["dataset"], k["model"], k["metric"], k["method"], k["variant"])
         for row in get_metric(entry.metric).aggregate(df, n_boot=job.n_boot, level=job.level,
