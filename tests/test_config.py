@@ -109,7 +109,7 @@ def test_schema_errors_are_one_line_naming_the_key(path, value, match):
     ("methods__smoothgrad", {"samples": 0}, r"methods.smoothgrad.samples: 0 is below"),
     ("methods__saliency", {"objective": "softmax"}, r"methods.saliency.objective.*'prob'"),
     ("metrics__insertion", {"fill": "white"}, r"metrics.insertion.fill: 'white'.*'black'"),
-    ("metrics__auc", {}, r"metrics.auc.metric: unknown metric 'auc'; available: deletion"),
+    ("metrics__auc", {}, r"metrics.auc.metric: unknown metric .auc.; available: convergence, cp,"),
     ("models__shapes_resnet18__arch", "resnet9000",
      r"models.shapes_resnet18.arch: unknown model 'resnet9000'; did you mean resnet50"),
     ("models__shapes_resnet18__train", {"epochs": 0}, r"models.shapes_resnet18.train.epochs"),
