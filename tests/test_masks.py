@@ -253,3 +253,19 @@ def test_startgrad_on_transform_masks(cnn, x64):
             torch.testing.assert_close(m["prob"].mean((-2, -1)).double(),
                                        torch.full(shape[:2], 0.5, dtype=torch.float64))
         assert m["prob"].min() >= 0 and m["prob"].max() <= 1
+
+
+def test_cp_entropy_exp_reads_the_method_entropies(cnn, x64):
+    """The mask methods export both entropies, so the cp metric's entropy_exp works from
+    their extras: exp(H(m ⊙ c) − H(c)), which is 1 for the all-ones mask."""
+    from xaipipe.metrics import get_metric
+    from xaipipe.metrics.base import MetricInputs
+    t = torch.tensor([0, 1])
+    att = run_method("shearletx", cnn, x64, t, steps=0)
+    ex = {k: v.numpy() for k, v in att.extras.items() if k != "mask"}
+    torch.testing.assert_close(att.extras["final_entropy_explanation"],
+                               att.extras["final_entropy_image"])
+    out = get_metric("cp")(entropy_exp=True, normalize=False)(MetricInputs(
+        ids=np.arange(2), target=t, maps=att.maps, model=cnn, images=x64, extras=ex))
+    np.testing.assert_allclose(out["cp_entropy_exp"], out["retained_probability"], rtol=1e-5)
+    assert out["entropy_from_extras"].all()

@@ -319,9 +319,16 @@ class MaskMethod(Method):
         return l1, ent, pix
 
     def final_extras(self, state: State, masks: list[torch.Tensor]) -> dict:
+        """The final retained information, and the two entropies of the ratio (the `cp`
+        metric's ``entropy_exp`` needs exp H of each, not their ratio)."""
         l1, ent, pix = self._retained(state, masks)
+        with torch.no_grad():
+            kept = torch.cat([(m * c).flatten(1) for m, c in zip(masks, state.coeffs)], 1)
+            full = torch.cat([c.flatten(1) for c in state.coeffs], 1)
+            h_e, h_x = entropy(kept), entropy(full)
         return {"final_retained_l1": l1.float(), "final_retained_entropy": ent.float(),
-                "final_retained_pixel": pix.float()}
+                "final_retained_pixel": pix.float(),
+                "final_entropy_explanation": h_e.float(), "final_entropy_image": h_x.float()}
 
     def _record(self, hist, j, state, masks, probs, p_clean):
         l1, ent, pix = self._retained(state, [m.detach() for m in masks])
