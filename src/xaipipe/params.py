@@ -21,14 +21,14 @@ class Param:
     doc: str = ""
 
     def check(self, value, where: str):
-        if value is None and self.default is None:
-            return None
+        types = self.type if isinstance(self.type, tuple) else (self.type,)
+        if value is None and (self.default is None or type(None) in types):
+            return None                   # an optional value: null passes, bounds are for numbers
         if self.choices is not None and not _is_free(value, self.type):
             if value not in self.choices:
                 raise ConfigError(f"{where}: {value!r} is not allowed; allowed values: "
                                   f"{', '.join(map(repr, self.choices))}")
             return value
-        types = self.type if isinstance(self.type, tuple) else (self.type,)
         if isinstance(value, str) and str not in types:
             value = cli_scalar(value)     # `--config` strings: "8" -> 8, "true" -> True
         if float in types and isinstance(value, int) and not isinstance(value, bool):

@@ -42,7 +42,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
 from ..params import Param
 from .base import NONFINITE_PARAM, Metric, MetricInputs, register_metric
 from .coshrem import EdgeDetector
@@ -168,7 +167,7 @@ class HallucinationScore(Metric):
         "compat": Param(False, (bool, str, type(None)), COMPAT,
                         doc="true/'shearletx': the reference's detector input, int8 of "
                             "255·gray/3 (gray = (R+G+B)/3); false: mean RGB × 255 as float"),
-        "size": Param(SIZE, (int, type(None)),
+        "size": Param(SIZE, (int, type(None)), min=8,
                       doc="side both images are resized to (bilinear, antialiased) before "
                           "edge detection; null: native size"),
         "normalize": Param(True, bool, doc="divide each x_E by its max (§9; compat: false "
@@ -181,15 +180,6 @@ class HallucinationScore(Metric):
     needs = frozenset({"images"})
     direction = "lower"
     excludes = {"hs": "no_edges"}
-
-    @classmethod
-    def check(cls, params: dict, where: str | None = None) -> dict:
-        out = super().check(params, where)
-        size = out["size"]
-        if size is not None and size < 8:
-            raise ConfigError(f"{where or f'metric {cls.name!r}'}.size: {size!r} must be a "
-                              "side length of at least 8 pixels, or null")
-        return out
 
     def compute(self, inputs: MetricInputs) -> dict[str, np.ndarray]:
         p = self.hparams

@@ -19,7 +19,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
 from ..imageops import REDUCTIONS, reduce_channels
 from ..params import Param
 from .aggregate import column_seed
@@ -81,7 +80,7 @@ class PointingGame(Metric):
     name = "pointing_game"
     params = {
         "tolerance": Param(15.0, float, min=0.0, doc="τ in pixels at reference_size"),
-        "reference_size": Param(224, (int, type(None)),
+        "reference_size": Param(224, (int, type(None)), min=1,
                                 doc="side at which tolerance is given; τ scales with "
                                     "min(H, W); null: tolerance in pixels as given"),
         "reduction": Param("abs_sum", str, REDUCTIONS, doc="channel reduction of the map"),
@@ -90,15 +89,6 @@ class PointingGame(Metric):
     needs = frozenset({"masks"})
     direction = "higher"
     excludes = {"hit": "mask_empty"}
-
-    @classmethod
-    def check(cls, params: dict, where: str | None = None) -> dict:
-        out = super().check(params, where)
-        ref = out["reference_size"]
-        if ref is not None and ref < 1:
-            raise ConfigError(f"{where or f'metric {cls.name!r}'}.reference_size: {ref!r} "
-                              "must be a positive side length in pixels, or null")
-        return out
 
     def compute(self, inputs: MetricInputs) -> dict[str, np.ndarray]:
         p = self.hparams
