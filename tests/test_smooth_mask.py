@@ -210,7 +210,7 @@ def test_mask_in_unit_interval_deterministic_and_extras(model, batch):
         return -(q * np.log(q + 1e-7)).sum(1)
     np.testing.assert_allclose(out.extras["final_retained_entropy"].numpy(),
                                h(out.maps) / h(x), rtol=1e-6)
-    assert torch.allclose(entropy(x), torch.from_numpy(h(x)))
+    assert torch.allclose(entropy(x, (1, 2, 3)), torch.from_numpy(h(x)))
     assert torch.allclose(out.extras["area"], m.flatten(1).mean(1))
     # compat shearletx: mask · x̃² with the same mask
     sx = run_method("smooth_mask", model, x, t, image_ids=ids, compat="shearletx", **kw)
@@ -287,7 +287,9 @@ def test_history_shapes_and_first_entry(model, batch):
     assert torch.equal(e["retained_pixel"], e["retained_l1"])
     assert torch.allclose(e["cp_l1"], e["retained_probability"] / e["retained_l1"])
     assert torch.allclose(e["cp_pixel"], e["retained_probability"] / e["retained_pixel"])
-    assert torch.allclose(e["retained_entropy"][:, 0], (entropy(m0 * x) / entropy(x)).float())
+    per_image = (1, 2, 3)
+    assert torch.allclose(e["retained_entropy"][:, 0],
+                          (entropy(m0 * x, per_image) / entropy(x, per_image)).float())
     rew = torch.tensor([logits[i, t[i]] - max(logits[i, c] for c in range(4) if c != t[i])
                         for i in range(3)])
     assert torch.allclose(e["loss_terms"][:, 0, 0], rew, atol=1e-5)

@@ -34,11 +34,11 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from ..params import Param
 from ..utils import derive_seed
 from .base import Attribution, Method
+from .objectives import objective
 from .startgrad import SCORES, quantile_transform, ranking_score
 
 INITS = ("ones", "uniform", "startgrad")
@@ -64,12 +64,23 @@ HISTORY = ("retained_probability", "retained_l1", "retained_entropy", "retained_
            "cp_l1", "cp_pixel")
 
 
-def entropy(v: torch.Tensor) -> torch.Tensor:
-    """H(v) = −Σ q ln(q + 1e-7), q = |v|²/Σ|v|², per image over all other dims (`metrics.md`
-    §8). (N,) float64."""
-    e = v.detach().double().flatten(1).abs() ** 2
-    q = e / e.sum(1, keepdim=True).clamp_min(1e-300)
-    return -(q * torch.log(q + 1e-7)).sum(1)
+ENTROPY_EPS = 1e-7      # inside the log of H (`metrics.md` §8)
+
+
+def entropy(v, dims=None) -> torch.Tensor:
+    """H(v) = −Σ q ln(q + 1e-7), q = |v|²/Σ|v|², summed over ``dims`` (an int, a tuple, or
+    None for all dims), in float64 (`metrics.md` §8; `skmda37/ShearletX:code/shearletx.py`).
+    Complex v uses its modulus. An all-zero v has q = 0 everywhere, so H = 0. The one
+    definition of H: the mask methods' retained entropy and the ``cp`` metric use it."""
+    v = torch.as_tensor(v).detach()
+    if dims is None:
+        dims = tuple(range(v.ndim))
+    elif isinstance(dims, int):
+        dims = (dims,)
+    e = v.abs().double() ** 2
+    total = e.sum(dims, keepdim=True)
+    q = e / torch.where(total > 0, total, torch.ones_like(total))
+    return -(q * torch.log(q + ENTROPY_EPS)).sum(dims)
 
 
 @dataclass
@@ -178,9 +189,8 @@ class MaskMethod(Method):
         chunk = self.chunk_size(x.shape[1:], x.device)
         out = []
         for s in range(0, x.shape[0], chunk):
-            logits = self.model(x[s:s + chunk])
-            out.append(F.softmax(logits.float(), 1).gather(
-                1, target[s:s + chunk].view(-1, 1)).squeeze(1))
+            out.append(objective(self.model(x[s:s + chunk]).float(), target[s:s + chunk],
+                                 "prob"))
         return torch.cat(out)
 
     def _point_chunk(self, images: torch.Tensor) -> int:
@@ -247,7 +257,7 @@ class MaskMethod(Method):
                 x = self._obfuscate(state, masks, img_i, noises)
                 logits = self.model(x)
                 t = target[torch.tensor(img_i, device=target.device)]
-                pc = F.softmax(logits.float(), 1).gather(1, t.view(-1, 1)).squeeze(1)
+                pc = objective(logits.float(), t, "prob")
                 yr = y_ref[torch.tensor(img_i, device=y_ref.device)]
                 loss = p["lambda_d"] * ((yr - pc) ** 2).sum() / s_count
                 loss.backward()
@@ -307,31 +317,32 @@ class MaskMethod(Method):
 
     @torch.no_grad()
     def _retained(self, state: State, masks: list[torch.Tensor]):
+        """(N,) float64: retained ℓ1 Σ|m ⊙ c|/Σ|c|, the entropies H(m ⊙ c) and H(c) (jointly
+        over colour and parts), and the retained pixel ℓ1 Σ|x_E|/Σ|x̃|."""
         num = sum((m * c).abs().flatten(1).sum(1) for m, c in zip(masks, state.coeffs))
         den = sum(c.abs().flatten(1).sum(1) for c in state.coeffs)
         l1 = num.double() / den.double().clamp_min(1e-300)
         kept = torch.cat([(m * c).flatten(1) for m, c in zip(masks, state.coeffs)], 1)
         full = torch.cat([c.flatten(1) for c in state.coeffs], 1)
-        ent = entropy(kept) / entropy(full).clamp_min(1e-300)
+        h_kept, h_full = entropy(kept, 1), entropy(full, 1)
         x_e = self.explanation(state, masks)
         pix = x_e.double().abs().flatten(1).sum(1) / \
             state.images.double().abs().flatten(1).sum(1).clamp_min(1e-300)
-        return l1, ent, pix
+        return l1, h_kept, h_full, pix
 
     def final_extras(self, state: State, masks: list[torch.Tensor]) -> dict:
         """The final retained information, and the two entropies of the ratio (the `cp`
         metric's ``entropy_exp`` needs exp H of each, not their ratio)."""
-        l1, ent, pix = self._retained(state, masks)
-        with torch.no_grad():
-            kept = torch.cat([(m * c).flatten(1) for m, c in zip(masks, state.coeffs)], 1)
-            full = torch.cat([c.flatten(1) for c in state.coeffs], 1)
-            h_e, h_x = entropy(kept), entropy(full)
+        l1, h_kept, h_full, pix = self._retained(state, masks)
+        ent = h_kept / h_full.clamp_min(1e-300)
         return {"final_retained_l1": l1.float(), "final_retained_entropy": ent.float(),
                 "final_retained_pixel": pix.float(),
-                "final_entropy_explanation": h_e.float(), "final_entropy_image": h_x.float()}
+                "final_entropy_explanation": h_kept.float(),
+                "final_entropy_image": h_full.float()}
 
     def _record(self, hist, j, state, masks, probs, p_clean):
-        l1, ent, pix = self._retained(state, [m.detach() for m in masks])
+        l1, h_kept, h_full, pix = self._retained(state, [m.detach() for m in masks])
+        ent = h_kept / h_full.clamp_min(1e-300)
         rcp = (probs / p_clean[:, None].clamp_min(1e-30)).mean(1).double().cpu()
         l1, ent, pix = l1.cpu(), ent.cpu(), pix.cpu()
         hist["retained_probability"][:, j] = rcp

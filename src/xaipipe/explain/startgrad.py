@@ -6,8 +6,8 @@ pieces every mask method uses for ``init="startgrad"``.
   It maps every block to U(0, 1) (mean exactly 0.5) and is invariant to any strictly
   increasing transform of its input, which is why the ``prob`` and ``nll`` scores give the
   same mask.
-- :func:`score`: the StartGrad score (``prob``, ``nll``, ``logit``), and
-  :func:`ranking_score`, the one whose gradient is taken (``prob`` and ``nll`` share it).
+- :func:`ranking_score`: the scalar whose gradient StartGrad takes for the score ``prob``,
+  ``nll`` or ``logit`` (``prob`` and ``nll`` share it).
 
 Each host method computes a = |∂s/∂z| for its own coefficients z (through its inverse
 transform), reduces colour by max and calls :func:`quantile_transform` with its blocks.
@@ -15,7 +15,8 @@ transform), reduces colour by max and calls :func:`quantile_transform` with its 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from .objectives import objective
 
 SCORES = ("prob", "nll", "logit")
 
@@ -41,24 +42,12 @@ def quantile_transform(a: torch.Tensor, block_dims: int) -> torch.Tensor:
 
 
 def ranking_score(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """The scalar whose |gradient| StartGrad ranks for the score ``kind``. ``prob`` and ``nll``
-    both use log p_c: ∂p_c/∂z = p_c·∂log p_c/∂z, so their |gradients| differ by the factor
-    p_c > 0 per image, which the per-image quantile transform removes. Taking one gradient
-    for both makes their masks identical bit for bit, not just up to float rounding of near
-    ties. ``logit`` uses z_c (a different mask)."""
+    """The scalar whose |gradient| StartGrad ranks for the score ``kind`` (``prob`` p_c,
+    ``nll`` −log p_c, ``logit`` z_c). ``prob`` and ``nll`` both use log p_c: ∂p_c/∂z =
+    p_c·∂log p_c/∂z, so their |gradients| differ by the factor p_c > 0 per image, which the
+    per-image quantile transform removes, and −log p_c has the same |gradient| as log p_c.
+    Taking one gradient for both makes their masks identical bit for bit, not just up to
+    float rounding of near ties. ``logit`` uses z_c (a different mask)."""
     if kind not in SCORES:
         raise ValueError(f"startgrad_score: {kind!r} is not allowed; allowed: {', '.join(SCORES)}")
-    return score(logits, target, "logit" if kind == "logit" else "nll")
-
-
-def score(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """(N,) StartGrad score of the class ``target``: ``prob`` p_c, ``nll`` −log p_c,
-    ``logit`` z_c."""
-    if kind == "logit":
-        return logits.gather(1, target.view(-1, 1)).squeeze(1)
-    logp = F.log_softmax(logits, dim=1).gather(1, target.view(-1, 1)).squeeze(1)
-    if kind == "nll":
-        return -logp
-    if kind == "prob":
-        return logp.exp()
-    raise ValueError(f"startgrad_score: {kind!r} is not allowed; allowed: {', '.join(SCORES)}")
+    return objective(logits, target, "logit" if kind == "logit" else "logprob")

@@ -45,10 +45,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..explain.masks import ENTROPY_EPS, entropy
 from ..params import Param
 from .base import NONFINITE_PARAM, Metric, MetricInputs, as_target, register_metric
-
-ENTROPY_EPS = 1e-7      # inside the log of H (`metrics.md` §8)
 
 #: extras a mask method exports (final values, (N,)); the first one present is used.
 #: ``retained_*`` only counts when it is (N,), i.e. when the method kept no history.
@@ -58,21 +57,6 @@ EXTRAS_ENTROPY = ("final_retained_entropy", "retained_entropy")
 EXTRAS_H_EXPL, EXTRAS_H_IMAGE = "final_entropy_explanation", "final_entropy_image"
 
 COMPAT = ("shearletx",)
-
-
-def entropy(v, dims=None) -> torch.Tensor:
-    """H(v) = −Σ q ln(q + 1e-7), q = |v|²/Σ|v|², summed over ``dims`` (an int, a tuple, or
-    None for all dims), in float64 (`metrics.md` §8; `skmda37/ShearletX:code/shearletx.py`).
-    Complex v uses its modulus. An all-zero v has q = 0 everywhere, so H = 0."""
-    v = torch.as_tensor(v).detach()
-    if dims is None:
-        dims = tuple(range(v.ndim))
-    elif isinstance(dims, int):
-        dims = (dims,)
-    e = v.abs().double() ** 2
-    total = e.sum(dims, keepdim=True)
-    q = e / torch.where(total > 0, total, torch.ones_like(total))
-    return -(q * torch.log(q + ENTROPY_EPS)).sum(dims)
 
 
 def explanation_image(maps: torch.Tensor, images: torch.Tensor,

@@ -373,7 +373,7 @@ class SmoothMask(Method):
         reference = area_reference(math.prod(gen.shape_out), p["area"]).to(images.device)
         pmask = self.initial_params(images, target, image_ids, gen).float()
         every, steps = p["history_every"], p["steps"]
-        h_x = entropy(images)
+        h_x = entropy(images, (1, 2, 3))
 
         def explanation(m):
             x_e = m * images
@@ -382,7 +382,7 @@ class SmoothMask(Method):
         def retained(m):
             """(ℓ1 of m ⊙ x̃, entropy of m ⊙ x̃, ℓ1 of the explanation), each over x̃'s."""
             kept, x_e = m * images, explanation(m)
-            return (_l1_ratio(kept, images), (entropy(kept) / h_x).float(),
+            return (_l1_ratio(kept, images), (entropy(kept, (1, 2, 3)) / h_x).float(),
                     _l1_ratio(x_e, images))
 
         names = ("retained_probability", "retained_l1", "retained_entropy", "retained_pixel")
@@ -425,7 +425,7 @@ class SmoothMask(Method):
         l1, ent, pix = retained(mask)
         extras = {
             "final_retained_l1": l1,
-            "final_retained_entropy": (entropy(x_e) / h_x).float(),
+            "final_retained_entropy": (entropy(x_e, (1, 2, 3)) / h_x).float(),
             "final_retained_pixel": pix,
             "area": mask.flatten(1).mean(1).float(),
             "area_full": full.flatten(1).mean(1).float(),
