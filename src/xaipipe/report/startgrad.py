@@ -22,10 +22,9 @@ import numpy as np
 import pandas as pd
 
 from ..metrics.curves import speedup, wilcoxon_per_step
-from ..utils import atomic_path
 from .inputs import read_per_image
 from .masks import history_curves
-from .tables import TABLES
+from .tables import TABLES, _write_text
 
 QUANTITIES = ("cp_l1", "cp_pixel", "retained_probability")
 REFERENCES = ("ones", "uniform")
@@ -125,9 +124,7 @@ def write_frame(df: pd.DataFrame, out: dict[str, str], caption: str) -> None:
         if ext not in texts:
             raise ValueError(f"{path}: a table is written as csv, md, tex or html")
     for ext, path in out.items():
-        with atomic_path(path) as tmp:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(texts[ext])
+        _write_text(path, texts[ext])
 
 
 @TABLES.register(name="startgrad_speedup")
