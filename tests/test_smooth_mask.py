@@ -210,7 +210,19 @@ def test_mask_in_unit_interval_deterministic_and_extras(model, batch):
         return -(q * np.log(q + 1e-7)).sum(1)
     np.testing.assert_allclose(out.extras["final_retained_entropy"].numpy(),
                                h(out.maps) / h(x), rtol=1e-6)
+    np.testing.assert_allclose(out.extras["final_entropy_explanation"].numpy(), h(out.maps),
+                               rtol=1e-6)
+    np.testing.assert_allclose(out.extras["final_entropy_image"].numpy(), h(x), rtol=1e-6)
     assert torch.allclose(entropy(x, (1, 2, 3)), torch.from_numpy(h(x)))
+    # so CP's entropy_exp works from the extras, as from the pixels (H is scale invariant)
+    from xaipipe.metrics import MetricInputs, cp_scores, get_metric
+    ex = {k: v.numpy() for k, v in out.extras.items()}
+    cols = get_metric("cp")(entropy_exp=True)(MetricInputs(
+        ids=ids.numpy(), target=t, maps=out.maps, model=model, images=x, extras=ex))
+    assert cols["entropy_from_extras"].all()
+    np.testing.assert_allclose(cols["cp_entropy_exp"],
+                               cp_scores(model, x, out.maps, t, entropy_exp=True)[
+                                   "cp_entropy_exp"], rtol=1e-5)
     assert torch.allclose(out.extras["area"], m.flatten(1).mean(1))
     # compat shearletx: mask · x̃² with the same mask
     sx = run_method("smooth_mask", model, x, t, image_ids=ids, compat="shearletx", **kw)

@@ -4,6 +4,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -288,3 +289,68 @@ def test_idgi_preset_runs_on_a_small_model_with_one_override(run):
     res = snakemake("--configfile", str(IDGI), str(TINY), "--cores", "1", "-n", "idgi_tmlr",
                     "--config", *override, cwd=run)
     assert "Nothing to be done" in res.stdout + res.stderr
+
+
+RESUME = ROOT / "tests" / "configs" / "resume_tiny.yaml"
+
+
+def make_resume(cwd, *args):
+    """The README's resume command, `make resume ARGS="..."`, for a run in ``cwd`` with this
+    interpreter's environment (its stamp file is not rebuilt: `-o`)."""
+    venv = Path(sys.prefix)
+    arg = " ".join(["-s", str(ROOT / "Snakefile"), "--directory", str(cwd), *args])
+    cmd = ["make", "-C", str(ROOT), "-o", str(venv / ".installed-stamp"), "resume",
+           f"VENV={venv}", "CORES=2", f"ARGS={arg}"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+
+
+@pytest.mark.integration
+def test_sigkill_of_the_whole_run_then_make_resume(tmp_path):
+    """A run killed like a lost node (SIGKILL to Snakemake and its jobs) mid-attribution: the
+    plain rerun fails on the stale lock; `make resume` finishes it, reusing the shards finished
+    before the kill; the store equals an uninterrupted computation of that job bit for bit."""
+    import os
+    import signal
+    import time
+    wd = workdir(tmp_path)
+    args = ["--configfile", str(RESUME), "resume_tiny"]
+    cmd = SNAKEMAKE + ["-s", str(ROOT / "Snakefile"), "--directory", str(wd), "--cores", "2",
+                       *args]
+    proc = subprocess.Popen(cmd, cwd=wd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    out = wd / "results/saliency/tiny_shapes/tiny_resnet18/ig_slow/original.zarr"
+    stage = out.with_name(".original.zarr.shards")
+    deadline = time.time() + 900
+    while time.time() < deadline and proc.poll() is None:
+        if len(list(stage.glob("shard-*.zarr"))) >= 2:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = len(list(stage.glob("shard-*.zarr")))
+    assert 2 <= finished < 6 and not out.exists(), "the job was not killed mid-way"
+    plain = snakemake("--cores", "2", *args, cwd=wd, check=False)
+    assert plain.returncode != 0 and "cannot be locked" in plain.stdout + plain.stderr
+    res = make_resume(wd, *args)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    log = (wd / "results/logs/saliency/tiny_shapes/tiny_resnet18/ig_slow/original.log")
+    assert f"reused {finished} of 6 finished shards" in log.read_text()
+    assert (wd / "results/papers/resume_tiny/summary.csv").exists()
+    assert not list(wd.rglob("*.tmp-*")) and not stage.exists()
+    # the same job uninterrupted, through the package (what the rule runs)
+    from xaipipe.explain.runner import explain_to_store
+    plan = Plan(load_config(wd / "config.yaml", RESUME))
+    job = plan.explain_job("tiny_shapes", "tiny_resnet18", "ig_slow", "original")
+    rule_in = {"images": plan.model_images("tiny_resnet18", "original"),
+               "sel": plan.explain_selections("tiny_shapes", "tiny_resnet18", "ig_slow",
+                                              "original"),
+               "model": plan.model_inputs("tiny_resnet18")}
+    ref = tmp_path / "ref.zarr"
+    assert explain_to_store(ref, wd / rule_in["images"], [wd / p for p in rule_in["sel"]],
+                            [wd / p for p in rule_in["model"]], job,
+                            progress=False)["reused"] == 0
+    a, b = open_saliency(out), open_saliency(ref)
+    np.testing.assert_array_equal(np.asarray(a.saliency), np.asarray(b.saliency))
+    np.testing.assert_array_equal(a.index, b.index)
+    for k in a.extras:
+        np.testing.assert_array_equal(a.extras[k], b.extras[k])

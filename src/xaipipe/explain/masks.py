@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import ConfigError
 from ..params import Param
 from ..utils import derive_seed
 from .base import Attribution, Method
@@ -58,6 +59,12 @@ COMMON_PARAMS = {
                              doc="StartGrad score: −log p_c, p_c (same mask) or the logit"),
     "history_every": Param(0, int, min=0, doc="record the histories every N steps (0: off)"),
     "return_mask": Param(False, bool, doc="return the final mask in extras['mask']"),
+    "faithfulness_at": Param((), (tuple, list),
+                             doc="iterations at which to record the StartGrad faithfulness of "
+                                 "the current mask (0: the initial mask; at most steps)"),
+    "faithfulness_compat": Param(None, (str, type(None)), ("startgrad",),
+                                 doc="startgrad: the reference's faithfulness (ties, per-array "
+                                     "ranking, fresh noise)"),
 }
 
 HISTORY = ("retained_probability", "retained_l1", "retained_entropy", "retained_pixel",
@@ -110,7 +117,21 @@ class MaskMethod(Method):
 
     #: parameters that do not change what is optimised: left out of the seeds, so recording
     #: histories, returning the mask or running longer never changes the draws of a step
-    UNSEEDED = ("steps", "history_every", "return_mask")
+    UNSEEDED = ("steps", "history_every", "return_mask", "faithfulness_at",
+                "faithfulness_compat")
+
+    @classmethod
+    def check(cls, params: dict, where: str | None = None) -> dict:
+        out = super().check(params, where)
+        where = where or f"method {cls.name!r}"
+        at = out["faithfulness_at"]
+        bad = [v for v in at if isinstance(v, bool) or not isinstance(v, int) or v < 0
+               or v > out["steps"]]
+        if bad:
+            raise ConfigError(f"{where}.faithfulness_at: {bad} are not iterations in "
+                              f"0..steps={out['steps']} (give integers, e.g. [0, 5, 10, 50])")
+        out["faithfulness_at"] = sorted(set(at))
+        return out
 
     def seed_parts(self, image_id: int, *extra) -> tuple:
         hp = {k: v for k, v in self.hparams.items()
@@ -147,7 +168,14 @@ class MaskMethod(Method):
         y_ref = torch.ones_like(p_clean) if p["distortion"] == "maximize" else p_clean
         masks = self.initial_masks(state, target, image_ids)
         extras = {}
+        f_at = p["faithfulness_at"]
+        faith = torch.zeros(n, len(f_at), dtype=torch.float64)
+        if f_at:
+            extras["faithfulness_step"] = torch.tensor(f_at, dtype=torch.int64).repeat(n, 1)
         if p["steps"] == 0:
+            if f_at:
+                faith[:, 0] = self.faithfulness(state, masks, target, p_clean, image_ids)
+                extras["faithfulness"] = faith.float()
             extras["mask"] = self.export_mask(masks)
             return Attribution(self.explanation(state, masks), {
                 **extras, **self.final_extras(state, masks)})
@@ -161,6 +189,9 @@ class MaskMethod(Method):
         for step in range(p["steps"]):
             opt.zero_grad(set_to_none=False)
             record = bool(every) and step % every == 0
+            if step in f_at:
+                faith[:, f_at.index(step)] = self.faithfulness(state, params, target, p_clean,
+                                                               image_ids)
             probs = self._distortion_pass(state, params, target, y_ref, image_ids, step)
             with torch.enable_grad():
                 regs = self.regularizers(state, params)
@@ -177,6 +208,10 @@ class MaskMethod(Method):
                 for m in params:
                     m.clamp_(0.0, 1.0)
         masks = [m.detach() for m in params]
+        if p["steps"] in f_at:
+            faith[:, -1] = self.faithfulness(state, masks, target, p_clean, image_ids)
+        if f_at:
+            extras["faithfulness"] = faith.float()
         if every:
             extras.update({k: v.float() for k, v in hist.items()})
             extras["loss_terms"] = terms.float()
@@ -263,6 +298,23 @@ class MaskMethod(Method):
                 loss.backward()
             probs[img_i, [s for _, s in pts]] = pc.detach()
         return probs
+
+    def faithfulness(self, state: State, masks, target, p_clean, image_ids) -> torch.Tensor:
+        """(N,) StartGrad faithfulness of the current masks in the method's own domain
+        (:mod:`xaipipe.metrics.faithfulness`): the mask ranks the coefficient positions, the
+        noise uses the method's statistics, seeded by (seed, image id, method name) only, so
+        that runs with other inits or λs see the same noise."""
+        from ..metrics.faithfulness import faithfulness_curves
+        p = self.hparams
+        seeds = [derive_seed(self.seed, int(i), "faithfulness", self.name) for i in image_ids]
+        with torch.no_grad():
+            out = faithfulness_curves(
+                self.model, target, p_clean.double().cpu(), state.coeffs,
+                [m.detach() for m in masks], state.mu, state.sigma,
+                lambda parts: self.synthesize(state, parts), seeds,
+                shared_colour=self.noise_shared_across_colour,
+                compat=p["faithfulness_compat"], batch_size=self._point_chunk(state.images))
+        return out["faithfulness"]
 
     # -- initialisation -------------------------------------------------------------------
     def initial_masks(self, state: State, target, image_ids) -> list[torch.Tensor]:

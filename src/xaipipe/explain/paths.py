@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import torch
 
-RULES = ("left", "right", "trapezoid", "middle", "pair_mean")
+RULES = ("left", "right", "trapezoid", "middle", "pair_mean", "gausslegendre")
+#: rules whose points are not on the j/m grid: no nested sweeps
+OFF_GRID = ("middle", "gausslegendre")
 
 
 def riemann(rule: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -19,6 +21,8 @@ def riemann(rule: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     - ``left`` / ``right`` / ``middle``: one point per segment at its start / end / middle
     - ``trapezoid``: the steps+1 grid points, end weights halved
     - ``pair_mean``: the mean over the steps+1 grid points (PAIR ``IntegratedGradients``)
+    - ``gausslegendre``: ``steps`` Gauss–Legendre nodes mapped to [0, 1] with their weights
+      (Captum's default ``method``; exact for polynomial path gradients of degree < 2·steps)
     """
     m = int(steps)
     if m < 1:
@@ -36,6 +40,10 @@ def riemann(rule: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         return j / m, w
     if rule == "pair_mean":
         return j / m, torch.full((m + 1,), 1.0 / (m + 1), dtype=torch.float64)
+    if rule == "gausslegendre":
+        import numpy as np
+        x, w = np.polynomial.legendre.leggauss(m)
+        return torch.from_numpy((x + 1) / 2), torch.from_numpy(w / 2)
     raise ValueError(f"unknown rule {rule!r}; allowed: {', '.join(RULES)}")
 
 

@@ -8,6 +8,7 @@ from .base import (METRICS, NEEDS, Metric, MetricInputs, available_metrics, get_
 from .convergence import convergence
 from .cp import cp_scores
 from .deletion import deletion
+from .faithfulness import faithfulness
 from .hallucination import hallucination_score
 from .insertion import insertion
 from .pic import pic
@@ -15,5 +16,5 @@ from .pointing_game import pointing_game
 from .stability import stability
 
 __all__ = ["METRICS", "NEEDS", "Metric", "MetricInputs", "available_metrics", "convergence",
-           "cp_scores", "deletion", "get_metric", "hallucination_score", "insertion", "pic",
+           "cp_scores", "deletion", "faithfulness", "get_metric", "hallucination_score", "insertion", "pic",
            "pointing_game", "register_metric", "stability"]

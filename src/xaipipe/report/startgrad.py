@@ -14,6 +14,12 @@ one-sided Wilcoxon signed-rank p-value (H1: StartGrad − baseline > 0, per imag
 1, 10, 50, 100 and the last recorded step (those recorded), and the fraction of recorded
 steps with p < 0.05.
 
+``startgrad_faithfulness``: one row per (model, variant, method as configured): the StartGrad
+faithfulness (`metrics.md` §3.4) at each recorded iteration as mean and IQM over images
+(``mean_it_<k>``, ``iqm_it_<k>``), as §11.8 reports it. Mask methods record it with
+``faithfulness_at``; pixel maps (the IG and GradCAM baselines) have one value, repeated in
+every iteration column (they do not iterate).
+
 Formats: csv (the rows), md, tex, html; every file written atomically once all are rendered.
 """
 from __future__ import annotations
@@ -21,7 +27,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..metrics.curves import speedup, wilcoxon_per_step
+from ..errors import DataError
+from ..metrics.curves import iqm, speedup, wilcoxon_per_step
 from .inputs import read_per_image
 from .masks import history_curves
 from .tables import TABLES, _write_text
@@ -103,6 +110,40 @@ def wilcoxon_frame(per_image: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def faithfulness_frame(per_image: pd.DataFrame) -> pd.DataFrame:
+    rows_in = per_image[per_image["metric_name"] == "faithfulness"] \
+        if "metric_name" in per_image else per_image.iloc[:0]
+    if rows_in.empty:
+        raise DataError("startgrad_faithfulness needs the metric 'faithfulness' in the "
+                        "experiment (metrics: [..., faithfulness])")
+    groups, steps_all = [], set()
+    for (model, variant, method), d in rows_in.groupby(["model", "variant", "method"],
+                                                      sort=False):
+        d = d.sort_values("image_id")
+        if "faithfulness_step" in d and d["faithfulness_step"].notna().any():
+            steps = [int(v) for v in np.asarray(d["faithfulness_step"].iloc[0])]
+            values = np.stack([np.asarray(v, np.float64) for v in d["faithfulness_curve"]])
+            iterative = True
+        else:
+            steps, values, iterative = None, d["faithfulness"].to_numpy(np.float64)[:, None], False
+        if steps:
+            steps_all.update(steps)
+        init = d["init"].iloc[0] if "init" in d and pd.notna(d["init"].iloc[0]) else ""
+        groups.append((model, variant, method, init, steps, values, iterative))
+    steps_all = sorted(steps_all) or [0]
+    rows = []
+    for model, variant, method, init, steps, values, iterative in groups:
+        row = {"model": model, "variant": variant, "method": method, "init": init,
+               "n_images": values.shape[0]}
+        for k in steps_all:
+            col = values[:, steps.index(k)] if iterative and k in steps else \
+                (values[:, 0] if not iterative else np.full(values.shape[0], np.nan))
+            row[f"mean_it_{k}"] = float(np.nanmean(col)) if np.isfinite(col).any() else np.nan
+            row[f"iqm_it_{k}"] = float(iqm(col)) if np.isfinite(col).any() else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _fmt(v) -> str:
     if isinstance(v, (float, np.floating)):
         return "–" if not np.isfinite(v) else f"{v:.3g}"
@@ -142,3 +183,12 @@ def startgrad_wilcoxon(summary: pd.DataFrame, out: dict[str, str], per_image=Non
     write_frame(wilcoxon_frame(read_per_image(per_image)), out,
                 "One-sided Wilcoxon signed-rank tests, H1: StartGrad − baseline > 0 per image, "
                 "at selected steps; frac_p_below_0.05 over all recorded steps.")
+
+
+@TABLES.register(name="startgrad_faithfulness")
+def startgrad_faithfulness(summary: pd.DataFrame, out: dict[str, str], per_image=None) -> None:
+    """StartGrad faithfulness per recorded iteration, mean and IQM over images."""
+    write_frame(faithfulness_frame(read_per_image(per_image)), out,
+                "StartGrad faithfulness AUC(d_remove) − AUC(d_keep) (metrics.md §3.4) at the "
+                "masks of each recorded iteration (0: the initial mask); mean and IQM over "
+                "images. Pixel maps (IG, GradCAM) do not iterate: one value, repeated.")

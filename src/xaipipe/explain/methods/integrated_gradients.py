@@ -21,7 +21,7 @@ import torch
 from ...params import Param
 from ..base import OBJECTIVE_PARAM, Attribution, Method, register_method
 from ..baselines import BASELINES, make_baseline
-from ..paths import RULES, Grid, evaluate_path, nested_grids, riemann
+from ..paths import OFF_GRID, RULES, Grid, evaluate_path, nested_grids, riemann
 
 COMPATS = (None, "tmlr")
 IDGI_SPACES = ("pixel", "normalized")
@@ -46,8 +46,8 @@ class IntegratedGradients(Method):
 
     @classmethod
     def shares_path(cls, params, steps):
-        # the midpoints of different grids are different points
-        if params.get("rule") == "middle" and not params.get("idgi") \
+        # the midpoints (Gauss–Legendre nodes) of different grids are different points
+        if params.get("rule", "right") in OFF_GRID and not params.get("idgi") \
                 and params.get("compat") != "tmlr" and len(set(steps)) > 1:
             return False
         return super().shares_path(params, steps)
@@ -99,12 +99,13 @@ class IntegratedGradients(Method):
                 coef = {} if p["idgi"] else {j: s / max(m - 1, 1) for j in idx[1:]}
                 grids[n] = Grid(idx, coef, "baseline_side" if p["idgi"] else None)
             return alphas, grids
-        if p["rule"] == "middle" and not p["idgi"]:
+        if p["rule"] in OFF_GRID and not p["idgi"]:
             if len(set(steps)) > 1:
-                raise ValueError("rule 'middle' has no nested grids (its points are segment "
-                                 "midpoints); sweep with left, right, trapezoid or pair_mean")
+                raise ValueError(f"rule {p['rule']!r} has no nested grids (its points are not "
+                                 "on the j/m grid); sweep with left, right, trapezoid or "
+                                 "pair_mean")
             m = int(steps[0])
-            alphas, weights = riemann("middle", m)
+            alphas, weights = riemann(p["rule"], m)
             return alphas, {m: Grid(range(m), dict(enumerate(weights.tolist())))}
         m, strides = nested_grids(steps)
         alphas = torch.arange(m + 1, dtype=torch.float64) / m

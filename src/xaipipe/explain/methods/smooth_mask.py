@@ -50,7 +50,8 @@ Extras (leading dim N), named as in the shared mask framework (:mod:`xaipipe.exp
 ``final_retained_l1`` Σ|m ⊙ x̃|/Σ|x̃| (the ℓ1 kept in the representation, here pixels);
 ``final_retained_pixel`` Σ|x_E|/Σ|x̃| (the same number unless ``compat="shearletx"``);
 ``final_retained_entropy`` H(x_E)/H(x̃) with H(v) = −Σ q·ln(q + 1e−7), q = |v|²/Σ|v|² over all
-channels and positions; ``area`` the mean of the returned (cropped, H×W) mask; ``area_full`` the
+channels and positions, and its two entropies ``final_entropy_explanation`` H(x_E) and
+``final_entropy_image`` H(x̃) (CP's ``entropy_exp``); ``area`` the mean of the returned (cropped, H×W) mask; ``area_full`` the
 mean of the full mask with its margin, the quantity the area constraint acts on; ``mask`` (N, 1,
 H, W) with ``return_mask=True`` or ``steps=0``. With ``history_every=k`` (`metrics.md` §10.1),
 entries at iterations t = 0, k, 2k, … < ``steps`` (T = ⌈steps/k⌉; entry 0 is the initial mask,
@@ -423,9 +424,12 @@ class SmoothMask(Method):
 
         x_e = explanation(mask)
         l1, ent, pix = retained(mask)
+        h_e = entropy(x_e, (1, 2, 3))
         extras = {
             "final_retained_l1": l1,
-            "final_retained_entropy": (entropy(x_e, (1, 2, 3)) / h_x).float(),
+            "final_retained_entropy": (h_e / h_x).float(),
+            "final_entropy_explanation": h_e.float(),
+            "final_entropy_image": h_x.float(),
             "final_retained_pixel": pix,
             "area": mask.flatten(1).mean(1).float(),
             "area_full": full.flatten(1).mean(1).float(),
