@@ -293,3 +293,19 @@ def test_command_line_strings_are_read_as_the_schema_types():
     plan = Plan(c)
     assert plan.methods["integrated_gradients"][1]["steps"] == 16
     assert plan.sweeps == {"ig_sweep": (8, 16)} or "ig_sweep@8" in plan.methods
+
+
+def test_metrics_that_need_histories_skip_methods_without_them():
+    """presets/startgrad.yaml on the demo: convergence scores the nine mask runs (they record
+    histories), faithfulness all eleven methods, IG and GradCAM included."""
+    cfg = load_config(ROOT / "config.yaml", ROOT / "presets" / "startgrad.yaml", overrides={
+        "experiments": {"startgrad": {"models": ["shapes_resnet18"], "max_images": 8}}})
+    keys = Plan(cfg).score_keys("startgrad")
+    by_metric = {}
+    for _, _, metric, method, _ in keys:
+        by_metric.setdefault(metric, set()).add(method)
+    assert len(by_metric["faithfulness"]) == 11
+    assert by_metric["convergence"] == by_metric["faithfulness"] - {"sg_ig", "sg_gradcam"}
+    cfg["methods"]["sg_pixel_ones"]["history_every"] = 0
+    keys = Plan(cfg).score_keys("startgrad")
+    assert ("convergence", "sg_pixel_ones") not in {(k[2], k[3]) for k in keys}

@@ -231,6 +231,28 @@ def test_shearletx_compat_clips_the_coefficients(cnn, x64):
     assert not torch.allclose(a, b)
 
 
+def test_shearletx_split_synthesis_equals_the_direct_obfuscation(cnn, x64):
+    """T⁻¹(m ⊙ c) + T⁻¹((1 − m) ⊙ u_s), the cheaper form, gives the images and the mask
+    gradients of T⁻¹(u_s + m ⊙ (c − u_s)) up to float rounding, for runs of several images."""
+    from xaipipe.explain.methods.shearletx import ShearletX
+    meth = ShearletX(cnn, samples=3)
+    assert meth.split_synthesis() and not ShearletX(cnn, compat="shearletx").split_synthesis()
+    state = meth.prepare(x64)
+    m = torch.rand(2, 1, 17, 64, 64, generator=torch.Generator().manual_seed(3))
+    img_i = [0, 0, 1, 1, 1]
+    noise = [meth._noise(state, i, 10 + i, 0, s) for s, i in enumerate(img_i)]
+    out = {}
+    for split in (True, False):
+        masks = [m.clone().requires_grad_(True)]
+        meth.split_synthesis = lambda split=split: split
+        x = meth._obfuscate(state, masks, img_i, noise)
+        (g,) = torch.autograd.grad((x * torch.linspace(0, 1, x.numel()).view_as(x)).sum(),
+                                   masks)
+        out[split] = (x.detach(), g)
+    torch.testing.assert_close(out[True][0], out[False][0], atol=2e-6, rtol=0)
+    torch.testing.assert_close(out[True][1], out[False][1], atol=1e-5, rtol=1e-5)
+
+
 def test_shearletx_raises_the_retained_probability_over_its_first_steps(cnn, x64):
     t = cnn(x64).argmax(1)
     att = run_method("shearletx", cnn, x64, t, image_ids=[3, 4], steps=8, samples=4,

@@ -313,9 +313,9 @@ def test_sigkill_of_the_whole_run_then_make_resume(tmp_path):
     import signal
     import time
     wd = workdir(tmp_path)
-    args = ["--configfile", str(RESUME), "resume_tiny"]
-    cmd = SNAKEMAKE + ["-s", str(ROOT / "Snakefile"), "--directory", str(wd), "--cores", "2",
-                       *args]
+    args = ["resume_tiny", "--configfile", str(RESUME)]   # target first: --configfile is nargs+
+    cmd = SNAKEMAKE + ["-s", str(ROOT / "Snakefile"), "--directory", str(wd), *args,
+                       "--cores", "2"]
     proc = subprocess.Popen(cmd, cwd=wd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     out = wd / "results/saliency/tiny_shapes/tiny_resnet18/ig_slow/original.zarr"
@@ -329,7 +329,7 @@ def test_sigkill_of_the_whole_run_then_make_resume(tmp_path):
     proc.wait()
     finished = len(list(stage.glob("shard-*.zarr")))
     assert 2 <= finished < 6 and not out.exists(), "the job was not killed mid-way"
-    plain = snakemake("--cores", "2", *args, cwd=wd, check=False)
+    plain = snakemake(*args, "--cores", "2", cwd=wd, check=False)
     assert plain.returncode != 0 and "cannot be locked" in plain.stdout + plain.stderr
     res = make_resume(wd, *args)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

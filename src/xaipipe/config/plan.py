@@ -88,7 +88,8 @@ class Plan:
                     for f in sorted(filters):
                         self._request(self._explain, key, (f, e.filter_on(v)), e.max_images)
                     for mt in e.metrics:
-                        if not self.metrics[mt].applies_to(v) or not e.scores(mt, v):
+                        if not self.metrics[mt].applies_to(v) or not e.scores(mt, v) or \
+                                not self.metrics[mt].applies_to_method(*self.methods[me]):
                             continue
                         sel = (e.filter_for(mt), e.filter_on(v))
                         skey = (d, m, mt, me, v)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ConfigError
-from ..params import Param
+from ..params import Param, cli_scalar
 from ..utils import derive_seed
 from .base import Attribution, Method
 from .objectives import objective
@@ -114,6 +114,8 @@ class MaskMethod(Method):
     qtf_block_dims: tuple[int, ...] = (2,)
     #: bytes per (image, sample) point the transform needs, on top of the model's
     transform_point_bytes = 0
+    #: :meth:`synthesize` is linear in the coefficients (see :meth:`split_synthesis`)
+    linear_synthesis = False
 
     #: parameters that do not change what is optimised: left out of the seeds, so recording
     #: histories, returning the mask or running longer never changes the draws of a step
@@ -124,7 +126,8 @@ class MaskMethod(Method):
     def check(cls, params: dict, where: str | None = None) -> dict:
         out = super().check(params, where)
         where = where or f"method {cls.name!r}"
-        at = out["faithfulness_at"]
+        # `--config` passes list items as strings ("5"): read them as YAML scalars
+        at = [cli_scalar(v) if isinstance(v, str) else v for v in out["faithfulness_at"]]
         bad = [v for v in at if isinstance(v, bool) or not isinstance(v, int) or v < 0
                or v > out["steps"]]
         if bad:
@@ -265,6 +268,8 @@ class MaskMethod(Method):
             if j == len(img_i) or img_i[j] != img_i[start]:
                 runs.append((img_i[start], start, j))
                 start = j
+        if self.split_synthesis():
+            return self._obfuscate_split(state, masks, runs, noises)
         parts = []
         for k, (c, m) in enumerate(zip(state.coeffs, masks)):
             chunk = []
@@ -276,6 +281,28 @@ class MaskMethod(Method):
             parts = [q.clamp(0.0, 1.0) for q in parts]
             return self.synthesize(state, parts)
         return self.synthesize(state, parts).clamp(0.0, 1.0)
+
+    def split_synthesis(self) -> bool:
+        """Whether :meth:`_obfuscate` may use T⁻¹(m ⊙ c + (1 − m) ⊙ u_s) = T⁻¹(m ⊙ c) +
+        T⁻¹((1 − m) ⊙ u_s): valid for a linear synthesis with the clip on the image (not on
+        the coefficients), and cheaper where the noise is shared across colour: per image
+        T⁻¹(m ⊙ c) once for its C channels and T⁻¹((1 − m) ⊙ u_s) on one channel per sample,
+        (C + S) transforms of K bands instead of C·S (ShearletX: 19 instead of 48 at S = 16).
+        Equal up to float rounding (tested against the direct form)."""
+        return (self.linear_synthesis and self.noise_shared_across_colour
+                and not self.coefficient_clip())
+
+    def _obfuscate_split(self, state: State, masks: list, runs, noises):
+        out = []
+        for i, a, b in runs:
+            kept = self.synthesize(state, [m[i:i + 1] * c[i:i + 1]
+                                           for c, m in zip(state.coeffs, masks)])
+            noise = self.synthesize(state, [
+                (1 - m[i:i + 1]) * torch.stack([nz[k] for nz in noises[a:b]])
+                for k, m in enumerate(masks)])
+            out.append(kept + noise)                  # (1, C, H, W) + (b − a, 1, H, W)
+        x = torch.cat(out) if len(out) > 1 else out[0]
+        return x.clamp(0.0, 1.0)
 
     def _distortion_pass(self, state, masks, target, y_ref, image_ids, step) -> torch.Tensor:
         """Accumulate ∂(λ_D·D)/∂m into the masks' grads; returns p_c of every sample (N, S)."""

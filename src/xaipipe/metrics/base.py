@@ -139,6 +139,12 @@ class Metric:
         """Whether the metric scores maps of ``variant`` (stability skips its reference)."""
         return True
 
+    def applies_to_method(self, method: str, params: dict) -> bool:
+        """Whether the metric scores the maps of registered method ``method`` run with
+        ``params`` (the plan leaves other pairs out of an experiment, as it leaves out
+        variants :meth:`applies_to` rejects; ``convergence`` needs recorded histories)."""
+        return True
+
     # -- to implement ---------------------------------------------------------------------
     def compute(self, inputs: MetricInputs) -> dict[str, np.ndarray]:
         raise NotImplementedError

@@ -28,6 +28,15 @@ class Convergence(Metric):
     scalars = ("final_cp_l1", "final_cp_pixel", "final_retained_probability",
                "final_retained_l1")
 
+    def applies_to_method(self, method: str, params: dict) -> bool:
+        """Only mask methods run with ``history_every`` > 0 have histories: an experiment that
+        also has IG or GradCAM (StartGrad's faithfulness baselines) scores those with its
+        other metrics only."""
+        from ..explain import get_method
+        spec = get_method(method).params
+        return "history_every" in spec and bool(
+            params.get("history_every", spec["history_every"].default))
+
     def compute(self, inputs: MetricInputs) -> dict:
         ex = inputs.extras
         missing = [k for k in CURVES if k not in ex or np.asarray(ex[k]).ndim != 2]

@@ -38,6 +38,7 @@ class ShearletX(MaskMethod):
     }
     LOSS_TERMS = ("distortion", "sparsity", "spatial")
     noise_shared_across_colour = True
+    linear_synthesis = True               # the dual-frame reconstruction
 
     def coefficient_clip(self):
         return self.hparams["compat"] == "shearletx"
