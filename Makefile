@@ -31,8 +31,12 @@ resume: $(STAMP)
 report: $(STAMP)
 	$(VENV)/bin/snakemake --report results/report.html
 
+# The suite runs in TEST_WORKERS pytest-xdist processes, one test file per process at a time
+# (--dist loadfile: a file's session fixtures, e.g. the tiny run or the SLURM cluster, are
+# built once); TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not integration"

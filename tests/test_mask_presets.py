@@ -45,9 +45,10 @@ def test_shearletx_preset_on_a_tiny_model(wd):
 
 
 def test_startgrad_preset_on_a_tiny_model(wd):
-    runs = [f"sg_{h}_{i}" for h in ("shearletx", "waveletx", "pixel")
-            for i in ("ones", "uniform", "startgrad")]
-    override = ["experiments={startgrad: {models: [tiny64_resnet18], max_images: 3}}",
+    # CI: two of the three hosts (WaveletX runs in the shearletx preset's test)
+    runs = [f"sg_{h}_{i}" for h in ("shearletx", "pixel") for i in ("ones", "uniform", "startgrad")]
+    override = ["experiments={startgrad: {models: [tiny64_resnet18], max_images: 3, "
+                f"methods: [{', '.join(runs)}, sg_ig, sg_gradcam]}}}}",
                 *fast(runs, steps=6, samples=2, faithfulness_at=[0, 5, 6]),
                 "methods={sg_ig: {steps: 4}}"]
     snakemake("--configfile", str(STARTGRAD), str(TINY64), "--cores", "2", "startgrad",
@@ -55,7 +56,7 @@ def test_startgrad_preset_on_a_tiny_model(wd):
     out = wd / "results/papers/startgrad"
     assert (out / "figures/convergence_curves.png").read_bytes()[:4] == b"\x89PNG"
     sp = pd.read_csv(out / "tables/startgrad_speedup.csv")
-    assert set(sp["method"]) == {"shearletx", "waveletx", "pixel_mask"}
+    assert set(sp["method"]) == {"shearletx", "pixel_mask"}
     assert set(sp["reference"]) == {"ones", "uniform"} and (sp["steps"] == 6).all()
     assert ((sp["speedup_mean"] > 0) & (sp["t_star_mean"] <= 5)).all()
     wx = pd.read_csv(out / "tables/startgrad_wilcoxon.csv")
@@ -63,7 +64,7 @@ def test_startgrad_preset_on_a_tiny_model(wd):
     assert np.all((p >= 0) & (p <= 1))
     per = pd.read_parquet(out / "per_image.parquet")
     conv = per[per["metric_name"] == "convergence"]
-    assert len(conv) == 9 * 3 and all(len(v) == 6 for v in conv["cp_l1"])
+    assert len(conv) == 6 * 3 and all(len(v) == 6 for v in conv["cp_l1"])
     fa = pd.read_csv(out / "tables/startgrad_faithfulness.csv").set_index("method")
     assert set(fa.index) == set(runs) | {"sg_ig", "sg_gradcam"} and (fa["n_images"] == 3).all()
     cols = [f"{s}_it_{k}" for s in ("mean", "iqm") for k in (0, 5, 6)]
