@@ -291,3 +291,71 @@ def test_cp_entropy_exp_reads_the_method_entropies(cnn, x64):
         ids=np.arange(2), target=t, maps=att.maps, model=cnn, images=x64, extras=ex))
     np.testing.assert_allclose(out["cp_entropy_exp"], out["retained_probability"], rtol=1e-5)
     assert out["entropy_from_extras"].all()
+
+
+# -- StartGrad ablations and the StartGrad repository's variants (mask-methods.md §9.1-9.2) --
+def test_startgrad_ablations_and_transforms(cnn, x32):
+    x, t = x32[:2], torch.tensor([0, 1])
+    kw = dict(steps=0, init="startgrad")
+    base = run_method("pixel_mask", cnn, x, t, **kw).extras["mask"]
+    adv = run_method("pixel_mask", cnn, x, t, startgrad_ablation="adversarial", **kw)
+    torch.testing.assert_close(adv.extras["mask"], 1 - base, rtol=0, atol=0)
+    sh = run_method("pixel_mask", cnn, x, t, startgrad_ablation="shuffle", **kw).extras["mask"]
+    torch.testing.assert_close(sh.flatten(1).sort(1).values, base.flatten(1).sort(1).values,
+                               rtol=0, atol=0)
+    assert not torch.equal(sh, base)
+    quiet = run_method("pixel_mask", cnn, x, t, startgrad_ablation="noisy", startgrad_noise=0.0,
+                       **kw).extras["mask"]
+    torch.testing.assert_close(quiet, base, rtol=0, atol=0)
+    loud = run_method("pixel_mask", cnn, x, t, startgrad_ablation="noisy", startgrad_noise=1.0,
+                      **kw).extras["mask"]
+    assert not torch.equal(loud, base)
+    gxi = run_method("pixel_mask", cnn, x, t, startgrad_ablation="grad_x_input", **kw)
+    assert not torch.equal(gxi.extras["mask"], base)
+    # the transforms keep the gradient's order (float32 may tie near values) and span [0, 1]
+    ranks = base.flatten(1).argsort(dim=1, stable=True)
+    for tr in ("minmax", "sqrt", "log"):
+        m = run_method("pixel_mask", cnn, x, t, startgrad_transform=tr, **kw).extras["mask"]
+        assert torch.all(m.flatten(1).gather(1, ranks).diff(dim=1) >= 0), tr   # monotone
+        assert torch.all(m.flatten(1).amin(1) == 0) and torch.all(m.flatten(1).amax(1) == 1)
+
+
+def test_normalize_gradient_and_lp_sparsity(cnn, x32):
+    from xaipipe.explain.masks import normalize_gradients
+    from xaipipe.explain.methods.pixel_mask import PixelMask
+    params = [torch.rand(2, 1, 4, 4).requires_grad_(True), torch.rand(2, 5).requires_grad_(True)]
+    for m in params:
+        m.grad = torch.randn_like(m) * torch.tensor([3.0, 0.01]).view(-1, *[1] * (m.ndim - 1))
+    normalize_gradients(params)
+    norm = sum(m.grad.flatten(1).pow(2).sum(1) for m in params).sqrt()
+    torch.testing.assert_close(norm, torch.ones(2), rtol=1e-5, atol=0)
+    m = torch.tensor([[[[0.0, 0.25], [0.5, 1.0]]]])
+    meth = PixelMask(cnn, lp_p=0.5, lambda_1=2.0)
+    want = 2.0 * sum((v + 1e-7) ** 0.5 for v in (0.0, 0.25, 0.5, 1.0)) / 4
+    torch.testing.assert_close(meth.regularizers(None, [m])[0], torch.tensor([want]))
+    # Adam is scale-free per entry, so normalising changes the run but not its validity
+    a = run_method("pixel_mask", cnn, x32[:2], torch.tensor([0, 1]), steps=3, samples=2,
+                   normalize_gradient=True)
+    b = run_method("pixel_mask", cnn, x32[:2], torch.tensor([0, 1]), steps=3, samples=2)
+    assert not torch.equal(a.maps, b.maps)
+
+
+def test_shearletx_startgrad_compat_baselines_are_pixel_shaped(cnn, x64):
+    from xaipipe.explain.methods.shearletx import ShearletX
+    from xaipipe.transforms import ShearletTransform
+    t = torch.tensor([0, 1])
+    for init, shape in (("ones", (2, 1, 64, 64)), ("uniform", (2, 1, 64, 64)),
+                        ("startgrad", (2, 17, 64, 64))):
+        att = run_method("shearletx", cnn, x64, t, steps=0, init=init, compat="startgrad")
+        assert att.extras["mask"].shape == shape, init
+    ones = run_method("shearletx", cnn, x64, t, steps=0, compat="startgrad")
+    torch.testing.assert_close(ones.maps, x64, atol=2e-6, rtol=0)
+    meth = ShearletX(cnn, compat="startgrad")
+    assert meth.normalizes_gradient() and meth.coefficient_clip()
+    state = meth.prepare(x64)
+    lum = (x64 * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    cg = ShearletTransform(64, 64, scales=2).decompose(lum)
+    torch.testing.assert_close(state.mu[0][:, 0, :, 0, 0], cg.mean((-2, -1))[:, 0])
+    run = run_method("shearletx", cnn, x64, t, steps=2, samples=2, compat="startgrad",
+                     history_every=1, faithfulness_at=[2])
+    assert torch.isfinite(run.extras["faithfulness"]).all()

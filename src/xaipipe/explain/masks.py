@@ -40,7 +40,8 @@ from ..params import Param, cli_scalar
 from ..utils import derive_seed
 from .base import Attribution, Method
 from .objectives import objective
-from .startgrad import SCORES, quantile_transform, ranking_score
+from .startgrad import (ABLATIONS, SCORES, TRANSFORMS, block_transform, ranking_score,
+                        shuffle_blocks)
 
 INITS = ("ones", "uniform", "startgrad")
 
@@ -57,6 +58,17 @@ COMMON_PARAMS = {
     "init": Param("ones", str, INITS, doc="initial mask: all ones, U(0,1), or StartGrad"),
     "startgrad_score": Param("nll", str, SCORES,
                              doc="StartGrad score: −log p_c, p_c (same mask) or the logit"),
+    "startgrad_transform": Param("qtf", str, TRANSFORMS,
+                                 doc="|gradient| → mask per block: the QTF (StartGrad) or the "
+                                     "ablations minmax, sqrt, log"),
+    "startgrad_ablation": Param("none", str, ABLATIONS,
+                                doc="StartGrad ablations: adversarial (1 − m₀), shuffle (m₀ "
+                                    "permuted per block), noisy (N(0, σ²) added to the "
+                                    "gradient), grad_x_input (|∂s/∂z ⊙ z|)"),
+    "startgrad_noise": Param(0.05, float, min=0.0, doc="σ² of the noisy ablation"),
+    "normalize_gradient": Param(False, bool,
+                                doc="divide each image's mask gradient by its L2 norm "
+                                    "(+1e-7) before the Adam step (StartGrad repository)"),
     "history_every": Param(0, int, min=0, doc="record the histories every N steps (0: off)"),
     "return_mask": Param(False, bool, doc="return the final mask in extras['mask']"),
     "faithfulness_at": Param((), (tuple, list),
@@ -157,6 +169,9 @@ class MaskMethod(Method):
         """Per part, the mask shape of one image (1, ...) (shared across colour)."""
         return [(1, *c.shape[2:]) for c in state.coeffs]
 
+    def normalizes_gradient(self) -> bool:
+        return bool(self.hparams["normalize_gradient"])
+
     def coefficient_clip(self) -> bool:
         """Clip the obfuscated coefficients (compat ShearletX) instead of the image."""
         return False
@@ -206,6 +221,8 @@ class MaskMethod(Method):
                 dist = p["lambda_d"] * ((y_ref[:, None] - probs) ** 2).mean(1)
                 terms[:, j] = torch.stack([dist, *[r.detach() for r in regs]], 1).double().cpu()
                 self._record(hist, j, state, params, probs, p_clean)
+            if self.normalizes_gradient():
+                normalize_gradients(params)
             opt.step()
             with torch.no_grad():
                 for m in params:
@@ -357,11 +374,14 @@ class MaskMethod(Method):
                     derive_seed(*self.seed_parts(int(i), "init", k)))) for i in image_ids]
                 ).to(dev))
             return out
-        return self.startgrad_masks(state, target)
+        return self.startgrad_masks(state, target, image_ids)
 
-    def startgrad_masks(self, state: State, target) -> list[torch.Tensor]:
+    def startgrad_masks(self, state: State, target, image_ids=None) -> list[torch.Tensor]:
         """§9.1: z = T(x̃) as a leaf, x′ = T⁻¹(z), a = |∂s/∂z|, max over colour, QTF per
-        block. The gradient runs through the inverse transform (no clipping)."""
+        block. The gradient runs through the inverse transform (no clipping). The ablations
+        (``startgrad_ablation``, ``startgrad_transform``) change one step each; their draws
+        are seeded per image id."""
+        p = self.hparams
         z = [c.detach().clone().requires_grad_(True) for c in state.coeffs]
         with torch.enable_grad():
             chunk = self.chunk_size(state.images.shape[1:], state.images.device)
@@ -374,12 +394,35 @@ class MaskMethod(Method):
                 gs = torch.autograd.grad(sc.sum(), zs)
                 for g, gi in zip(grads, gs):
                     g[s:s + chunk] = gi
+        ablation = p["startgrad_ablation"]
+        ids = list(range(len(grads[0]))) if image_ids is None else [int(i) for i in image_ids]
+        if ablation == "grad_x_input":
+            grads = [g * c for g, c in zip(grads, state.coeffs)]
+        elif ablation == "noisy":
+            sd = math.sqrt(p["startgrad_noise"])
+            grads = [g + sd * torch.stack([torch.randn(
+                g.shape[1:], generator=torch.Generator().manual_seed(
+                    derive_seed(*self.seed_parts(i, "startgrad_noise", k))), dtype=g.dtype)
+                for i in ids]).to(g.device) for k, g in enumerate(grads)]
         out = []
-        for g, sh, bd in zip(grads, self.mask_shapes(state), self.qtf_block_dims):
+        for k, (g, sh, bd) in enumerate(zip(grads, self.startgrad_shapes(state),
+                                            self.qtf_block_dims)):
             a = g.abs().amax(1, keepdim=True)              # max over colour → (N, 1, ...)
             a = a.expand(a.shape[0], *sh) if a.shape[1:] != sh else a
-            out.append(quantile_transform(a, bd).to(g.device))
+            m0 = block_transform(a, bd, p["startgrad_transform"]).to(g.device)
+            if ablation == "adversarial":
+                m0 = 1.0 - m0
+            elif ablation == "shuffle":
+                m0 = torch.stack([shuffle_blocks(m0[j], bd, torch.Generator().manual_seed(
+                    derive_seed(*self.seed_parts(i, "startgrad_shuffle", k))))
+                    for j, i in enumerate(ids)])
+            out.append(m0)
         return out
+
+    def startgrad_shapes(self, state: State) -> list[tuple]:
+        """The StartGrad mask's shape per part (the same as every init's, unless a compat
+        option makes the baselines smaller: ShearletX ``compat: startgrad``)."""
+        return self.mask_shapes(state)
 
     # -- outputs --------------------------------------------------------------------------
     def export_mask(self, masks: list[torch.Tensor]) -> torch.Tensor:
@@ -432,6 +475,27 @@ class MaskMethod(Method):
         hist["cp_pixel"][:, j] = rcp / pix.clamp_min(1e-300)
 
 
-def gray(images: torch.Tensor) -> torch.Tensor:
-    """(R+G+B)/3, as the ShearletX repository (`mask-methods.md` §1). (N, 1, H, W)."""
+def normalize_gradients(params: list[torch.Tensor]) -> None:
+    """Each image's mask gradient (all parts together) divided by its L2 norm + 1e-7, in
+    place (the StartGrad repository's ``normalize_gradient``)."""
+    with torch.no_grad():
+        sq = sum(m.grad.flatten(1).double().pow(2).sum(1) for m in params)
+        norm = sq.sqrt() + 1e-7
+        for m in params:
+            m.grad.div_(norm.to(m.grad.dtype).view(-1, *([1] * (m.grad.ndim - 1))))
+
+
+def gray(images: torch.Tensor, kind: str = "mean") -> torch.Tensor:
+    """``mean``: (R+G+B)/3, as the ShearletX repository; ``luminance``: 0.299R + 0.587G +
+    0.114B, as the StartGrad repository (`mask-methods.md` §1). (N, 1, H, W)."""
+    if kind == "luminance":
+        w = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype, device=images.device)
+        return (images * w.view(1, 3, 1, 1)).sum(1, keepdim=True)
     return images.mean(1, keepdim=True)
+
+
+def sparsity(m: torch.Tensor, lp_p: float | None) -> torch.Tensor:
+    """(N,) mean|m| (ℓ1), or with ``lp_p`` the StartGrad repository's ``lp`` option
+    mean((|m| + 1e-7)^p)."""
+    a = m.abs().flatten(1)
+    return a.mean(1) if lp_p is None else (a + 1e-7).pow(lp_p).mean(1)

@@ -19,6 +19,10 @@ import torch
 from .objectives import objective
 
 SCORES = ("prob", "nll", "logit")
+#: what maps |gradient| to the initial mask per block (§9.1 step 5 and its ablations)
+TRANSFORMS = ("qtf", "minmax", "sqrt", "log")
+#: the gradient ablations of §9.1 (`create_visuals_bootstrapped.py` L370-530)
+ABLATIONS = ("none", "adversarial", "shuffle", "noisy", "grad_x_input")
 
 
 def quantile_transform(a: torch.Tensor, block_dims: int) -> torch.Tensor:
@@ -51,3 +55,33 @@ def ranking_score(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torc
     if kind not in SCORES:
         raise ValueError(f"startgrad_score: {kind!r} is not allowed; allowed: {', '.join(SCORES)}")
     return objective(logits, target, "logit" if kind == "logit" else "logprob")
+
+
+def block_transform(a: torch.Tensor, block_dims: int, kind: str = "qtf") -> torch.Tensor:
+    """|gradient| ``a`` → initial mask per block (the last ``block_dims`` dims). ``qtf``:
+    :func:`quantile_transform` (StartGrad). The ablations: ``minmax`` (a − min)/(max − min),
+    ``sqrt`` and ``log`` the same min–max scaling of √a and log(a + 1e-12) (a block whose
+    values are all equal maps to 0.5, as the QTF's ties). Float32 in [0, 1]."""
+    if kind == "qtf":
+        return quantile_transform(a, block_dims)
+    if kind not in TRANSFORMS:
+        raise ValueError(f"startgrad_transform: {kind!r} is not allowed; allowed: "
+                         f"{', '.join(TRANSFORMS)}")
+    v = a.detach().to(torch.float64)
+    v = v.sqrt() if kind == "sqrt" else torch.log(v + 1e-12) if kind == "log" else v
+    dims = tuple(range(a.ndim - block_dims, a.ndim))
+    lo, hi = v.amin(dims, keepdim=True), v.amax(dims, keepdim=True)
+    span = hi - lo
+    out = torch.where(span > 0, (v - lo) / torch.where(span > 0, span, torch.ones_like(span)),
+                      torch.full_like(v, 0.5))
+    return out.to(torch.float32)
+
+
+def shuffle_blocks(m: torch.Tensor, block_dims: int, generator: torch.Generator) -> torch.Tensor:
+    """The ``shuffle`` ablation: the values of each block in a random order (the same values,
+    no spatial information)."""
+    lead = m.shape[:m.ndim - block_dims]
+    flat = m.reshape(int(torch.tensor(lead).prod()) if lead else 1, -1)
+    perm = torch.stack([torch.randperm(flat.shape[1], generator=generator)
+                        for _ in range(flat.shape[0])]).to(m.device)
+    return torch.gather(flat, 1, perm).reshape(m.shape)

@@ -8,7 +8,7 @@ StartGrad, histories) is :mod:`xaipipe.explain.masks`.
 """
 from ...params import Param
 from ..base import register_method
-from ..masks import COMMON_PARAMS, MaskMethod, State
+from ..masks import COMMON_PARAMS, MaskMethod, State, sparsity
 
 
 @register_method
@@ -20,6 +20,8 @@ class PixelMask(MaskMethod):
                                  doc="StartGrad score (the pixel mask's `softmax_layer`: p_c)"),
         "lambda_1": Param(1.0, float, min=0.0, doc="weight of mean|m|"),
         "lambda_tv": Param(0.0, float, min=0.0, doc="weight of the squared-difference TV"),
+        "lp_p": Param(None, (float, type(None)), min=0.0,
+                      doc="sparsity mean((|m| + 1e-7)^p) instead of mean|m| (StartGrad's lp)"),
     }
     LOSS_TERMS = ("distortion", "sparsity", "tv")
 
@@ -41,4 +43,4 @@ class PixelMask(MaskMethod):
         n_mask = m[0].numel()
         tv = (((m[..., 1:, :] - m[..., :-1, :]) ** 2).flatten(1).sum(1)
               + ((m[..., :, 1:] - m[..., :, :-1]) ** 2).flatten(1).sum(1)) / n_mask
-        return [p["lambda_1"] * m.abs().flatten(1).mean(1), p["lambda_tv"] * tv]
+        return [p["lambda_1"] * sparsity(m, p["lp_p"]), p["lambda_tv"] * tv]

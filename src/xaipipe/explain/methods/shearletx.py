@@ -10,10 +10,17 @@ with x̃_s = clip(DSH⁻¹(m ⊙ c + (1 − m) ⊙ u_s)) (clean) or, with ``comp
 DSH⁻¹(clip(m ⊙ c + (1 − m) ⊙ u_s)) (the reference clips the coefficients). Defaults are the
 paper experiment's (λ_1 = 1, λ_2 = 2, lr 0.1, 300 steps, S = 16, uniform noise, ones); the
 number of scales follows the image size (:func:`auto_scales`) unless given.
+
+``compat="startgrad"``: the StartGrad repository's ShearletX (`mask-methods.md` §9.2): the
+luminance gray image for the noise statistics and the spatial term, coefficient clipping,
+the mask gradient divided by its L2 norm before each Adam step, and the ``ones``/``uniform``
+masks of shape (1, H, W) broadcast over the bands while StartGrad's is (K, H, W) (the
+discrepancy that confounds the repository's ShearletX speed-ups; clean: (K, H, W) for all).
+``lp_p`` is its ``lp`` sparsity (p unpublished).
 """
 from ...params import Param
 from ..base import register_method
-from ..masks import COMMON_PARAMS, MaskMethod, State, gray
+from ..masks import COMMON_PARAMS, MaskMethod, State, gray, sparsity
 
 
 def auto_scales(h: int, w: int) -> int:
@@ -33,15 +40,32 @@ class ShearletX(MaskMethod):
         "lambda_2": Param(2.0, float, min=0.0, doc="weight of the gray reconstruction's mean|·|"),
         "scales": Param(None, int, min=1,
                         doc="shearlet scales; None: auto_scales(H, W), 4 (49 bands) at 256 px"),
-        "compat": Param("none", str, ("none", "shearletx"),
-                        doc="'shearletx': clip the coefficients, not the image (reference)"),
+        "compat": Param("none", str, ("none", "shearletx", "startgrad"),
+                        doc="'shearletx': clip the coefficients, not the image (reference); "
+                            "'startgrad': the StartGrad repository's ShearletX (see below)"),
+        "lp_p": Param(None, (float, type(None)), min=0.0,
+                      doc="sparsity mean((|m| + 1e-7)^p) instead of mean|m| (StartGrad's lp)"),
     }
     LOSS_TERMS = ("distortion", "sparsity", "spatial")
     noise_shared_across_colour = True
     linear_synthesis = True               # the dual-frame reconstruction
 
     def coefficient_clip(self):
-        return self.hparams["compat"] == "shearletx"
+        return self.hparams["compat"] in ("shearletx", "startgrad")
+
+    def normalizes_gradient(self):
+        return super().normalizes_gradient() or self.hparams["compat"] == "startgrad"
+
+    def mask_shapes(self, state):
+        """(1, K, H, W); with ``compat: startgrad`` the baselines' (1, 1, H, W), one value per
+        position broadcast over the bands (the StartGrad repository's L502-530)."""
+        shape = super().mask_shapes(state)
+        if self.hparams["compat"] == "startgrad" and self.hparams["init"] != "startgrad":
+            return [(1, 1, *sh[2:]) for sh in shape]
+        return shape
+
+    def startgrad_shapes(self, state):
+        return super().mask_shapes(state)
 
     def prepare(self, images):
         from ...transforms import ShearletTransform     # imported when used: keeps plans light
@@ -49,7 +73,8 @@ class ShearletX(MaskMethod):
         tr = ShearletTransform(h, w, scales=self.hparams["scales"] or auto_scales(h, w))
         self.transform_point_bytes = 6 * 4 * images.shape[1] * tr.n_bands * h * w
         c = tr.decompose(images)                              # (N, C, K, H, W)
-        cg = tr.decompose(gray(images))                       # (N, 1, K, H, W)
+        cg = tr.decompose(gray(images, "luminance" if self.hparams["compat"] == "startgrad"
+                               else "mean"))                # (N, 1, K, H, W)
         mu = cg.mean((-2, -1), keepdim=True)
         sd = cg.std((-2, -1), keepdim=True)
         return State(images, [c], [mu], [sd], {"transform": tr, "gray": cg})
@@ -61,5 +86,5 @@ class ShearletX(MaskMethod):
         p = self.hparams
         m = masks[0]
         spatial = state.extra["transform"].reconstruct(m * state.extra["gray"]).clamp(0, 1)
-        return [p["lambda_1"] * m.abs().flatten(1).mean(1),
+        return [p["lambda_1"] * sparsity(m, p["lp_p"]),
                 p["lambda_2"] * spatial.abs().flatten(1).mean(1)]
