@@ -31,12 +31,13 @@ resume: $(STAMP)
 report: $(STAMP)
 	$(VENV)/bin/snakemake --report results/report.html
 
-# The suite runs in TEST_WORKERS pytest-xdist processes, one test file per process at a time
-# (--dist loadfile: a file's session fixtures, e.g. the tiny run or the SLURM cluster, are
-# built once); TEST_WORKERS=0 runs it in this process.
+# The suite runs in TEST_WORKERS pytest-xdist processes (--dist loadgroup: test by test, but
+# the files whose tests share the tiny workflow run or the SLURM cluster stay in one process
+# each, tests/conftest.py);
+# TEST_WORKERS=0 runs it in this process. The slowest tests are listed at the end.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not integration"

@@ -66,3 +66,28 @@ def tiny_run(tmp_path_factory):
     t = time.monotonic()
     snakemake("--configfile", str(TINY), "--cores", "2", "tiny", cwd=d)
     return d, time.monotonic() - t
+
+
+#: test files whose tests share an expensive module or session fixture (the tiny workflow run,
+#: the SLURM cluster): `make test` keeps each in one xdist process
+SHARED_FIXTURE_FILES = ("test_workflow.py", "test_slurm.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` (`-n 2 --dist loadgroup`): every test is its own unit of work, except the
+    files of :data:`SHARED_FIXTURE_FILES`, one unit each. Units with more tests go first, so
+    those two start at once in the two processes. (xdist's own loadgroup reads
+    ``xdist_group`` marks through ``item._nodeid``, which pytest 9 no longer uses for the
+    node id, so its groups never form; ``--dist loadfile`` queued the long files behind each
+    other.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if path.endswith(SHARED_FIXTURE_FILES) else nodeid
+
+    return SharedFixtureScheduling(config, log)

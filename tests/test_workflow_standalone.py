@@ -1,0 +1,204 @@
+"""Workflow tests that need no shared run (each has its own folder, or none): config errors,
+dry runs of every preset, lint, the ImageNet preset on stand-ins, kill and `make resume`.
+The tests that read the one tiny run of the session are in test_workflow.py."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from test_workflow import ROOT, SNAKEMAKE, TINY, planned_outputs, snakemake, workdir
+from xaipipe.config import Plan, load_config
+from xaipipe.data.store import open_images
+from xaipipe.store import open_saliency
+
+PRESETS = sorted((ROOT / "presets").glob("*.yaml"))     # the test overlays run for real
+
+def test_bad_config_stops_before_running(tmp_path):
+    d = workdir(tmp_path)
+    over = tmp_path / "tiny.yaml"
+    over.write_text(TINY.read_text().replace("ig8: {method: integrated_gradients",
+                                             "ig8: {method: integrated_gradientz"))
+    res = snakemake("--configfile", str(over), "--cores", "1", "tiny", cwd=d, check=False)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert "ConfigError: methods.ig8.method: unknown method 'integrated_gradientz'" in out
+    assert "Traceback" not in out and len(out.splitlines()) < 10, out
+    assert not (d / "results").exists()
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("bogus", 1, "ConfigError: config key (top level): Additional properties are not allowed"),
+    ("models", {"tiny_resnet18": {"arch": "resnet9000", "dataset": "tiny_shapes"}},
+     "ConfigError: models.tiny_resnet18.arch: unknown model 'resnet9000'"),
+    ("datasets", {"tiny_shapes": {"kind": "imagefolder", "root": "/nonexistent/imagenet"}},
+     "ConfigError: datasets.tiny_shapes.root: folder '/nonexistent/imagenet' does not exist"),
+])
+def test_config_errors_are_short_and_early(tmp_path, key, value, match):
+    d = workdir(tmp_path)
+    over = yaml.safe_load(TINY.read_text())
+    if key == "datasets":
+        over["datasets"] = value
+        over["models"]["tiny_resnet18"] = {"arch": "resnet18", "weights": "random",
+                                           "dataset": "tiny_shapes"}
+        over["experiments"]["tiny"]["metrics"].remove("pointing_game")   # folders: no masks
+    else:
+        over[key] = value if key != "models" else {**over["models"], **value}
+    (d / "over.yaml").write_text(yaml.safe_dump(over))
+    res = snakemake("--configfile", "over.yaml", "--cores", "1", "tiny", cwd=d, check=False)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and match in out, out
+    assert len(out.splitlines()) < 10, out
+    assert not (d / "results").exists()
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_preset_dry_run_plans_only_its_experiment(preset, tmp_path):
+    """A preset is an overlay: its dry run contains no job of another experiment (no output
+    of a model, data set or experiment that only other experiments use)."""
+    d = workdir(tmp_path)
+    over = yaml.safe_load(preset.read_text())
+    for name, ds in (over.get("datasets") or {}).items():
+        if ds.get("kind") in ("imagefolder", "imagenet"):          # stand-in folder: roots must exist
+            (tmp_path / name / "val" / "n01").mkdir(parents=True)
+            over["datasets"][name]["root"] = str(tmp_path / name)
+    (d / "over.yaml").write_text(yaml.safe_dump(over))
+    cfg = load_config(d / "config.yaml", d / "over.yaml")
+    for exp in over.get("run") or []:
+        res = snakemake("--configfile", "over.yaml", "-n", "-p", exp, cwd=d)
+        outputs = planned_outputs(res)
+        assert outputs, res.stdout[-2000:]
+        mine = cfg["experiments"][exp]
+        models = set(mine["models"])
+        datasets = {cfg["models"][m]["dataset"] for m in models}
+        foreign = set()
+        for other, e in cfg["experiments"].items():
+            if other != exp:
+                foreign |= {f"papers/{other}/"}
+                foreign |= {f"/{m}/" for m in e["models"] if m not in models}
+                foreign |= {f"/{cfg['models'][m]['dataset']}/" for m in e["models"]
+                            if cfg["models"][m]["dataset"] not in datasets}
+        bad = [o for o in outputs for f in foreign if f in o]
+        assert not bad, f"{preset.name}: jobs of other experiments: {bad[:5]}"
+        # and a plain `snakemake` with the overlay builds its `run` too (the Snakefile's
+        # default target is the same for every preset: checked once, on the first)
+        assert over["run"] == [exp]
+        if preset == PRESETS[0]:
+            res = snakemake("--configfile", "over.yaml", "-n", cwd=d)
+            assert sorted(planned_outputs(res)) == sorted(outputs)
+
+
+def test_lint_is_clean():
+    res = snakemake("--lint", cwd=ROOT, check=False)
+    out = (res.stdout + res.stderr).strip()
+    assert res.returncode == 0, out
+    assert "Lints for" not in out, out
+
+
+@pytest.mark.integration
+def test_imagenet_preset_with_local_stand_ins(tmp_path):
+    """presets/imagenet.yaml with a tiny ImageFolder and a weights file standing in for
+    ImageNet and torchvision's pretrained weights (random ResNet-18, 224x224)."""
+    import torch
+    from PIL import Image
+
+    from xaipipe.models import load_model
+
+    d = workdir(tmp_path)
+    rng = np.random.default_rng(0)
+    for c in ("n01440764", "n01443537"):
+        (tmp_path / "imagenet" / "val" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (300, 260, 3), dtype=np.uint8)).save(
+                tmp_path / "imagenet" / "val" / c / f"ILSVRC2012_val_{c}_{i}.JPEG")
+    (tmp_path / "imagenet" / "val" / c / "ILSVRC2012_val_truncated.JPEG").write_bytes(
+        b"\xff\xd8\xff\xe0")                   # unreadable: skipped, named and counted
+    weights = tmp_path / "resnet18-stand-in.pth"
+    torch.save(load_model("resnet18", weights="random").net.state_dict(), weights)
+    cfg = yaml.safe_load((ROOT / "presets" / "imagenet.yaml").read_text())
+    cfg["datasets"]["imagenet"]["root"] = str(tmp_path / "imagenet")
+    cfg["models"] = {"resnet18": {"arch": "resnet18", "weights": str(weights),
+                                  "dataset": "imagenet", "preprocess": "resize232_crop224"}}
+    cfg["methods"] = {"ig4": {"method": "integrated_gradients", "steps": 4, "rule": "trapezoid"}}
+    cfg["metrics"] = {"insertion5_blur": {"metric": "insertion", "steps": 5, "fill": "blur"}}
+    cfg["experiments"]["imagenet"].update(
+        models=["resnet18"], methods=["gradcam", "ig4"], metrics=["insertion5_blur"],
+        filter="all", max_images=2, variants=["jpeg"])
+    cfg["device"] = "cpu"
+    (d / "over.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake("--configfile", "over.yaml", "--cores", "2", "imagenet", cwd=d)
+    plan = Plan(load_config(d / "config.yaml", d / "over.yaml"))
+    for target in plan.experiment_targets("imagenet"):
+        assert (d / target).exists(), target
+    s = open_saliency(d / plan.saliency("imagenet", "resnet18", "gradcam", "jpeg"))
+    assert s.saliency.shape == (2, 1, 224, 224)
+    assert not (d / "results/models").exists()          # no demo model trained
+    images = open_images(d / "results/data/imagenet/resize232_crop224/jpeg.zarr")
+    assert len(images) == 4 and images.attrs["n_skipped"] == 1
+
+
+RESUME = ROOT / "tests" / "configs" / "resume_tiny.yaml"
+
+
+def make_resume(cwd, *args):
+    """The README's resume command, `make resume ARGS="..."`, for a run in ``cwd`` with this
+    interpreter's environment (its stamp file is not rebuilt: `-o`)."""
+    venv = Path(sys.prefix)
+    arg = " ".join(["-s", str(ROOT / "Snakefile"), "--directory", str(cwd), *args])
+    cmd = ["make", "-C", str(ROOT), "-o", str(venv / ".installed-stamp"), "resume",
+           f"VENV={venv}", "CORES=2", f"ARGS={arg}"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+
+
+@pytest.mark.integration
+def test_sigkill_of_the_whole_run_then_make_resume(tmp_path):
+    """A run killed like a lost node (SIGKILL to Snakemake and its jobs) mid-attribution: the
+    plain rerun fails on the stale lock; `make resume` finishes it, reusing the shards finished
+    before the kill; the store equals an uninterrupted computation of that job bit for bit."""
+    wd = workdir(tmp_path)
+    args = ["resume_tiny", "--configfile", str(RESUME)]   # target first: --configfile is nargs+
+    cmd = SNAKEMAKE + ["-s", str(ROOT / "Snakefile"), "--directory", str(wd), *args,
+                       "--cores", "2"]
+    proc = subprocess.Popen(cmd, cwd=wd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    out = wd / "results/saliency/tiny_shapes/tiny_resnet18/ig_slow/original.zarr"
+    stage = out.with_name(".original.zarr.shards")
+    deadline = time.time() + 900
+    while time.time() < deadline and proc.poll() is None:
+        if len(list(stage.glob("shard-*.zarr"))) >= 2:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = len(list(stage.glob("shard-*.zarr")))
+    assert 2 <= finished < 6 and not out.exists(), "the job was not killed mid-way"
+    plain = snakemake(*args, "--cores", "2", cwd=wd, check=False)
+    assert plain.returncode != 0 and "cannot be locked" in plain.stdout + plain.stderr
+    res = make_resume(wd, *args)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    log = (wd / "results/logs/saliency/tiny_shapes/tiny_resnet18/ig_slow/original.log")
+    assert f"reused {finished} of 6 finished shards" in log.read_text()
+    assert (wd / "results/papers/resume_tiny/summary.csv").exists()
+    assert not list(wd.rglob("*.tmp-*")) and not stage.exists()
+    # the same job uninterrupted, through the package (what the rule runs)
+    from xaipipe.explain.runner import explain_to_store
+    plan = Plan(load_config(wd / "config.yaml", RESUME))
+    job = plan.explain_job("tiny_shapes", "tiny_resnet18", "ig_slow", "original")
+    rule_in = {"images": plan.model_images("tiny_resnet18", "original"),
+               "sel": plan.explain_selections("tiny_shapes", "tiny_resnet18", "ig_slow",
+                                              "original"),
+               "model": plan.model_inputs("tiny_resnet18")}
+    ref = tmp_path / "ref.zarr"
+    assert explain_to_store(ref, wd / rule_in["images"], [wd / p for p in rule_in["sel"]],
+                            [wd / p for p in rule_in["model"]], job,
+                            progress=False)["reused"] == 0
+    a, b = open_saliency(out), open_saliency(ref)
+    np.testing.assert_array_equal(np.asarray(a.saliency), np.asarray(b.saliency))
+    np.testing.assert_array_equal(a.index, b.index)
+    for k in a.extras:
+        np.testing.assert_array_equal(a.extras[k], b.extras[k])
