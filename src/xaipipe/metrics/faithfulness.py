@@ -73,16 +73,18 @@ def _ranks(scores: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
-def _top_units(scores: list[torch.Tensor], q: float, compat: str | None):
+def _top_units(scores: list[torch.Tensor], q: float, compat: str | None,
+               ranks: torch.Tensor | None = None):
     """Per part, the bool (N, 1, ...) units that the *keep* curve keeps and that the *remove*
     curve randomises at fraction q, for ``scores`` (N, 1, ...). Clean: the same top ⌊q·M⌋
     units for both. Compat: keep {s ≥ t}, remove {s > t} with t the k-th largest score of the
     array (the reference keeps {s ≥ t} on one curve and {s ≤ t} on the other), so that all
     tied units stay together."""
     if compat is None:
-        flat = torch.cat([s.flatten(1) for s in scores], 1).float()
-        k = int(np.floor(q * flat.shape[1] + 1e-9))
-        top = _ranks(flat) < k
+        if ranks is None:           # the joint order (the same for every fraction)
+            ranks = _ranks(torch.cat([s.flatten(1) for s in scores], 1).float())
+        k = int(np.floor(q * ranks.shape[1] + 1e-9))
+        top = ranks < k
         out, start = [], 0
         for s in scores:
             m = s[0].numel()
@@ -139,7 +141,8 @@ def faithfulness_curves(model: torch.nn.Module, target: torch.Tensor, p_ref: tor
         return out
 
     fixed = None if compat == "startgrad" else [draw(i) for i in range(n)]
-    tops = [_top_units(scores, q, compat) for q in qs]
+    ranks = None if compat else _ranks(torch.cat([s.flatten(1) for s in scores], 1).float())
+    tops = [_top_units(scores, q, compat, ranks) for q in qs]
     curves = {"keep": torch.zeros(n, steps, dtype=torch.float64),
               "remove": torch.zeros(n, steps, dtype=torch.float64)}
     jobs = [(i, j, kind) for i in range(n) for kind in ("keep", "remove") for j in range(steps)]
