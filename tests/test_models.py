@@ -101,3 +101,70 @@ def test_training_is_deterministic(tmp_path):
                          log=lambda s: None)
         states.append(torch.load(tmp_path / run / "w.pt", weights_only=True))
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def _torchvision_small_resnet(layers, widths, num_classes):
+    """The demo network built from torchvision's own ResNet/BasicBlock (what models/demo.py
+    subclassed before it was written out to keep torchvision out of every job's start-up)."""
+    from torch import nn
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    class TV(ResNet):
+        def __init__(self):
+            nn.Module.__init__(self)
+            self._norm_layer, self.inplanes, self.dilation = nn.BatchNorm2d, widths[0], 1
+            self.groups, self.base_width = 1, 64
+            self.conv1 = nn.Conv2d(3, widths[0], 3, stride=2, padding=1, bias=False)
+            self.bn1, self.relu = nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
+            self.maxpool = nn.Identity()
+            self.layer1 = self._make_layer(BasicBlock, widths[0], layers[0])
+            self.layer2 = self._make_layer(BasicBlock, widths[1], layers[1], stride=2)
+            self.layer3 = self._make_layer(BasicBlock, widths[2], layers[2], stride=2)
+            self.layer4 = self._make_layer(BasicBlock, widths[3], layers[3], stride=2)
+            self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+            self.fc = nn.Linear(widths[3], num_classes)
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                elif isinstance(m, nn.BatchNorm2d):
+                    nn.init.constant_(m.weight, 1)
+                    nn.init.constant_(m.bias, 0)
+    return TV()
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34"])
+def test_demo_net_is_torchvision_resnet_bit_for_bit(arch):
+    """Same seed -> the same modules, weights, outputs and gradients as torchvision's classes."""
+    import sys
+
+    from xaipipe.models.demo import DEMO_LAYOUTS, build_demo_net
+    width, classes = 8, 5
+    torch.manual_seed(3)
+    ours = build_demo_net(arch, classes, width)
+    torch.manual_seed(3)
+    ref = _torchvision_small_resnet(DEMO_LAYOUTS[arch], [width * 2**k for k in range(4)], classes)
+    assert [n for n, _ in ours.named_modules()] == [n for n, _ in ref.named_modules()]
+    sa, sb = ours.state_dict(), ref.state_dict()
+    assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    ya, yb = ours.train()(x), ref.train()(x)       # train mode: batch statistics
+    assert torch.equal(ya, yb)
+    ya.square().sum().backward()
+    yb.square().sum().backward()
+    for (n, p), q in zip(ours.named_parameters(), ref.parameters()):
+        assert torch.equal(p.grad, q.grad), n
+    assert torch.equal(ours.eval()(x), ref.eval()(x))
+    assert "xaipipe.models.demo" in sys.modules
+
+
+def test_the_demo_model_path_imports_no_torchvision():
+    """Importing torchvision imports torch._dynamo (~2.6 s per job); a run on the demo models
+    must not pay it (torchvision architectures and resizing import it where they need it)."""
+    import subprocess
+    import sys
+    code = ("import sys; import xaipipe.pipeline; from xaipipe.models import load_model; "
+            "load_model('demo_resnet18', weights='random', num_classes=3, width=4); "
+            "print(sorted(m for m in ('torchvision', 'torch._dynamo', 'scipy.interpolate') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

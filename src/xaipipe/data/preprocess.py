@@ -18,8 +18,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from ..params import Param, check_params
 
@@ -41,6 +39,10 @@ def preprocess(image: Image.Image, resize=None, mode="shorter", crop=None,
     image = image.convert("RGB")
     if resize is None and crop is None:
         return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+    # torchvision only here: importing it costs ~2.6 s of start-up (models/demo.py)
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
     # torchvision's ToTensor (x / 255), as the reference code, to the last bit
     x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div(255)
     if resize is not None:

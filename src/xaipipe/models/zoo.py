@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from ..errors import ConfigError, WeightsNotFoundError
@@ -51,8 +50,16 @@ for _arch in DEMO_LAYOUTS:
                    lambda num_classes=10, width=16, _a=_arch: build_demo_net(_a, num_classes, width))
 
 
+def _torchvision():
+    """torchvision, imported when a torchvision architecture is named (not for the demo
+    models: importing it costs every job ~2.6 s, see models/demo.py)."""
+    import torchvision
+    return torchvision
+
+
 def _torchvision_names() -> list[str]:
-    return sorted(torchvision.models.list_models(module=torchvision.models))
+    tv = _torchvision()
+    return sorted(tv.models.list_models(module=tv.models))
 
 
 def available_models() -> list[str]:
@@ -64,7 +71,7 @@ def _entry(name: str, where: str | None = None) -> ModelEntry:
         return _REGISTRY[name]
     tv = _torchvision_names()
     if name in tv:
-        return ModelEntry(name, lambda _n=name, **kw: torchvision.models.get_model(_n, **kw),
+        return ModelEntry(name, lambda _n=name, **kw: _torchvision().models.get_model(_n, **kw),
                           input_size=299 if name == "inception_v3" else 224, torchvision=True)
     close = difflib.get_close_matches(name, sorted(_REGISTRY) + tv, n=4, cutoff=0.6)
     hint = f"did you mean {', '.join(close)}? " if close else ""
@@ -79,7 +86,7 @@ def cache_dir() -> Path:
 
 def _weights_enum(name: str, weights: str | None):
     try:
-        enum = torchvision.models.get_model_weights(name)
+        enum = _torchvision().models.get_model_weights(name)
     except (ValueError, KeyError) as e:
         raise ConfigError(f"model {name!r}: torchvision knows no weights for it") from e
     if weights is None:
