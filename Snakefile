@@ -10,6 +10,7 @@ import os
 from xaipipe import repro
 from xaipipe.config import setup_workflow
 from xaipipe.config.jobs import signature
+from xaipipe.slurm import cap_status_interval
 
 min_version("9.0")
 
@@ -23,6 +24,11 @@ plan = setup_workflow(
     targets=getattr(workflow.dag_settings, "targets", ()),
 )
 P = plan.P
+
+# SLURM: a cap on the executor plugin's status-check back-off, in the process that submits
+# (xaipipe.slurm; no effect with other executors)
+if workflow.is_main_process:
+    cap_status_interval(config["slurm"]["max_seconds_between_status_checks"])
 
 # reproducible mode: pinned CPU kernels in every job (read when a job imports torch)
 if config.get("reproducible"):

@@ -159,11 +159,14 @@ def test_demo_net_is_torchvision_resnet_bit_for_bit(arch):
 
 def test_the_demo_model_path_imports_no_torchvision():
     """Importing torchvision imports torch._dynamo (~2.6 s per job); a run on the demo models
-    must not pay it (torchvision architectures and resizing import it where they need it)."""
+    must not pay it (torchvision architectures and resizing import it where they need it);
+    the stores' provenance still records torchvision's version."""
     import subprocess
     import sys
     code = ("import sys; import xaipipe.pipeline; from xaipipe.models import load_model; "
             "load_model('demo_resnet18', weights='random', num_classes=3, width=4); "
+            "from xaipipe.zarrio import provenance; "
+            "assert provenance()['torchvision_version']; "
             "print(sorted(m for m in ('torchvision', 'torch._dynamo', 'scipy.interpolate') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import importlib
+import importlib.util
+import os
+import re
 import warnings
 from pathlib import Path
 
@@ -37,11 +40,29 @@ def versions() -> dict:
 def _versions() -> tuple:
     out = [("xaipipe_version", __version__)]
     for pkg in _PACKAGES:
-        try:
-            out.append((f"{pkg}_version", importlib.import_module(pkg).__version__))
-        except ImportError:
-            out.append((f"{pkg}_version", None))
+        out.append((f"{pkg}_version", _module_version(pkg)))
     return tuple(out)
+
+
+def _module_version(pkg: str) -> str | None:
+    """``pkg.__version__`` without importing ``pkg`` when it is not imported yet: torchvision
+    writes it to ``torchvision/version.py`` (with the build tag that the wheel's metadata
+    lacks), and importing torchvision itself costs ~2.6 s (models/demo.py)."""
+    import sys
+    if pkg not in sys.modules:
+        spec = importlib.util.find_spec(pkg)
+        if spec is None:
+            return None
+        for folder in spec.submodule_search_locations or ():
+            f = os.path.join(folder, "version.py")
+            if os.path.isfile(f):
+                m = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", open(f).read(), re.M)
+                if m:
+                    return m.group(1)
+    try:
+        return importlib.import_module(pkg).__version__
+    except ImportError:
+        return None
 
 
 def provenance() -> dict:
