@@ -16,11 +16,10 @@ def executor():
     e = object.__new__(cls)
     e._next_seconds_between_status_checks = None
     yield e
-    if before is None:
-        cls.__dict__.get("next_seconds_between_status_checks") and delattr(
-            cls, "next_seconds_between_status_checks")
-    else:
+    if before is not None:
         cls.next_seconds_between_status_checks = before
+    elif "next_seconds_between_status_checks" in cls.__dict__:
+        delattr(cls, "next_seconds_between_status_checks")
 
 
 def test_cap_clamps_changes_and_lifts(executor):

@@ -10,8 +10,8 @@ import datetime as _dt
 import functools
 import importlib
 import importlib.util
-import os
 import re
+import sys
 import warnings
 from pathlib import Path
 
@@ -48,15 +48,14 @@ def _module_version(pkg: str) -> str | None:
     """``pkg.__version__`` without importing ``pkg`` when it is not imported yet: torchvision
     writes it to ``torchvision/version.py`` (with the build tag that the wheel's metadata
     lacks), and importing torchvision itself costs ~2.6 s (models/demo.py)."""
-    import sys
     if pkg not in sys.modules:
         spec = importlib.util.find_spec(pkg)
         if spec is None:
             return None
         for folder in spec.submodule_search_locations or ():
-            f = os.path.join(folder, "version.py")
-            if os.path.isfile(f):
-                m = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", open(f).read(), re.M)
+            f = Path(folder) / "version.py"
+            if f.is_file():
+                m = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", f.read_text(), re.M)
                 if m:
                     return m.group(1)
     try:

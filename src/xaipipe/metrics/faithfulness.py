@@ -74,15 +74,14 @@ def _ranks(scores: torch.Tensor) -> torch.Tensor:
 
 
 def _top_units(scores: list[torch.Tensor], q: float, compat: str | None,
-               ranks: torch.Tensor | None = None):
+               ranks: torch.Tensor | None):
     """Per part, the bool (N, 1, ...) units that the *keep* curve keeps and that the *remove*
     curve randomises at fraction q, for ``scores`` (N, 1, ...). Clean: the same top ⌊q·M⌋
-    units for both. Compat: keep {s ≥ t}, remove {s > t} with t the k-th largest score of the
-    array (the reference keeps {s ≥ t} on one curve and {s ≤ t} on the other), so that all
-    tied units stay together."""
+    units for both, by ``ranks`` (N, M), the joint order of all parts (the same for every
+    fraction, so computed once by the caller). Compat: keep {s ≥ t}, remove {s > t} with t the
+    k-th largest score of the array (the reference keeps {s ≥ t} on one curve and {s ≤ t} on
+    the other), so that all tied units stay together; ``ranks`` is not used."""
     if compat is None:
-        if ranks is None:           # the joint order (the same for every fraction)
-            ranks = _ranks(torch.cat([s.flatten(1) for s in scores], 1).float())
         k = int(np.floor(q * ranks.shape[1] + 1e-9))
         top = ranks < k
         out, start = [], 0
