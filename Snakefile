@@ -10,7 +10,7 @@ import os
 from xaipipe import repro
 from xaipipe.config import setup_workflow
 from xaipipe.config.jobs import signature
-from xaipipe.slurm import cap_status_interval
+from xaipipe.slurm import cap_status_interval, run_jobs_in_allocation
 
 min_version("9.0")
 
@@ -29,6 +29,7 @@ P = plan.P
 # (xaipipe.slurm; no effect with other executors)
 if workflow.is_main_process:
     cap_status_interval(config["slurm"]["max_seconds_between_status_checks"])
+    run_jobs_in_allocation(config["slurm"]["job_runner"])
 
 # reproducible mode: pinned CPU kernels in every job (read when a job imports torch)
 if config.get("reproducible"):

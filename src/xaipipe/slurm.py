@@ -46,3 +46,38 @@ def cap_status_interval(seconds: float | None) -> bool:
     capped.base = base
     Executor.next_seconds_between_status_checks = capped
     return True
+
+
+_JOBSTEP_ARGS = "--executor slurm-jobstep --jobs 1"
+
+
+def run_jobs_in_allocation(runner: str = "local") -> bool:
+    """How a SLURM job runs its rule(s) inside its allocation (``slurm.job_runner``).
+
+    ``"jobstep"`` is the plugin's own way: the batch script starts Snakemake with the
+    ``slurm-jobstep`` executor and ``--jobs 1``, which ``srun``s a second Snakemake per rule,
+    one after the other (group jobs included). ``"local"`` gives the batch script's Snakemake
+    the local executor instead: it runs the job's rules itself, as a local run does, side by
+    side up to the job's ``--cores`` (the allocation). That is one workflow start-up per SLURM
+    job instead of two, and group jobs keep their parallelism. Returns whether the plugin now
+    runs jobs locally in their allocation."""
+    try:
+        from snakemake_executor_plugin_slurm import Executor
+    except ImportError:
+        return False
+    current = Executor.additional_general_args
+    base = getattr(current, "base", current)
+    if runner == "jobstep":
+        Executor.additional_general_args = base
+        return False
+
+    def additional_general_args(self):
+        args = base(self)
+        if _JOBSTEP_ARGS not in args:
+            raise RuntimeError(f"xaipipe.slurm: the SLURM plugin's job arguments {args!r} no "
+                               f"longer hold {_JOBSTEP_ARGS!r}; set slurm.job_runner: jobstep")
+        return args.replace(_JOBSTEP_ARGS, "--executor local")
+
+    additional_general_args.base = base
+    Executor.additional_general_args = additional_general_args
+    return True
