@@ -359,3 +359,91 @@ def test_shearletx_startgrad_compat_baselines_are_pixel_shaped(cnn, x64):
     run = run_method("shearletx", cnn, x64, t, steps=2, samples=2, compat="startgrad",
                      history_every=1, faithfulness_at=[2])
     assert torch.isfinite(run.extras["faithfulness"]).all()
+
+
+# -- schedules and the SmoothGrad ablation (StartGrad repository options, §9.2) ------------
+@pytest.mark.parametrize("schedule,kw", [
+    ("cosine", {}), ("step", {"gamma": 0.5, "step_size": 3}),
+    ("exponential", {"gamma": 0.9})])
+def test_lr_schedules_equal_torchs_schedulers(schedule, kw):
+    """lr_at's closed forms against torch's own schedulers, stepped once per iteration."""
+    from xaipipe.explain.masks import lr_at
+    steps, lr = 12, 0.1
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=lr)
+    sched = {"cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps),
+             "step": lambda: torch.optim.lr_scheduler.StepLR(opt, kw["step_size"], kw["gamma"]),
+             "exponential": lambda: torch.optim.lr_scheduler.ExponentialLR(opt, kw["gamma"])
+             }[schedule]()
+    for step in range(steps):
+        want = opt.param_groups[0]["lr"]
+        got = lr_at(step, lr, schedule, steps, kw.get("gamma", 0.99), kw.get("step_size", 100))
+        assert math.isclose(got, want, rel_tol=1e-12, abs_tol=1e-15), (step, got, want)
+        opt.step()
+        sched.step()
+
+
+def test_adaptive_lambda_factor_grows_to_one():
+    from xaipipe.explain.masks import lambda_factor
+    f = [lambda_factor(s, "adaptive", 0.1) for s in range(200)]
+    assert f[0] == pytest.approx(0.1) and f[1] == pytest.approx(0.1 ** 0.5)
+    assert all(b > a for a, b in zip(f, f[1:])) and f[-1] == pytest.approx(0.1 ** (1 / 200))
+    assert lambda_factor(5, "constant", 0.1) == 1.0
+
+
+def test_schedules_change_the_run_not_the_draws(cnn, x32):
+    """Neutral settings of the schedules give the constant run bit for bit (they are left
+    out of the seeds); real ones change the mask; the adaptive λ scales the recorded terms."""
+    x, t = x32[:2], torch.tensor([0, 1])
+    kw = dict(steps=4, samples=2, init="uniform", return_mask=True, image_ids=IDS[:2],
+              history_every=1, lambda_1=1.0, lambda_tv=0.5)
+    base = run_method("pixel_mask", cnn, x, t, **kw)
+    for neutral in (dict(lr_schedule="exponential", lr_gamma=1.0),
+                    dict(lr_schedule="step", lr_step_size=4, lr_gamma=0.1),
+                    dict(lambda_schedule="adaptive", lambda_delta=1.0)):
+        same = run_method("pixel_mask", cnn, x, t, **kw, **neutral)
+        assert torch.equal(same.extras["mask"], base.extras["mask"]), neutral
+    for real in (dict(lr_schedule="cosine"), dict(lr_schedule="exponential", lr_gamma=0.5),
+                 dict(lambda_schedule="adaptive", lambda_delta=0.1)):
+        other = run_method("pixel_mask", cnn, x, t, **kw, **real)
+        assert not torch.equal(other.extras["mask"], base.extras["mask"]), real
+    # step 0 of the adaptive run has the same mask as the constant run: its regulariser
+    # terms are δ times the constant run's, its distortion term the same
+    ada = run_method("pixel_mask", cnn, x, t, **kw, lambda_schedule="adaptive",
+                     lambda_delta=0.1)
+    a, b = ada.extras["loss_terms"][:, 0], base.extras["loss_terms"][:, 0]
+    torch.testing.assert_close(a[:, 0], b[:, 0])
+    torch.testing.assert_close(a[:, 1:], 0.1 * b[:, 1:])
+
+
+def test_smoothgrad_ablation(cnn, x32):
+    """The gradient averaged over noisy copies: one copy equals StartGrad on that noisy image
+    (the same seeded draw); the copies do not depend on the batch; more copies differ."""
+    from xaipipe.explain.masks import SMOOTHGRAD_SPREAD
+    from xaipipe.explain.methods.pixel_mask import PixelMask
+    from xaipipe.utils import derive_seed
+    x, t = x32[:2], torch.tensor([0, 1])
+    kw = dict(steps=0, init="startgrad", startgrad_ablation="smoothgrad")
+    one = run_method("pixel_mask", cnn, x, t, image_ids=IDS[:2], startgrad_samples=1,
+                     **kw).extras["mask"]
+    meth = PixelMask(cnn, startgrad_samples=1, **kw)
+    noisy = []
+    for j, i in enumerate(IDS[:2].tolist()):
+        eps = torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(
+            derive_seed(*meth.seed_parts(i, "startgrad_smoothgrad", 0))))
+        noisy.append(x[j] + SMOOTHGRAD_SPREAD * (x[j].max() - x[j].min()) * eps)
+    xn = torch.stack(noisy).requires_grad_(True)
+    p = torch.softmax(cnn(xn), 1).gather(1, t[:, None]).sum()
+    (g,) = torch.autograd.grad(p, xn)
+    want = quantile_transform(g.abs().amax(1, keepdim=True), 2)
+    # the same ranks up to float near-ties (a swap moves two entries by 1/(n − 1))
+    diff = (one - want).abs()
+    assert diff.max() <= 2 / 1023 + 1e-6 and (diff > 1e-6).float().mean() < 0.01, diff.max()
+    four = run_method("pixel_mask", cnn, x, t, image_ids=IDS[:2], startgrad_samples=4,
+                      **kw).extras["mask"]
+    assert not torch.equal(four, one)
+    alone = run_method("pixel_mask", cnn, x[1:], t[1:], image_ids=IDS[1:2],
+                       startgrad_samples=4, **kw).extras["mask"]
+    torch.testing.assert_close(alone[0], four[1], atol=1e-6, rtol=0)
+    assert PixelMask.smoothgrad_samples == 250
+    from xaipipe.explain.methods.shearletx import ShearletX
+    assert ShearletX.smoothgrad_samples == 10

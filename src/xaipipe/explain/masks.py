@@ -40,10 +40,15 @@ from ..params import Param, cli_scalar
 from ..utils import derive_seed
 from .base import Attribution, Method
 from .objectives import objective
-from .startgrad import (ABLATIONS, SCORES, TRANSFORMS, block_transform, ranking_score,
-                        shuffle_blocks)
+from .startgrad import (ABLATIONS, SCORES, SMOOTHGRAD_SPREAD, TRANSFORMS, block_transform,
+                        ranking_score, shuffle_blocks)
 
 INITS = ("ones", "uniform", "startgrad")
+#: learning-rate schedules of the StartGrad repository (torch's CosineAnnealingLR, StepLR,
+#: ExponentialLR, stepped once per iteration; :func:`lr_at`)
+LR_SCHEDULES = ("constant", "cosine", "step", "exponential")
+#: regulariser weights over the iterations: fixed, or λ_t = λ·δ^(1/t) (:func:`lambda_factor`)
+LAMBDA_SCHEDULES = ("constant", "adaptive")
 
 #: The parameters every mask method shares (a host adds its λs and may change defaults).
 COMMON_PARAMS = {
@@ -64,8 +69,25 @@ COMMON_PARAMS = {
     "startgrad_ablation": Param("none", str, ABLATIONS,
                                 doc="StartGrad ablations: adversarial (1 − m₀), shuffle (m₀ "
                                     "permuted per block), noisy (N(0, σ²) added to the "
-                                    "gradient), grad_x_input (|∂s/∂z ⊙ z|)"),
+                                    "gradient), grad_x_input (|∂s/∂z ⊙ z|), smoothgrad (the "
+                                    "gradient averaged over noisy copies of the image, σ = "
+                                    "0.15·(max − min))"),
     "startgrad_noise": Param(0.05, float, min=0.0, doc="σ² of the noisy ablation"),
+    "startgrad_samples": Param(None, (int, type(None)), min=1,
+                               doc="noisy copies of the smoothgrad ablation; None: the "
+                                   "host's (10 ShearletX/WaveletX, 250 pixel mask)"),
+    "lr_schedule": Param("constant", str, LR_SCHEDULES,
+                         doc="learning rate over the iterations (StartGrad repository "
+                             "option; its settings are not published): cosine to 0 over "
+                             "`steps`, ×lr_gamma every lr_step_size steps, or ×lr_gamma "
+                             "per step"),
+    "lr_gamma": Param(0.99, float, min=0.0, doc="factor of the step / exponential schedule"),
+    "lr_step_size": Param(100, int, min=1, doc="iterations per factor of the step schedule"),
+    "lambda_schedule": Param("constant", str, LAMBDA_SCHEDULES,
+                             doc="regulariser weights: constant, or adaptive λ_t = "
+                                 "λ·δ^(1/t) at iteration t = 1, 2, ... (StartGrad repository)"),
+    "lambda_delta": Param(0.1, float, min=0.0, max=1.0,
+                          doc="δ of the adaptive schedule (the first iteration's fraction of λ)"),
     "normalize_gradient": Param(False, bool,
                                 doc="divide each image's mask gradient by its L2 norm "
                                     "(+1e-7) before the Adam step (StartGrad repository)"),
@@ -129,10 +151,14 @@ class MaskMethod(Method):
     #: :meth:`synthesize` is linear in the coefficients (see :meth:`split_synthesis`)
     linear_synthesis = False
 
-    #: parameters that do not change what is optimised: left out of the seeds, so recording
-    #: histories, returning the mask or running longer never changes the draws of a step
+    #: parameters left out of the seeds: they do not change what is drawn, so recording
+    #: histories, returning the mask, running longer, scheduling the learning rate or the
+    #: λs, or drawing more SmoothGrad copies never changes the draws of a step
     UNSEEDED = ("steps", "history_every", "return_mask", "faithfulness_at",
-                "faithfulness_compat")
+                "faithfulness_compat", "lr_schedule", "lr_gamma", "lr_step_size",
+                "lambda_schedule", "lambda_delta", "startgrad_samples")
+    #: noisy copies of the smoothgrad ablation when ``startgrad_samples`` is None (§9.1)
+    smoothgrad_samples = 10
 
     @classmethod
     def check(cls, params: dict, where: str | None = None) -> dict:
@@ -213,6 +239,9 @@ class MaskMethod(Method):
             probs = self._distortion_pass(state, params, target, y_ref, image_ids, step)
             with torch.enable_grad():
                 regs = self.regularizers(state, params)
+                if p["lambda_schedule"] != "constant":
+                    w = lambda_factor(step, p["lambda_schedule"], p["lambda_delta"])
+                    regs = [w * r for r in regs]
                 total = sum(r.sum() for r in regs) if regs else None
                 if total is not None and total.requires_grad:
                     total.backward()
@@ -223,6 +252,9 @@ class MaskMethod(Method):
                 self._record(hist, j, state, params, probs, p_clean)
             if self.normalizes_gradient():
                 normalize_gradients(params)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, p["lr"], p["lr_schedule"], p["steps"],
+                                    p["lr_gamma"], p["lr_step_size"])
             opt.step()
             with torch.no_grad():
                 for m in params:
@@ -382,19 +414,11 @@ class MaskMethod(Method):
         (``startgrad_ablation``, ``startgrad_transform``) change one step each; their draws
         are seeded per image id."""
         p = self.hparams
-        z = [c.detach().clone().requires_grad_(True) for c in state.coeffs]
-        with torch.enable_grad():
-            chunk = self.chunk_size(state.images.shape[1:], state.images.device)
-            grads = [torch.zeros_like(c) for c in z]
-            for s in range(0, state.images.shape[0], chunk):
-                zs = [c[s:s + chunk] for c in z]
-                x = self.synthesize(state, zs)
-                sc = ranking_score(self.model(x).float(), target[s:s + chunk],
-                                     self.hparams["startgrad_score"])
-                gs = torch.autograd.grad(sc.sum(), zs)
-                for g, gi in zip(grads, gs):
-                    g[s:s + chunk] = gi
         ablation = p["startgrad_ablation"]
+        if ablation == "smoothgrad":
+            grads = self._smoothgrad_gradients(state, target, image_ids)
+        else:
+            grads = self._coefficient_gradients(state, target)
         ids = list(range(len(grads[0]))) if image_ids is None else [int(i) for i in image_ids]
         if ablation == "grad_x_input":
             grads = [g * c for g, c in zip(grads, state.coeffs)]
@@ -418,6 +442,42 @@ class MaskMethod(Method):
                     for j, i in enumerate(ids)])
             out.append(m0)
         return out
+
+    def _coefficient_gradients(self, state: State, target) -> list[torch.Tensor]:
+        """∂s/∂z per part for z = T(x̃) as a leaf, through x′ = T⁻¹(z) (§9.1 steps 2-3)."""
+        z = [c.detach().clone().requires_grad_(True) for c in state.coeffs]
+        with torch.enable_grad():
+            chunk = self.chunk_size(state.images.shape[1:], state.images.device)
+            grads = [torch.zeros_like(c) for c in z]
+            for s in range(0, state.images.shape[0], chunk):
+                zs = [c[s:s + chunk] for c in z]
+                x = self.synthesize(state, zs)
+                sc = ranking_score(self.model(x).float(), target[s:s + chunk],
+                                   self.hparams["startgrad_score"])
+                gs = torch.autograd.grad(sc.sum(), zs)
+                for g, gi in zip(grads, gs):
+                    g[s:s + chunk] = gi
+        return grads
+
+    def _smoothgrad_gradients(self, state: State, target, image_ids) -> list[torch.Tensor]:
+        """The smoothgrad ablation (§9.1): ∂s/∂z averaged over S copies x̃ + ε of each image,
+        ε ~ N(0, σ²) per pixel with σ = 0.15·(max − min) of that image, z = T(x̃ + ε); each
+        image's draws seeded by its id and the copy's index (so copies do not depend on the
+        batch, and more copies extend the same sequence)."""
+        images = state.images
+        n_copies = self.hparams["startgrad_samples"] or self.smoothgrad_samples
+        ids = list(range(images.shape[0])) if image_ids is None else [int(i) for i in image_ids]
+        flat = images.flatten(1)
+        sd = (SMOOTHGRAD_SPREAD * (flat.amax(1) - flat.amin(1))).view(-1, 1, 1, 1)
+        total = None
+        for s in range(n_copies):
+            eps = torch.stack([torch.randn(images.shape[1:], generator=torch.Generator()
+                                           .manual_seed(derive_seed(*self.seed_parts(
+                                               i, "startgrad_smoothgrad", s))))
+                               for i in ids]).to(images.device)
+            grads = self._coefficient_gradients(self.prepare(images + sd * eps), target)
+            total = grads if total is None else [t + g for t, g in zip(total, grads)]
+        return [t / n_copies for t in total]
 
     def startgrad_shapes(self, state: State) -> list[tuple]:
         """The StartGrad mask's shape per part (the same as every init's, unless a compat
@@ -473,6 +533,32 @@ class MaskMethod(Method):
         hist["retained_pixel"][:, j] = pix
         hist["cp_l1"][:, j] = rcp / l1.clamp_min(1e-300)
         hist["cp_pixel"][:, j] = rcp / pix.clamp_min(1e-300)
+
+
+def lr_at(step: int, lr: float, schedule: str, steps: int, gamma: float,
+          step_size: int) -> float:
+    """The learning rate of iteration ``step`` (0-based) under ``schedule``, in closed form:
+    what torch's CosineAnnealingLR(T_max=steps, eta_min=0), StepLR(step_size, gamma) and
+    ExponentialLR(gamma) give when stepped once per iteration after the optimiser's step."""
+    if schedule == "constant":
+        return lr
+    if schedule == "cosine":
+        return lr * (1.0 + math.cos(math.pi * step / max(steps, 1))) / 2.0
+    if schedule == "step":
+        return lr * gamma ** (step // step_size)
+    if schedule == "exponential":
+        return lr * gamma ** step
+    raise ValueError(f"lr_schedule {schedule!r}: not one of {LR_SCHEDULES}")
+
+
+def lambda_factor(step: int, schedule: str, delta: float) -> float:
+    """The regularisers' weight factor at iteration ``step`` (0-based): 1, or δ^(1/t) with
+    t = step + 1 (adaptive: λ_t = λ·δ^(1/t) grows from δ·λ to λ)."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "adaptive":
+        return delta ** (1.0 / (step + 1))
+    raise ValueError(f"lambda_schedule {schedule!r}: not one of {LAMBDA_SCHEDULES}")
 
 
 def normalize_gradients(params: list[torch.Tensor]) -> None:

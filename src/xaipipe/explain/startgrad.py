@@ -22,7 +22,9 @@ SCORES = ("prob", "nll", "logit")
 #: what maps |gradient| to the initial mask per block (§9.1 step 5 and its ablations)
 TRANSFORMS = ("qtf", "minmax", "sqrt", "log")
 #: the gradient ablations of §9.1 (`create_visuals_bootstrapped.py` L370-530)
-ABLATIONS = ("none", "adversarial", "shuffle", "noisy", "grad_x_input")
+ABLATIONS = ("none", "adversarial", "shuffle", "noisy", "grad_x_input", "smoothgrad")
+#: the SmoothGrad ablation's noise: N(0, σ²) per pixel with σ = this × (max − min) of the image
+SMOOTHGRAD_SPREAD = 0.15
 
 
 def quantile_transform(a: torch.Tensor, block_dims: int) -> torch.Tensor:

@@ -24,6 +24,7 @@ class PixelMask(MaskMethod):
                       doc="sparsity mean((|m| + 1e-7)^p) instead of mean|m| (StartGrad's lp)"),
     }
     LOSS_TERMS = ("distortion", "sparsity", "tv")
+    smoothgrad_samples = 250              # §9.1: the smoothgrad ablation's pixel-mask copies
 
     def prepare(self, images):
         flat = images.flatten(1)
