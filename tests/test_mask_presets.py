@@ -75,3 +75,46 @@ def test_startgrad_preset_on_a_tiny_model(wd):
     # the reference's 0 at iteration 0 of the ones init needs its tie rule; clean ranks ties
     # in raster order, so only the baselines' repeated value is checked exactly
     assert (fa.loc["sg_gradcam", "mean_it_0"] == fa.loc["sg_gradcam", "mean_it_6"])
+
+
+def test_startgrad_preset_on_imagenet_stand_ins(tmp_path):
+    """presets/startgrad.yaml's ImageNet path as it is, with local stand-ins: a tiny val
+    ImageFolder (non-square JPEGs, squashed to 256x256 by the preset's `stretch256`), and a
+    weights file of a random torchvision ResNet-18 (1000 classes) for sg_resnet18; CI-sized
+    optimisation settings, ShearletX from all ones and StartGrad."""
+    import torch
+    import yaml
+    from PIL import Image
+
+    from xaipipe.config import Plan, load_config
+    from xaipipe.models import load_model
+    from xaipipe.store import open_saliency
+
+    d = workdir(tmp_path / "wd")
+    rng = np.random.default_rng(0)
+    for c in ("n01440764", "n01443537"):
+        (tmp_path / "imagenet" / "val" / c).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 255, (300, 260, 3), dtype=np.uint8)).save(
+            tmp_path / "imagenet" / "val" / c / f"ILSVRC2012_val_{c}.JPEG")
+    weights = tmp_path / "resnet18-stand-in.pth"
+    torch.save(load_model("resnet18", weights="random").net.state_dict(), weights)
+    runs = ["sg_shearletx_ones", "sg_shearletx_startgrad"]
+    over = {"datasets": {"imagenet": {"root": str(tmp_path / "imagenet")}},
+            "models": {"sg_resnet18": {"weights": str(weights)}},
+            "device": "cpu"}
+    (d / "over.yaml").write_text(yaml.safe_dump(over))
+    override = ["experiments={startgrad: {models: [sg_resnet18], max_images: 2, "
+                f"methods: [{', '.join(runs)}], metrics: [convergence], "
+                "tables: [summary, startgrad_speedup]}}",
+                *fast(runs, steps=2, samples=2, faithfulness_at=[])]
+    snakemake("--configfile", str(STARTGRAD), "over.yaml", "--cores", "2", "startgrad",
+              "--config", *override, cwd=d)
+    plan = Plan(load_config(d / "config.yaml", STARTGRAD, d / "over.yaml"))
+    s = open_saliency(d / plan.saliency("imagenet", "sg_resnet18", "sg_shearletx_startgrad",
+                                        "original"))
+    assert s.saliency.shape == (2, 3, 256, 256)
+    rp = np.asarray(s.extras["retained_probability"])
+    assert rp.shape == (2, 2) and np.isfinite(rp).all()
+    sp = pd.read_csv(d / "results/papers/startgrad/tables/startgrad_speedup.csv")
+    assert set(sp["method"]) == {"shearletx"} and set(sp["reference"]) == {"ones"}
+    assert not (d / "results/models").exists()          # no demo model trained
