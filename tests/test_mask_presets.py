@@ -86,10 +86,10 @@ def test_startgrad_preset_on_imagenet_stand_ins(tmp_path):
     import yaml
     from PIL import Image
 
-    from xaipipe.config import Plan, load_config
     from xaipipe.models import load_model
     from xaipipe.store import open_saliency
 
+    (tmp_path / "wd").mkdir()
     d = workdir(tmp_path / "wd")
     rng = np.random.default_rng(0)
     for c in ("n01440764", "n01443537"):
@@ -99,19 +99,16 @@ def test_startgrad_preset_on_imagenet_stand_ins(tmp_path):
     weights = tmp_path / "resnet18-stand-in.pth"
     torch.save(load_model("resnet18", weights="random").net.state_dict(), weights)
     runs = ["sg_shearletx_ones", "sg_shearletx_startgrad"]
-    over = {"datasets": {"imagenet": {"root": str(tmp_path / "imagenet")}},
-            "models": {"sg_resnet18": {"weights": str(weights)}},
-            "device": "cpu"}
-    (d / "over.yaml").write_text(yaml.safe_dump(over))
-    override = ["experiments={startgrad: {models: [sg_resnet18], max_images: 2, "
+    override = [f"datasets={{imagenet: {{root: {tmp_path / 'imagenet'}}}}}",
+                f"models={{sg_resnet18: {{weights: {weights}}}}}", "device=cpu",
+                "experiments={startgrad: {models: [sg_resnet18], max_images: 2, "
                 f"methods: [{', '.join(runs)}], metrics: [convergence], "
                 "tables: [summary, startgrad_speedup]}}",
                 *fast(runs, steps=2, samples=2, faithfulness_at=[])]
-    snakemake("--configfile", str(STARTGRAD), "over.yaml", "--cores", "2", "startgrad",
+    snakemake("--configfile", str(STARTGRAD), "--cores", "2", "startgrad",
               "--config", *override, cwd=d)
-    plan = Plan(load_config(d / "config.yaml", STARTGRAD, d / "over.yaml"))
-    s = open_saliency(d / plan.saliency("imagenet", "sg_resnet18", "sg_shearletx_startgrad",
-                                        "original"))
+    (store,) = d.glob("results/saliency/imagenet/sg_resnet18/sg_shearletx_startgrad/*.zarr")
+    s = open_saliency(store)
     assert s.saliency.shape == (2, 3, 256, 256)
     rp = np.asarray(s.extras["retained_probability"])
     assert rp.shape == (2, 2) and np.isfinite(rp).all()
