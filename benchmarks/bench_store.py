@@ -92,6 +92,8 @@ def main():
 
         store("IG float32", ig, ig)
         store("IG float16+scale", ig, ig, dtype="float16")
+        store("IG f16+scale keepbits 9", ig, ig, dtype="float16", keepbits=9)
+        store("IG f16+scale keepbits 8", ig, ig, dtype="float16", keepbits=8)
         g = torch.Generator().manual_seed(2)
         noise = 1 + (torch.rand(ig.shape, generator=g) * 2 - 1) * 2.0 ** -12
         rows.append(("IG f32 x(1+-2^-12)", None, ig[0].numel() * 4, ig * noise, ig))

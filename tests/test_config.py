@@ -309,3 +309,14 @@ def test_metrics_that_need_histories_skip_methods_without_them():
     cfg["methods"]["sg_pixel_ones"]["history_every"] = 0
     keys = Plan(cfg).score_keys("startgrad")
     assert ("convergence", "sg_pixel_ones") not in {(k[2], k[3]) for k in keys}
+
+
+def test_keepbits_needs_float16_and_enters_the_signature_only_when_set():
+    with pytest.raises(ConfigError, match=r"explain\.keepbits.*explain\.dtype: float16"):
+        check(cfg(explain__keepbits=8))
+    key = Plan(check(cfg())).explain_keys(BASE["run"][0])[0]
+    plain = signature(Plan(check(cfg(explain__dtype="float16"))).explain_job(*key))
+    assert "keepbits" not in plain            # stores written before the option keep theirs
+    eight = signature(Plan(check(cfg(explain__dtype="float16", explain__keepbits=8)))
+                      .explain_job(*key))
+    assert eight["keepbits"] == 8 and {k: v for k, v in eight.items() if k != "keepbits"} == plain

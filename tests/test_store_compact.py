@@ -115,12 +115,14 @@ def shapes(tmp_path_factory):
     return d, model
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_gradcam_store_keeps_native_maps_and_reads_back_todays_maps(shapes, tmp_path, dtype):
+@pytest.mark.parametrize("dtype,keepbits", [("float32", None), ("float16", None),
+                                            ("float16", 7)])
+def test_gradcam_store_keeps_native_maps_and_reads_back_todays_maps(shapes, tmp_path, dtype,
+                                                                    keepbits):
     d, model = shapes
     job = ExplainJob(method="gradcam", params=GradCAM.check({}), model=SPEC, target="label",
                      max_images=(None,), split="val", seed=0, device="cpu", batch_size=2,
-                     dtype=dtype, provenance={"method": "gradcam"})
+                     dtype=dtype, provenance={"method": "gradcam"}, keepbits=keepbits)
     explain_to_store(tmp_path / "g.zarr", d / "images.zarr", [d / "all.parquet"], [d / "w.pt"],
                      job, progress=False)
     s = open_saliency(tmp_path / "g.zarr")
@@ -143,4 +145,44 @@ def test_gradcam_store_keeps_native_maps_and_reads_back_todays_maps(shapes, tmp_
     else:
         peak = today.abs().flatten(1).max(1).values.numpy()
         err = np.abs(back - today.numpy()).reshape(5, -1).max(1)
-        assert (err <= HALF_EPS * peak + 1e-6).all()
+        tol = HALF_EPS if keepbits is None else 2.0 ** -(keepbits + 1) + HALF_EPS
+        assert (err <= tol * peak + 1e-6).all()
+        assert s.attrs.get("keepbits") == keepbits
+
+
+def test_round_mantissa_is_nearest_with_k_bits_ties_to_even():
+    """Against float64 arithmetic over every finite float16: the nearest multiple of the
+    k-bit spacing 2^(e − k) of the value's binade (subnormals: e = −14), ties to even."""
+    from xaipipe.store import round_mantissa
+    x = np.arange(2 ** 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    x = x[np.isfinite(x)]
+    x64 = x.astype(np.float64)
+    mag = np.abs(x64)
+    e = np.where(mag > 0, np.floor(np.log2(np.where(mag > 0, mag, 1))), -14).clip(-14, None)
+    for k in (1, 4, 8, 9):
+        q = 2.0 ** (e - k)
+        want = np.round(x64 / q) * q                  # numpy rounds halves to even
+        got = round_mantissa(x, k)
+        ok = np.isfinite(want) & (np.abs(want) <= 65504)
+        np.testing.assert_array_equal(got.astype(np.float64)[ok], want[ok], err_msg=f"k={k}")
+        assert not np.any(got.view(np.uint16) & ((1 << (10 - k)) - 1))   # low bits cleared
+    assert round_mantissa(x, 10) is x
+
+
+def test_keepbits_stores_are_smaller_within_their_error_and_say_so(tmp_path):
+    rng = np.random.default_rng(1)
+    maps = rng.standard_normal((4, 3, 32, 32)).astype(np.float32) * np.float32(1e-4)
+    full = write_saliency(tmp_path / "f.zarr", maps, [0, 1, 2, 3], [0] * 4, dtype="float16")
+    kept = write_saliency(tmp_path / "k.zarr", maps, [0, 1, 2, 3], [0] * 4, dtype="float16",
+                          keepbits=6)
+    assert store_bytes(kept) < 0.85 * store_bytes(full)
+    back = open_saliency(kept).saliency.compute()
+    peak = np.abs(maps).reshape(4, -1).max(1)[:, None, None, None]
+    # 2^-7 of each value from the mantissa rounding, plus float16's own 2^-11 of the max
+    assert np.all(np.abs(back - maps) <= (2.0 ** -7 + 2.0 ** -11) * peak * (1 + 1e-6))
+    assert zarr.open_group(str(kept), mode="r").attrs["keepbits"] == 6
+    assert "keepbits" not in zarr.open_group(str(full), mode="r").attrs
+    for bad in (dict(dtype="float32", keepbits=8), dict(dtype="float16", keepbits=0)):
+        with pytest.raises(ValueError, match="keepbits"):
+            write_saliency(tmp_path / "bad.zarr", maps, [0, 1, 2, 3], [0] * 4, **bad)
+        assert not (tmp_path / "bad.zarr").exists()

@@ -273,6 +273,10 @@ def check_config(config: dict) -> dict:
     """Every name resolvable, every parameter valid, every experiment's pairs workable;
     raises :class:`ConfigError` naming the key. Returns the config."""
     check_catalogs(config)
+    ex = config.get("explain") or {}
+    if ex.get("keepbits") is not None and ex.get("dtype") != "float16":
+        raise ConfigError(f"explain.keepbits: {ex['keepbits']} rounds float16 mantissas; it "
+                          f"needs explain.dtype: float16 (got {ex.get('dtype')!r})")
     for name, e in config["experiments"].items():
         check_experiment(config, Experiment.from_config(name, e))
     for name in config.get("run") or []:

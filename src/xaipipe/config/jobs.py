@@ -21,7 +21,8 @@ def execution(default=None):
 def signature(job) -> dict:
     """The fields of ``job`` that its result depends on, as plain data (Snakemake's params)."""
     return {f.name: _plain(getattr(job, f.name)) for f in fields(job)
-            if not f.metadata.get("execution")}
+            if not f.metadata.get("execution")
+            and not (f.metadata.get("omit_default") and getattr(job, f.name) == f.default)}
 
 
 def _plain(v):
@@ -98,6 +99,9 @@ class ExplainJob:
     # read), and shards of images (the unit of resume, xaipipe.shards)
     native_resolution: bool = execution(True)
     shard_size: int | None = execution(None)
+    # float16 mantissa bits kept (None: all 10); in the signature only when set, so stores
+    # written before the option existed keep theirs
+    keepbits: int | None = field(default=None, metadata={"omit_default": True})
 
 
 @dataclass(frozen=True)

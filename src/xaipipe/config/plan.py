@@ -258,6 +258,7 @@ class Plan:
             max_images=tuple(reqs[k] for k in sorted(reqs)),
             split=self.split, seed=self.c["seed"], device=self.c["device"],
             batch_size=ex["batch_size"], memory_mb=ex["memory_mb"], dtype=ex["dtype"],
+            keepbits=ex["keepbits"],
             native_resolution=ex["native_resolution"], shard_size=ex["shard_size"],
             sweep=sweep,
             provenance={"dataset": dataset, "preprocess": self.preprocess_of(model),

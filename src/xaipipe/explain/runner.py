@@ -63,6 +63,7 @@ def explain_to_store(out, images_path, selections, model_files, job, progress=Tr
         with contextlib.ExitStack() as stack:
             writers = [stack.enter_context(SaliencyWriter(
                            o, b - a, {**attrs(n), **extra_attrs}, dtype=job.dtype,
+                           keepbits=getattr(job, "keepbits", None),
                            chunk_n=max(bs, 1),
                            image_size=images.images.shape[-2:] if upsample else None,
                            upsample=upsample))
