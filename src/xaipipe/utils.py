@@ -162,6 +162,24 @@ def nonfinite_rows(x) -> np.ndarray | torch.Tensor:
     return ~np.isfinite(x).all(axis=tuple(range(1, x.ndim)))
 
 
+#: the model's arithmetic: float32, or mixed precision through torch.autocast (an opt-in)
+PRECISIONS = ("float32", "bfloat16", "float16")
+
+
+def autocast(device, precision: str = "float32"):
+    """The context a model runs in at ``precision``: nothing for ``float32``; for
+    ``bfloat16``/``float16`` ``torch.autocast`` on ``device``'s type (CPU or CUDA), which runs
+    convolutions and matrix products in that dtype and keeps reductions, softmax and the
+    gradients of float32 leaves in float32. The numerical difference is reported in the
+    README (``benchmarks/bench_precision.py``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: not one of {PRECISIONS}")
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type,
+                          dtype=getattr(torch, precision))
+
+
 @contextlib.contextmanager
 def eval_mode(model):
     """Run ``model`` (if any) in eval mode, then give every module back its own training flag,

@@ -102,6 +102,7 @@ class ExplainJob:
     # float16 mantissa bits kept (None: all 10); in the signature only when set, so stores
     # written before the option existed keep theirs
     keepbits: int | None = field(default=None, metadata={"omit_default": True})
+    precision: str = field(default="float32", metadata={"omit_default": True})
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,8 @@ class ScoreJob:
     scheduler: str = execution("local")
     dashboard: bool = execution(False)
     shard_size: int | None = execution(None)
+    # mixed precision of the metric's model calls (in the signature only when not float32)
+    precision: str = field(default="float32", metadata={"omit_default": True})
 
 
 @dataclass(frozen=True)

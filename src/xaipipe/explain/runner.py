@@ -32,7 +32,8 @@ def explain_to_store(out, images_path, selections, model_files, job, progress=Tr
     images = open_images(images_path, job.split)
     ids, targets = requested_images(selections, job.max_images, job.target)
     pos = images.positions(ids)
-    algo = cls(model, seed=job.seed, memory_mb=job.memory_mb, **job.params)
+    algo = cls(model, seed=job.seed, memory_mb=job.memory_mb,
+               precision=getattr(job, "precision", "float32"), **job.params)
     # Methods with a coarser native map (GradCAM) store it as computed; readers upsample it.
     upsample = getattr(cls, "native_upsample", None)
     if upsample and getattr(job, "native_resolution", True):

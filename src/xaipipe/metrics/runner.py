@@ -30,7 +30,7 @@ from ..config.jobs import signature
 from ..models.spec import load_spec
 from ..parallel import dask_client, job_threads
 from ..store import open_saliency
-from ..utils import as_list, atomic_path
+from ..utils import as_list, atomic_path, autocast
 from ..zarrio import versions
 from .base import MetricInputs, get_metric
 
@@ -46,8 +46,8 @@ def _tensor(block, scale=None):
 
 
 def _score_chunk(metric_name, params, model_spec, model_files, device, batch_size,
-                 torch_threads, ids, targets, extras, maps, images, other_images, other_maps,
-                 masks):
+                 torch_threads, precision, ids, targets, extras, maps, images, other_images,
+                 other_maps, masks):
     if repro.requested():                     # a worker process of a reproducible job
         repro.enable()
     elif torch_threads:
@@ -63,7 +63,8 @@ def _score_chunk(metric_name, params, model_spec, model_files, device, batch_siz
         maps=on(_tensor(maps)), model=model, images=on(_tensor(images, 255)),
         other_images=on(_tensor(other_images, 255)), other_maps=on(_tensor(other_maps)),
         masks=on(_tensor(masks)), extras=extras, batch_size=batch_size)
-    out = metric(inputs)
+    with autocast(dev, precision):
+        out = metric(inputs)
     out.pop("fractions", None)
     cols = {"image_id": np.asarray(ids), "target": np.asarray(targets)}
     for k, v in out.items():
@@ -142,7 +143,8 @@ def score_store(out, inputs: dict, job, *, threads: int = 1) -> pd.DataFrame:
     workers, torch_threads = _workers(job.scheduler, job_threads(threads))
     task = dask.delayed(_score_chunk, pure=True)
     tasks = [task(job.metric, metric.hparams, job.model, model_files, job.device,
-                  job.batch_size, torch_threads, ids[a:b], targets[a:b],
+                  job.batch_size, torch_threads, getattr(job, "precision", "float32"),
+                  ids[a:b], targets[a:b],
                   {k: v[a:b] for k, v in extras.items()},
                   *(blocks[k][i] for k in ("maps", "images", "other_images", "other_maps",
                                            "masks")))
