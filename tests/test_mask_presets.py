@@ -82,24 +82,14 @@ def test_startgrad_preset_on_imagenet_stand_ins(tmp_path):
     ImageFolder (non-square JPEGs, squashed to 256x256 by the preset's `stretch256`), and a
     weights file of a random torchvision ResNet-18 (1000 classes) for sg_resnet18; CI-sized
     optimisation settings, ShearletX from all ones and StartGrad."""
-    import torch
-    import yaml
-    from PIL import Image
-
-    from xaipipe.models import load_model
+    from test_workflow_standalone import imagenet_stand_in
     from xaipipe.store import open_saliency
 
     (tmp_path / "wd").mkdir()
     d = workdir(tmp_path / "wd")
-    rng = np.random.default_rng(0)
-    for c in ("n01440764", "n01443537"):
-        (tmp_path / "imagenet" / "val" / c).mkdir(parents=True)
-        Image.fromarray(rng.integers(0, 255, (300, 260, 3), dtype=np.uint8)).save(
-            tmp_path / "imagenet" / "val" / c / f"ILSVRC2012_val_{c}.JPEG")
-    weights = tmp_path / "resnet18-stand-in.pth"
-    torch.save(load_model("resnet18", weights="random").net.state_dict(), weights)
+    root, weights = imagenet_stand_in(tmp_path)
     runs = ["sg_shearletx_ones", "sg_shearletx_startgrad"]
-    override = [f"datasets={{imagenet: {{root: {tmp_path / 'imagenet'}}}}}",
+    override = [f"datasets={{imagenet: {{root: {root}}}}}",
                 f"models={{sg_resnet18: {{weights: {weights}}}}}", "device=cpu",
                 "experiments={startgrad: {models: [sg_resnet18], max_images: 2, "
                 f"methods: [{', '.join(runs)}], metrics: [convergence], "

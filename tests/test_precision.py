@@ -74,19 +74,11 @@ def test_bad_precision_is_named(cnn, batch):
 
 
 def test_precision_enters_the_signatures_only_when_set():
-    import copy
+    from test_config import BASE, cfg, check
 
-    import yaml
-
-    from xaipipe.config import ROOT, Plan, check_config, validate_schema
-    base = yaml.safe_load((ROOT / "config.yaml").read_text())
-
-    def plan(**kw):
-        c = copy.deepcopy(base)
-        c.update(kw)
-        return Plan(check_config(validate_schema(c)))
-    p32, p16 = plan(), plan(precision="bfloat16")
-    exp = base["run"][0]
+    from xaipipe.config import Plan
+    p32, p16 = Plan(check(cfg())), Plan(check(cfg(precision="bfloat16")))
+    exp = BASE["run"][0]
     key = p32.explain_keys(exp)[0]
     assert "precision" not in signature(p32.explain_job(*key))
     assert signature(p16.explain_job(*key))["precision"] == "bfloat16"
@@ -96,7 +88,7 @@ def test_precision_enters_the_signatures_only_when_set():
         # metrics without a model (stability, pointing game) are not affected
         assert s16.get("precision") == ("bfloat16" if p16.score_job(*k).model else None), k
     with pytest.raises(ConfigError, match="precision"):
-        plan(precision="half")
+        check(cfg(precision="half"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -100,28 +100,36 @@ def test_lint_is_clean():
     assert "Lints for" not in out, out
 
 
-@pytest.mark.integration
-def test_imagenet_preset_with_local_stand_ins(tmp_path):
-    """presets/imagenet.yaml with a tiny ImageFolder and a weights file standing in for
-    ImageNet and torchvision's pretrained weights (random ResNet-18, 224x224)."""
+def imagenet_stand_in(root, per_class: int = 1):
+    """A tiny ImageNet val folder under ``root / "imagenet"`` (two wnids, ``per_class``
+    random 300x260 JPEGs each) and ``root / "resnet18-stand-in.pth"``, the weights of a random
+    torchvision ResNet-18 (1000 classes): (imagenet root, weights path)."""
     import torch
     from PIL import Image
 
     from xaipipe.models import load_model
 
-    d = workdir(tmp_path)
     rng = np.random.default_rng(0)
     for c in ("n01440764", "n01443537"):
-        (tmp_path / "imagenet" / "val" / c).mkdir(parents=True)
-        for i in range(2):
+        (root / "imagenet" / "val" / c).mkdir(parents=True)
+        for i in range(per_class):
             Image.fromarray(rng.integers(0, 255, (300, 260, 3), dtype=np.uint8)).save(
-                tmp_path / "imagenet" / "val" / c / f"ILSVRC2012_val_{c}_{i}.JPEG")
-    (tmp_path / "imagenet" / "val" / c / "ILSVRC2012_val_truncated.JPEG").write_bytes(
-        b"\xff\xd8\xff\xe0")                   # unreadable: skipped, named and counted
-    weights = tmp_path / "resnet18-stand-in.pth"
+                root / "imagenet" / "val" / c / f"ILSVRC2012_val_{c}_{i}.JPEG")
+    weights = root / "resnet18-stand-in.pth"
     torch.save(load_model("resnet18", weights="random").net.state_dict(), weights)
+    return root / "imagenet", weights
+
+
+@pytest.mark.integration
+def test_imagenet_preset_with_local_stand_ins(tmp_path):
+    """presets/imagenet.yaml with a tiny ImageFolder and a weights file standing in for
+    ImageNet and torchvision's pretrained weights (random ResNet-18, 224x224)."""
+    d = workdir(tmp_path)
+    root, weights = imagenet_stand_in(tmp_path, per_class=2)
+    (root / "val" / "n01443537" / "ILSVRC2012_val_truncated.JPEG").write_bytes(
+        b"\xff\xd8\xff\xe0")                   # unreadable: skipped, named and counted
     cfg = yaml.safe_load((ROOT / "presets" / "imagenet.yaml").read_text())
-    cfg["datasets"]["imagenet"]["root"] = str(tmp_path / "imagenet")
+    cfg["datasets"]["imagenet"]["root"] = str(root)
     cfg["models"] = {"resnet18": {"arch": "resnet18", "weights": str(weights),
                                   "dataset": "imagenet", "preprocess": "resize232_crop224"}}
     cfg["methods"] = {"ig4": {"method": "integrated_gradients", "steps": 4, "rule": "trapezoid"}}
