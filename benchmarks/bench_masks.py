@@ -14,7 +14,8 @@ and StartGrad's speed-up on the demo model.
    IQM reaches the ones run's final IQM (:func:`xaipipe.metrics.curves.speedup`, no bootstrap
    here); speed-up (t_ref + 1)/(t* + 1).
 
-    .venv/bin/python benchmarks/bench_masks.py [--model resnet18 --size 256 --samples 16]
+    .venv/bin/python benchmarks/bench_masks.py [--model resnet18|vgg19|mobilenet_v3_small
+        --size 256 --samples 16]
         [--batch 4] [--steps 60 --images 4] [--parts 1,2,3]
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ import statistics
 
 import torch
 
-from benchcommon import bench_model, header, ratio, timed
+from benchcommon import TORCHVISION, bench_model, header, ratio, timed
 from xaipipe.explain import get_method, run_method
 from xaipipe.metrics.curves import speedup
 from xaipipe.utils import resolve_device
@@ -119,7 +120,7 @@ def startgrad_speedup(device, steps, n_images, samples):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="resnet18", choices=("demo", "resnet18"))
+    ap.add_argument("--model", default="resnet18", choices=("demo", *TORCHVISION))
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--batch", type=int, default=4)

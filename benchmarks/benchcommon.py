@@ -14,6 +14,9 @@ import torch
 from xaipipe.models import load_model
 
 DEMO_WEIGHTS = Path("results/models/shapes_resnet18/weights.pt")
+#: torchvision architectures a benchmark may run with random weights (the ShearletX paper's
+#: three models)
+TORCHVISION = ("resnet18", "vgg19", "mobilenet_v3_small")
 
 
 def sync():
@@ -61,7 +64,7 @@ def bench_model(name: str, device):
 
     ``demo``: the demo ResNet-18 trained by ``make demo`` when its weights exist (relative to
     the current directory), else a random ``demo_resnet18`` (width 16, 10 classes), 64x64.
-    ``resnet18``: torchvision's ResNet-18 with random weights, 224x224."""
+    ``resnet18``, ``vgg19``, ``mobilenet_v3_small``: torchvision's, random weights, 224x224."""
     torch.manual_seed(0)
     if name == "demo":
         if DEMO_WEIGHTS.exists():
@@ -71,10 +74,11 @@ def bench_model(name: str, device):
             model, source = load_model("demo_resnet18", weights="random", num_classes=10), \
                 "random weights"
         size = 64
-    elif name == "resnet18":
-        model, size, source = load_model("resnet18", weights="random"), 224, "random weights"
+    elif name in TORCHVISION:
+        model, size, source = load_model(name, weights="random"), 224, "random weights"
     else:
-        raise ValueError(f"unknown benchmark model {name!r}; allowed: demo, resnet18")
+        raise ValueError(f"unknown benchmark model {name!r}; allowed: demo, "
+                         f"{', '.join(TORCHVISION)}")
     return model.to(device).eval(), size, source
 
 

@@ -9,6 +9,7 @@ import torch
 from xaipipe.explain import explain, run_method
 from xaipipe.explain.masks import entropy
 from xaipipe.explain.startgrad import quantile_transform
+from xaipipe.models import load_model
 
 IDS = torch.tensor([11, 12, 13])
 
@@ -231,26 +232,51 @@ def test_shearletx_compat_clips_the_coefficients(cnn, x64):
     assert not torch.allclose(a, b)
 
 
-def test_shearletx_split_synthesis_equals_the_direct_obfuscation(cnn, x64):
-    """T⁻¹(m ⊙ c) + T⁻¹((1 − m) ⊙ u_s), the cheaper form, gives the images and the mask
-    gradients of T⁻¹(u_s + m ⊙ (c − u_s)) up to float rounding, for runs of several images."""
+@pytest.mark.parametrize("noise", ["uniform", "gaussian", "zeros"])
+def test_shearletx_split_synthesis_equals_the_direct_obfuscation(cnn, x64, noise):
+    """T⁻¹(a + m ⊙ (c − a)) + T⁻¹(((1 − m)·b) ⊙ r_s) with u_s = a + b·r_s, the cheaper form
+    a step uses (the draws r_s of a chunk from the thread pool, the product synthesis with
+    its own backward), gives the images and the mask gradients of the direct form
+    T⁻¹(u_s + m ⊙ (c − u_s)) up to float rounding, for runs of several images; the chunk's
+    draws are those of :meth:`_noise`."""
     from xaipipe.explain.methods.shearletx import ShearletX
-    meth = ShearletX(cnn, samples=3)
+    meth = ShearletX(cnn, samples=3, noise=noise)
     assert meth.split_synthesis() and not ShearletX(cnn, compat="shearletx").split_synthesis()
     state = meth.prepare(x64)
     m = torch.rand(2, 1, 17, 64, 64, generator=torch.Generator().manual_seed(3))
     img_i = [0, 0, 1, 1, 1]
-    noise = [meth._noise(state, i, 10 + i, 0, s) for s, i in enumerate(img_i)]
+    pts = [(i, s) for s, i in enumerate(img_i)]
+    ids = torch.tensor([10, 11])
+    noise_u = [meth._noise(state, i, 10 + i, 0, s) for i, s in pts]
+    draws = meth._draw_chunk(state, pts, ids, 0)
+    for (i, _), u, r in zip(pts, noise_u, draws[0]):
+        a, b = meth._noise_affine(state, 0, i)
+        torch.testing.assert_close(u[0], (a if b is None else a + b * r).expand_as(u[0]),
+                                   atol=1e-7, rtol=0)
+    if noise != "zeros":
+        assert not torch.equal(noise_u[0][0], noise_u[1][0])
+    weight = torch.linspace(0, 1, 5 * 3 * 64 * 64).view(5, 3, 64, 64)
     out = {}
     for split in (True, False):
         masks = [m.clone().requires_grad_(True)]
-        meth.split_synthesis = lambda split=split: split
-        x = meth._obfuscate(state, masks, img_i, noise)
-        (g,) = torch.autograd.grad((x * torch.linspace(0, 1, x.numel()).view_as(x)).sum(),
-                                   masks)
+        x = (meth._obfuscate_split(state, masks, meth._runs(img_i), draws) if split
+             else meth._obfuscate(state, masks, img_i, noise_u))
+        (g,) = torch.autograd.grad((x * weight).sum(), masks)
         out[split] = (x.detach(), g)
     torch.testing.assert_close(out[True][0], out[False][0], atol=2e-6, rtol=0)
     torch.testing.assert_close(out[True][1], out[False][1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["shearletx", "waveletx", "pixel_mask"])
+def test_mask_steps_leave_the_models_gradients_alone(name, x64):
+    """The optimisation back-propagates into the masks only: no weight gradients are
+    computed or accumulated into the model's parameters (whose .grad stay None)."""
+    torch.manual_seed(0)
+    model = load_model("demo_resnet18", weights="random", num_classes=4, width=4)
+    assert all(p.requires_grad for p in model.parameters())
+    att = run_method(name, model, x64, torch.tensor([0, 1]), steps=2, samples=2)
+    assert att.maps.shape == x64.shape
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_shearletx_raises_the_retained_probability_over_its_first_steps(cnn, x64):

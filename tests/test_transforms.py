@@ -200,6 +200,21 @@ def test_gradcheck_on_a_synthetic_bank(size, one_thread):
     assert torch.autograd.gradgradcheck(T.reconstruct, (c,))
 
 
+@pytest.mark.parametrize("k", [3, 4])
+def test_reconstruct_product_is_reconstruct_of_the_product(k, one_thread):
+    """reconstruct_product(w, r) = reconstruct(w ⊙ r), and its gradient to w (accumulated
+    from the packed analysis, odd and even band counts) passes gradcheck."""
+    T = ShearletTransform.from_filters(torch.from_numpy(random_bank(k, 8, 8, seed=4)))
+    g = torch.Generator().manual_seed(5)
+    w = torch.rand(k, 8, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    r = torch.randn(3, k, 8, 8, dtype=torch.float64, generator=g)
+    torch.testing.assert_close(T.reconstruct_product(w, r), T.reconstruct(w * r),
+                               atol=1e-12, rtol=0)
+    assert torch.autograd.gradcheck(lambda w: T.reconstruct_product(w, r), (w,))
+    with pytest.raises(ValueError, match="reconstruct_product"):
+        T.reconstruct_product(w[None], r)
+
+
 def test_from_filters_weights():
     f = random_bank(3, 8, 8, seed=3)
     x = torch.randn(1, 1, 8, 8, dtype=torch.float64)

@@ -31,7 +31,7 @@ order.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -187,6 +187,11 @@ class MaskMethod(Method):
         """(n, C, ...) coefficients per part → (n, C, H, W) images, not clipped."""
         raise NotImplementedError
 
+    def coefficients(self, state: State, images: torch.Tensor) -> list[torch.Tensor]:
+        """T(images) per part with ``state``'s transform, nothing else of :meth:`prepare`
+        (the smoothgrad ablation's noisy copies need no noise statistics or gray bands)."""
+        return self.prepare(images).coeffs
+
     def regularizers(self, state: State, masks: list[torch.Tensor]) -> list[torch.Tensor]:
         """(N,) per-image terms, already weighted, in ``LOSS_TERMS[1:]`` order."""
         raise NotImplementedError
@@ -244,7 +249,7 @@ class MaskMethod(Method):
                     regs = [w * r for r in regs]
                 total = sum(r.sum() for r in regs) if regs else None
                 if total is not None and total.requires_grad:
-                    total.backward()
+                    total.backward(inputs=params)
             if record:
                 j = step // every
                 dist = p["lambda_d"] * ((y_ref[:, None] - probs) ** 2).mean(1)
@@ -287,38 +292,87 @@ class MaskMethod(Method):
             chunk = min(chunk, max(1, int(budget // self.transform_point_bytes)))
         return chunk
 
+    def _noise_generator(self, state: State, image_id: int, step: int, s: int):
+        return torch.Generator(device=state.images.device).manual_seed(
+            derive_seed(*self.seed_parts(image_id, "noise", step, s)))
+
+    def _noise_affine(self, state: State, k: int, i: int):
+        """(a, b) of part k for image i: the noise is u = a + b·r with r the standard draws
+        of :meth:`_draw` (U[0, 1) or N(0, 1)); b is None for ``noise: zeros`` (u = 0)."""
+        mu, sd = state.mu[k][i], state.sigma[k][i]
+        kind = self.hparams["noise"]
+        if kind == "zeros":
+            return torch.zeros_like(mu), None
+        if kind == "uniform":
+            return mu - sd, 2 * sd                          # U[μ − σ, μ + σ)
+        return mu, sd
+
+    def _draw(self, state: State, g: torch.Generator, outs: list[torch.Tensor]) -> None:
+        """Fill ``outs`` (one tensor per part, in part order) with the standard draws of one
+        (image, step, sample) from its generator ``g``."""
+        kind = self.hparams["noise"]
+        for out in outs:
+            if kind == "uniform":
+                out.uniform_(generator=g)
+            elif kind == "gaussian":
+                out.normal_(generator=g)
+
     def _noise(self, state: State, i: int, image_id: int, step: int, s: int) -> list:
         """Noise of image i, sample s at ``step``: per part (Cn, ...) with Cn = 1 or C."""
-        p = self.hparams
-        dev = state.images.device
-        g = torch.Generator(device=dev).manual_seed(
-            derive_seed(*self.seed_parts(image_id, "noise", step, s)))
+        g = self._noise_generator(state, image_id, step, s)
+        draws = [torch.empty((1 if self.noise_shared_across_colour else c.shape[1],
+                              *c.shape[2:]), device=c.device, dtype=c.dtype)
+                 for c in state.coeffs]
+        self._draw(state, g, draws)
         out = []
-        for c, mu, sd in zip(state.coeffs, state.mu, state.sigma):
-            shape = (1 if self.noise_shared_across_colour else c.shape[1], *c.shape[2:])
-            mu_i, sd_i = mu[i], sd[i]
-            if p["noise"] == "zeros":
-                out.append(torch.zeros(shape, device=dev, dtype=c.dtype))
-            elif p["noise"] == "uniform":
-                u = torch.rand(shape, generator=g, device=dev, dtype=c.dtype)
-                out.append(mu_i - sd_i + 2 * sd_i * u)
-            else:
-                out.append(mu_i + sd_i * torch.randn(shape, generator=g, device=dev,
-                                                     dtype=c.dtype))
+        for k, r in enumerate(draws):
+            a, b = self._noise_affine(state, k, i)
+            out.append(torch.zeros_like(r) if b is None else a + b * r)
         return out
 
-    def _obfuscate(self, state: State, masks: list, img_i: list[int], noises: list[list]):
-        """c̃ = u + m ⊙ (c − u) (= m ⊙ c + (1 − m) ⊙ u) for the chunk's points, then T⁻¹ and
-        the clip. Points come image by image: each run of one image's samples takes that
-        image's mask as a slice broadcast over the samples, whose backward is a sum, not the
-        scatter of an index (the obfuscation of a ShearletX step: 2.7 s -> 1.7 s on CPU)."""
+    def _draw_chunk(self, state: State, pts, image_ids, step: int) -> list[torch.Tensor]:
+        """The standard draws of the chunk's points, per part (n_points, Cn, ...), the same
+        values as :meth:`_noise` draws. On CPU the points are drawn by as many threads as
+        torch uses (each point has its own generator, so the values do not depend on the
+        threads; the draws are serial per generator and were 10% of a ShearletX step)."""
+        dev = state.images.device
+        bufs = [torch.empty((len(pts), 1 if self.noise_shared_across_colour else c.shape[1],
+                             *c.shape[2:]), device=dev, dtype=c.dtype) for c in state.coeffs]
+        if self.hparams["noise"] == "zeros":
+            return bufs
+
+        def fill(j):
+            i, s = pts[j]
+            self._draw(state, self._noise_generator(state, int(image_ids[i]), step, s),
+                       [b[j] for b in bufs])
+
+        workers = min(torch.get_num_threads(), len(pts)) if dev.type == "cpu" else 1
+        if workers > 1:
+            from concurrent.futures import ThreadPoolExecutor
+            with ThreadPoolExecutor(workers) as ex:
+                list(ex.map(fill, range(len(pts))))
+        else:
+            for j in range(len(pts)):
+                fill(j)
+        return bufs
+
+    @staticmethod
+    def _runs(img_i: list[int]) -> list[tuple[int, int, int]]:
+        """(image, start, stop) of each run of one image's points."""
         runs, start = [], 0
         for j in range(1, len(img_i) + 1):
             if j == len(img_i) or img_i[j] != img_i[start]:
                 runs.append((img_i[start], start, j))
                 start = j
-        if self.split_synthesis():
-            return self._obfuscate_split(state, masks, runs, noises)
+        return runs
+
+    def _obfuscate(self, state: State, masks: list, img_i: list[int], noises: list[list]):
+        """The direct form (no split): c̃ = u + m ⊙ (c − u) (= m ⊙ c + (1 − m) ⊙ u) for the
+        chunk's points, then T⁻¹ and the clip. Points come image by image: each run of one
+        image's samples takes that image's mask as a slice broadcast over the samples, whose
+        backward is a sum, not the scatter of an index (the obfuscation of a ShearletX step:
+        2.7 s -> 1.7 s on CPU)."""
+        runs = self._runs(img_i)
         parts = []
         for k, (c, m) in enumerate(zip(state.coeffs, masks)):
             chunk = []
@@ -341,15 +395,31 @@ class MaskMethod(Method):
         return (self.linear_synthesis and self.noise_shared_across_colour
                 and not self.coefficient_clip())
 
-    def _obfuscate_split(self, state: State, masks: list, runs, noises):
+    def synthesize_product(self, state: State, w: list[torch.Tensor],
+                           r: list[torch.Tensor]) -> torch.Tensor:
+        """T⁻¹(w ⊙ r) per part: w (1, 1, ...) one image's weights, r (B, 1, ...) draws that
+        need no gradient → (B, 1, H, W). A method may override it with a leaner backward
+        (ShearletX: :meth:`ShearletTransform.reconstruct_product`)."""
+        return self.synthesize(state, [wk * rk for wk, rk in zip(w, r)])
+
+    def _obfuscate_split(self, state: State, masks: list, runs, draws: list[torch.Tensor]):
+        """The split form with u_s = a + b·r_s: T⁻¹(a + m ⊙ (c − a)) once per image for its C
+        channels plus T⁻¹(((1 − m)·b) ⊙ r_s) on one channel per sample (the terms of
+        T⁻¹(m ⊙ c + (1 − m) ⊙ u_s), regrouped; ``draws`` per part (n_points, 1, ...))."""
         out = []
-        for i, a, b in runs:
-            kept = self.synthesize(state, [m[i:i + 1] * c[i:i + 1]
-                                           for c, m in zip(state.coeffs, masks)])
-            noise = self.synthesize(state, [
-                (1 - m[i:i + 1]) * torch.stack([nz[k] for nz in noises[a:b]])
-                for k, m in enumerate(masks)])
-            out.append(kept + noise)                  # (1, C, H, W) + (b − a, 1, H, W)
+        for i, a0, b0 in runs:
+            kept, weights = [], []
+            for k, (c, m) in enumerate(zip(state.coeffs, masks)):
+                a, b = self._noise_affine(state, k, i)
+                mi = m[i:i + 1]
+                kept.append(torch.addcmul(a, mi, c[i:i + 1] - a))
+                weights.append(None if b is None else (1 - mi) * b)
+            x = self.synthesize(state, kept)                      # (1, C, H, W)
+            if weights[0] is None:
+                out.append(x.expand(b0 - a0, *x.shape[1:]))
+            else:
+                out.append(x + self.synthesize_product(state, weights,
+                                                       [d[a0:b0] for d in draws]))
         x = torch.cat(out) if len(out) > 1 else out[0]
         return x.clamp(0.0, 1.0)
 
@@ -363,15 +433,21 @@ class MaskMethod(Method):
         for start in range(0, len(points), chunk):
             pts = points[start:start + chunk]
             img_i = [i for i, _ in pts]
-            noises = [self._noise(state, i, int(image_ids[i]), step, s) for i, s in pts]
             with torch.enable_grad():
-                x = self._obfuscate(state, masks, img_i, noises)
+                if self.split_synthesis():
+                    x = self._obfuscate_split(state, masks, self._runs(img_i),
+                                              self._draw_chunk(state, pts, image_ids, step))
+                else:
+                    x = self._obfuscate(state, masks, img_i, [
+                        self._noise(state, i, int(image_ids[i]), step, s) for i, s in pts])
                 logits = self.model(x)
                 t = target[torch.tensor(img_i, device=target.device)]
                 pc = objective(logits.float(), t, "prob")
                 yr = y_ref[torch.tensor(img_i, device=y_ref.device)]
                 loss = p["lambda_d"] * ((yr - pc) ** 2).sum() / s_count
-                loss.backward()
+                # only into the masks: no weight gradients of the model (a third of its
+                # backward), and its parameters' .grad are left as they were
+                loss.backward(inputs=list(masks))
             probs[img_i, [s for _, s in pts]] = pc.detach()
         return probs
 
@@ -475,7 +551,9 @@ class MaskMethod(Method):
                                            .manual_seed(derive_seed(*self.seed_parts(
                                                i, "startgrad_smoothgrad", s))))
                                for i in ids]).to(images.device)
-            grads = self._coefficient_gradients(self.prepare(images + sd * eps), target)
+            noisy = images + sd * eps
+            grads = self._coefficient_gradients(
+                replace(state, images=noisy, coeffs=self.coefficients(state, noisy)), target)
             total = grads if total is None else [t + g for t, g in zip(total, grads)]
         return [t / n_copies for t in total]
 

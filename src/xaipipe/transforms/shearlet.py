@@ -378,6 +378,20 @@ class ShearletTransform(Transform):
         _, synthesis = self._filters_for(c, "reconstruct", (self.n_bands, *size))
         return _Synthesis.apply(c, synthesis)
 
+    def reconstruct_product(self, w: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """``reconstruct(w * r)`` for draws ``r`` (B, K, H, W) that need no gradient and a
+        weight ``w`` (K, H, W) shared by all B of them (a mask times the noise scale): the
+        (B, K, H, W) gradient of the analysis is never formed, ∂/∂w = Σ_b T(g_b) ⊙ r_b is
+        accumulated band pair by band pair from the packed inverse FFT (ShearletX's noise
+        synthesis, :meth:`~xaipipe.explain.masks.MaskMethod.synthesize_product`).
+        Returns (B, H, W)."""
+        size = (self.rows, self.cols)
+        _, synthesis = self._filters_for(r, "reconstruct_product", (self.n_bands, *size))
+        if w.shape != r.shape[-3:] or r.ndim != 4:
+            raise ValueError(f"ShearletTransform.reconstruct_product: expected w (K, H, W) "
+                             f"and r (B, K, H, W), got {tuple(w.shape)} and {tuple(r.shape)}")
+        return _ProductSynthesis.apply(w, r, synthesis)
+
 
 def _analysis(x: torch.Tensor, g: _Filters) -> torch.Tensor:
     """Re F⁻¹(F(x) · g_k) for every band: (..., H, W) -> (..., K, H, W).
@@ -434,3 +448,32 @@ class _Synthesis(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return _Analysis.apply(grad, ctx.filters), None
+
+
+class _ProductSynthesis(torch.autograd.Function):
+    """T⁻¹(w ⊙ r_b) for b = 1..B with the gradient to w only (see
+    :meth:`ShearletTransform.reconstruct_product`). The backward reads the real and imaginary
+    parts of the packed analysis (:func:`_analysis`) directly into Σ_b (·) ⊙ r_b, one
+    fused multiply-add per (b, band pair), instead of writing a (B, K, H, W) analysis, a
+    (B, K, H, W) product and summing it."""
+
+    @staticmethod
+    def forward(ctx, w, r, g):
+        ctx.filters = g
+        ctx.save_for_backward(r)
+        return _synthesis(w * r, g)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (r,) = ctx.saved_tensors
+        g = ctx.filters
+        p, k = g.packed.shape[0], g.n_bands
+        y = torch.fft.ifft2(torch.fft.fft2(grad).unsqueeze(-3) * g.packed)   # (B, P, H, W)
+        re, im = y.real, y.imag
+        acc = r.new_zeros(r.shape[1:])
+        for b in range(r.shape[0]):
+            acc[:p].addcmul_(re[b], r[b, :p])
+            acc[p:].addcmul_(im[b, :k - p], r[b, p:])
+        return acc, None, None
+

@@ -35,6 +35,9 @@ class PixelMask(MaskMethod):
     def export_mask(self, masks):
         return masks[0].detach().float()          # its own layout: (N, 1, H, W)
 
+    def coefficients(self, state, images):
+        return [images]
+
     def synthesize(self, state, parts):
         return parts[0]
 

@@ -79,8 +79,19 @@ class ShearletX(MaskMethod):
         sd = cg.std((-2, -1), keepdim=True)
         return State(images, [c], [mu], [sd], {"transform": tr, "gray": cg})
 
+    def coefficients(self, state, images):
+        return [state.extra["transform"].decompose(images)]
+
     def synthesize(self, state, parts):
         return state.extra["transform"].reconstruct(parts[0])
+
+    def synthesize_product(self, state, w, r):
+        """T⁻¹(w ⊙ r_b) with the transform's lean backward (one part, one colour)."""
+        w0, r0 = w[0], r[0]
+        if w0.shape[:2] != (1, 1) or r0.shape[1] != 1 or w0.shape[2:] != r0.shape[2:]:
+            return super().synthesize_product(state, w, r)
+        tr = state.extra["transform"]
+        return tr.reconstruct_product(w0[0, 0], r0[:, 0]).unsqueeze(1)
 
     def regularizers(self, state, masks):
         p = self.hparams

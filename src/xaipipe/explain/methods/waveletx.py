@@ -33,6 +33,10 @@ class _Wavelet(MaskMethod):
         return State(images, parts, mu, sd,
                      {"transform": tr, "gray": [ygl, *ygh], "size": images.shape[-2:]})
 
+    def coefficients(self, state, images):
+        yl, yh = state.extra["transform"].decompose(images)
+        return [yl, *yh]
+
     def synthesize(self, state, parts):
         h, w = state.extra["size"]
         x = state.extra["transform"].reconstruct((parts[0], list(parts[1:])))
