@@ -6,7 +6,7 @@ CORES   ?= all
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 
-.PHONY: env demo resume report test test-fast bench lint clean
+.PHONY: env demo resume report test test-fast bench lint clean gpu-wheels
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,19 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_sweep.py
 	$(PY) benchmarks/bench_pic.py
 	$(PY) benchmarks/bench_dask.py
+
+# The wheels benchmarks/gpu_check.sh installs on a lent GPU machine (Python 3.12 there, torch
+# already installed; nothing can be fetched there): what xaipipe needs beyond that image.
+GPU_WHEELS := zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0 \
+	dask==2026.8.0 distributed==2026.8.0 partd==1.4.2 locket==1.0.0 tblib==3.2.2 \
+	zict==3.0.0 tornado==6.6.1 toolz==1.2.0 PyWavelets==1.9.0 pytorch-wavelets==1.3.0 \
+	pyShearLab-MIND==0.0.3 captum==0.9.0 setuptools==80.9.0
+gpu-wheels:
+	grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+	    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+	    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	    --platform manylinux1_x86_64 -d .whl $(GPU_WHEELS)
 
 lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint
