@@ -267,6 +267,29 @@ def test_shearletx_split_synthesis_equals_the_direct_obfuscation(cnn, x64, noise
     torch.testing.assert_close(out[True][1], out[False][1], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("noise", ["uniform", "zeros"])
+def test_shearletx_step_gradient_does_not_depend_on_the_chunks(cnn, x64, noise):
+    """One distortion pass in chunks of one point (each image's shared synthesis is made
+    once and back-propagated after its last chunk) gives the probabilities and the mask
+    gradient of the pass in one chunk, and of the direct (unsplit) form."""
+    from xaipipe.explain.methods.shearletx import ShearletX
+    out = []
+    for memory_mb, split in ((1e-3, True), (1e6, True), (1e6, False)):
+        meth = ShearletX(cnn, samples=3, noise=noise, memory_mb=memory_mb)
+        meth.split_synthesis = lambda split=split: split
+        state = meth.prepare(x64)
+        assert (meth._point_chunk(x64) == 1) == (memory_mb < 1)
+        m = torch.rand(2, 1, 17, 64, 64, generator=torch.Generator().manual_seed(4))
+        masks = [m.requires_grad_(True)]
+        t = torch.tensor([0, 1])
+        probs = meth._distortion_pass(state, masks, t, torch.ones(2), torch.tensor([7, 8]), 0)
+        out.append((probs, masks[0].grad))
+    assert out[1][1].abs().max() > 0
+    for other in out[1:]:
+        torch.testing.assert_close(out[0][0], other[0], atol=1e-6, rtol=0)
+        torch.testing.assert_close(out[0][1], other[1], atol=5e-6, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["shearletx", "waveletx", "pixel_mask"])
 def test_mask_steps_leave_the_models_gradients_alone(name, x64):
     """The optimisation back-propagates into the masks only: no weight gradients are

@@ -286,9 +286,13 @@ class MaskMethod(Method):
         return torch.cat(out)
 
     def _point_chunk(self, images: torch.Tensor) -> int:
+        """(image, sample) points per pass: the model's chunk, and what the transform's
+        buffers of one point (``transform_point_bytes``) allow under the same budget
+        (``memory_mb``, else :func:`default_memory_mb` of the device)."""
+        from .base import default_memory_mb
         chunk = self.chunk_size(images.shape[1:], images.device)
         if self.transform_point_bytes:
-            budget = (self.memory_mb or 512.0) * 2**20
+            budget = (self.memory_mb or default_memory_mb(images.device)) * 2**20
             chunk = min(chunk, max(1, int(budget // self.transform_point_bytes)))
         return chunk
 
@@ -402,19 +406,28 @@ class MaskMethod(Method):
         (ShearletX: :meth:`ShearletTransform.reconstruct_product`)."""
         return self.synthesize(state, [wk * rk for wk, rk in zip(w, r)])
 
-    def _obfuscate_split(self, state: State, masks: list, runs, draws: list[torch.Tensor]):
+    def _kept(self, state: State, masks: list, i: int) -> torch.Tensor:
+        """T⁻¹(a + m ⊙ (c − a)) of image i, (1, C, H, W): the part of the split form that
+        all of its samples share."""
+        kept = []
+        for k, (c, m) in enumerate(zip(state.coeffs, masks)):
+            a, _ = self._noise_affine(state, k, i)
+            kept.append(torch.addcmul(a, m[i:i + 1], c[i:i + 1] - a))
+        return self.synthesize(state, kept)
+
+    def _obfuscate_split(self, state: State, masks: list, runs, draws: list[torch.Tensor],
+                         kept: dict | None = None):
         """The split form with u_s = a + b·r_s: T⁻¹(a + m ⊙ (c − a)) once per image for its C
-        channels plus T⁻¹(((1 − m)·b) ⊙ r_s) on one channel per sample (the terms of
-        T⁻¹(m ⊙ c + (1 − m) ⊙ u_s), regrouped; ``draws`` per part (n_points, 1, ...))."""
+        channels (:meth:`_kept`, or ``kept[i]`` when given) plus T⁻¹(((1 − m)·b) ⊙ r_s) on
+        one channel per sample (the terms of T⁻¹(m ⊙ c + (1 − m) ⊙ u_s), regrouped;
+        ``draws`` per part (n_points, 1, ...))."""
         out = []
         for i, a0, b0 in runs:
-            kept, weights = [], []
-            for k, (c, m) in enumerate(zip(state.coeffs, masks)):
-                a, b = self._noise_affine(state, k, i)
-                mi = m[i:i + 1]
-                kept.append(torch.addcmul(a, mi, c[i:i + 1] - a))
-                weights.append(None if b is None else (1 - mi) * b)
-            x = self.synthesize(state, kept)                      # (1, C, H, W)
+            x = kept[i] if kept is not None else self._kept(state, masks, i)
+            weights = []
+            for k, m in enumerate(masks):
+                _, b = self._noise_affine(state, k, i)
+                weights.append(None if b is None else (1 - m[i:i + 1]) * b)
             if weights[0] is None:
                 out.append(x.expand(b0 - a0, *x.shape[1:]))
             else:
@@ -430,13 +443,27 @@ class MaskMethod(Method):
         points = [(i, s) for i in range(n) for s in range(s_count)]
         chunk = self._point_chunk(state.images)
         probs = torch.zeros(n, s_count, device=state.images.device)
+        split = self.split_synthesis()
+        # split form: each image's shared part T⁻¹(a + m ⊙ (c − a)) is synthesised once per
+        # step, whatever the chunks; the chunks back-propagate into a detached copy of it,
+        # and that gradient goes through its synthesis once, after the image's last chunk
+        kept, kept_leaf = {}, {}
+        last = {i: j for j, (i, _) in enumerate(points)}
         for start in range(0, len(points), chunk):
             pts = points[start:start + chunk]
             img_i = [i for i, _ in pts]
+            inputs = list(masks)
             with torch.enable_grad():
-                if self.split_synthesis():
-                    x = self._obfuscate_split(state, masks, self._runs(img_i),
-                                              self._draw_chunk(state, pts, image_ids, step))
+                if split:
+                    runs = self._runs(img_i)
+                    for i, _, _ in runs:
+                        if i not in kept:
+                            kept[i] = self._kept(state, masks, i)
+                            kept_leaf[i] = kept[i].detach().requires_grad_(True)
+                        inputs.append(kept_leaf[i])
+                    x = self._obfuscate_split(state, masks, runs,
+                                              self._draw_chunk(state, pts, image_ids, step),
+                                              kept_leaf)
                 else:
                     x = self._obfuscate(state, masks, img_i, [
                         self._noise(state, i, int(image_ids[i]), step, s) for i, s in pts])
@@ -447,7 +474,10 @@ class MaskMethod(Method):
                 loss = p["lambda_d"] * ((yr - pc) ** 2).sum() / s_count
                 # only into the masks: no weight gradients of the model (a third of its
                 # backward), and its parameters' .grad are left as they were
-                loss.backward(inputs=list(masks))
+                loss.backward(inputs=inputs)
+                for i in {i for i in img_i if split and last[i] < start + len(pts)}:
+                    kept[i].backward(kept_leaf[i].grad, inputs=list(masks))
+                    del kept[i], kept_leaf[i]
             probs[img_i, [s for _, s in pts]] = pc.detach()
         return probs
 

@@ -71,7 +71,11 @@ class ShearletX(MaskMethod):
         from ...transforms import ShearletTransform     # imported when used: keeps plans light
         h, w = images.shape[-2:]
         tr = ShearletTransform(h, w, scales=self.hparams["scales"] or auto_scales(h, w))
-        self.transform_point_bytes = 6 * 4 * images.shape[1] * tr.n_bands * h * w
+        # float32 (K, H, W) planes one point holds at the peak of a step: the split form
+        # (one noise channel: draws, product, half spectrum, packed analysis) about 4; the
+        # direct form (C channels: obfuscated coefficients, spectra, gradients) about 6·C
+        planes = 4 if self.split_synthesis() else 6 * images.shape[1]
+        self.transform_point_bytes = 4 * planes * tr.n_bands * h * w
         c = tr.decompose(images)                              # (N, C, K, H, W)
         cg = tr.decompose(gray(images, "luminance" if self.hparams["compat"] == "startgrad"
                                else "mean"))                # (N, 1, K, H, W)
