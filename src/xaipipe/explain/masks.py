@@ -296,9 +296,16 @@ class MaskMethod(Method):
             chunk = min(chunk, max(1, int(budget // self.transform_point_bytes)))
         return chunk
 
-    def _noise_generator(self, state: State, image_id: int, step: int, s: int):
-        return torch.Generator(device=state.images.device).manual_seed(
-            derive_seed(*self.seed_parts(image_id, "noise", step, s)))
+    def _generator(self, image_id: int, *extra, device="cpu") -> torch.Generator:
+        """A generator on ``device`` seeded by (seed, image id, method, hyper-parameters,
+        *extra): every draw of an image is its own, whatever its batch."""
+        return torch.Generator(device=device).manual_seed(
+            derive_seed(*self.seed_parts(int(image_id), *extra)))
+
+    def _noise_shape(self, c: torch.Tensor) -> tuple:
+        """One point's noise of a part with coefficients c (N, C, ...): (Cn, ...), Cn = 1
+        when the noise is shared across colour."""
+        return (1 if self.noise_shared_across_colour else c.shape[1], *c.shape[2:])
 
     def _noise_affine(self, state: State, k: int, i: int):
         """(a, b) of part k for image i: the noise is u = a + b·r with r the standard draws
@@ -323,9 +330,8 @@ class MaskMethod(Method):
 
     def _noise(self, state: State, i: int, image_id: int, step: int, s: int) -> list:
         """Noise of image i, sample s at ``step``: per part (Cn, ...) with Cn = 1 or C."""
-        g = self._noise_generator(state, image_id, step, s)
-        draws = [torch.empty((1 if self.noise_shared_across_colour else c.shape[1],
-                              *c.shape[2:]), device=c.device, dtype=c.dtype)
+        g = self._generator(image_id, "noise", step, s, device=state.images.device)
+        draws = [torch.empty(self._noise_shape(c), device=c.device, dtype=c.dtype)
                  for c in state.coeffs]
         self._draw(state, g, draws)
         out = []
@@ -340,14 +346,14 @@ class MaskMethod(Method):
         torch uses (each point has its own generator, so the values do not depend on the
         threads; the draws are serial per generator and were 10% of a ShearletX step)."""
         dev = state.images.device
-        bufs = [torch.empty((len(pts), 1 if self.noise_shared_across_colour else c.shape[1],
-                             *c.shape[2:]), device=dev, dtype=c.dtype) for c in state.coeffs]
+        bufs = [torch.empty((len(pts), *self._noise_shape(c)), device=dev, dtype=c.dtype)
+                for c in state.coeffs]
         if self.hparams["noise"] == "zeros":
             return bufs
 
         def fill(j):
             i, s = pts[j]
-            self._draw(state, self._noise_generator(state, int(image_ids[i]), step, s),
+            self._draw(state, self._generator(image_ids[i], "noise", step, s, device=dev),
                        [b[j] for b in bufs])
 
         workers = min(torch.get_num_threads(), len(pts)) if dev.type == "cpu" else 1
@@ -508,9 +514,8 @@ class MaskMethod(Method):
         if p["init"] == "uniform":
             out = []
             for k, sh in enumerate(shapes):
-                out.append(torch.stack([torch.rand(sh, generator=torch.Generator().manual_seed(
-                    derive_seed(*self.seed_parts(int(i), "init", k)))) for i in image_ids]
-                ).to(dev))
+                out.append(torch.stack([torch.rand(sh, generator=self._generator(i, "init", k))
+                                        for i in image_ids]).to(dev))
             return out
         return self.startgrad_masks(state, target, image_ids)
 
@@ -521,18 +526,18 @@ class MaskMethod(Method):
         are seeded per image id."""
         p = self.hparams
         ablation = p["startgrad_ablation"]
+        ids = (list(range(state.images.shape[0])) if image_ids is None
+               else [int(i) for i in image_ids])
         if ablation == "smoothgrad":
-            grads = self._smoothgrad_gradients(state, target, image_ids)
+            grads = self._smoothgrad_gradients(state, target, ids)
         else:
             grads = self._coefficient_gradients(state, target)
-        ids = list(range(len(grads[0]))) if image_ids is None else [int(i) for i in image_ids]
         if ablation == "grad_x_input":
             grads = [g * c for g, c in zip(grads, state.coeffs)]
         elif ablation == "noisy":
             sd = math.sqrt(p["startgrad_noise"])
             grads = [g + sd * torch.stack([torch.randn(
-                g.shape[1:], generator=torch.Generator().manual_seed(
-                    derive_seed(*self.seed_parts(i, "startgrad_noise", k))), dtype=g.dtype)
+                g.shape[1:], generator=self._generator(i, "startgrad_noise", k), dtype=g.dtype)
                 for i in ids]).to(g.device) for k, g in enumerate(grads)]
         out = []
         for k, (g, sh, bd) in enumerate(zip(grads, self.startgrad_shapes(state),
@@ -543,9 +548,9 @@ class MaskMethod(Method):
             if ablation == "adversarial":
                 m0 = 1.0 - m0
             elif ablation == "shuffle":
-                m0 = torch.stack([shuffle_blocks(m0[j], bd, torch.Generator().manual_seed(
-                    derive_seed(*self.seed_parts(i, "startgrad_shuffle", k))))
-                    for j, i in enumerate(ids)])
+                m0 = torch.stack([shuffle_blocks(m0[j], bd,
+                                                 self._generator(i, "startgrad_shuffle", k))
+                                  for j, i in enumerate(ids)])
             out.append(m0)
         return out
 
@@ -565,21 +570,20 @@ class MaskMethod(Method):
                     g[s:s + chunk] = gi
         return grads
 
-    def _smoothgrad_gradients(self, state: State, target, image_ids) -> list[torch.Tensor]:
+    def _smoothgrad_gradients(self, state: State, target, ids: list[int]) -> list[torch.Tensor]:
         """The smoothgrad ablation (§9.1): ∂s/∂z averaged over S copies x̃ + ε of each image,
         ε ~ N(0, σ²) per pixel with σ = 0.15·(max − min) of that image, z = T(x̃ + ε); each
         image's draws seeded by its id and the copy's index (so copies do not depend on the
         batch, and more copies extend the same sequence)."""
         images = state.images
         n_copies = self.hparams["startgrad_samples"] or self.smoothgrad_samples
-        ids = list(range(images.shape[0])) if image_ids is None else [int(i) for i in image_ids]
         flat = images.flatten(1)
         sd = (SMOOTHGRAD_SPREAD * (flat.amax(1) - flat.amin(1))).view(-1, 1, 1, 1)
         total = None
         for s in range(n_copies):
-            eps = torch.stack([torch.randn(images.shape[1:], generator=torch.Generator()
-                                           .manual_seed(derive_seed(*self.seed_parts(
-                                               i, "startgrad_smoothgrad", s))))
+            eps = torch.stack([torch.randn(images.shape[1:],
+                                           generator=self._generator(i, "startgrad_smoothgrad",
+                                                                     s))
                                for i in ids]).to(images.device)
             noisy = images + sd * eps
             grads = self._coefficient_gradients(
