@@ -33,7 +33,7 @@ def explain_to_store(out, images_path, selections, model_files, job, progress=Tr
     ids, targets = requested_images(selections, job.max_images, job.target)
     pos = images.positions(ids)
     algo = cls(model, seed=job.seed, memory_mb=job.memory_mb,
-               precision=getattr(job, "precision", "float32"), **job.params)
+               precision=job.precision, **job.params)
     # Methods with a coarser native map (GradCAM) store it as computed; readers upsample it.
     upsample = getattr(cls, "native_upsample", None)
     if upsample and getattr(job, "native_resolution", True):
@@ -64,7 +64,7 @@ def explain_to_store(out, images_path, selections, model_files, job, progress=Tr
         with contextlib.ExitStack() as stack:
             writers = [stack.enter_context(SaliencyWriter(
                            o, b - a, {**attrs(n), **extra_attrs}, dtype=job.dtype,
-                           keepbits=getattr(job, "keepbits", None),
+                           keepbits=job.keepbits,
                            chunk_n=max(bs, 1),
                            image_size=images.images.shape[-2:] if upsample else None,
                            upsample=upsample))

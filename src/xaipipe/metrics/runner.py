@@ -143,7 +143,7 @@ def score_store(out, inputs: dict, job, *, threads: int = 1) -> pd.DataFrame:
     workers, torch_threads = _workers(job.scheduler, job_threads(threads))
     task = dask.delayed(_score_chunk, pure=True)
     tasks = [task(job.metric, metric.hparams, job.model, model_files, job.device,
-                  job.batch_size, torch_threads, getattr(job, "precision", "float32"),
+                  job.batch_size, torch_threads, job.precision,
                   ids[a:b], targets[a:b],
                   {k: v[a:b] for k, v in extras.items()},
                   *(blocks[k][i] for k in ("maps", "images", "other_images", "other_maps",
