@@ -6,15 +6,15 @@
 # the ignored folder .whl, made here with `make gpu-wheels`):
 #
 #   run(command="bash benchmarks/gpu_check.sh", carry=[".whl", "results/models"],
-#       timeout_s=540)
+#       timeout_s=600)
 #
 # Here, to try the script itself on CPU (every CUDA case skips, short settings):
 #
 #   PY=.venv/bin/python WHEELS=none QUICK=1 OUT=/tmp/gpu_check bash benchmarks/gpu_check.sh
 #
 # Each step has its own time limit (together 9.4 min at most, well under that on an H200), so
-# that one slow step cannot eat the others; everything
-# printed goes to $OUT/gpu_check.log (what comes back from the machine).
+# that one slow step cannot eat the others; everything printed goes to $OUT/gpu_check.log
+# (what comes back from the machine).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}
