@@ -34,6 +34,8 @@ if workflow.is_main_process:
 # reproducible mode: pinned CPU kernels in every job (read when a job imports torch)
 if config.get("reproducible"):
     os.environ.update(repro.environment())
+# the jobs' allocator (xaipipe.parallel.retain_freed_memory; read by each job's set-up)
+os.environ["XAIPIPE_ALLOCATOR"] = config.get("allocator", "retain")
 
 
 wildcard_constraints:

@@ -23,7 +23,7 @@ import argparse
 import torch
 from captum.attr import IntegratedGradients
 
-from benchcommon import bench_model, header, ratio, speed, timed
+from benchcommon import add_allocator, bench_model, header, ratio, speed, timed, use_allocator
 from xaipipe.explain import explain
 from xaipipe.explain.base import default_memory_mb, get_method
 from xaipipe.utils import resolve_device
@@ -41,7 +41,9 @@ def main():
                     help="chunk budget of all three (default: xaipipe's default for the device)")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--device", default="auto")
+    add_allocator(ap)
     a = ap.parse_args()
+    use_allocator(a.allocator)
 
     device = resolve_device(a.device)
     model, size, source = bench_model(a.model, device)

@@ -22,7 +22,7 @@ import argparse
 
 import torch
 
-from benchcommon import bench_model, header, ratio, speed, timed
+from benchcommon import add_allocator, bench_model, header, ratio, speed, timed, use_allocator
 from xaipipe.metrics import insertion
 from xaipipe.utils import resolve_device
 
@@ -38,7 +38,9 @@ def main():
                     help="model inputs per forward for both (default: 256 demo, 128 resnet18)")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--device", default="auto")
+    add_allocator(ap)
     a = ap.parse_args()
+    use_allocator(a.allocator)
 
     device = resolve_device(a.device)
     model, size, source = bench_model(a.model, device)

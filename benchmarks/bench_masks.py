@@ -16,7 +16,7 @@ and StartGrad's speed-up on the demo model.
 
     .venv/bin/python benchmarks/bench_masks.py [--model resnet18|vgg19|mobilenet_v3_small
         --size 256 --samples 16]
-        [--batch 4] [--steps 60 --images 4] [--parts 1,2,3]
+        [--batch 4] [--steps 60 --images 4] [--parts 1,2,3] [--allocator retain|system]
 """
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ import statistics
 
 import torch
 
-from benchcommon import TORCHVISION, bench_model, header, ratio, timed
+from benchcommon import (TORCHVISION, add_allocator, bench_model, header,
+                         ratio, timed, use_allocator)
 from xaipipe.explain import get_method, run_method
 from xaipipe.metrics.curves import speedup
 from xaipipe.utils import resolve_device
@@ -128,7 +129,9 @@ def main():
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--parts", default="1,2,3")
+    add_allocator(ap)
     args = ap.parse_args()
+    use_allocator(args.allocator)
     device = resolve_device("auto")
     print(header(device))
     parts = {int(p) for p in args.parts.split(",")}

@@ -1,7 +1,8 @@
 """Shared by the benchmarks: interleaved timing and the benchmark models.
 
-Only the stable public API of xaipipe is used here (``load_model``, ``resolve_device``), so
-the benchmarks also run against older checkouts (``PYTHONPATH=<worktree>/src``).
+Only the stable public API of xaipipe is used here (``load_model``, ``resolve_device``;
+``retain_freed_memory`` where the checkout has it), so the benchmarks also run against older
+checkouts (``PYTHONPATH=<worktree>/src``).
 """
 from __future__ import annotations
 
@@ -82,7 +83,28 @@ def bench_model(name: str, device):
     return model.to(device).eval(), size, source
 
 
+ALLOCATOR = "system"
+
+
+def add_allocator(ap):
+    """``--allocator retain|system``: the memory policy of the benchmark's process, ``retain``
+    (default) as the workflow's jobs have it (config ``allocator``)."""
+    ap.add_argument("--allocator", choices=("retain", "system"), default="retain")
+
+
+def use_allocator(name):
+    """Apply ``--allocator`` (before anything is timed); :func:`header` prints what applies."""
+    global ALLOCATOR
+    if name == "retain":
+        try:
+            from xaipipe.parallel import retain_freed_memory
+        except ImportError:                          # an older checkout: glibc's default
+            return
+        if retain_freed_memory():
+            ALLOCATOR = "retain"
+
+
 def header(device):
     import xaipipe
     return (f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-            f"xaipipe from {Path(xaipipe.__file__).parent}")
+            f"allocator {ALLOCATOR}, xaipipe from {Path(xaipipe.__file__).parent}")

@@ -1,7 +1,7 @@
-from xaipipe.pipeline import explain_store, log_to, set_threads
+from xaipipe.pipeline import explain_store, log_to, setup_job
 
 with log_to(snakemake.log[0]):
-    set_threads(snakemake.threads)
+    setup_job(snakemake.threads)
     job = snakemake.params.job
     # a one-path sweep writes one store per step count
     out = list(snakemake.output) if job.sweep else snakemake.output[0]

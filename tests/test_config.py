@@ -90,6 +90,8 @@ def test_jobs_carry_filled_in_defaults_so_explicit_defaults_do_not_rerun():
      r"config key experiments.demo.max_images: -3 is less than the minimum of 1"),
     ("experiments__demo__target", "truth", r"'truth' is not one of \['label', 'pred'\]"),
     ("device", "tpu", r"'tpu' does not match"),
+    ("allocator", "jemalloc",
+     r"config key allocator: 'jemalloc' is not one of \['retain', 'system'\]"),
     ("explain__bogus", 1, r"config key explain: Additional properties are not allowed \('bogus'"),
     ("bogus", 1, r"config key \(top level\): Additional properties are not allowed \('bogus' "
                  r"was unexpected\); allowed keys: .*experiments"),

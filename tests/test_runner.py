@@ -129,6 +129,57 @@ def test_allocated_threads_follow_slurm_and_affinity(monkeypatch):
     assert _workers("tcp://127.0.0.1:8786", 4) == (1, None)
 
 
+# a job's set-up, then 64 MiB tensors made (every page touched) and freed: 16 rounds to settle
+# (glibc's bins may take several before a freed block fits the next aligned request), then the
+# page faults (minor faults) of 8 more
+_FAULTS = """
+import resource
+import torch
+from xaipipe.pipeline import setup_job
+setup_job(1)
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(16):
+    x = torch.ones(16 << 20); del x
+a = faults()
+for _ in range(8):
+    x = torch.ones(16 << 20); del x
+print(faults() - a)
+"""
+
+
+def _job_faults(allocator):
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "XAIPIPE_ALLOCATOR": allocator}
+    out = subprocess.run([sys.executable, "-c", _FAULTS], env=env, capture_output=True,
+                         text=True, check=True)
+    return int(out.stdout.split()[-1])
+
+
+def test_a_job_reuses_the_memory_it_freed_without_page_faults():
+    import platform
+    import resource
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc: retain_freed_memory changes nothing here")
+    pages = 8 * (64 << 20) // resource.getpagesize()
+    system = _job_faults("system")
+    if system < pages // 2:
+        pytest.skip(f"glibc's default faulted {system} times for {pages} fresh pages "
+                    "(huge pages?): nothing to spare here")
+    assert _job_faults("retain") < pages // 100 < system
+
+
+def test_a_bad_allocator_is_named(monkeypatch):
+    from xaipipe.parallel import allocator_requested
+    monkeypatch.setenv("XAIPIPE_ALLOCATOR", "jemalloc")
+    with pytest.raises(ValueError, match="XAIPIPE_ALLOCATOR='jemalloc'"):
+        allocator_requested()
+    monkeypatch.delenv("XAIPIPE_ALLOCATOR")
+    assert allocator_requested() == "retain"
+
+
 def test_worker_processes_and_a_scheduler_elsewhere_give_the_same_scores(data, tmp_path,
                                                                            monkeypatch):
     """Chunks scored by worker processes (local cluster, and an external scheduler whose

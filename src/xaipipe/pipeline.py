@@ -23,7 +23,7 @@ from .metrics.runner import per_image_frame, score_store, summarize_experiment
 from .models.spec import load_spec
 from .models.train import train_demo_model
 from . import repro
-from .parallel import set_torch_threads
+from .parallel import allocator_requested, retain_freed_memory, set_torch_threads
 from .utils import as_list, atomic_path, resolve_device
 
 log = logging.getLogger("xaipipe")
@@ -52,9 +52,14 @@ def log_to(path):
             log.removeHandler(handler)
 
 
-def set_threads(threads: int | None) -> int:
-    """Torch threads of a job: the rule's ``threads`` capped by the CPUs it was allocated; in
-    reproducible mode (:mod:`xaipipe.repro`) the pinned kernels and a fixed thread count."""
+def setup_job(threads: int | None) -> int:
+    """A job process's set-up, first thing in each script: the allocator
+    (:func:`~xaipipe.parallel.retain_freed_memory` unless the config's ``allocator`` is
+    ``system``) and torch's threads: the rule's ``threads`` capped by the CPUs it was
+    allocated; in reproducible mode (:mod:`xaipipe.repro`) the pinned kernels and a fixed
+    thread count. Returns the thread count."""
+    if allocator_requested() == "retain":
+        retain_freed_memory()
     if repro.requested():
         repro.enable()
         return repro.REPRO_THREADS
