@@ -10,6 +10,7 @@ import os
 from xaipipe import repro
 from xaipipe.config import setup_workflow
 from xaipipe.config.jobs import signature
+from xaipipe.parallel import allocator_environment
 from xaipipe.slurm import cap_status_interval, run_jobs_in_allocation
 
 min_version("9.0")
@@ -35,7 +36,7 @@ if workflow.is_main_process:
 if config.get("reproducible"):
     os.environ.update(repro.environment())
 # the jobs' allocator (xaipipe.parallel.retain_freed_memory; read by each job's set-up)
-os.environ["XAIPIPE_ALLOCATOR"] = config.get("allocator", "retain")
+os.environ.update(allocator_environment(config.get("allocator", "retain")))
 
 
 wildcard_constraints:

@@ -88,6 +88,13 @@ def retain_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))
 
 
+def allocator_environment(allocator: str) -> dict:
+    """The variable through which the workflow passes its ``allocator`` to its jobs."""
+    if allocator not in ALLOCATORS:
+        raise ValueError(f"allocator {allocator!r}: allowed {', '.join(ALLOCATORS)}")
+    return {"XAIPIPE_ALLOCATOR": allocator}
+
+
 def allocator_requested() -> str:
     """The job allocator the workflow asked for (``XAIPIPE_ALLOCATOR``, set by the Snakefile
     from the config's ``allocator``): ``retain`` (default) or ``system``."""
