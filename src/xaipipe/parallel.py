@@ -82,7 +82,7 @@ def retain_freed_memory() -> bool:
         libc = ctypes.CDLL(None)
         libc.gnu_get_libc_version                   # glibc only: musl's mallopt does nothing
         mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):    # TypeError: CDLL(None) on Windows
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))
