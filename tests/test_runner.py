@@ -1,4 +1,10 @@
 """The runners behind the rules: explain_to_store and score_store, called without Snakemake."""
+import os
+import platform
+import resource
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -118,7 +124,7 @@ def test_allocated_threads_follow_slurm_and_affinity(monkeypatch):
     from xaipipe.metrics.runner import _workers
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
     n = allocated_cpus()
-    assert n == len(__import__("os").sched_getaffinity(0))
+    assert n == len(os.sched_getaffinity(0))
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
     assert allocated_cpus() == 1 and job_threads(8) == 1
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "64")
@@ -149,9 +155,6 @@ print(faults() - a)
 
 
 def _job_faults(allocator):
-    import os
-    import subprocess
-    import sys
     env = {**os.environ, "XAIPIPE_ALLOCATOR": allocator}
     out = subprocess.run([sys.executable, "-c", _FAULTS], env=env, capture_output=True,
                          text=True, check=True)
@@ -159,8 +162,6 @@ def _job_faults(allocator):
 
 
 def test_a_job_reuses_the_memory_it_freed_without_page_faults():
-    import platform
-    import resource
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc: retain_freed_memory changes nothing here")
     pages = 8 * (64 << 20) // resource.getpagesize()

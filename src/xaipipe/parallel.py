@@ -88,20 +88,22 @@ def retain_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))
 
 
+def _checked_allocator(value: str, name: str) -> str:
+    if value not in ALLOCATORS:
+        raise ValueError(f"{name}={value!r}: allowed {', '.join(ALLOCATORS)}")
+    return value
+
+
 def allocator_environment(allocator: str) -> dict:
     """The variable through which the workflow passes its ``allocator`` to its jobs."""
-    if allocator not in ALLOCATORS:
-        raise ValueError(f"allocator {allocator!r}: allowed {', '.join(ALLOCATORS)}")
-    return {"XAIPIPE_ALLOCATOR": allocator}
+    return {"XAIPIPE_ALLOCATOR": _checked_allocator(allocator, "allocator")}
 
 
 def allocator_requested() -> str:
     """The job allocator the workflow asked for (``XAIPIPE_ALLOCATOR``, set by the Snakefile
     from the config's ``allocator``): ``retain`` (default) or ``system``."""
-    value = os.environ.get("XAIPIPE_ALLOCATOR", "retain")
-    if value not in ALLOCATORS:
-        raise ValueError(f"XAIPIPE_ALLOCATOR={value!r}: allowed {', '.join(ALLOCATORS)}")
-    return value
+    return _checked_allocator(os.environ.get("XAIPIPE_ALLOCATOR", "retain"),
+                              "XAIPIPE_ALLOCATOR")
 
 
 @contextlib.contextmanager
