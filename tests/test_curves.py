@@ -8,7 +8,8 @@ from scipy import stats
 
 from xaipipe.metrics.curves import (bootstrap_indices, first_reaching, histories_from_long,
                                     iqm, nanquantiles, paired_resample, reference_point,
-                                    speedup, step_curve, trimmed_mean, wilcoxon_per_step)
+                                    speedup, step_curve, step_curve_ci, trimmed_mean,
+                                    wilcoxon_per_step)
 
 
 def rising(n_img=30, steps=40, seed=0, scale=1.0):
@@ -153,6 +154,50 @@ def test_constructed_case_gives_the_exact_speedup():
     assert no_boot["t_star"][0] == first_reaching(step_curve(noisy), 1.0) > 20
 
 
+def test_speedup_counts_optimisation_steps_when_entries_are_sparse():
+    # every 10th step recorded: entry j is step 10·j; the run had 291 steps (entries 0..29)
+    steps, n, k = 30, 6, 10
+    t = np.arange(steps)
+    ref = np.tile(t / (steps - 1), (n, 1))                     # reaches its final value last
+    early = np.tile(np.r_[1.5, np.ones(steps - 1) * 2], (n, 1))  # above it from entry 0 on
+    out = speedup({"ones": ref, "startgrad": early}, n_boot=0, every=k)
+    assert out["t_ref"][0] == 290 and out["t_star"][0] == 0 and out["steps"] == 300
+    assert out["speedup"][0] == 291 and out["every"] == k     # (290 + 1)/(0 + 1), in steps
+    late = np.tile((t + 0.5) / 6, (n, 1))                      # first ≥ 1 at entry 6: step 60
+    out = speedup({"ones": ref, "startgrad": late}, n_boot=3, every=k)
+    assert out["t_star"].tolist() == [60] * 3 and out["speedup"] == pytest.approx([291 / 61] * 3)
+    assert speedup({"ones": ref, "startgrad": late}, n_boot=0)["speedup"][0] == 30 / 7
+    with pytest.raises(ValueError, match="every"):
+        speedup({"ones": ref, "startgrad": late}, every=0)
+
+
+def test_step_curve_ci_is_a_paired_bootstrap_around_the_iqm():
+    h = rising(n_img=25, steps=8, seed=4)
+    shift = h + 0.25                                           # every image 0.25 higher
+    other = rising(n_img=25, steps=8, seed=5)
+    ci = step_curve_ci({"ones": h, "uniform": other, "startgrad": shift}, n_boot=40,
+                       candidate="startgrad", seed=2)
+    for k, v in (("ones", h), ("uniform", other), ("startgrad", shift)):
+        assert np.array_equal(ci["curve"][k], step_curve(v))
+        assert (ci["lo"][k] <= ci["curve"][k] + 1e-12).all()
+        assert (ci["hi"][k] >= ci["curve"][k] - 1e-12).all()
+        # the interval is the 2.5/97.5 % quantiles of the replicates' IQM curves
+        reps = np.stack([step_curve(v[bootstrap_indices(25, b, seed=2)]) for b in range(40)])
+        assert np.allclose(ci["lo"][k], np.quantile(reps, 0.025, axis=0))
+        assert np.allclose(ci["hi"][k], np.quantile(reps, 0.975, axis=0))
+    assert (ci["hi"]["ones"] - ci["lo"]["ones"] > 0.01).any()  # the images do spread
+    # paired: a constant shift of every image is known exactly in every replicate
+    assert np.allclose(ci["diff"]["ones"], 0.25) and np.allclose(ci["diff_lo"]["ones"], 0.25)
+    assert np.allclose(ci["diff_hi"]["ones"], 0.25)
+    assert set(ci["diff"]) == {"ones", "uniform"}
+    flat = step_curve_ci({"ones": np.full((9, 3), 2.0)}, n_boot=5)
+    assert (flat["lo"]["ones"] == 2).all() and (flat["hi"]["ones"] == 2).all()
+    with pytest.raises(ValueError, match="level"):
+        step_curve_ci({"ones": h}, level=1.5)
+    with pytest.raises(ValueError, match="no curves for init 'startgrad'"):
+        step_curve_ci({"ones": h}, candidate="startgrad")
+
+
 def test_wilcoxon_per_step():
     rng = np.random.default_rng(1)
     base = rng.normal(size=(40, 5))
@@ -191,3 +236,34 @@ def test_histories_from_long_round_trip():
         histories_from_long(df, images=["img_x"])
     with pytest.raises(ValueError, match="several"):
         histories_from_long(pd.concat([df, df.iloc[:1]]))
+
+
+def test_startgrad_tables_from_sparse_histories():
+    """The report's tables read ``history_every`` and count optimisation steps: histories
+    recorded every 10 steps, StartGrad above the ones run's final IQM from entry 0."""
+    from xaipipe.report.startgrad import iqm_frame, speedup_frame
+
+    n, t, every = 8, 30, 10
+    ref = np.tile(np.arange(t) / (t - 1), (n, 1)) + np.linspace(0, 0.01, n)[:, None]
+    rows = []
+    for init, h in (("ones", ref), ("startgrad", ref + 2.0)):
+        for i in range(n):
+            rows.append({"metric_name": "convergence", "model": "m", "variant": "original",
+                         "method_name": "shearletx", "init": init, "image_id": i,
+                         "history_every": every,
+                         **{q: h[i] for q in ("retained_probability", "retained_l1",
+                                              "cp_l1", "cp_pixel")}})
+    per_image = pd.DataFrame(rows)
+    sp = speedup_frame(per_image, n_boot=5)
+    assert set(sp["quantity"]) == {"retained_probability", "cp_l1", "cp_pixel"}
+    assert (sp["t_ref"] == 290).all() and (sp["t_star_mean"] == 0).all()
+    assert (sp["speedup_mean"] == 291).all() and (sp["steps"] == 300).all()
+    iq = iqm_frame(per_image, n_boot=20)
+    row = iq[(iq["quantity"] == "cp_l1") & (iq["init"] == "startgrad - ones")].iloc[0]
+    assert row["iqm_step_0"] == pytest.approx(2.0) and row["lo_step_290"] == pytest.approx(2.0)
+    # steps 0, 10, 50, 100 and the last (290) are recorded; 1 is not
+    assert {c for c in iq.columns if c.startswith("iqm_step_")} == \
+        {f"iqm_step_{s}" for s in (0, 10, 50, 100, 290)}
+    ones = iq[(iq["quantity"] == "cp_l1") & (iq["init"] == "ones")].iloc[0]
+    assert ones["lo_step_290"] <= ones["iqm_step_290"] <= ones["hi_step_290"]
+    assert ones["iqm_step_290"] == pytest.approx(float(iqm(ref[:, -1])))

@@ -62,6 +62,14 @@ def test_startgrad_preset_on_a_tiny_model(wd):
     assert set(sp["reference"]) == {"ones", "uniform"} and (sp["steps"] == 6).all()
     assert set(sp.loc[sp["method"] == "shearletx", "reference"]) == {"ones"}
     assert ((sp["speedup_mean"] > 0) & (sp["t_star_mean"] <= 5)).all()
+    iq = pd.read_csv(out / "tables/startgrad_iqm.csv")
+    assert {"ones", "uniform", "startgrad", "startgrad - ones", "startgrad - uniform"} == \
+        set(iq.loc[iq["method"] == "pixel_mask", "init"])
+    assert {"ones", "startgrad", "startgrad - ones"} == \
+        set(iq.loc[iq["method"] == "shearletx", "init"])
+    for step in (0, 1, 5):
+        lo, mid, hi = (iq[f"{c}_step_{step}"].to_numpy(float) for c in ("lo", "iqm", "hi"))
+        assert np.all((lo <= mid + 1e-9) & (mid <= hi + 1e-9)), step
     wx = pd.read_csv(out / "tables/startgrad_wilcoxon.csv")
     p = wx[[c for c in wx.columns if c.startswith("p_step_")]].to_numpy(float)
     assert np.all((p >= 0) & (p <= 1))

@@ -8,6 +8,8 @@ turns them into what the StartGrad paper reports:
   interquartile mean (values with Q25 ≤ v ≤ Q75, linear-interpolation quantiles, inclusive
   bounds, then their mean), the median, the mean, or the 1 %/99 % trimmed mean that the
   reference calls "mean";
+- :func:`step_curve_ci`: that statistic per step with paired bootstrap confidence
+  intervals, for each init and for the difference of one init to the others;
 - :func:`speedup`: the convergence speed-up of one initialisation over another with a paired
   bootstrap over images (§10.3);
 - :func:`wilcoxon_per_step`: the one-sided Wilcoxon signed-rank test at every step (§10.4);
@@ -128,6 +130,54 @@ def paired_resample(curves: dict, b: int, *, seed: int = 0,
     return idx, {k: v[idx] for k, v in arrays.items()}
 
 
+def step_curve_ci(curves: dict, *, stat: str = "iqm", n_boot: int = 250, level: float = 0.95,
+                  candidate: str | None = None, seed: int = 0, compat: bool = False) -> dict:
+    """Per-step statistic over images with paired bootstrap confidence intervals (§10.2-10.3).
+
+    ``curves``: init name -> (N_img, T) histories of the same images in the same order. Each
+    replicate b = 0..n_boot−1 resamples the images with the indices of
+    :func:`bootstrap_indices` (the same for every init, as :func:`speedup` does) and takes the
+    per-step ``stat`` (:func:`step_curve`) of each init. The interval is the percentile
+    interval of the replicates, ((1 − level)/2, (1 + level)/2) quantiles with linear
+    interpolation, around the statistic of all the images (``curve``).
+
+    With ``candidate`` (e.g. ``"startgrad"``), also the paired differences: for every other
+    init o, the per-step ``stat`` curve of ``candidate`` minus that of o within each replicate,
+    so that image-to-image spread common to both inits cancels.
+
+    Returns ``{"curve": {init: (T,)}, "lo": {...}, "hi": {...}}`` plus ``"diff"``,
+    ``"diff_lo"``, ``"diff_hi"`` ({o: (T,)}) with ``candidate``, and ``n_boot``, ``level``,
+    ``stat``, ``n_images``."""
+    arrays = _check_curves(curves)
+    if stat not in STATS:
+        raise ValueError(f"unknown statistic {stat!r}; allowed: {', '.join(STATS)}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot!r}")
+    if candidate is not None and candidate not in arrays:
+        raise ValueError(f"no curves for init {candidate!r}; given: {', '.join(arrays)}")
+    n_img = next(iter(arrays.values())).shape[0]
+    idx = np.stack([bootstrap_indices(n_img, b, seed=seed, compat=compat)
+                    for b in range(n_boot)])                        # (B, N_img)
+    reps = {k: np.stack([step_curve(v[i], stat) for i in idx]) for k, v in arrays.items()}
+    qs = ((1 - level) / 2, (1 + level) / 2)
+    out: dict = {"curve": {}, "lo": {}, "hi": {}, "n_boot": int(n_boot), "level": level,
+                 "stat": stat, "n_images": int(n_img)}
+    for k, r in reps.items():
+        out["curve"][k] = step_curve(arrays[k], stat)
+        out["lo"][k], out["hi"][k] = nanquantiles(r, qs, 0)[:, 0]
+    if candidate is not None:
+        out.update(diff={}, diff_lo={}, diff_hi={})
+        for k in arrays:
+            if k == candidate:
+                continue
+            out["diff"][k] = out["curve"][candidate] - out["curve"][k]
+            out["diff_lo"][k], out["diff_hi"][k] = nanquantiles(
+                reps[candidate] - reps[k], qs, 0)[:, 0]
+    return out
+
+
 def reference_point(curve, reference_step: float = 1.0,
                     use_reference_step_max: bool = False) -> tuple[int, float]:
     """(t_ref, v_ref) of a reference curve (T,): t_ref = max(0, int(ρ·T) − 1) with ρ =
@@ -176,7 +226,8 @@ def _check_curves(curves: dict) -> dict[str, np.ndarray]:
 
 def speedup(curves: dict, *, reference: str = "ones", candidate: str = "startgrad",
             reference_step: float = 1.0, use_reference_step_max: bool = False,
-            n_boot: int = 250, stat: str = "iqm", compat: bool = False, seed: int = 0) -> dict:
+            n_boot: int = 250, stat: str = "iqm", compat: bool = False, seed: int = 0,
+            every: int = 1) -> dict:
     """Convergence speed-up of ``candidate`` over ``reference`` (`metrics.md` §10.3).
 
     ``curves``: init name -> (N_img, T) per-image histories of the same images in the same
@@ -192,7 +243,14 @@ def speedup(curves: dict, *, reference: str = "ones", candidate: str = "startgra
     Returns per-replicate arrays ``t_ref``, ``v_ref``, ``t_star``, ``speedup``, ``verified``
     (n_boot,) and the summary ``speedup_mean``, ``speedup_std``, ``t_star_mean``,
     ``t_star_std`` (population std, as the reference), ``verified_fraction``, ``n_boot``,
-    ``n_images``, ``steps``."""
+    ``n_images``, ``steps``.
+
+    ``every``: the optimisation steps between two recorded entries (``history_every``). Entry
+    j is step j·every, and ``t_ref``, ``t_star``, ``steps`` and the speed-up are in
+    optimisation steps: (t_ref·every + 1)/(t*·every + 1), not a ratio of entry indices."""
+    if int(every) != every or every < 1:
+        raise ValueError(f"every must be a positive integer, got {every!r}")
+    every = int(every)
     arrays = _check_curves(curves)
     for name in (reference, candidate):
         if name not in arrays:
@@ -209,13 +267,14 @@ def speedup(curves: dict, *, reference: str = "ones", candidate: str = "startgra
         sample = pair if b is None else paired_resample(pair, b, seed=seed, compat=compat)[1]
         ref_curve = step_curve(sample[reference], stat)
         cand_curve = step_curve(sample[candidate], stat)
-        t_ref, v_ref = reference_point(ref_curve, reference_step, use_reference_step_max)
-        t_star = first_reaching(cand_curve, v_ref)
+        j_ref, v_ref = reference_point(ref_curve, reference_step, use_reference_step_max)
+        j_star = first_reaching(cand_curve, v_ref)
+        t_ref, t_star = j_ref * every, j_star * every
         cols["t_ref"].append(t_ref)
         cols["v_ref"].append(v_ref)
         cols["t_star"].append(t_star)
         cols["speedup"].append(speedup_ratio(t_ref, t_star, compat))
-        cols["verified"].append(bool((cand_curve[t_star:] > v_ref).all()))
+        cols["verified"].append(bool((cand_curve[j_star:] > v_ref).all()))
     out = {"t_ref": np.asarray(cols["t_ref"], np.int64),
            "v_ref": np.asarray(cols["v_ref"], np.float64),
            "t_star": np.asarray(cols["t_star"], np.int64),
@@ -227,7 +286,8 @@ def speedup(curves: dict, *, reference: str = "ones", candidate: str = "startgra
                    t_star_mean=float(np.mean(out["t_star"])),
                    t_star_std=float(np.std(out["t_star"])),
                    verified_fraction=float(np.mean(out["verified"])),
-                   n_boot=int(n_boot), n_images=int(n_img), steps=int(steps),
+                   n_boot=int(n_boot), n_images=int(n_img), steps=int(steps) * every,
+                   every=every,
                    reference=reference, candidate=candidate, stat=stat, compat=bool(compat))
     return out
 

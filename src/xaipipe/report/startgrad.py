@@ -7,7 +7,13 @@ the reference curve's value at its last step (v_ref, the per-step IQM), the firs
 which StartGrad's IQM curve reaches it, and the speed-up (t_ref + 1)/(t* + 1) (clean form),
 each as mean ± std over 250 paired bootstrap replicates (:func:`xaipipe.metrics.curves.speedup`),
 with the fraction of replicates where StartGrad stays above v_ref from t* on (``verified``).
-Steps are optimisation steps (recorded index × ``history_every``).
+Steps are optimisation steps (recorded index × ``history_every``), and so is the speed-up.
+
+``startgrad_iqm``: one row per (model, variant, method, quantity, init) and per paired
+difference ``startgrad - <init>``: the per-step IQM over images at steps 0, 1, 10, 50, 100 and
+the last recorded step (those recorded), with the 95 % percentile interval over 250 paired
+bootstrap replicates of the images (:func:`xaipipe.metrics.curves.step_curve_ci`; the same
+resampled images for every init, so the differences' intervals are paired ones).
 
 ``startgrad_wilcoxon``: one row per (model, variant, method, quantity, baseline init): the
 one-sided Wilcoxon signed-rank p-value (H1: StartGrad − baseline > 0, per image) at steps 0,
@@ -28,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
-from ..metrics.curves import iqm, speedup, wilcoxon_per_step
+from ..metrics.curves import iqm, speedup, step_curve_ci, wilcoxon_per_step
 from .inputs import read_per_image
 from .masks import history_curves
 from .tables import TABLES, _write_text
@@ -75,16 +81,53 @@ def speedup_frame(per_image: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame
                 cur = {ref: inits[ref][q], "startgrad": inits["startgrad"][q]}
                 if cur[ref].shape[0] == 0:
                     continue
-                s = speedup(cur, reference=ref, candidate="startgrad", n_boot=n_boot)
+                s = speedup(cur, reference=ref, candidate="startgrad", n_boot=n_boot,
+                            every=every)
                 rows.append({"model": model, "variant": variant, "method": host,
                              "quantity": q, "reference": ref, "n_images": s["n_images"],
-                             "steps": s["steps"] * every,
+                             "steps": s["steps"],
                              "v_ref": float(np.mean(s["v_ref"])),
-                             "t_ref": int(np.max(s["t_ref"])) * every,
-                             "t_star_mean": s["t_star_mean"] * every,
-                             "t_star_std": s["t_star_std"] * every,
+                             "t_ref": int(np.max(s["t_ref"])),
+                             "t_star_mean": s["t_star_mean"],
+                             "t_star_std": s["t_star_std"],
                              "speedup_mean": s["speedup_mean"], "speedup_std": s["speedup_std"],
                              "verified": s["verified_fraction"], "n_boot": n_boot})
+    return pd.DataFrame(rows)
+
+
+def _report_steps(t: int, every: int) -> list[int]:
+    """The recorded entries the tables show: steps 0, 1, 10, 50, 100 (those recorded) and the
+    last recorded step, as entry indices."""
+    want = [*P_STEPS, (t - 1) * every]
+    return sorted({s // every for s in want if s % every == 0 and s // every < t})
+
+
+def iqm_frame(per_image: pd.DataFrame, n_boot: int = N_BOOT, level: float = 0.95
+              ) -> pd.DataFrame:
+    rows = []
+    for (model, variant, host), inits in paired(history_curves(per_image)).items():
+        names = [i for i in ("ones", "uniform", "startgrad") if i in inits]
+        every = inits[names[0]]["every"] if names else 1
+        for q in (*QUANTITIES, "retained_l1", "retained_pixel", "cp_entropy"):
+            cur = {i: inits[i][q] for i in names if q in inits[i]}
+            if not cur or next(iter(cur.values())).shape[0] == 0:
+                continue
+            cand = "startgrad" if "startgrad" in cur and len(cur) > 1 else None
+            ci = step_curve_ci(cur, n_boot=n_boot, level=level, candidate=cand)
+            t = len(next(iter(ci["curve"].values())))
+            entries = _report_steps(t, every)
+            series = [(i, ci["curve"][i], ci["lo"][i], ci["hi"][i]) for i in cur]
+            if cand:
+                series += [(f"startgrad - {o}", ci["diff"][o], ci["diff_lo"][o],
+                            ci["diff_hi"][o]) for o in ci["diff"]]
+            for name, c, lo, hi in series:
+                row = {"model": model, "variant": variant, "method": host, "quantity": q,
+                       "init": name, "n_images": ci["n_images"]}
+                for j in entries:
+                    row[f"iqm_step_{j * every}"] = float(c[j])
+                    row[f"lo_step_{j * every}"] = float(lo[j])
+                    row[f"hi_step_{j * every}"] = float(hi[j])
+                rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -175,6 +218,17 @@ def startgrad_speedup(summary: pd.DataFrame, out: dict[str, str], per_image=None
                 "StartGrad speed-up: first step t* at which StartGrad's per-step IQM reaches "
                 "the reference init's final IQM; speed-up (t_ref + 1)/(t* + 1); mean ± std "
                 f"over {N_BOOT} paired bootstrap replicates of the images.")
+
+
+@TABLES.register(name="startgrad_iqm")
+def startgrad_iqm(summary: pd.DataFrame, out: dict[str, str], per_image=None) -> None:
+    """Per-step IQM over images of every history, with paired bootstrap CIs (module
+    docstring)."""
+    write_frame(iqm_frame(read_per_image(per_image)), out,
+                "Per-step interquartile mean (IQM) over images of each recorded quantity per "
+                f"init, with 95 % percentile intervals over {N_BOOT} paired bootstrap "
+                "replicates of the images (the same images for every init); rows "
+                "'startgrad - <init>' are the paired differences of the IQM curves.")
 
 
 @TABLES.register(name="startgrad_wilcoxon")
