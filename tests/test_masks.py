@@ -102,6 +102,25 @@ def test_pixel_mask_history_and_projection(cnn, x32):
     torch.testing.assert_close(h["cp_l1"], h["retained_probability"] / h["retained_l1"])
 
 
+def test_history_holds_the_cp_metric_of_each_recorded_mask(cnn, x32):
+    """The clean CP history (`metrics.md` §10.1: Kolek's CP on the clean explanation at each
+    recorded step) is the ``cp`` metric of the mask of that step; cp_entropy is StartGrad's
+    noisy form over the retained entropy."""
+    from xaipipe.metrics.cp import cp_scores
+
+    t = torch.tensor([0, 1, 2])
+    kw = dict(image_ids=IDS, init="uniform", lr=0.3, samples=2)
+    run = run_method("pixel_mask", cnn, x32, t, steps=4, history_every=3, **kw).extras
+    after3 = run_method("pixel_mask", cnn, x32, t, steps=3, return_mask=True, **kw)
+    want = cp_scores(cnn, x32, after3.maps, t, coeffs=x32, mask=after3.extras["mask"])
+    for k in ("cp_l1_pixel", "cp_l1", "cp_entropy"):
+        np.testing.assert_allclose(run[f"clean_{k}"][:, 1].numpy(), want[k], rtol=1e-5,
+                                   err_msg=k)
+    torch.testing.assert_close(run["cp_entropy"],
+                               run["retained_probability"] / run["retained_entropy"])
+    assert not torch.allclose(run["clean_cp_l1"][:, 1], run["cp_l1"][:, 1])
+
+
 def test_pixel_mask_tv_is_zero_for_a_constant_mask(cnn, x32):
     from xaipipe.explain.methods.pixel_mask import PixelMask
     meth = PixelMask(cnn, lambda_tv=1.0, lambda_1=0.0)

@@ -281,7 +281,8 @@ def test_history_shapes_and_first_entry(model, batch):
                          history_every=every)
         n_t = math.ceil(steps / every)
         for k in ("retained_probability", "retained_l1", "retained_entropy", "retained_pixel",
-                  "cp_l1", "cp_pixel"):
+                  "cp_l1", "cp_pixel", "cp_entropy", "clean_retained_probability",
+                  "clean_cp_l1_pixel", "clean_cp_l1", "clean_cp_entropy"):
             assert out.extras[k].shape == (3, n_t), k
         assert out.extras["loss_terms"].shape == (3, n_t, len(LOSS_TERMS))
     assert LOSS_TERMS == ("reward", "area_penalty")
@@ -302,6 +303,12 @@ def test_history_shapes_and_first_entry(model, batch):
     per_image = (1, 2, 3)
     assert torch.allclose(e["retained_entropy"][:, 0],
                           (entropy(m0 * x, per_image) / entropy(x, per_image)).float())
+    assert torch.allclose(e["cp_entropy"], e["retained_probability"] / e["retained_entropy"])
+    # the clean CP of entry 0: the cp metric of x_E = m0 ⊙ x̃ (divided by its max inside)
+    from xaipipe.metrics.cp import cp_scores
+    want = cp_scores(model, x, m0 * x, t, coeffs=x, mask=m0)
+    for k in ("cp_l1_pixel", "cp_l1", "cp_entropy"):
+        np.testing.assert_allclose(e[f"clean_{k}"][:, 0].numpy(), want[k], rtol=1e-5)
     rew = torch.tensor([logits[i, t[i]] - max(logits[i, c] for c in range(4) if c != t[i])
                         for i in range(3)])
     assert torch.allclose(e["loss_terms"][:, 0, 0], rew, atol=1e-5)

@@ -25,8 +25,12 @@ Outputs: the maps are the explanation image x_E = clip(T⁻¹(m ⊙ c)) (N, 3, H
 ``history_every=k``, T = ceil(steps / k) entries per image (entry 0 is the initial mask's,
 before any update; entry j is taken at step j·k from that step's S noisy samples):
 ``retained_probability``, ``retained_l1``, ``retained_entropy``, ``retained_pixel``,
-``cp_l1``, ``cp_pixel`` (N, T) and ``loss_terms`` (N, T, K) in the method's ``LOSS_TERMS``
-order.
+``cp_l1``, ``cp_pixel``, ``cp_entropy`` (StartGrad's CP_t: the noisy samples' retained
+probability over each retained information), the Kolek-style CP of the clean explanation at
+the same step (``clean_retained_probability``, ``clean_cp_l1_pixel``, ``clean_cp_l1``,
+``clean_cp_entropy``: what the ``cp`` metric gives for the final map, one extra forward pass
+per recorded step; :func:`clean_cp`) (N, T) and ``loss_terms`` (N, T, K) in the method's
+``LOSS_TERMS`` order.
 """
 from __future__ import annotations
 
@@ -102,7 +106,41 @@ COMMON_PARAMS = {
 }
 
 HISTORY = ("retained_probability", "retained_l1", "retained_entropy", "retained_pixel",
-           "cp_l1", "cp_pixel")
+           "cp_l1", "cp_pixel", "cp_entropy", "clean_retained_probability",
+           "clean_cp_l1_pixel", "clean_cp_l1", "clean_cp_entropy")
+#: the Kolek-style CP on the clean explanation at each recorded step (`metrics.md` §10.1, §8)
+CLEAN_HISTORY = HISTORY[7:]
+
+
+@torch.no_grad()
+def log_prob(model, x, target, chunk: int | None = None) -> torch.Tensor:
+    """(N,) float64 log p_c(x) of the classes ``target`` on the CPU, from float64
+    log-softmax of the logits, in chunks of ``chunk`` images."""
+    n = x.shape[0]
+    chunk = max(1, int(chunk or n))
+    logp = torch.cat([torch.log_softmax(model(x[a:a + chunk]).double(), 1)
+                      for a in range(0, n, chunk)])
+    return logp.gather(1, target.view(-1, 1).to(logp.device)).squeeze(1).cpu()
+
+
+@torch.no_grad()
+def clean_cp(model, images, x_e, target, logp_clean, l1, ent, chunk: int | None = None) -> dict:
+    """The CP scores of ``metrics.md`` §8 (clean form) for the current explanation x_E of a
+    mask method, as the ``cp`` metric computes them on the final one: RCP = p_c(x_E/max x_E) /
+    p_c(x̃) for the fixed class c = ``target`` (``logp_clean``: log p_c(x̃), :func:`log_prob`),
+    over the retained pixel ℓ1 of x_E/max (``clean_cp_l1_pixel``), the representation's
+    retained ℓ1 ``l1`` (``clean_cp_l1``) and retained entropy ``ent`` (``clean_cp_entropy``);
+    (N,) float64 on the CPU. One forward pass of the N explanations."""
+    from ..metrics.cp import explanation_image         # metrics.cp imports this module
+
+    xe = explanation_image(x_e, images, normalize=True)
+    rcp = torch.exp(log_prob(model, xe, target, chunk) - logp_clean.double().cpu())
+    pix = xe.double().abs().flatten(1).sum(1).cpu() / \
+        images.double().abs().flatten(1).sum(1).cpu().clamp_min(1e-300)
+    return {"clean_retained_probability": rcp,
+            "clean_cp_l1_pixel": rcp / pix.clamp_min(1e-300),
+            "clean_cp_l1": rcp / l1.double().cpu().clamp_min(1e-300),
+            "clean_cp_entropy": rcp / ent.double().cpu().clamp_min(1e-300)}
 
 
 ENTROPY_EPS = 1e-7      # inside the log of H (`metrics.md` §8)
@@ -232,6 +270,8 @@ class MaskMethod(Method):
         every = p["history_every"]
         t_hist = math.ceil(p["steps"] / every) if every else 0
         hist = {k: torch.zeros(n, t_hist, dtype=torch.float64) for k in HISTORY}
+        logp_clean = log_prob(self.model, images, target,
+                              self.chunk_size(images.shape[1:], images.device)) if every else None
         terms = torch.zeros(n, t_hist, len(self.LOSS_TERMS), dtype=torch.float64)
         params = [m.requires_grad_(True) for m in masks]
         opt = torch.optim.Adam(params, lr=p["lr"])
@@ -254,7 +294,7 @@ class MaskMethod(Method):
                 j = step // every
                 dist = p["lambda_d"] * ((y_ref[:, None] - probs) ** 2).mean(1)
                 terms[:, j] = torch.stack([dist, *[r.detach() for r in regs]], 1).double().cpu()
-                self._record(hist, j, state, params, probs, p_clean)
+                self._record(hist, j, state, params, probs, p_clean, target, logp_clean)
             if self.normalizes_gradient():
                 normalize_gradients(params)
             for group in opt.param_groups:
@@ -610,9 +650,10 @@ class MaskMethod(Method):
         return self.synthesize(state, parts).clamp(0.0, 1.0).float()
 
     @torch.no_grad()
-    def _retained(self, state: State, masks: list[torch.Tensor]):
+    def _retained(self, state: State, masks: list[torch.Tensor], with_explanation=False):
         """(N,) float64: retained ℓ1 Σ|m ⊙ c|/Σ|c|, the entropies H(m ⊙ c) and H(c) (jointly
-        over colour and parts), and the retained pixel ℓ1 Σ|x_E|/Σ|x̃|."""
+        over colour and parts), and the retained pixel ℓ1 Σ|x_E|/Σ|x̃| (and x_E itself with
+        ``with_explanation``)."""
         num = sum((m * c).abs().flatten(1).sum(1) for m, c in zip(masks, state.coeffs))
         den = sum(c.abs().flatten(1).sum(1) for c in state.coeffs)
         l1 = num.double() / den.double().clamp_min(1e-300)
@@ -622,7 +663,7 @@ class MaskMethod(Method):
         x_e = self.explanation(state, masks)
         pix = x_e.double().abs().flatten(1).sum(1) / \
             state.images.double().abs().flatten(1).sum(1).clamp_min(1e-300)
-        return l1, h_kept, h_full, pix
+        return (l1, h_kept, h_full, pix, x_e) if with_explanation else (l1, h_kept, h_full, pix)
 
     def final_extras(self, state: State, masks: list[torch.Tensor]) -> dict:
         """The final retained information, and the two entropies of the ratio (the `cp`
@@ -634,8 +675,8 @@ class MaskMethod(Method):
                 "final_entropy_explanation": h_kept.float(),
                 "final_entropy_image": h_full.float()}
 
-    def _record(self, hist, j, state, masks, probs, p_clean):
-        l1, h_kept, h_full, pix = self._retained(state, [m.detach() for m in masks])
+    def _record(self, hist, j, state, masks, probs, p_clean, target, logp_clean):
+        l1, h_kept, h_full, pix, x_e = self._retained(state, [m.detach() for m in masks], True)
         ent = h_kept / h_full.clamp_min(1e-300)
         rcp = (probs / p_clean[:, None].clamp_min(1e-30)).mean(1).double().cpu()
         l1, ent, pix = l1.cpu(), ent.cpu(), pix.cpu()
@@ -645,6 +686,11 @@ class MaskMethod(Method):
         hist["retained_pixel"][:, j] = pix
         hist["cp_l1"][:, j] = rcp / l1.clamp_min(1e-300)
         hist["cp_pixel"][:, j] = rcp / pix.clamp_min(1e-300)
+        hist["cp_entropy"][:, j] = rcp / ent.clamp_min(1e-300)
+        chunk = self.chunk_size(state.images.shape[1:], state.images.device)
+        for k, v in clean_cp(self.model, state.images, x_e, target, logp_clean, l1, ent,
+                             chunk).items():
+            hist[k][:, j] = v
 
 
 def lr_at(step: int, lr: float, schedule: str, steps: int, gamma: float,

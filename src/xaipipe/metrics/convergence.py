@@ -5,7 +5,9 @@ speed-up, Wilcoxon tests: :mod:`xaipipe.metrics.curves`, :mod:`xaipipe.report.st
 reads them like any other metric output.
 
 Per image: the curves ``retained_probability``, ``retained_l1``, ``retained_entropy``,
-``retained_pixel``, ``cp_l1``, ``cp_pixel`` (N, T) and ``loss_terms`` (N, T·K, flattened) as
+``retained_pixel``, ``cp_l1``, ``cp_pixel`` (N, T), where the store has them ``cp_entropy``
+and the clean explanation's ``clean_retained_probability``, ``clean_cp_l1_pixel``,
+``clean_cp_l1``, ``clean_cp_entropy`` (N, T), and ``loss_terms`` (N, T·K, flattened) as
 recorded, and the scalars at the last recorded step (``final_cp_l1``, ``final_cp_pixel``,
 ``final_retained_probability``, ``final_retained_l1``).
 """
@@ -18,6 +20,9 @@ from .base import Metric, MetricInputs, register_metric
 
 CURVES = ("retained_probability", "retained_l1", "retained_entropy", "retained_pixel",
           "cp_l1", "cp_pixel")
+#: passed through when the store has them (stores written before they were recorded do not)
+OPTIONAL_CURVES = ("cp_entropy", "clean_retained_probability", "clean_cp_l1_pixel",
+                   "clean_cp_l1", "clean_cp_entropy")
 
 
 @register_metric
@@ -46,6 +51,8 @@ class Convergence(Metric):
                 f"extras lack {missing} (have: {sorted(ex)}); run the method with "
                 "history_every: N (e.g. {method: shearletx, history_every: 1})")
         out = {k: np.asarray(ex[k], np.float64) for k in CURVES}
+        out.update({k: np.asarray(ex[k], np.float64) for k in OPTIONAL_CURVES
+                    if k in ex and np.asarray(ex[k]).ndim == 2})
         for k in ("cp_l1", "cp_pixel", "retained_probability", "retained_l1"):
             out[f"final_{k}"] = out[k][:, -1]
         if "loss_terms" in ex:

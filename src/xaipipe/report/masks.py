@@ -11,8 +11,8 @@ before taking logs (as the reference plots). The per-method means with CIs are a
 StartGrad (`metrics.md` §10): figure ``convergence_curves``: rows = host method
 (``method_name``), columns = retained probability, retained ℓ1 information, CP-ℓ1, CP-pixel;
 per init (``ones``, ``uniform``, ``startgrad``) the median over images and the interquartile
-band at every recorded step (x = step, from ``history_every``). Tables ``startgrad_speedup``
-and ``startgrad_wilcoxon`` are in :mod:`xaipipe.report.startgrad`.
+band at every recorded step (x = step, from ``history_every``). Tables ``startgrad_speedup``,
+``startgrad_iqm`` and ``startgrad_wilcoxon`` are in :mod:`xaipipe.report.startgrad`.
 
 All read the experiment's per-image scores (``per_image.parquet``; the metrics ``cp``,
 ``hallucination_score`` and ``convergence``).
@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
+from ..metrics.convergence import CURVES as HISTORIES, OPTIONAL_CURVES
 from .figures import FIGURES, FigureInputs, _save, plt
 from .inputs import read_per_image
 
@@ -141,7 +142,8 @@ def history_curves(per_image: pd.DataFrame) -> dict:
     for key, d in conv.groupby(["model", "variant", "method_name", "init"], sort=False):
         d = d.sort_values("image_id")
         entry = {q: np.stack([np.asarray(v, np.float64) for v in d[q]])
-                 for q, _ in CURVES if q in d}
+                 for q in (*HISTORIES, *OPTIONAL_CURVES)
+                 if q in d and d[q].map(lambda v: isinstance(v, np.ndarray)).all()}
         entry["image_id"] = d["image_id"].to_numpy()
         every = d["history_every"].iloc[0] if "history_every" in d else 1
         entry["every"] = int(every) if pd.notna(every) and every else 1

@@ -41,6 +41,10 @@ from .tables import TABLES, _write_text
 
 QUANTITIES = ("cp_l1", "cp_pixel", "retained_probability")
 REFERENCES = ("ones", "uniform")
+#: the startgrad_iqm table's rows: every history (`metrics.md` §10.1), those recorded
+IQM_QUANTITIES = (*QUANTITIES, "cp_entropy", "retained_l1", "retained_entropy",
+                  "retained_pixel", "clean_retained_probability", "clean_cp_l1_pixel",
+                  "clean_cp_l1", "clean_cp_entropy")
 P_STEPS = (0, 1, 10, 50, 100)
 N_BOOT = 250
 
@@ -108,7 +112,7 @@ def iqm_frame(per_image: pd.DataFrame, n_boot: int = N_BOOT, level: float = 0.95
     for (model, variant, host), inits in paired(history_curves(per_image)).items():
         names = [i for i in ("ones", "uniform", "startgrad") if i in inits]
         every = inits[names[0]]["every"] if names else 1
-        for q in (*QUANTITIES, "retained_l1", "retained_pixel", "cp_entropy"):
+        for q in IQM_QUANTITIES:
             cur = {i: inits[i][q] for i in names if q in inits[i]}
             if not cur or next(iter(cur.values())).shape[0] == 0:
                 continue

@@ -58,9 +58,11 @@ entries at iterations t = 0, k, 2k, … < ``steps`` (T = ⌈steps/k⌉; entry 0 
 before any update), each from the forward pass of that iteration (so on even t the jittered,
 flipped image): ``retained_probability`` p_c(perturbed)/p_c(x̃), ``retained_l1`` Σ|m ⊙ x̃|/Σ|x̃|
 (summed over RGB), ``retained_entropy`` H(m ⊙ x̃)/H(x̃), ``retained_pixel`` Σ|x_E(m)|/Σ|x̃|
-(equal to ``retained_l1`` for this pixel-space mask unless ``compat="shearletx"``), ``cp_l1``
-and ``cp_pixel`` (retained probability over ``retained_l1`` / ``retained_pixel``), and
-``loss_terms`` (N, T, K) in the order of :data:`LOSS_TERMS` (the loss minimised is −reward +
+(equal to ``retained_l1`` for this pixel-space mask unless ``compat="shearletx"``),
+``cp_l1``, ``cp_pixel`` and ``cp_entropy`` (retained probability over ``retained_l1`` /
+``retained_pixel`` / ``retained_entropy``), the clean explanation's CP at the same iteration
+(``clean_retained_probability``, ``clean_cp_l1_pixel``, ``clean_cp_l1``, ``clean_cp_entropy``;
+:func:`xaipipe.explain.masks.clean_cp`), and ``loss_terms`` (N, T, K) in the order of :data:`LOSS_TERMS` (the loss minimised is −reward +
 area_penalty).
 
 Initialisation (``init``): ``ones`` (TorchRay); ``uniform`` U(0,1) per parameter, drawn per
@@ -100,7 +102,7 @@ from ...params import Param
 from ...utils import generator
 from ..base import Attribution, Method, estimate_point_bytes, default_memory_mb, \
     register_method
-from ..masks import entropy          # H(v) = −Σ q ln(q + 1e−7), q = |v|²/Σ|v|², float64
+from ..masks import CLEAN_HISTORY, clean_cp, entropy, log_prob   # H: float64, `metrics.md` §8
 from ..startgrad import SCORES, quantile_transform, ranking_score
 
 #: order of the last axis of ``extras["loss_terms"]`` (N, T, K); loss = −reward + area_penalty
@@ -387,11 +389,12 @@ class SmoothMask(Method):
                     _l1_ratio(x_e, images))
 
         names = ("retained_probability", "retained_l1", "retained_entropy", "retained_pixel")
-        hist = {k: [] for k in (*names, "loss_terms")}
+        hist = {k: [] for k in (*names, *CLEAN_HISTORY, "loss_terms")}
         if every:
             with torch.no_grad():
                 p_clean = torch.softmax(self.model(images), 1).gather(
                     1, target.view(-1, 1)).squeeze(1)
+            logp_clean = log_prob(self.model, images, target)
 
         with torch.no_grad():
             mask, full = gen(pmask)             # rendered mask when steps == 0
@@ -410,8 +413,12 @@ class SmoothMask(Method):
             if every and t % every == 0:
                 with torch.no_grad():
                     prob = torch.softmax(logits, 1).gather(1, target.view(-1, 1)).squeeze(1)
-                    for k, v in zip(names, (prob / p_clean, *retained(mask.detach()))):
+                    l1, ent, pix = retained(mask.detach())
+                    for k, v in zip(names, (prob / p_clean, l1, ent, pix)):
                         hist[k].append(v.float())
+                    for k, v in clean_cp(self.model, images, explanation(mask.detach()), target,
+                                         logp_clean, l1, ent).items():
+                        hist[k].append(v.float().to(images.device))
                     hist["loss_terms"].append(torch.stack([r.detach(), pen.detach()], 1))
             with torch.no_grad():               # torch.optim.SGD's update, elementwise
                 if buf is None:
@@ -442,5 +449,6 @@ class SmoothMask(Method):
                 out["loss_terms"] = images.new_zeros(n, 0, len(LOSS_TERMS))
             out["cp_l1"] = out["retained_probability"] / out["retained_l1"]
             out["cp_pixel"] = out["retained_probability"] / out["retained_pixel"]
+            out["cp_entropy"] = out["retained_probability"] / out["retained_entropy"]
             extras.update({k: v.float() for k, v in out.items()})
         return Attribution(x_e.float(), extras)
