@@ -388,6 +388,36 @@ def test_startgrad_ablations_and_transforms(cnn, x32):
         assert torch.all(m.flatten(1).amin(1) == 0) and torch.all(m.flatten(1).amax(1) == 1)
 
 
+def test_prob_score_uses_the_gradient_of_p_where_its_size_matters(cnn, x32):
+    """``startgrad_score: prob`` is s = p_c (§9.1): its gradient p_c·∇log p_c. The noisy
+    ablation adds σ·ε to it, so there the factor p_c counts; the draws ε are those of the
+    ``nll`` run (the initial mask's settings do not seed the draws)."""
+    from xaipipe.explain.methods.pixel_mask import PixelMask
+    from xaipipe.utils import derive_seed
+    x, t = x32[:2], torch.tensor([0, 1])
+    kw = dict(steps=0, init="startgrad", startgrad_ablation="noisy", startgrad_noise=0.05,
+              image_ids=IDS[:2])
+    got = {sc: run_method("pixel_mask", cnn, x, t, startgrad_score=sc, **kw).extras["mask"]
+           for sc in ("prob", "nll")}
+    meth = PixelMask(cnn, **{k: v for k, v in kw.items() if k != "image_ids"})
+    assert meth.seed_parts(11, "a") == PixelMask(cnn, init="ones").seed_parts(11, "a")
+    eps = torch.stack([torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(
+        derive_seed(*meth.seed_parts(i, "startgrad_noise", 0)))) for i in IDS[:2].tolist()])
+    xg = x.clone().requires_grad_(True)
+    logp = torch.log_softmax(cnn(xg), 1).gather(1, t[:, None])[:, 0]
+    (g,) = torch.autograd.grad(logp.sum(), xg)
+    pc = logp.detach().exp().view(-1, 1, 1, 1)
+    for sc, grad in (("prob", pc * g), ("nll", g)):
+        want = quantile_transform((grad + 0.05 ** 0.5 * eps).abs().amax(1, keepdim=True), 2)
+        diff = (got[sc] - want).abs()                    # float near-ties swap two ranks
+        assert diff.max() <= 2 / 1023 + 1e-6 and (diff > 1e-6).float().mean() < 0.01, sc
+    assert (got["prob"] - got["nll"]).abs().max() > 0.1
+    # without an ablation the two scores give one mask, bit for bit
+    plain = {sc: run_method("pixel_mask", cnn, x, t, steps=0, init="startgrad",
+                            startgrad_score=sc).extras["mask"] for sc in ("prob", "nll")}
+    assert torch.equal(plain["prob"], plain["nll"])
+
+
 def test_normalize_gradient_and_lp_sparsity(cnn, x32):
     from xaipipe.explain.masks import normalize_gradients
     from xaipipe.explain.methods.pixel_mask import PixelMask

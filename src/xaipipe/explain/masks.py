@@ -194,7 +194,11 @@ class MaskMethod(Method):
     #: λs, or drawing more SmoothGrad copies never changes the draws of a step
     UNSEEDED = ("steps", "history_every", "return_mask", "faithfulness_at",
                 "faithfulness_compat", "lr_schedule", "lr_gamma", "lr_step_size",
-                "lambda_schedule", "lambda_delta", "startgrad_samples")
+                "lambda_schedule", "lambda_delta", "startgrad_samples",
+                # the initial mask: runs from ones, U(0,1) and StartGrad (any score, ablation
+                # or transform) draw the same noise at every step, a paired comparison
+                "init", "startgrad_score", "startgrad_ablation", "startgrad_transform",
+                "startgrad_noise")
     #: noisy copies of the smoothgrad ablation when ``startgrad_samples`` is None (§9.1)
     smoothgrad_samples = 10
 
@@ -603,12 +607,31 @@ class MaskMethod(Method):
             for s in range(0, state.images.shape[0], chunk):
                 zs = [c[s:s + chunk] for c in z]
                 x = self.synthesize(state, zs)
-                sc = ranking_score(self.model(x).float(), target[s:s + chunk],
-                                   self.hparams["startgrad_score"])
+                logits = self.model(x).float()
+                sc = ranking_score(logits, target[s:s + chunk], self.hparams["startgrad_score"])
                 gs = torch.autograd.grad(sc.sum(), zs)
+                if self._prob_magnitude():
+                    # ∂p_c/∂z = p_c·∂log p_c/∂z: the gradient of p_c itself where its size,
+                    # not only its ranking, reaches the mask
+                    pc = torch.softmax(logits.detach().double(), 1).gather(
+                        1, target[s:s + chunk].view(-1, 1).to(logits.device)).squeeze(1)
+                    gs = [gi * pc.to(gi.dtype).view(-1, *[1] * (gi.ndim - 1)) for gi in gs]
                 for g, gi in zip(grads, gs):
                     g[s:s + chunk] = gi
         return grads
+
+    def _prob_magnitude(self) -> bool:
+        """Whether ``startgrad_score: prob`` needs the gradient of p_c rather than that of
+        log p_c, which :func:`ranking_score` takes for ``prob`` and ``nll`` alike. The
+        per-block QTF, min–max and sqrt transforms of |∂s/∂z| (and the adversarial, shuffle and
+        grad_x_input ablations of them) do not change when an image's gradient is scaled by
+        p_c > 0, so there one gradient keeps the two scores' masks identical bit for bit.
+        The ``noisy`` ablation (σ² added to the gradient), the ``smoothgrad`` one (an average
+        over copies with different p_c) and the ``log`` transform (log(a + 1e-12)) see the
+        size: there ``prob`` is ∂p_c/∂z."""
+        p = self.hparams
+        return p["startgrad_score"] == "prob" and (
+            p["startgrad_ablation"] in ("noisy", "smoothgrad") or p["startgrad_transform"] == "log")
 
     def _smoothgrad_gradients(self, state: State, target, ids: list[int]) -> list[torch.Tensor]:
         """The smoothgrad ablation (§9.1): ∂s/∂z averaged over S copies x̃ + ε of each image,
