@@ -120,6 +120,36 @@ def test_imagefolder_source(tmp_path):
     assert not (tmp_path / "b.zarr").exists()
 
 
+def test_seeded_random_subsets(tmp_path):
+    """``subset``: a seeded draw of images, or of classes and images per class (the ShearletX
+    paper's 20 classes × 5), in path order; errors name the key."""
+    from xaipipe.data.datasets import make_source
+    from xaipipe.errors import ConfigError
+    for c in range(6):
+        (tmp_path / "val" / f"n{c:02d}").mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (8, 8)).save(tmp_path / "val" / f"n{c:02d}" / f"i{i}.png")
+    cfg = {"kind": "imagefolder", "root": str(tmp_path)}
+    full = make_source("f", cfg).files("val")
+    pick = make_source("f", {**cfg, "subset": {"images": 7, "seed": 3}}).files("val")
+    assert len(pick) == 7 and pick == sorted(pick) and set(pick) <= set(full)
+    assert pick == make_source("f", {**cfg, "subset": {"images": 7, "seed": 3}}).files("val")
+    assert pick != make_source("f", {**cfg, "subset": {"images": 7, "seed": 4}}).files("val")
+    per = make_source("f", {**cfg, "subset": {"classes": 3, "per_class": 2, "seed": 0}})
+    got = per.files("val")
+    labels = [lab for _, lab in got]
+    assert len(got) == 6 and len(set(labels)) == 3
+    assert all(labels.count(lab) == 2 for lab in set(labels)) and got == sorted(got)
+    with pytest.raises(DataError, match=r"datasets\.f\.subset: 5 images per class"):
+        make_source("f", {**cfg, "subset": {"classes": 2, "per_class": 5, "seed": 0}}).files("val")
+    with pytest.raises(DataError, match=r"datasets\.f\.subset: 30 images asked"):
+        make_source("f", {**cfg, "subset": {"images": 30, "seed": 0}}).files("val")
+    with pytest.raises(ConfigError, match=r"datasets\.f\.subset: give"):
+        make_source("f", {**cfg, "subset": {"images": 3}})
+    with pytest.raises(ConfigError, match=r"datasets\.f\.subset\.classes: a positive"):
+        make_source("f", {**cfg, "subset": {"classes": 0, "per_class": 1, "seed": 0}})
+
+
 class Fixed(torch.nn.Module):
     def __init__(self, logits):
         super().__init__()

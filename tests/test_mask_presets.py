@@ -87,7 +87,8 @@ def test_startgrad_preset_on_a_tiny_model(wd):
 
 def test_startgrad_preset_on_imagenet_stand_ins(tmp_path):
     """presets/startgrad.yaml's ImageNet path as it is, with local stand-ins: a tiny val
-    ImageFolder (non-square JPEGs, squashed to 256x256 by the preset's `stretch256`), and a
+    ImageFolder (non-square JPEGs, squashed to 256x256 by the preset's `stretch256`; a seeded
+    subset of 3 of its 4 images in place of the preset's 500), and a
     weights file of a random torchvision ResNet-18 (1000 classes) for sg_resnet18; CI-sized
     optimisation settings, ShearletX from all ones and StartGrad."""
     from test_workflow_standalone import imagenet_stand_in
@@ -95,9 +96,9 @@ def test_startgrad_preset_on_imagenet_stand_ins(tmp_path):
 
     (tmp_path / "wd").mkdir()
     d = workdir(tmp_path / "wd")
-    root, weights = imagenet_stand_in(tmp_path)
+    root, weights = imagenet_stand_in(tmp_path, per_class=2)
     runs = ["sg_shearletx_ones", "sg_shearletx_startgrad"]
-    override = [f"datasets={{imagenet: {{root: {root}}}}}",
+    override = [f"datasets={{imagenet: {{root: {root}, subset: {{images: 3, seed: 123}}}}}}",
                 f"models={{sg_resnet18: {{weights: {weights}}}}}", "device=cpu",
                 "experiments={startgrad: {models: [sg_resnet18], max_images: 2, "
                 f"methods: [{', '.join(runs)}], metrics: [convergence], "

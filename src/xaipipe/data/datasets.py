@@ -183,6 +183,9 @@ class FolderSource(Source):
         "root": Param(None, str, doc="folder with one sub-folder per split"),
         "splits": Param({"val": "val"}, dict, doc="split name -> sub-folder of root"),
         "limit": Param(None, int, min=1, doc="use only the first N images (sorted) per split"),
+        "subset": Param(None, dict,
+                        doc="a seeded random subset per split: {images: N, seed: S} or "
+                            "{classes: K, per_class: M, seed: S}; kept in path order"),
         "background": Param("white", (str, int, list),
                             doc="colour that transparent pixels are composited over"),
         "unreadable": Param("skip", str, ("skip", "error"),
@@ -195,6 +198,7 @@ class FolderSource(Source):
         if not self.p["root"]:
             raise ConfigError(f"datasets.{name}.root: required for kind {self.name!r}")
         self.root = Path(self.p["root"]).expanduser()
+        _check_subset(self.p["subset"], f"datasets.{name}.subset")
         self.background = parse_background(self.p["background"], f"datasets.{name}.background")
         self._files: dict[str, list[tuple[Path, int]]] = {}
 
@@ -244,8 +248,42 @@ class FolderSource(Source):
             files = self.class_files(self.split_dir(split), self.classes())
             if self.p["limit"]:
                 files = files[: self.p["limit"]]
-            self._files[split] = files
+            self._files[split] = self.subset(files, split)
         return self._files[split]
+
+    def subset(self, files: list[tuple], split: str) -> list[tuple]:
+        """``files`` (tuples whose second entry is the class index, in path order) reduced to
+        the ``subset`` parameter's seeded random draw, in their original order:
+        ``{images: N, seed: S}`` draws N files without replacement; ``{classes: K,
+        per_class: M, seed: S}`` draws K of the classes present, then M files of each
+        (the ShearletX paper's 20 classes × 5 images). ``numpy.random.default_rng(S)``; the
+        draw depends only on the listed files, so it is the same on every machine."""
+        spec = self.p.get("subset")
+        if not spec:
+            return files
+        where = f"datasets.{self.dataset}.subset"
+        rng = np.random.default_rng(int(spec["seed"]))
+        if "images" in spec:
+            n = int(spec["images"])
+            if n > len(files):
+                raise DataError(f"{where}: {n} images asked, split {split!r} has {len(files)}")
+            keep = np.sort(rng.choice(len(files), n, replace=False))
+            return [files[i] for i in keep]
+        by_class: dict[int, list[int]] = {}
+        for i, f in enumerate(files):
+            by_class.setdefault(int(f[1]), []).append(i)
+        k, m = int(spec["classes"]), int(spec["per_class"])
+        present = sorted(by_class)
+        if k > len(present):
+            raise DataError(f"{where}: {k} classes asked, split {split!r} has {len(present)}")
+        chosen = sorted(int(c) for c in rng.choice(present, k, replace=False))
+        keep = []
+        for c in chosen:
+            if m > len(by_class[c]):
+                raise DataError(f"{where}: {m} images per class asked, class {c} of split "
+                                f"{split!r} has {len(by_class[c])}")
+            keep += [by_class[c][i] for i in rng.choice(len(by_class[c]), m, replace=False)]
+        return [files[i] for i in sorted(keep)]
 
     def split_sizes(self):
         return {s: len(self.files(s)) for s in self.p["splits"]}
@@ -253,6 +291,20 @@ class FolderSource(Source):
     def item(self, split, i):
         path, label = self.files(split)[i][:2]
         return read_image(path, self.background), label, None
+
+
+def _check_subset(spec, where: str) -> None:
+    """``subset`` is None, {images, seed} or {classes, per_class, seed}, positive integers."""
+    if spec is None:
+        return
+    forms = ({"images", "seed"}, {"classes", "per_class", "seed"})
+    if set(spec) not in forms:
+        raise ConfigError(f"{where}: give {{images: N, seed: S}} or {{classes: K, per_class: "
+                          f"M, seed: S}}, got keys {sorted(spec)}")
+    for k, v in spec.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "seed" else 1):
+            raise ConfigError(f"{where}.{k}: a {'non-negative' if k == 'seed' else 'positive'} "
+                              f"integer, got {v!r}")
 
 
 def make_source(name: str, cfg: dict | None) -> Source:

@@ -380,7 +380,7 @@ class ImageNetSource(FolderSource):
             else:
                 b = extra.get(f.stem) if fmt == "kaggle" else None
             out.append((f, index[w], b))
-        self._files[split] = out
+        self._files[split] = out = self.subset(out, split)
         return out
 
     def _wnids_of(self, paths: list[Path], fmt: str, labels, split: str) -> list[str]:
