@@ -78,7 +78,8 @@ def rgb_scene(n: int, side: int = SMALL, seed: int = 0) -> torch.Tensor:
 # -- CoShREM edge measure against pycoshrem ----------------------------------------------------
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # its 0/0
-@pytest.mark.parametrize("shape,n_images", [((64, 64), 4), ((48, 72), 2), ((45, 51), 2)])
+@pytest.mark.parametrize("shape,n_images", [((64, 64), 4), ((48, 72), 2), ((45, 51), 2),
+                                             ((256, 256), 2)])     # the score's own size
 def test_edge_measure_matches_pycoshrem(coshrem_edge_system, shape, n_images):
     h, w = shape
     system = coshrem_edge_system(h, w)
