@@ -23,10 +23,17 @@ demo: $(STAMP)
 # After a crash, a kill or a lost node: drop the stale lock (only safe when no other snakemake
 # runs in this folder), then rerun what is incomplete. Finished shards are kept.
 # `make resume ARGS="idgi_tmlr --configfile presets/idgi_tmlr.yaml"`
+# With a profile (`--profile` in ARGS, or $SNAKEMAKE_PROFILE) the profile's `cores` holds:
+# --cores on the command line would override it, and profiles/slurm's `cores` is what ONE job
+# may ask SLURM for (the submitting machine's CPU count could leave jobs PENDING for ever).
+# `make resume CORES=N ARGS="... --profile ..."` still passes --cores N.
 ARGS    ?=
+RESUME_PROFILE = $(findstring --profile,$(ARGS))$(SNAKEMAKE_PROFILE)
+RESUME_GIVEN   = $(if $(filter command line,$(origin CORES)),--cores $(CORES))
+RESUME_CORES   = $(if $(RESUME_PROFILE),$(RESUME_GIVEN),--cores $(CORES))
 resume: $(STAMP)
 	$(VENV)/bin/snakemake --unlock $(ARGS)
-	$(VENV)/bin/snakemake --cores $(CORES) --rerun-incomplete --show-failed-logs $(ARGS)
+	$(VENV)/bin/snakemake $(RESUME_CORES) --rerun-incomplete --show-failed-logs $(ARGS)
 
 report: $(STAMP)
 	$(VENV)/bin/snakemake --report results/report.html

@@ -6,7 +6,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from xaipipe.data.datasets import build_image_store, make_source, to_rgb
+from xaipipe.data.datasets import build_image_store, make_source, read_image, to_rgb
 from xaipipe.data.imagenet import boxes_mask, detect_format, map_boxes
 from xaipipe.data.store import open_images
 from xaipipe.errors import ConfigError, DataError
@@ -309,6 +309,50 @@ def test_to_rgb_conversions():
     p.putdata([0, 1])                                  # no transparency: the palette colours
     assert np.asarray(to_rgb(p, bg))[0].tolist() == [[9, 8, 7], [1, 2, 3]]
     assert np.asarray(to_rgb(Image.new("1", (1, 1), 1)))[0, 0].tolist() == [255, 255, 255]
+
+
+def _png16(a: np.ndarray) -> bytes:
+    """A minimal PNG of 16 bits per channel (PIL writes none with colour): ``a`` is uint16
+    H x W x 3 (colour type 2, RGB) or H x W x 4 (6, RGBA); filter 0 on every row."""
+    import struct
+    import zlib
+    h, w, c = a.shape
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+    raw = b"".join(b"\0" + row.astype(">u2").tobytes() for row in a)
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, {3: 2, 4: 6}[c], 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
+
+
+def test_16_bit_rgb_png_is_scaled_not_clipped(tmp_path):
+    """A 48-bit RGB PNG (and a 64-bit RGBA one) through read_image: every channel scaled to
+    8 bits (65535 -> 255, 32768 -> 128, within 1 of round(v * 255 / 65535)), not clipped to
+    white; alpha composited over the background."""
+    levels = np.array([0, 255, 256, 1000, 32767, 32768, 50000, 65280, 65535], np.uint16)
+    a = np.stack([levels, levels[::-1], np.roll(levels, 3)], -1)[None].repeat(2, 0)  # 2 x 9 x 3
+    f = tmp_path / "rgb48.png"
+    f.write_bytes(_png16(a))
+    with Image.open(f) as im:               # PIL decodes it as 16 bits a channel
+        assert im.size == (9, 2) and im.tile[0][3] == "RGB;16B"
+    img = read_image(f)
+    got = np.asarray(img).astype(int)
+    want = np.rint(a.astype(np.float64) * 255 / 65535).astype(int)
+    assert img.mode == "RGB" and got.shape == a.shape
+    assert np.abs(got - want).max() <= 1, (got[0], want[0])
+    assert got[0, -1].tolist() == [255, 0, 128] and got[0, 0].tolist() == [0, 255, 195]
+    assert abs(got[0, 5, 0] - 128) <= 1 and (got < 250).mean() > 0.5       # not all white
+    # 16-bit RGBA: alpha 0 gives the background, 65535 the colour, 32768 about half of each
+    bg = (16, 32, 48)
+    rgba = np.zeros((1, 3, 4), np.uint16)
+    rgba[..., :3] = [65535, 32768, 0]
+    rgba[0, :, 3] = [0, 65535, 32768]
+    (tmp_path / "rgba64.png").write_bytes(_png16(rgba))
+    out = np.asarray(read_image(tmp_path / "rgba64.png", bg)).astype(int)[0]
+    assert out[0].tolist() == list(bg) and np.abs(out[1] - [255, 128, 0]).max() <= 1
+    assert np.abs(out[2] - (np.array([255, 128, 0]) + np.array(bg)) / 2).max() <= 1.5
 
 
 def test_label_format_detection_and_errors(imagenet):

@@ -67,3 +67,35 @@ def test_missing_environment_is_named(monkeypatch):
     assert "ATEN_CPU_CAPABILITY=default" in repro.check_environment()
     monkeypatch.setattr(os, "environ", {**os.environ, **repro.ENV})
     assert repro.check_environment() == []
+
+
+_FLAGS = """import json, torch
+from xaipipe import repro
+def flags():
+    return {"deterministic": torch.are_deterministic_algorithms_enabled(),
+            "mkldnn": torch.backends.mkldnn.enabled,
+            "cudnn_deterministic": torch.backends.cudnn.deterministic,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+            "threads": torch.get_num_threads()}
+torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+torch.backends.cudnn.benchmark = True
+before = flags()
+repro.enable()
+print(json.dumps([before, flags()]))
+"""
+
+
+def test_enable_sets_every_flag_of_reproducible_mode():
+    """enable()'s torch flags (in a fresh process: they last for the process), TF32 off on
+    CUDA among them (cuDNN convolutions use it by default on Ampere and later). The flags can
+    be set and read without CUDA."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", _FLAGS], env=env, capture_output=True,
+                         text=True, check=True)
+    before, after = json.loads(out.stdout.strip().splitlines()[-1])
+    assert before["matmul_tf32"] and before["cudnn_tf32"] and before["cudnn_benchmark"]
+    assert after == {"deterministic": True, "mkldnn": False, "cudnn_deterministic": True,
+                     "cudnn_benchmark": False, "matmul_tf32": False, "cudnn_tf32": False,
+                     "threads": repro.REPRO_THREADS}

@@ -181,6 +181,86 @@ def test_a_bad_allocator_is_named(monkeypatch):
     assert allocator_requested() == "retain"
 
 
+def _make_resume_dry(args, *make_vars, env=None):
+    """The snakemake commands `make resume ARGS=...` would run (make -n: nothing runs), with
+    this interpreter's environment (its stamp file is not rebuilt: -o)."""
+    import shutil
+    from pathlib import Path
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    root, venv = Path(__file__).resolve().parents[1], Path(sys.prefix)
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("CORES", "MAKEFLAGS", "MFLAGS", "SNAKEMAKE_PROFILE")}
+    out = subprocess.run(["make", "-s", "-n", "-C", str(root), "-o",
+                          str(venv / ".installed-stamp"), "resume", f"VENV={venv}",
+                          f"ARGS={args}", *make_vars],
+                         capture_output=True, text=True, check=True, env={**clean, **(env or {})})
+    run = [line for line in out.stdout.splitlines() if "--rerun-incomplete" in line]
+    assert len(run) == 1, out.stdout
+    return run[0].split()
+
+
+def test_make_resume_leaves_the_cores_of_a_profile_alone():
+    """`make resume` passes --cores (default all) to a local rerun, but not to one with a
+    profile: --cores on the command line would override profiles/slurm's `cores`, the CPUs
+    one SLURM job may ask for, with the submitting machine's count (jobs PENDING for ever).
+    CORES given to make explicitly still goes through."""
+    local = _make_resume_dry("tiny --configfile c.yaml")
+    assert local[local.index("--cores") + 1] == "all"
+    for profile in ("--profile profiles/slurm", "--profile=profiles/slurm"):
+        assert "--cores" not in _make_resume_dry(f"tiny {profile}")
+    assert "--cores" not in _make_resume_dry("tiny", env={"SNAKEMAKE_PROFILE": "profiles/slurm"})
+    given = _make_resume_dry("tiny --profile profiles/slurm", "CORES=8")
+    assert given[given.index("--cores") + 1] == "8"
+
+
+def test_dashboard_without_bokeh_is_a_config_error_naming_the_key_and_package(monkeypatch):
+    """distributed without bokeh serves no dashboard (only a page saying bokeh is missing):
+    ``score.dashboard: true`` stops before any cluster starts, naming the key and the package
+    to install; so does a bokeh older than distributed needs."""
+    import importlib.metadata
+    import importlib.util
+
+    from xaipipe.errors import ConfigError
+    from xaipipe.parallel import dask_client
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bokeh" else real_find_spec(name, *a))
+    with pytest.raises(ConfigError, match=r"score\.dashboard.*bokeh") as err:
+        with dask_client("local", 2, dashboard=True):
+            pass
+    assert "pip install" in str(err.value)
+    # bokeh importable, but too old for distributed
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (
+        real_find_spec("os") if name == "bokeh" else real_find_spec(name, *a)))
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "2.4.3" if name == "bokeh" else real_version(name))
+    with pytest.raises(ConfigError, match=r"score\.dashboard.*bokeh==2\.4\.3"):
+        with dask_client("local", 1, dashboard=True):
+            pass
+    # off (the default), or on another scheduler, nothing is checked
+    with dask_client("local", 1) as client:
+        assert client is None
+
+
+def test_the_dashboard_binds_localhost_and_its_link_is_logged(monkeypatch, caplog):
+    """With bokeh there (checked away here: it is not installed), the local cluster's
+    dashboard listens on 127.0.0.1 only, on a free port, and the job's log has its link."""
+    import logging
+    import urllib.parse
+
+    import xaipipe.parallel
+    monkeypatch.setattr(xaipipe.parallel, "check_dashboard", lambda: None)
+    with caplog.at_level(logging.INFO, logger="xaipipe"):
+        with xaipipe.parallel.dask_client("local", 1, dashboard=True) as client:
+            link = client.dashboard_link
+            sockets = client.cluster.scheduler.http_server._sockets.values()
+            bound = {s.getsockname()[0] for s in sockets}
+    assert f"Dask dashboard: {link}" in caplog.text
+    assert urllib.parse.urlsplit(link).hostname == "127.0.0.1" and bound == {"127.0.0.1"}
+
+
 def test_worker_processes_and_a_scheduler_elsewhere_give_the_same_scores(data, tmp_path,
                                                                            monkeypatch):
     """Chunks scored by worker processes (local cluster, and an external scheduler whose

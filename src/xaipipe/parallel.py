@@ -9,8 +9,14 @@ the process may run on (``sched_getaffinity``, which SLURM's cgroups and ``tasks
 - ``local``: a LocalCluster of ``workers`` worker *processes* with one thread each, so that
   pure-Python / GIL-holding work (PIC's WebP encoding and interpolation) runs in parallel; torch
   in each worker uses one thread. With one worker the chunks run in the job's own process
-  (a cluster of one process would only add its start-up). The dashboard is off unless asked for,
-  and then binds 127.0.0.1 only.
+  (a cluster of one process would only add its start-up). The dashboard is off unless asked for
+  (``score.dashboard``), and then binds 127.0.0.1 only, on a free port whose link is logged
+  to the ``xaipipe`` logger (the job's log). It needs ``bokeh`` (``pip install -e
+  '.[dashboard]'``), which is not a dependency: without it :func:`dask_client` stops with a
+  :class:`~xaipipe.errors.ConfigError` (distributed itself would only serve a page saying
+  that bokeh is missing). Off, the scheduler still answers a few HTTP routes (``/health``,
+  ``/metrics``, ``/info``) on 127.0.0.1 (port 8787, or a free one when taken), and each
+  worker on a free port of 127.0.0.1: distributed always starts these servers.
 - ``threads`` / ``synchronous``: Dask's local schedulers, no ``distributed``.
 - anything else: the address of a running scheduler (e.g. a dask-jobqueue ``SLURMCluster``;
   README, "Dask"). Tasks carry absolute paths, so workers started elsewhere find the files.
@@ -25,11 +31,17 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.util
+import logging
 import os
 
 import dask
 import dask.local
 import dask.threaded
+
+from .errors import ConfigError
+
+log = logging.getLogger("xaipipe")
 
 
 def allocated_cpus() -> int:
@@ -106,6 +118,27 @@ def allocator_requested() -> str:
                               "XAIPIPE_ALLOCATOR")
 
 
+def check_dashboard() -> None:
+    """Stop with a :class:`ConfigError` when the Dask dashboard cannot be served: it needs
+    ``bokeh`` in the version distributed asks for (not a dependency of xaipipe; the
+    ``dashboard`` extra installs it). Without it distributed would start anyway and serve
+    only a page saying that bokeh is missing."""
+    from distributed.versions import BOKEH_REQUIREMENT     # e.g. bokeh>=3.1.0
+    fix = (f"pip install '{BOKEH_REQUIREMENT}' (or pip install -e '.[dashboard]'), "
+           "or set score.dashboard: false")
+    if importlib.util.find_spec("bokeh") is None:
+        raise ConfigError("score.dashboard: true needs the Python package bokeh, which is "
+                          f"not installed: {fix}")
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        have = version("bokeh")
+    except PackageNotFoundError:        # importable without metadata: let distributed judge
+        return
+    if not BOKEH_REQUIREMENT.specifier.contains(have, prereleases=True):
+        raise ConfigError(f"score.dashboard: true needs {BOKEH_REQUIREMENT}, not "
+                          f"bokeh=={have}: {fix}")
+
+
 @contextlib.contextmanager
 def dask_client(scheduler: str | None = "local", workers: int = 1, dashboard: bool = False):
     """A context in which ``dask.compute`` runs on ``scheduler`` (module docstring); yields
@@ -117,11 +150,15 @@ def dask_client(scheduler: str | None = "local", workers: int = 1, dashboard: bo
         with dask.config.set(scheduler=dask.local.get_sync):
             yield None
     elif scheduler in (None, "local"):
+        if dashboard:
+            check_dashboard()
         from distributed import Client, LocalCluster
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                           host="127.0.0.1",
                           dashboard_address="127.0.0.1:0" if dashboard else None,
                           ) as cluster, Client(cluster) as client:
+            if dashboard:
+                log.info("Dask dashboard: %s", client.dashboard_link)
             yield client
     elif scheduler in ("threads", "synchronous"):
         get = dask.threaded.get if scheduler == "threads" else dask.local.get_sync

@@ -13,6 +13,11 @@ pins all of them:
 - oneDNN off (``torch.backends.mkldnn.enabled = False``), deterministic algorithms on
   (``torch.use_deterministic_algorithms``; on CUDA also cuDNN deterministic, no benchmark,
   ``CUBLAS_WORKSPACE_CONFIG``);
+- on CUDA no TF32 (``torch.backends.cuda.matmul.allow_tf32`` and
+  ``torch.backends.cudnn.allow_tf32`` False): float32 matmuls and convolutions in float32.
+  torch's default lets cuDNN convolutions use TF32 on Ampere and later GPUs, which rounds
+  their inputs to 10 mantissa bits (up to 2**-11, about 5e-4, relative each), beyond
+  :data:`TOLERANCE`;
 - torch intra-op threads fixed (``REPRO_THREADS``, 1) instead of following the allocation.
 
 The environment variables are read when torch is imported, so the workflow sets them for its
@@ -57,12 +62,15 @@ def check_environment() -> list[str]:
 
 def enable() -> None:
     """The torch flags of reproducible mode, in this process (the environment variables must
-    have been set before torch was imported: :func:`check_environment`)."""
+    have been set before torch was imported: :func:`check_environment`). For the rest of
+    the process: nothing restores torch's defaults (a job process runs in one mode)."""
     import torch
     torch.use_deterministic_algorithms(True)
     torch.backends.mkldnn.enabled = False
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.matmul.allow_tf32 = False     # settable and readable without CUDA
+    torch.backends.cudnn.allow_tf32 = False
     torch.set_num_threads(REPRO_THREADS)
 
 
