@@ -172,6 +172,50 @@ def test_a_job_reuses_the_memory_it_freed_without_page_faults():
     assert _job_faults("retain") < pages // 100 < system
 
 
+def _worker_faults():
+    """In a Dask worker: the page faults of 8 rounds of 16 MiB tensors made and freed, after
+    16 rounds to settle (as _FAULTS), and whether distributed would pause it on memory. (A
+    task runs in a thread of the worker, whose glibc arena maps blocks over 64 MB on its own
+    whatever the settings: the probe stays below.)"""
+    import resource
+
+    import torch
+    from distributed import get_worker
+    for _ in range(16):
+        x = torch.ones(4 << 20)
+        del x
+    a = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(8):
+        x = torch.ones(4 << 20)
+        del x
+    pause = get_worker().memory_manager.memory_pause_fraction
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - a, pause
+
+
+def test_local_cluster_workers_follow_the_jobs_allocator(monkeypatch):
+    """A score job's worker processes keep freed memory too under ``retain`` (distributed's
+    nanny would set MALLOC_TRIM_THRESHOLD_=65536: every large tensor faulted in again), and
+    are not paused for the memory they keep; under ``system``, distributed's defaults."""
+    import dask
+    from xaipipe.parallel import dask_client
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    pages = 8 * (16 << 20) // resource.getpagesize()
+    got, before = {}, dict(os.environ)
+    for allocator in ("retain", "system"):
+        monkeypatch.setenv("XAIPIPE_ALLOCATOR", allocator)
+        with dask_client("local", 2) as client:
+            got[allocator] = client.submit(_worker_faults, pure=False).result()
+        assert dask.config.get("distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_") \
+            == 65536                                        # the config is only for the cluster
+        assert {k: v for k, v in os.environ.items() if k != "XAIPIPE_ALLOCATOR"} == \
+            {k: v for k, v in before.items() if k != "XAIPIPE_ALLOCATOR"}   # and its env
+    if got["system"][0] < pages // 2:
+        pytest.skip(f"glibc's default faulted {got['system'][0]} times for {pages} pages")
+    assert got["retain"][0] < pages // 100 < got["system"][0]
+    assert got["retain"][1] is False and got["system"][1] == 0.8
+
+
 def test_a_bad_allocator_is_named(monkeypatch):
     from xaipipe.parallel import allocator_requested
     monkeypatch.setenv("XAIPIPE_ALLOCATOR", "jemalloc")

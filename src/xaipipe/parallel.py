@@ -88,8 +88,8 @@ def retain_freed_memory() -> bool:
     the process's resident memory stays at its peak until it exits, which is what a job's
     memory request covers anyway (PyTorch's CUDA caching allocator does the same on the GPU).
     Numbers do not change: only where memory comes from. Call it once, early; it applies to
-    the whole process. Dask's worker processes are left as distributed configures them (its
-    nanny sets ``MALLOC_TRIM_THRESHOLD_``)."""
+    the whole process. The worker processes of a score job's LocalCluster get the same
+    through their environment (:func:`worker_allocator_config`)."""
     try:
         libc = ctypes.CDLL(None)
         libc.gnu_get_libc_version                   # glibc only: musl's mallopt does nothing
@@ -104,6 +104,27 @@ def _checked_allocator(value: str, name: str) -> str:
     if value not in ALLOCATORS:
         raise ValueError(f"{name}={value!r}: allowed {', '.join(ALLOCATORS)}")
     return value
+
+
+def worker_allocator_config(allocator: str) -> dict:
+    """Dask config for the worker processes of a LocalCluster under ``allocator``.
+
+    ``retain``: glibc's ``MALLOC_MMAP_MAX_=0`` and a trim threshold no heap reaches, in the
+    environment the nanny starts each worker with (in place of distributed's own
+    ``MALLOC_TRIM_THRESHOLD_=65536``, which returns freed memory at once and makes every large
+    tensor of the next chunk fault its pages in again: a score job's insertion chunks ran
+    2.7x slower in such workers than with retained memory, README "Benchmarks"), and
+    distributed's memory thresholds that act on the resident size off (``target``, ``spill``,
+    ``pause``): a worker that keeps its peak would otherwise be paused for good once that
+    peak is over 80 % of its share of the memory. The tasks hold no data between them, so
+    spilling would not help; ``terminate`` (95 %) stays as the last guard, and the job's own
+    memory limit (SLURM's cgroup) is the real one. ``system``: distributed's defaults."""
+    if _checked_allocator(allocator, "allocator") == "system":
+        return {}
+    env = "distributed.nanny.pre-spawn-environ"
+    mem = "distributed.worker.memory"
+    return {f"{env}.MALLOC_MMAP_MAX_": 0, f"{env}.MALLOC_TRIM_THRESHOLD_": 1 << 62,
+            f"{mem}.target": False, f"{mem}.spill": False, f"{mem}.pause": False}
 
 
 def allocator_environment(allocator: str) -> dict:
@@ -140,6 +161,19 @@ def check_dashboard() -> None:
 
 
 @contextlib.contextmanager
+def _environ_restored():
+    """Put ``os.environ`` back as it was on exit: distributed's nanny writes its
+    ``pre-spawn-environ`` into this process's environment before it starts a worker, and
+    it would stay for every later child process."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
 def dask_client(scheduler: str | None = "local", workers: int = 1, dashboard: bool = False):
     """A context in which ``dask.compute`` runs on ``scheduler`` (module docstring); yields
     the distributed ``Client`` or None."""
@@ -153,10 +187,12 @@ def dask_client(scheduler: str | None = "local", workers: int = 1, dashboard: bo
         if dashboard:
             check_dashboard()
         from distributed import Client, LocalCluster
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                          host="127.0.0.1",
-                          dashboard_address="127.0.0.1:0" if dashboard else None,
-                          ) as cluster, Client(cluster) as client:
+        cfg = worker_allocator_config(allocator_requested())
+        with _environ_restored(), dask.config.set(cfg), \
+                LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                             host="127.0.0.1",
+                             dashboard_address="127.0.0.1:0" if dashboard else None,
+                             ) as cluster, Client(cluster) as client:
             if dashboard:
                 log.info("Dask dashboard: %s", client.dashboard_link)
             yield client
