@@ -133,7 +133,7 @@ def test_seeded_random_subsets(tmp_path):
     full = make_source("f", cfg).files("val")
     pick = make_source("f", {**cfg, "subset": {"images": 7, "seed": 3}}).files("val")
     assert len(pick) == 7 and pick == sorted(pick) and set(pick) <= set(full)
-    assert pick == make_source("f", {**cfg, "subset": {"images": 7, "seed": 3}}).files("val")
+    assert pick == make_source("f", {**cfg, "subset": {"images": "7", "seed": "3"}}).files("val")
     assert pick != make_source("f", {**cfg, "subset": {"images": 7, "seed": 4}}).files("val")
     per = make_source("f", {**cfg, "subset": {"classes": 3, "per_class": 2, "seed": 0}})
     got = per.files("val")

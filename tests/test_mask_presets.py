@@ -76,11 +76,6 @@ def test_startgrad_preset_on_a_tiny_model(wd):
     per = pd.read_parquet(out / "per_image.parquet")
     conv = per[per["metric_name"] == "convergence"]
     assert len(conv) == 6 * 3 and all(len(v) == 6 for v in conv["cp_l1"])
-    # ShearletX on the trained demo model raises the retained probability over its first
-    # steps from the U(0, 1) mask (the ones mask starts at 1: nothing removed)
-    sx = conv[conv["method"] == "sg_shearletx_uniform"]
-    rcp = np.stack(sx["retained_probability"].to_numpy())
-    assert np.median(rcp[:, -1]) > np.median(rcp[:, 0]), rcp
     fa = pd.read_csv(out / "tables/startgrad_faithfulness.csv").set_index("method")
     assert set(fa.index) == set(runs) | {"sg_gradcam"} and (fa["n_images"] == 3).all()
     cols = [f"{s}_it_{k}" for s in ("mean", "iqm") for k in (0, 5, 6)]

@@ -198,7 +198,7 @@ class FolderSource(Source):
         if not self.p["root"]:
             raise ConfigError(f"datasets.{name}.root: required for kind {self.name!r}")
         self.root = Path(self.p["root"]).expanduser()
-        _check_subset(self.p["subset"], f"datasets.{name}.subset")
+        self.p["subset"] = _check_subset(self.p["subset"], f"datasets.{name}.subset")
         self.background = parse_background(self.p["background"], f"datasets.{name}.background")
         self._files: dict[str, list[tuple[Path, int]]] = {}
 
@@ -293,18 +293,25 @@ class FolderSource(Source):
         return read_image(path, self.background), label, None
 
 
-def _check_subset(spec, where: str) -> None:
-    """``subset`` is None, {images, seed} or {classes, per_class, seed}, positive integers."""
+def _check_subset(spec, where: str) -> dict | None:
+    """``subset``: None, {images, seed} or {classes, per_class, seed}, non-negative integers
+    (a seed) or positive ones; integers written as text (``--config`` gives text) are read
+    as such. Returns the checked dict."""
     if spec is None:
-        return
+        return None
     forms = ({"images", "seed"}, {"classes", "per_class", "seed"})
     if set(spec) not in forms:
         raise ConfigError(f"{where}: give {{images: N, seed: S}} or {{classes: K, per_class: "
                           f"M, seed: S}}, got keys {sorted(spec)}")
+    out = {}
     for k, v in spec.items():
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
         if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "seed" else 1):
             raise ConfigError(f"{where}.{k}: a {'non-negative' if k == 'seed' else 'positive'} "
                               f"integer, got {v!r}")
+        out[k] = v
+    return out
 
 
 def make_source(name: str, cfg: dict | None) -> Source:
