@@ -477,6 +477,33 @@ def test_metric_contract(name, params, linear_model):
         assert r["direction"] == cls.direction and 0 <= r["n"] <= 4
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("name, params", CASES)
+def test_metric_on_cuda_agrees_with_cpu(name, params, linear_model):
+    """Every metric path runs on CUDA (model and tensors there) and gives the CPU's numbers
+    within the documented CPU-GPU tolerance (xaipipe.repro.TOLERANCE); discrete outputs
+    (flags, hits, counts) equal. Not run here: no GPU was lent (benchmarks/gpu_check.sh)."""
+    import copy
+    from dataclasses import replace
+
+    from xaipipe.repro import TOLERANCE
+    metric = get_metric(name)(**params)
+    cpu_in = contract_inputs(metric.needs, linear_model)
+    moved = {k: (v.cuda() if isinstance(v, torch.Tensor) else v)
+             for k, v in vars(cpu_in).items() if k not in ("model", "extras", "boxes", "ids",
+                                                             "batch_size")}
+    model = copy.deepcopy(linear_model).cuda() if cpu_in.model is not None else None
+    cuda_in = replace(cpu_in, model=model, **moved)
+    a, b = metric(cpu_in), metric(cuda_in)
+    assert set(a) == set(b)
+    for k in a:
+        if a[k].dtype.kind == "f":
+            np.testing.assert_allclose(b[k].astype(np.float64), a[k].astype(np.float64),
+                                       equal_nan=True, err_msg=k, **TOLERANCE)
+        else:
+            np.testing.assert_array_equal(b[k], a[k], err_msg=k)
+
+
 def test_tmlr_ranking_is_float16_unstable_argsort_and_clean_is_stable():
     from xaipipe.metrics.perturbation import pixel_order
     scores = torch.tensor([[[1.0, 1.0001, 0.5], [1.0, 2.0, 0.5]]])   # ties after float16
