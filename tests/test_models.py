@@ -171,3 +171,28 @@ def test_the_demo_model_path_imports_no_torchvision():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_load_spec_loads_each_model_once_per_process(tmp_path, monkeypatch):
+    """Dask workers call load_spec for every chunk: one load per (spec, weights file,
+    device), whatever the path's spelling; another file or spec is another model."""
+    import torch
+
+    from xaipipe.config.jobs import ModelSpec
+    from xaipipe.models import load_model
+    from xaipipe.models.spec import _cached, load_spec
+    for name in ("a.pt", "b.pt"):
+        torch.save(load_model("demo_resnet18", weights="random", num_classes=4,
+                              width=4).net.state_dict(), tmp_path / name)
+    _cached.cache_clear()
+    spec = ModelSpec("demo_resnet18", None, {"num_classes": 4, "width": 4})
+    first = load_spec(spec, [tmp_path / "a.pt"], "cpu")
+    monkeypatch.chdir(tmp_path)
+    assert load_spec(spec, ["a.pt"], "cpu") is first                 # relative: the same file
+    assert _cached.cache_info().misses == 1
+    assert load_spec(spec, [tmp_path / "b.pt"], "cpu") is not first
+    other = ModelSpec("demo_resnet18", None, {"num_classes": 4, "width": 8})
+    torch.save(load_model("demo_resnet18", weights="random", num_classes=4,
+                          width=8).net.state_dict(), tmp_path / "c.pt")
+    assert load_spec(other, [tmp_path / "c.pt"], "cpu") is not first
+    assert _cached.cache_info().misses == 3 and not first.training
