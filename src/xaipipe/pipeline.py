@@ -62,6 +62,12 @@ def setup_job(threads: int | None) -> int:
         retain_freed_memory()
     if repro.requested():
         repro.enable()
+        missing = repro.check_environment()
+        if missing:
+            log.warning("reproducible mode without %s: set before python starts (the "
+                        "workflow does)", " ".join(missing))
+        log.info("reproducible mode: %s, %d torch thread",
+                 " ".join(f"{k}={v}" for k, v in repro.ENV.items()), repro.REPRO_THREADS)
         return repro.REPRO_THREADS
     return set_torch_threads(threads)
 
