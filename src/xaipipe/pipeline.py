@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -67,7 +68,7 @@ def setup_job(threads: int | None) -> int:
             log.warning("reproducible mode without %s: set before python starts (the "
                         "workflow does)", " ".join(missing))
         log.info("reproducible mode: %s, %d torch thread",
-                 " ".join(f"{k}={v}" for k, v in repro.ENV.items()), repro.REPRO_THREADS)
+                 " ".join(f"{k}={os.environ.get(k)}" for k in repro.ENV), repro.REPRO_THREADS)
         return repro.REPRO_THREADS
     return set_torch_threads(threads)
 

@@ -105,11 +105,11 @@ COMMON_PARAMS = {
                                      "ranking, fresh noise)"),
 }
 
-HISTORY = ("retained_probability", "retained_l1", "retained_entropy", "retained_pixel",
-           "cp_l1", "cp_pixel", "cp_entropy", "clean_retained_probability",
-           "clean_cp_l1_pixel", "clean_cp_l1", "clean_cp_entropy")
 #: the Kolek-style CP on the clean explanation at each recorded step (`metrics.md` §10.1, §8)
-CLEAN_HISTORY = HISTORY[7:]
+CLEAN_HISTORY = ("clean_retained_probability", "clean_cp_l1_pixel", "clean_cp_l1",
+                 "clean_cp_entropy")
+HISTORY = ("retained_probability", "retained_l1", "retained_entropy", "retained_pixel",
+           "cp_l1", "cp_pixel", "cp_entropy", *CLEAN_HISTORY)
 
 
 @torch.no_grad()
@@ -255,7 +255,7 @@ class MaskMethod(Method):
         n = images.shape[0]
         state = self.prepare(images)
         with torch.no_grad():
-            p_clean = self._probs(images, target)                  # (N,) p_c(x̃)
+            p_clean, logp_clean = self._clean_probs(images, target)   # (N,) p_c(x̃), log p_c
         y_ref = torch.ones_like(p_clean) if p["distortion"] == "maximize" else p_clean
         masks = self.initial_masks(state, target, image_ids)
         extras = {}
@@ -274,8 +274,6 @@ class MaskMethod(Method):
         every = p["history_every"]
         t_hist = math.ceil(p["steps"] / every) if every else 0
         hist = {k: torch.zeros(n, t_hist, dtype=torch.float64) for k in HISTORY}
-        logp_clean = log_prob(self.model, images, target,
-                              self.chunk_size(images.shape[1:], images.device)) if every else None
         terms = torch.zeros(n, t_hist, len(self.LOSS_TERMS), dtype=torch.float64)
         params = [m.requires_grad_(True) for m in masks]
         opt = torch.optim.Adam(params, lr=p["lr"])
@@ -321,13 +319,17 @@ class MaskMethod(Method):
         extras.update(self.final_extras(state, masks))
         return Attribution(self.explanation(state, masks), extras)
 
-    def _probs(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _clean_probs(self, x: torch.Tensor, target: torch.Tensor):
+        """(p_c(x) float32 on x's device, log p_c(x) float64 on the CPU, as :func:`log_prob`)
+        from one forward pass of the images."""
         chunk = self.chunk_size(x.shape[1:], x.device)
-        out = []
+        probs, logps = [], []
         for s in range(0, x.shape[0], chunk):
-            out.append(objective(self.model(x[s:s + chunk]).float(), target[s:s + chunk],
-                                 "prob"))
-        return torch.cat(out)
+            logits, t = self.model(x[s:s + chunk]), target[s:s + chunk]
+            probs.append(objective(logits.float(), t, "prob"))
+            logps.append(torch.log_softmax(logits.double(), 1).gather(
+                1, t.view(-1, 1).to(logits.device)).squeeze(1).cpu())
+        return torch.cat(probs), torch.cat(logps)
 
     def _point_chunk(self, images: torch.Tensor) -> int:
         """(image, sample) points per pass: the model's chunk, and what the transform's
@@ -673,10 +675,9 @@ class MaskMethod(Method):
         return self.synthesize(state, parts).clamp(0.0, 1.0).float()
 
     @torch.no_grad()
-    def _retained(self, state: State, masks: list[torch.Tensor], with_explanation=False):
+    def _retained(self, state: State, masks: list[torch.Tensor]):
         """(N,) float64: retained ℓ1 Σ|m ⊙ c|/Σ|c|, the entropies H(m ⊙ c) and H(c) (jointly
-        over colour and parts), and the retained pixel ℓ1 Σ|x_E|/Σ|x̃| (and x_E itself with
-        ``with_explanation``)."""
+        over colour and parts), and the retained pixel ℓ1 Σ|x_E|/Σ|x̃|; and x_E itself."""
         num = sum((m * c).abs().flatten(1).sum(1) for m, c in zip(masks, state.coeffs))
         den = sum(c.abs().flatten(1).sum(1) for c in state.coeffs)
         l1 = num.double() / den.double().clamp_min(1e-300)
@@ -686,12 +687,12 @@ class MaskMethod(Method):
         x_e = self.explanation(state, masks)
         pix = x_e.double().abs().flatten(1).sum(1) / \
             state.images.double().abs().flatten(1).sum(1).clamp_min(1e-300)
-        return (l1, h_kept, h_full, pix, x_e) if with_explanation else (l1, h_kept, h_full, pix)
+        return l1, h_kept, h_full, pix, x_e
 
     def final_extras(self, state: State, masks: list[torch.Tensor]) -> dict:
         """The final retained information, and the two entropies of the ratio (the `cp`
         metric's ``entropy_exp`` needs exp H of each, not their ratio)."""
-        l1, h_kept, h_full, pix = self._retained(state, masks)
+        l1, h_kept, h_full, pix, _ = self._retained(state, masks)
         ent = h_kept / h_full.clamp_min(1e-300)
         return {"final_retained_l1": l1.float(), "final_retained_entropy": ent.float(),
                 "final_retained_pixel": pix.float(),
@@ -699,7 +700,7 @@ class MaskMethod(Method):
                 "final_entropy_image": h_full.float()}
 
     def _record(self, hist, j, state, masks, probs, p_clean, target, logp_clean):
-        l1, h_kept, h_full, pix, x_e = self._retained(state, [m.detach() for m in masks], True)
+        l1, h_kept, h_full, pix, x_e = self._retained(state, [m.detach() for m in masks])
         ent = h_kept / h_full.clamp_min(1e-300)
         rcp = (probs / p_clean[:, None].clamp_min(1e-30)).mean(1).double().cpu()
         l1, ent, pix = l1.cpu(), ent.cpu(), pix.cpu()

@@ -16,13 +16,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DataError
+from ..explain.masks import HISTORY
 from .base import Metric, MetricInputs, register_metric
 
 CURVES = ("retained_probability", "retained_l1", "retained_entropy", "retained_pixel",
           "cp_l1", "cp_pixel")
-#: passed through when the store has them (stores written before they were recorded do not)
-OPTIONAL_CURVES = ("cp_entropy", "clean_retained_probability", "clean_cp_l1_pixel",
-                   "clean_cp_l1", "clean_cp_entropy")
+#: the mask methods' other histories, passed through when the store has them (stores
+#: written before they were recorded do not)
+OPTIONAL_CURVES = tuple(k for k in HISTORY if k not in CURVES)
 
 
 @register_metric

@@ -149,9 +149,8 @@ def wilcoxon_frame(per_image: pd.DataFrame) -> pd.DataFrame:
                 t = len(p)
                 row = {"model": model, "variant": variant, "method": host, "quantity": q,
                        "baseline": base, "n_images": len(inits[base]["image_id"])}
-                for step in (*P_STEPS, (t - 1) * every):
-                    if step % every == 0 and step // every < t:
-                        row[f"p_step_{step}"] = float(p[step // every])
+                for j in _report_steps(t, every):
+                    row[f"p_step_{j * every}"] = float(p[j])
                 row["frac_p_below_0.05"] = float(np.mean(p < 0.05)) if t else np.nan
                 rows.append(row)
     return pd.DataFrame(rows)
