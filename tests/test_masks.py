@@ -591,3 +591,142 @@ def test_mask_methods_explain_a_two_class_model(name, x64):
         assert m.min() >= 0 and m.max() <= 1, init
         rcp = att.extras["retained_probability"]
         assert rcp.shape == (2, 2) and torch.isfinite(rcp).all() and (rcp > 0).all(), init
+
+
+# -- compat startgrad: scikit-learn's QTF, PixelRDE, WaveletX, rescaling_gradient ----------
+def test_sampled_qtf_matches_sklearn():
+    """scikit-learn's QuantileTransformer per block, with fewer quantiles than values, with
+    ties, with a subsample drawn by the block's seed; a constant block maps to 0 there."""
+    from sklearn.preprocessing import QuantileTransformer
+    from xaipipe.explain.startgrad import sampled_quantile_transform
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(2, 3, 40, 50, generator=g, dtype=torch.float64).abs()
+    a[0, 0, :6] = 0.25                                          # a tie group
+    a[1, 2] = 0.7                                               # a constant block
+    seeds = [101 + b for b in range(6)]
+    for nq, sub in ((500, None), (2000, None), (300, 300), (1500, 1800)):
+        got = sampled_quantile_transform(a, 2, nq, sub, seeds if sub else None)
+        assert got.dtype == torch.float32 and got.shape == a.shape
+        for b in range(6):
+            i, j = divmod(b, 3)
+            qt = QuantileTransformer(n_quantiles=nq, subsample=sub, output_distribution="uniform",
+                                     random_state=np.random.RandomState(seeds[b]))
+            want = qt.fit_transform(a[i, j].reshape(-1, 1).numpy()).reshape(40, 50)
+            np.testing.assert_allclose(got[i, j].double().numpy(), want, atol=1e-7, rtol=0)
+    assert torch.all(sampled_quantile_transform(a, 2, 500)[1, 2] == 0)
+    # with as many quantiles as values it is the clean tie-averaged CDF
+    torch.testing.assert_close(sampled_quantile_transform(a[:, :2], 2, 2000),
+                               quantile_transform(a[:, :2], 2), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="one seed per block"):
+        sampled_quantile_transform(a, 2, 100, 100)
+    with pytest.raises(ValueError, match="n_quantiles"):
+        sampled_quantile_transform(a, 2, 500, 100, seeds)
+
+
+def test_waveletx_compat_startgrad_qtf_subsamples_only_large_blocks(cnn):
+    """At 256 px the level-1 bands have 130² > 10⁴ values: the compat QTF subsamples them
+    (close to, not equal to, the clean QTF; seeded per image id, so batch-invariant); the
+    smaller blocks get n_quantiles = n, the clean QTF."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.nn.functional.interpolate(torch.rand(2, 3, 8, 8, generator=g), size=256,
+                                        mode="bilinear", align_corners=False)
+    t = torch.tensor([0, 1])
+    kw = dict(steps=0, init="startgrad", image_ids=IDS[:2])
+    clean = run_method("waveletx", cnn, x, t, **kw).extras["mask"]
+    compat = run_method("waveletx", cnn, x, t, compat="startgrad", **kw).extras["mask"]
+    n1 = 3 * 130 * 130                          # level 1 comes right after yl (12 x 12)
+    lo, hi = 144, 144 + n1
+    diff = (compat - clean).abs()
+    # sklearn maps a block's tied minimum (here the zero gradients of the padded border)
+    # to 0, not to the ties' mean rank; elsewhere the smaller blocks agree up to a rare half
+    # rank (its float percentiles of a tie group), 0.5/(67² − 1) at level 2
+    rest = torch.cat([diff[:, :lo], diff[:, hi:]], 1)
+    rest_c = torch.cat([compat[:, :lo], compat[:, hi:]], 1)
+    assert rest[rest_c > 0].max() <= 0.5 / (67 ** 2 - 1) + 1e-6
+    assert (rest[rest_c > 0] > 1e-6).float().mean() < 1e-3
+    level1 = diff[:, lo:hi][compat[:, lo:hi] > 0]      # the sampling error of the CDF
+    assert 1e-4 < level1.max() < 0.03, level1.max()
+    alone = run_method("waveletx", cnn, x[1:], t[1:], steps=0, init="startgrad",
+                       image_ids=IDS[1:2], compat="startgrad").extras["mask"]
+    # the same subsample (a batch-dependent draw would move most level-1 entries); the
+    # gradient's last bits follow the batch's kernels, which moves a few interpolated values
+    moved = (alone[0] - compat[1]).abs()
+    assert moved.max() < 2e-3 and (moved > 1e-6).float().mean() < 0.01
+
+
+def test_pixel_mask_compat_startgrad_is_pixel_rde(cnn, x32):
+    """PixelRDE: x̃_s = m ⊙ x̃ + (1 − m) ⊙ u_s unclipped, the luminance explanation, and a
+    QTF with n_quantiles = H·W (the clean one)."""
+    from xaipipe.explain.methods.pixel_mask import PixelMask
+    x, t = x32[:2], torch.tensor([0, 1])
+    clean = PixelMask(cnn, noise="gaussian")
+    rde = PixelMask(cnn, noise="gaussian", compat="startgrad")
+    state = clean.prepare(x)
+    m = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(2))
+    noise = [clean._noise(state, i, i, 0, s) for i in (0, 1) for s in (0, 1)]
+    got = rde._obfuscate(state, [m], [0, 0, 1, 1], noise)
+    want = torch.stack([m[i] * x[i] + (1 - m[i]) * noise[2 * i + s][0]
+                        for i in (0, 1) for s in (0, 1)])
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    assert got.min() < 0 or got.max() > 1                      # not clipped
+    torch.testing.assert_close(clean._obfuscate(state, [m], [0, 0, 1, 1], noise),
+                               want.clamp(0, 1), atol=1e-6, rtol=0)
+    att = run_method("pixel_mask", cnn, x, t, steps=0, compat="startgrad")
+    lum = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    torch.testing.assert_close(att.maps, lum[:, None].expand(-1, 3, -1, -1))
+    kw = dict(steps=0, init="startgrad")
+    sk = run_method("pixel_mask", cnn, x, t, compat="startgrad", **kw).extras["mask"]
+    exact = run_method("pixel_mask", cnn, x, t, **kw).extras["mask"]
+    # equal but for the tied minimum (zero gradients of dead ReLUs), 0 in sklearn's QTF
+    inner = sk > 0
+    assert inner.float().mean() > 0.5
+    torch.testing.assert_close(sk[inner], exact[inner], atol=1e-6, rtol=0)
+    for j in range(2):                          # one tie group per image, the lowest
+        lowest = exact[j][~inner[j]]
+        assert torch.all(lowest == lowest[0]) and lowest[0] < exact[j][inner[j]].min()
+    # an option added later leaves the draws of the runs without it as they were
+    assert "compat" not in clean.seed_parts(1)[3] and "compat" in rde.seed_parts(1)[3]
+
+
+def test_pixel_mask_rescaling_gradient_uses_the_models_sigma(x32):
+    """StartGrad's pixel mask with rescaling_gradient: QTF of max_c |∂log p_c/∂x̃_c · σ_c|,
+    σ the model's own normalisation."""
+    from xaipipe.models import NormalizedModel
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 3))
+    sigma = (0.5, 0.05, 0.2)
+    model = NormalizedModel(net, std=sigma).eval()
+    x, t = x32[:2], torch.tensor([0, 2])
+    kw = dict(steps=0, init="startgrad")
+    got = run_method("pixel_mask", model, x, t, rescaling_gradient=True, **kw).extras["mask"]
+    plain = run_method("pixel_mask", model, x, t, **kw).extras["mask"]
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(torch.log_softmax(model(xg), 1).gather(1, t[:, None]).sum(), xg)
+    want = quantile_transform((g * torch.tensor(sigma).view(1, 3, 1, 1)).abs().amax(1), 2)
+    assert (got[:, 0] - want).abs().max() <= 2 / 1023 + 1e-6
+    assert (got[:, 0] != want).float().mean() < 0.01
+    assert (got - plain).abs().max() > 0.1
+
+
+def test_waveletx_compat_startgrad_spatial_term_reads_rgb(cnn, x64):
+    """compat startgrad: λ_2·mean|clip(IDWT(m ⊙ y_RGB))| over the 3 channels (the repository's
+    compression='pixel'), not the gray reconstruction's."""
+    from xaipipe.explain.methods.waveletx import WaveletX
+    from xaipipe.transforms import WaveletTransform
+    meth = WaveletX(cnn, compat="startgrad", lambda_2=3.0, lambda_3=1.0)
+    state = meth.prepare(x64)
+    g = torch.Generator().manual_seed(4)
+    masks = [torch.rand(2, 1, *c.shape[2:], generator=g) for c in state.coeffs]
+    regs = meth.regularizers(state, masks)
+    tr = WaveletTransform()
+    yl, yh = tr.decompose(x64)
+    rgb = tr.reconstruct((masks[0] * yl, [m * y for m, y in zip(masks[1:], yh)]))
+    want = 3.0 * rgb[..., :64, :64].clamp(0, 1).abs().flatten(1).mean(1)
+    torch.testing.assert_close(regs[1], want, atol=1e-6, rtol=1e-6)
+    rms = rgb[..., :64, :64].clamp(0, 1).pow(2).flatten(1).mean(1).sqrt()
+    torch.testing.assert_close(regs[2], rms, atol=1e-6, rtol=1e-6)
+    # the gray image's RMS is smaller than its channels' (a mean of colours)
+    clean = WaveletX(cnn, lambda_2=3.0, lambda_3=1.0).regularizers(state, masks)
+    assert torch.all(regs[2] - clean[2] > 1e-3), (regs[2], clean[2])

@@ -45,7 +45,7 @@ from ..utils import derive_seed
 from .base import Attribution, Method
 from .objectives import objective
 from .startgrad import (ABLATIONS, SCORES, SMOOTHGRAD_SPREAD, TRANSFORMS, block_transform,
-                        ranking_score, shuffle_blocks)
+                        ranking_score, sampled_quantile_transform, shuffle_blocks)
 
 INITS = ("ones", "uniform", "startgrad")
 #: learning-rate schedules of the StartGrad repository (torch's CosineAnnealingLR, StepLR,
@@ -198,7 +198,10 @@ class MaskMethod(Method):
                 # the initial mask: runs from ones, U(0,1) and StartGrad (any score, ablation
                 # or transform) draw the same noise at every step, a paired comparison
                 "init", "startgrad_score", "startgrad_ablation", "startgrad_transform",
-                "startgrad_noise")
+                "startgrad_noise", "rescaling_gradient")
+    #: parameters left out of the seeds while at their default: options added after a
+    #: method's first release, so that its runs without them draw what they drew before
+    SEED_OMIT_DEFAULT: tuple[str, ...] = ()
     #: noisy copies of the smoothgrad ablation when ``startgrad_samples`` is None (§9.1)
     smoothgrad_samples = 10
 
@@ -218,7 +221,8 @@ class MaskMethod(Method):
 
     def seed_parts(self, image_id: int, *extra) -> tuple:
         hp = {k: v for k, v in self.hparams.items()
-              if k not in self.UNSEEDED and not isinstance(v, torch.Tensor)}
+              if k not in self.UNSEEDED and not isinstance(v, torch.Tensor)
+              and not (k in self.SEED_OMIT_DEFAULT and v == self.params[k].default)}
         return (self.seed, int(image_id), self.name, hp, *extra)
 
     # -- hooks ----------------------------------------------------------------------------
@@ -248,6 +252,11 @@ class MaskMethod(Method):
     def coefficient_clip(self) -> bool:
         """Clip the obfuscated coefficients (compat ShearletX) instead of the image."""
         return False
+
+    def clips_image(self) -> bool:
+        """Clip the obfuscated image x̃_s to [0, 1] (all but the StartGrad repository's pixel
+        mask, ``pixel_mask`` with ``compat: startgrad``)."""
+        return not self.coefficient_clip()
 
     # -- the loop -------------------------------------------------------------------------
     def attribute(self, images, target, image_ids=None):
@@ -438,8 +447,8 @@ class MaskMethod(Method):
             parts.append(torch.cat(chunk) if len(chunk) > 1 else chunk[0])
         if self.coefficient_clip():
             parts = [q.clamp(0.0, 1.0) for q in parts]
-            return self.synthesize(state, parts)
-        return self.synthesize(state, parts).clamp(0.0, 1.0)
+        x = self.synthesize(state, parts)
+        return x.clamp(0.0, 1.0) if self.clips_image() else x
 
     def split_synthesis(self) -> bool:
         """Whether :meth:`_obfuscate` may use T⁻¹(m ⊙ c + (1 − m) ⊙ u_s) = T⁻¹(m ⊙ c) +
@@ -449,7 +458,7 @@ class MaskMethod(Method):
         (C + S) transforms of K bands instead of C·S (ShearletX: 19 instead of 48 at S = 16).
         Equal up to float rounding (tested against the direct form)."""
         return (self.linear_synthesis and self.noise_shared_across_colour
-                and not self.coefficient_clip())
+                and not self.coefficient_clip() and self.clips_image())
 
     def synthesize_product(self, state: State, w: list[torch.Tensor],
                            r: list[torch.Tensor]) -> torch.Tensor:
@@ -578,19 +587,24 @@ class MaskMethod(Method):
             grads = self._smoothgrad_gradients(state, target, ids)
         else:
             grads = self._coefficient_gradients(state, target)
-        if ablation == "grad_x_input":
-            grads = [g * c for g, c in zip(grads, state.coeffs)]
-        elif ablation == "noisy":
+        # the reference's order: noise, then the rescaling, then × input (one ablation at a
+        # time, so only the rescaling's place matters)
+        if ablation == "noisy":
             sd = math.sqrt(p["startgrad_noise"])
             grads = [g + sd * torch.stack([torch.randn(
                 g.shape[1:], generator=self._generator(i, "startgrad_noise", k), dtype=g.dtype)
                 for i in ids]).to(g.device) for k, g in enumerate(grads)]
+        scale = self.gradient_scale(state)
+        if scale is not None:
+            grads = [g * scale.to(g.device, g.dtype) for g in grads]
+        if ablation == "grad_x_input":
+            grads = [g * c for g, c in zip(grads, state.coeffs)]
         out = []
         for k, (g, sh, bd) in enumerate(zip(grads, self.startgrad_shapes(state),
                                             self.qtf_block_dims)):
             a = g.abs().amax(1, keepdim=True)              # max over colour → (N, 1, ...)
             a = a.expand(a.shape[0], *sh) if a.shape[1:] != sh else a
-            m0 = block_transform(a, bd, p["startgrad_transform"]).to(g.device)
+            m0 = self._block_transform(a, bd, k, ids).to(g.device)
             if ablation == "adversarial":
                 m0 = 1.0 - m0
             elif ablation == "shuffle":
@@ -599,6 +613,32 @@ class MaskMethod(Method):
                                   for j, i in enumerate(ids)])
             out.append(m0)
         return out
+
+    def compat_qtf(self, part: int, n: int) -> tuple[int, int | None] | None:
+        """(n_quantiles, subsample) of the scikit-learn QuantileTransformer that the StartGrad
+        repository fits to each block of ``n`` values of ``part`` (``compat: startgrad``,
+        :func:`~xaipipe.explain.startgrad.sampled_quantile_transform`); None: the clean QTF."""
+        return None
+
+    def _block_transform(self, a: torch.Tensor, block_dims: int, part: int,
+                         ids: list[int]) -> torch.Tensor:
+        """|gradient| (N, ...) of one part → its initial mask, block by block: the
+        ``startgrad_transform``, or for ``qtf`` under a compat profile the sampled QTF, whose
+        subsample draws are seeded per (image id, part, block)."""
+        kind = self.hparams["startgrad_transform"]
+        n = math.prod(a.shape[a.ndim - block_dims:])
+        sk = self.compat_qtf(part, n) if kind == "qtf" else None
+        if sk is None:
+            return block_transform(a, block_dims, kind)
+        per_image = math.prod(a.shape[1:a.ndim - block_dims])
+        seeds = [derive_seed(*self.seed_parts(i, "startgrad_qtf", part, b))
+                 for i in ids for b in range(per_image)]
+        return sampled_quantile_transform(a, block_dims, sk[0], sk[1], seeds)
+
+    def gradient_scale(self, state: State) -> torch.Tensor | None:
+        """A factor the StartGrad gradients of every part are multiplied by before the
+        absolute value (the pixel mask's ``rescaling_gradient``); None: none."""
+        return None
 
     def _coefficient_gradients(self, state: State, target) -> list[torch.Tensor]:
         """∂s/∂z per part for z = T(x̃) as a leaf, through x′ = T⁻¹(z) (§9.1 steps 2-3)."""
@@ -636,7 +676,8 @@ class MaskMethod(Method):
             p["startgrad_ablation"] in ("noisy", "smoothgrad") or p["startgrad_transform"] == "log")
 
     def _smoothgrad_gradients(self, state: State, target, ids: list[int]) -> list[torch.Tensor]:
-        """The smoothgrad ablation (§9.1): ∂s/∂z averaged over S copies x̃ + ε of each image,
+        """The smoothgrad ablation (§9.1): |∂s/∂z| averaged over S copies x̃ + ε of each image
+        (the absolute value of each copy's gradient, as the StartGrad repository averages it),
         ε ~ N(0, σ²) per pixel with σ = 0.15·(max − min) of that image, z = T(x̃ + ε); each
         image's draws seeded by its id and the copy's index (so copies do not depend on the
         batch, and more copies extend the same sequence)."""
@@ -653,6 +694,7 @@ class MaskMethod(Method):
             noisy = images + sd * eps
             grads = self._coefficient_gradients(
                 replace(state, images=noisy, coeffs=self.coefficients(state, noisy)), target)
+            grads = [g.abs() for g in grads]
             total = grads if total is None else [t + g for t, g in zip(total, grads)]
         return [t / n_copies for t in total]
 

@@ -6,6 +6,12 @@ pieces every mask method uses for ``init="startgrad"``.
   It maps every block to U(0, 1) (mean exactly 0.5) and is invariant to any strictly
   increasing transform of its input, which is why the ``prob`` and ``nll`` scores give the
   same mask.
+- :func:`sampled_quantile_transform`: ``compat: startgrad``, the StartGrad repository's
+  ``sklearn.preprocessing.QuantileTransformer(output_distribution="uniform", n_quantiles,
+  subsample)`` fitted and applied per block, written here in NumPy (tested against scikit-learn).
+  With ``n_quantiles`` = n and no subsample it equals the clean QTF up to float rounding,
+  except that values tied with the block's minimum (maximum) map to 0 (1), not to their mean
+  rank.
 - :func:`ranking_score`: the scalar whose gradient StartGrad takes for the score ``prob``,
   ``nll`` or ``logit`` (``prob`` and ``nll`` share it).
 
@@ -14,6 +20,7 @@ transform), reduces colour by max and calls :func:`quantile_transform` with its 
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .objectives import objective
@@ -45,6 +52,48 @@ def quantile_transform(a: torch.Tensor, block_dims: int) -> torch.Tensor:
     # average 1-based rank of v's tie group: (less + 1 + less_eq) / 2
     m0 = (less + less_eq - 1).to(torch.float64) / (2.0 * (n - 1))
     return m0.to(torch.float32).reshape(*lead, *a.shape[a.ndim - block_dims:])
+
+
+def sampled_quantile_transform(a: torch.Tensor, block_dims: int, n_quantiles: int,
+                               subsample: int | None = None, seeds=None) -> torch.Tensor:
+    """scikit-learn's ``QuantileTransformer(output_distribution="uniform", n_quantiles=...,
+    subsample=...).fit_transform`` of every block (the last ``block_dims`` dims of ``a``,
+    flattened to one column), in float64 (`mask-methods.md` §9.1 step 5, compat
+    ``startgrad``). Per block of n values: q = the linear percentiles at
+    r = linspace(0, 1, min(n_quantiles, n)) of the block, or of ``subsample`` of its values
+    drawn without replacement (``RandomState(seed).shuffle`` of the indices, as
+    ``sklearn.utils.resample``) when subsample < n; then
+    m = (interp(v, q, r) − interp(−v, −q[::−1], −r[::−1]))/2, 1 where v = q[−1] and 0 where
+    v = q[0] (so a constant block maps to 0, not the clean QTF's 0.5). ``seeds``: one integer
+    per block (in row-major order of the leading dims), needed only when subsampling; the
+    reference used NumPy's global state, so its draws are not reproducible. Float32 out."""
+    if block_dims < 1 or block_dims > a.ndim:
+        raise ValueError(f"block_dims must be in 1..{a.ndim}, got {block_dims}")
+    if n_quantiles < 1 or (subsample is not None and subsample < n_quantiles):
+        raise ValueError(f"n_quantiles must be >= 1 and <= subsample, got {n_quantiles} and "
+                         f"{subsample}")
+    shape = a.shape
+    blocks = a.detach().to(torch.float64).cpu().numpy().reshape(
+        -1, int(np.prod(shape[a.ndim - block_dims:])))
+    n = blocks.shape[1]
+    sampling = subsample is not None and subsample < n
+    if sampling and (seeds is None or len(seeds) != blocks.shape[0]):
+        raise ValueError(f"subsample={subsample} < n={n} needs one seed per block "
+                         f"({blocks.shape[0]}), got {None if seeds is None else len(seeds)}")
+    refs = np.linspace(0.0, 1.0, max(1, min(n_quantiles, n)))
+    out = np.empty_like(blocks)
+    for b, v in enumerate(blocks):
+        fit = v
+        if sampling:
+            idx = np.arange(n)
+            np.random.RandomState(int(seeds[b]) % 2**32).shuffle(idx)
+            fit = v[idx[:subsample]]
+        q = np.percentile(fit, refs * 100)
+        m = 0.5 * (np.interp(v, q, refs) - np.interp(-v, -q[::-1], -refs[::-1]))
+        m[v == q[-1]] = 1.0
+        m[v == q[0]] = 0.0
+        out[b] = m
+    return torch.from_numpy(out.reshape(shape)).to(device=a.device, dtype=torch.float32)
 
 
 def ranking_score(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:

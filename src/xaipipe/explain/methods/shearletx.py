@@ -16,7 +16,8 @@ luminance gray image for the noise statistics and the spatial term, coefficient 
 the mask gradient divided by its L2 norm before each Adam step, and the ``ones``/``uniform``
 masks of shape (1, H, W) broadcast over the bands while StartGrad's is (K, H, W) (the
 discrepancy that confounds the repository's ShearletX speed-ups; clean: (K, H, W) for all).
-``lp_p`` is its ``lp`` sparsity (p unpublished).
+``lp_p`` is its ``lp`` sparsity (p unpublished). StartGrad's QTF is then scikit-learn's
+QuantileTransformer with n_quantiles = min(10⁴, H·W) per band and no subsample, as there.
 """
 from ...params import Param
 from ..base import register_method
@@ -63,6 +64,11 @@ class ShearletX(MaskMethod):
         if self.hparams["compat"] == "startgrad" and self.hparams["init"] != "startgrad":
             return [(1, 1, *sh[2:]) for sh in shape]
         return shape
+
+    def compat_qtf(self, part, n):
+        """``compat: startgrad``: scikit-learn's QTF with n_quantiles = min(10⁴, H·W) per band,
+        no subsample (the repository's ShearletX)."""
+        return (min(10_000, n), None) if self.hparams["compat"] == "startgrad" else None
 
     def startgrad_shapes(self, state):
         return super().mask_shapes(state)

@@ -9,6 +9,14 @@ Loss (no distortion weight in the reference; ``lambda_d`` stays 1)
         + λ_3·sqrt(mean(clip(IDWT(m ⊙ y_gray))²))
 
 Defaults: the paper experiment (λ_1 = 2, λ_2 = 10, λ_3 = 0, lr 0.1, 300 steps, S = 16).
+
+``compat="startgrad"``: the StartGrad repository's WaveletX (`mask-methods.md` §9.2,
+``BuelentUendes/StartGrad:src/vision/waveletX.py``): the spatial terms read the **RGB**
+reconstruction clip(IDWT(m ⊙ y)) (its ``compression="pixel"``) instead of the gray one, and
+StartGrad's QTF is scikit-learn's with n_quantiles = subsample = min(10⁴, n) per block, the
+subsample seeded per (image id, part, block) (the reference drew it from NumPy's global
+state). Its per-level statistics, masks and clipping are the clean ones already; its
+``preserve`` distortion and ``lp`` sparsity are options of their own.
 """
 from ...params import Param
 from ..base import register_method
@@ -18,6 +26,12 @@ from ..masks import COMMON_PARAMS, MaskMethod, State, gray
 class _Wavelet(MaskMethod):
     LOSS_TERMS = ("distortion", "sparsity", "spatial_l1", "spatial_l2")
     noise_shared_across_colour = False
+    SEED_OMIT_DEFAULT = ("compat",)
+
+    def compat_qtf(self, part, n):
+        if self.hparams["compat"] != "startgrad":
+            return None
+        return min(10_000, n), min(10_000, n)
 
     def prepare(self, images):
         from ...transforms import WaveletTransform     # imported when used: keeps plans light
@@ -49,7 +63,8 @@ class _Wavelet(MaskMethod):
         out = [p["lambda_1"] * sparsity]
         l2, l3 = p.get("lambda_2", 0.0), p.get("lambda_3", 0.0)
         if l2 or l3:
-            x = self.synthesize(state, [m * g for m, g in zip(masks, state.extra["gray"])])
+            source = state.coeffs if p["compat"] == "startgrad" else state.extra["gray"]
+            x = self.synthesize(state, [m * g for m, g in zip(masks, source)])
             x = x.clamp(0, 1).flatten(1)
             out += [l2 * x.abs().mean(1), l3 * (x ** 2).mean(1).clamp_min(1e-12).sqrt()]
         else:
@@ -61,6 +76,9 @@ class _Wavelet(MaskMethod):
 _DWT = {
     "levels": Param(5, int, min=1, doc="DWT levels J"),
     "wave": Param("db3", str, doc="pywt wavelet name"),
+    "compat": Param("none", str, ("none", "startgrad"),
+                    doc="'startgrad': the StartGrad repository's WaveletX (RGB spatial term, "
+                        "scikit-learn's subsampled QTF)"),
 }
 
 
