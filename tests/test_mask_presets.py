@@ -47,6 +47,30 @@ def test_shearletx_preset_on_a_tiny_model(wd):
     from xaipipe.report.masks import cp_hs_frame, cp_hs_rows
     assert cp_hs_rows(cp_hs_frame(per)) == [("tiny64_resnet18", "original", "smooth_mask_a01")]
 
+    # ShearletX at the preset's settings (the paper's y_ref = 1 objective), on the demo model
+    # the workflow trained and its images, raises the retained probability over its first
+    # steps from every init: from ones it starts at exactly 1 (no noise gets in)
+    import torch
+    import yaml
+
+    from xaipipe.data.store import open_images
+    from xaipipe.explain import run_method
+    from xaipipe.models import load_model
+    params = yaml.safe_load(SHEARLETX.read_text())["methods"]["shearletx"]
+    model = load_model("demo_resnet18",
+                       weights=str(wd / "results/models/tiny64_resnet18/weights.pt")).eval()
+    x = open_images(wd / "results/data/tiny_shapes64/native/original.zarr", "val").tensor(
+        list(range(4)))
+    t = model(x).argmax(1)
+    for init in ("ones", "uniform", "startgrad"):
+        att = run_method("shearletx", model, x, t, image_ids=list(range(4)),
+                         **{**params, "steps": 8, "samples": 4, "history_every": 1,
+                            "init": init})
+        rp = att.extras["retained_probability"]
+        assert torch.all(rp[:, -2:].mean(1) > rp[:, 0]), (init, rp)
+        if init == "ones":
+            torch.testing.assert_close(rp[:, 0], torch.ones(4), atol=1e-5, rtol=0)
+
 
 def test_startgrad_preset_on_a_tiny_model(wd):
     # CI: the pixel mask and ShearletX from all three inits (WaveletX runs in the shearletx
