@@ -322,3 +322,50 @@ def test_keepbits_needs_float16_and_enters_the_signature_only_when_set():
     eight = signature(Plan(check(cfg(explain__dtype="float16", explain__keepbits=8)))
                       .explain_job(*key))
     assert eight["keepbits"] == 8 and {k: v for k, v in eight.items() if k != "keepbits"} == plain
+
+
+def test_startgrad_lambda_grid_plans_one_setting_per_lambda_pair():
+    """presets/startgrad.yaml's startgrad_lambda: 22 λ settings (9 ShearletX, 9 WaveletX, 4
+    pixel) x 3 inits; the three inits of a pair share a setting (the main experiment's runs
+    at the centre pair too, whose recorded faithfulness is no part of it), and every setting
+    differs from the others only in its λs; no run is shared with the main experiment."""
+    import json
+    cfg = load_config(ROOT / "config.yaml", ROOT / "presets" / "startgrad.yaml", overrides={
+        "experiments": {"startgrad_lambda": {"models": ["shapes_resnet18"], "max_images": 8},
+                        "startgrad": {"models": ["shapes_resnet18"]}}})
+    plan = Plan(cfg)
+    runs = plan.experiments["startgrad_lambda"].methods
+    assert len(runs) == 66 and len(set(runs)) == 66
+    assert not set(runs) & set(plan.experiments["startgrad"].methods)
+    info = {r: plan.method_info(r) for r in runs}
+    by_setting = {}
+    for r, i in info.items():
+        by_setting.setdefault((i["method_name"], i["setting"]), set()).add(i["init"])
+    assert len(by_setting) == 22
+    assert all(v == {"ones", "uniform", "startgrad"} for v in by_setting.values())
+    for host, n in (("shearletx", 9), ("waveletx", 9), ("pixel_mask", 4)):
+        settings = [json.loads(s) for h, s in by_setting if h == host]
+        assert len(settings) == n
+        varying = {k for k in settings[0] if len({json.dumps(s[k]) for s in settings}) > 1}
+        assert varying == ({"lambda_1"} if host == "pixel_mask" else {"lambda_1", "lambda_2"})
+    # the faithfulness the centre runs record does not make them another setting
+    assert plan.method_info("sg_shearletx_ones")["setting"] == \
+        info["sgl_shearletx_1_2_ones"]["setting"]
+
+
+def test_init_labels_name_startgrad_variants():
+    from xaipipe.explain import get_method
+    from xaipipe.explain.masks import init_label, run_setting
+    declared = get_method("pixel_mask").params
+    assert init_label({"init": "ones"}, declared) == "ones"
+    assert init_label({"init": "startgrad"}, declared) == "startgrad"
+    assert init_label({"init": "startgrad", "startgrad_ablation": "noisy",
+                       "startgrad_noise": 0.2}, declared) == \
+        "startgrad[ablation=noisy, noise=0.2]"
+    assert init_label({"init": "startgrad", "rescaling_gradient": True,
+                       "startgrad_score": "logit"}, declared) == \
+        "startgrad[score=logit, rescaling=true]"
+    assert run_setting({"init": "ones", "lambda_1": 1.0}, declared) == \
+        run_setting({"init": "startgrad", "startgrad_ablation": "shuffle",
+                     "history_every": 5}, declared)
+    assert run_setting({"lambda_1": 2.0}, declared) != run_setting({}, declared)

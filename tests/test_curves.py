@@ -267,3 +267,35 @@ def test_startgrad_tables_from_sparse_histories():
     ones = iq[(iq["quantity"] == "cp_l1") & (iq["init"] == "ones")].iloc[0]
     assert ones["lo_step_290"] <= ones["iqm_step_290"] <= ones["hi_step_290"]
     assert ones["iqm_step_290"] == pytest.approx(float(iqm(ref[:, -1])))
+
+
+def test_startgrad_tables_keep_lambda_settings_apart():
+    """Two λ settings of one host (the λ grid): each is paired across its own inits and
+    labelled with the parameters that differ; one init twice in one setting is an error."""
+    import json
+
+    from xaipipe.errors import DataError
+    from xaipipe.report.startgrad import speedup_frame
+
+    n, t = 6, 12
+    base = np.tile(np.arange(t) / (t - 1), (n, 1)) + np.linspace(0, 0.01, n)[:, None]
+    rows = []
+    for lam, lead in ((0.1, 0.0), (10.0, 5.0)):      # StartGrad ahead by `lead` steps' worth
+        setting = json.dumps({"lambda_1": lam, "lambda_2": 2.0, "lr": 0.1}, sort_keys=True)
+        for init, h in (("ones", base), ("startgrad", base + lead / (t - 1))):
+            for i in range(n):
+                rows.append({"metric_name": "convergence", "model": "m", "variant": "original",
+                             "method": f"sx_{lam}_{init}", "method_name": "shearletx",
+                             "init": init, "setting": setting, "image_id": i,
+                             "history_every": 1,
+                             **{q: h[i] for q in ("retained_probability", "retained_l1",
+                                                  "cp_l1", "cp_pixel")}})
+    per_image = pd.DataFrame(rows)
+    sp = speedup_frame(per_image, n_boot=5)
+    assert set(sp["method"]) == {"shearletx (lambda_1=0.1)", "shearletx (lambda_1=10.0)"}
+    same = sp[(sp["method"] == "shearletx (lambda_1=0.1)") & (sp["quantity"] == "cp_l1")]
+    ahead = sp[(sp["method"] == "shearletx (lambda_1=10.0)") & (sp["quantity"] == "cp_l1")]
+    assert same["t_star_mean"].iloc[0] == t - 1 and ahead["t_star_mean"].iloc[0] == t - 1 - 5
+    twice = per_image[per_image["init"] == "ones"].assign(method="another_run")
+    with pytest.raises(DataError, match="share the init 'ones'"):
+        speedup_frame(pd.concat([per_image, twice]), n_boot=5)

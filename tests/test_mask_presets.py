@@ -109,6 +109,25 @@ def test_startgrad_preset_on_a_tiny_model(wd):
     assert (fa.loc["sg_gradcam", "mean_it_0"] == fa.loc["sg_gradcam", "mean_it_6"])
 
 
+def test_startgrad_lambda_grid_on_a_tiny_model(wd):
+    # CI: two of the pixel mask's four λ_1 from two inits
+    runs = ["sgl_pixel_1_ones", "sgl_pixel_1_startgrad", "sgl_pixel_10_ones",
+            "sgl_pixel_10_startgrad"]
+    override = ["experiments={startgrad_lambda: {models: [tiny64_resnet18], max_images: 2, "
+                f"methods: [{', '.join(runs)}]}}}}", "run=[startgrad_lambda]",
+                *fast(runs, steps=4, samples=2, faithfulness_at=[])]
+    snakemake("--configfile", str(STARTGRAD), str(TINY64), "--cores", "2", "startgrad_lambda",
+              "--config", *override, cwd=wd)
+    out = wd / "results/papers/startgrad_lambda"
+    assert (out / "figures/convergence_curves.png").read_bytes()[:4] == b"\x89PNG"
+    sp = pd.read_csv(out / "tables/startgrad_speedup.csv")
+    assert set(sp["method"]) == {"pixel_mask (lambda_1=1.0)", "pixel_mask (lambda_1=10.0)"}
+    assert set(sp["reference"]) == {"ones"} and (sp["steps"] == 4).all()
+    iq = pd.read_csv(out / "tables/startgrad_iqm.csv")
+    assert set(iq.loc[iq["method"] == "pixel_mask (lambda_1=10.0)", "init"]) == \
+        {"ones", "startgrad", "startgrad - ones"}
+
+
 def test_startgrad_preset_on_imagenet_stand_ins(tmp_path):
     """presets/startgrad.yaml's ImageNet path as it is, with local stand-ins: a tiny val
     ImageFolder (non-square JPEGs, squashed to 256x256 by the preset's `stretch256`; a seeded

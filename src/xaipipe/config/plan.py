@@ -274,8 +274,10 @@ class Plan:
                "idgi": bool(params.get("idgi", False))}
         from ..explain import get_method
         declared = get_method(name).params
-        if "init" in declared:          # mask methods: the StartGrad report groups by it
-            out["init"] = params.get("init", declared["init"].default)
+        if "init" in declared:          # mask methods: the StartGrad report groups by them
+            from ..explain.masks import init_label, run_setting
+            out["init"] = init_label(params, declared)
+            out["setting"] = run_setting(params, declared)
             out["history_every"] = params.get("history_every",
                                               declared["history_every"].default)
         return out

@@ -112,6 +112,53 @@ HISTORY = ("retained_probability", "retained_l1", "retained_entropy", "retained_
            "cp_l1", "cp_pixel", "cp_entropy", *CLEAN_HISTORY)
 
 
+#: parameters that only shape the initial mask or what a run records: runs of one method
+#: that differ in nothing else are one *setting*, compared across their inits by the
+#: StartGrad tables (:func:`run_setting`)
+INIT_AND_OUTPUT = ("init", "startgrad_score", "startgrad_ablation", "startgrad_transform",
+                   "startgrad_noise", "startgrad_samples", "rescaling_gradient",
+                   "history_every", "return_mask", "faithfulness_at", "faithfulness_compat")
+#: the StartGrad options that name a variant of the ``startgrad`` init (:func:`init_label`)
+_INIT_VARIANT = ("startgrad_ablation", "startgrad_transform", "startgrad_score",
+                 "rescaling_gradient")
+
+
+def _filled(params: dict, declared: dict) -> dict:
+    return {k: params.get(k, p.default) for k, p in declared.items()}
+
+
+def run_setting(params: dict, declared: dict) -> str:
+    """The run's setting: its parameters (defaults filled in from ``declared``, the method's
+    ``params``) other than :data:`INIT_AND_OUTPUT`, as canonical JSON. Runs from the three
+    inits of one λ pair share it; another λ pair, lr or noise is another setting."""
+    import json
+    full = _filled(params, declared)
+    return json.dumps({k: v for k, v in sorted(full.items()) if k not in INIT_AND_OUTPUT},
+                      sort_keys=True, default=str)
+
+
+def init_label(params: dict, declared: dict) -> str:
+    """``ones``, ``uniform``, ``startgrad``, or for a StartGrad variant ``startgrad[...]``
+    naming its non-default options (``startgrad[ablation=adversarial]``,
+    ``startgrad[transform=log, score=logit]``; the noisy ablation's σ² and the smoothgrad
+    ablation's copies are named with it), so that ablations are inits of their own."""
+    full = _filled(params, declared)
+    init = full.get("init", "ones")
+    if init != "startgrad":
+        return init
+    parts = []
+    for k in _INIT_VARIANT:
+        if k in declared and full[k] != declared[k].default:
+            parts.append(f"{k.removeprefix('startgrad_').removesuffix('_gradient')}="
+                         f"{str(full[k]).lower()}")
+    ablation = full.get("startgrad_ablation")
+    if ablation == "noisy":
+        parts.append(f"noise={full['startgrad_noise']}")
+    elif ablation == "smoothgrad" and full.get("startgrad_samples") is not None:
+        parts.append(f"samples={full['startgrad_samples']}")
+    return f"startgrad[{', '.join(parts)}]" if parts else "startgrad"
+
+
 @torch.no_grad()
 def log_prob(model, x, target, chunk: int | None = None) -> torch.Tensor:
     """(N,) float64 log p_c(x) of the classes ``target`` on the CPU, from float64

@@ -250,15 +250,50 @@ def cp_hs_scatter_figure(inputs: FigureInputs, paths: list[str]) -> None:
 
 
 # -- StartGrad ---------------------------------------------------------------------------
+def setting_labels(frame: pd.DataFrame) -> pd.Series:
+    """Per row, the host label of its run: ``method_name`` where the experiment has one
+    setting of that method (per model and variant), else ``method_name (k=v, ...)`` with the
+    parameters that differ between its settings (the ``setting`` column,
+    :func:`xaipipe.explain.masks.run_setting`; a λ grid gives ``shearletx (lambda_1=0.1,
+    lambda_2=0.2)``). Without a ``setting`` column: ``method_name``."""
+    import json
+    label = frame["method_name"].astype(str)
+    if "setting" not in frame or frame["setting"].isna().all():
+        return label
+    label = label.copy()
+    for _, d in frame.groupby(["model", "variant", "method_name"], sort=False):
+        settings = list(dict.fromkeys(d["setting"].dropna()))
+        if len(settings) < 2:
+            continue
+        parsed = {st: json.loads(st) for st in settings}
+        keys = sorted({k for v in parsed.values() for k in v}, key=str)
+        varying = [k for k in keys if len({json.dumps(v.get(k), sort_keys=True)
+                                           for v in parsed.values()}) > 1]
+        for st, v in parsed.items():
+            rows = d.index[d["setting"] == st]
+            desc = ", ".join(f"{k}={v.get(k)}" for k in varying)
+            label.loc[rows] = f"{d['method_name'].iloc[0]} ({desc})"
+    return label
+
+
 def history_curves(per_image: pd.DataFrame) -> dict:
-    """{(model, variant, method_name, init): {quantity: (images, T) array, "image_id": ids,
-    "every": history_every}} from the ``convergence`` metric's rows, images sorted by id."""
+    """{(model, variant, host, init): {quantity: (images, T) array, "image_id": ids,
+    "every": history_every}} from the ``convergence`` metric's rows, images sorted by id.
+    ``host`` is the method's label (:func:`setting_labels`: ``method_name``, or with the
+    parameters of its setting where the experiment runs several, e.g. a λ grid); ``init`` is
+    the init's label (``startgrad[ablation=adversarial]`` for an ablation). Two runs with one
+    key (the same setting and init twice) are an error naming them."""
     conv = _metric_rows(per_image, "convergence")
     if conv.empty:
         raise DataError("the StartGrad report needs the metric 'convergence' (the histories of "
                         "mask methods run with history_every) in the experiment")
+    conv = conv.assign(_host=setting_labels(conv))
     out = {}
-    for key, d in conv.groupby(["model", "variant", "method_name", "init"], sort=False):
+    for key, d in conv.groupby(["model", "variant", "_host", "init"], sort=False):
+        if "method" in d and d["method"].nunique() > 1:
+            raise DataError(f"the runs {sorted(d['method'].unique())} of {key[0]} / {key[2]} "
+                            f"share the init {key[3]!r} and every other parameter: the "
+                            "StartGrad tables compare one run per init and setting")
         d = d.sort_values("image_id")
         entry = {q: np.stack([np.asarray(v, np.float64) for v in d[q]])
                  for q in (*HISTORIES, *OPTIONAL_CURVES)
