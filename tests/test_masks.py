@@ -730,3 +730,26 @@ def test_waveletx_compat_startgrad_spatial_term_reads_rgb(cnn, x64):
     # the gray image's RMS is smaller than its channels' (a mean of colours)
     clean = WaveletX(cnn, lambda_2=3.0, lambda_3=1.0).regularizers(state, masks)
     assert torch.all(regs[2] - clean[2] > 1e-3), (regs[2], clean[2])
+
+
+def test_shearletx_compat_startgrad_qtf_is_sklearns_with_1e4_quantiles(cnn):
+    """At 256 px a band has 65,536 values: the repository's QuantileTransformer(n_quantiles=
+    10⁴, subsample=None) per band (scikit-learn itself as the oracle on two bands), close to
+    but not the exact CDF of the clean run."""
+    from sklearn.preprocessing import QuantileTransformer
+    from xaipipe.explain.methods.shearletx import ShearletX
+    g = torch.Generator().manual_seed(9)
+    x = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=256,
+                                        mode="bilinear", align_corners=False)
+    t = torch.tensor([1])
+    meth = ShearletX(cnn, init="startgrad", compat="startgrad")
+    state = meth.prepare(x)
+    got = meth.startgrad_masks(state, t, [5])[0]                    # (1, 1, 49, 256, 256)
+    a = meth._coefficient_gradients(state, t)[0].abs().amax(1)      # (1, 49, 256, 256)
+    for k in (0, 48):
+        want = QuantileTransformer(n_quantiles=10_000, subsample=None).fit_transform(
+            a[0, k].double().reshape(-1, 1).numpy()).reshape(256, 256)
+        np.testing.assert_allclose(got[0, 0, k].double().numpy(), want, atol=1e-6, rtol=0)
+    clean = ShearletX(cnn, init="startgrad").startgrad_masks(state, t, [5])[0]
+    d = (got - clean).abs()
+    assert 1e-6 < d.max() < 1e-3
