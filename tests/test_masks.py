@@ -753,3 +753,32 @@ def test_shearletx_compat_startgrad_qtf_is_sklearns_with_1e4_quantiles(cnn):
     clean = ShearletX(cnn, init="startgrad").startgrad_masks(state, t, [5])[0]
     d = (got - clean).abs()
     assert 1e-6 < d.max() < 1e-3
+
+
+def test_a_mask_gone_to_zero_has_undefined_cp_and_the_metric_keeps_it(cnn, x32):
+    """λ_1 = 100 drives the pixel mask to zero within a few steps: from then on every CP of
+    the histories is NaN (zero retained information), not inf; the convergence metric passes
+    the NaN with the image flagged, and turns an old store's inf there into NaN too; a NaN
+    retained probability (a broken model) is still an error."""
+    from xaipipe.errors import NonFiniteError
+    from xaipipe.metrics.convergence import convergence
+    x, t = x32[:2], torch.tensor([0, 1])
+    ex = run_method("pixel_mask", cnn, x, t, image_ids=IDS[:2], steps=16, samples=2,
+                    history_every=1, lambda_1=100.0).extras
+    zero = ex["retained_l1"] == 0
+    assert zero[:, -1].all() and not zero[:, 0].any()
+    for k in ("cp_l1", "cp_pixel", "cp_entropy", "clean_cp_l1", "clean_cp_l1_pixel",
+              "clean_cp_entropy"):
+        assert torch.isnan(ex[k][zero]).all(), k
+        assert torch.isfinite(ex[k][~zero]).all(), k
+    out = convergence(ex)
+    assert out["undefined_cp"].all() and out["undefined_final_cp_l1"].all()
+    assert np.isnan(out["final_cp_l1"]).all()
+    np.testing.assert_array_equal(np.isnan(out["cp_l1"]), zero.numpy())
+    old = {k: v.clone() for k, v in ex.items()}
+    old["cp_l1"][zero] = float("inf")                   # what stores of session 18 hold
+    np.testing.assert_array_equal(np.isnan(convergence(old)["cp_l1"]), zero.numpy())
+    broken = {k: v.clone() for k, v in ex.items()}
+    broken["retained_probability"][0, 3] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"\[0\]"):
+        convergence(broken)

@@ -30,7 +30,8 @@ probability over each retained information), the Kolek-style CP of the clean exp
 the same step (``clean_retained_probability``, ``clean_cp_l1_pixel``, ``clean_cp_l1``,
 ``clean_cp_entropy``: what the ``cp`` metric gives for the final map, one extra forward pass
 per recorded step; :func:`clean_cp`) (N, T) and ``loss_terms`` (N, T, K) in the method's
-``LOSS_TERMS`` order.
+``LOSS_TERMS`` order. A CP is NaN at a step where its retained information is zero (the mask
+has gone to zero, e.g. under a large λ_1): undefined, as the ``cp`` metric leaves it.
 """
 from __future__ import annotations
 
@@ -185,9 +186,19 @@ def clean_cp(model, images, x_e, target, logp_clean, l1, ent, chunk: int | None 
     pix = xe.double().abs().flatten(1).sum(1).cpu() / \
         images.double().abs().flatten(1).sum(1).cpu().clamp_min(1e-300)
     return {"clean_retained_probability": rcp,
-            "clean_cp_l1_pixel": rcp / pix.clamp_min(1e-300),
-            "clean_cp_l1": rcp / l1.double().cpu().clamp_min(1e-300),
-            "clean_cp_entropy": rcp / ent.double().cpu().clamp_min(1e-300)}
+            "clean_cp_l1_pixel": cp_ratio(rcp, pix),
+            "clean_cp_l1": cp_ratio(rcp, l1.double().cpu()),
+            "clean_cp_entropy": cp_ratio(rcp, ent.double().cpu())}
+
+
+def cp_ratio(rcp: torch.Tensor, info: torch.Tensor) -> torch.Tensor:
+    """CP = retained probability / retained information, NaN where the information is not
+    positive (an empty explanation: a mask gone to zero), as the ``cp`` metric leaves it
+    undefined; float64."""
+    rcp, info = rcp.double(), info.double()
+    ok = info > 0
+    return torch.where(ok, rcp / torch.where(ok, info, torch.ones_like(info)),
+                       torch.full_like(rcp, math.nan))
 
 
 ENTROPY_EPS = 1e-7      # inside the log of H (`metrics.md` §8)
@@ -797,9 +808,9 @@ class MaskMethod(Method):
         hist["retained_l1"][:, j] = l1
         hist["retained_entropy"][:, j] = ent
         hist["retained_pixel"][:, j] = pix
-        hist["cp_l1"][:, j] = rcp / l1.clamp_min(1e-300)
-        hist["cp_pixel"][:, j] = rcp / pix.clamp_min(1e-300)
-        hist["cp_entropy"][:, j] = rcp / ent.clamp_min(1e-300)
+        hist["cp_l1"][:, j] = cp_ratio(rcp, l1)
+        hist["cp_pixel"][:, j] = cp_ratio(rcp, pix)
+        hist["cp_entropy"][:, j] = cp_ratio(rcp, ent)
         chunk = self.chunk_size(state.images.shape[1:], state.images.device)
         for k, v in clean_cp(self.model, state.images, x_e, target, logp_clean, l1, ent,
                              chunk).items():
