@@ -299,3 +299,21 @@ def test_startgrad_tables_keep_lambda_settings_apart():
     twice = per_image[per_image["init"] == "ones"].assign(method="another_run")
     with pytest.raises(DataError, match="share the init 'ones'"):
         speedup_frame(pd.concat([per_image, twice]), n_boot=5)
+
+
+def test_speedup_with_an_undefined_reference_value():
+    """A reference whose statistic is NaN at t_ref (every image's CP undefined there) has
+    nothing to reach: NaN t* and speed-up, left out of the summaries, counted."""
+    n, t = 5, 8
+    ones = np.tile(np.arange(t, dtype=float), (n, 1))
+    ones[:, -1] = np.nan
+    sg = ones.copy()
+    sg[:, :-1] += 3.0
+    out = speedup({"ones": ones, "startgrad": sg}, n_boot=0)
+    assert np.isnan(out["speedup"]).all() and np.isnan(out["speedup_mean"])
+    assert out["undefined_fraction"] == 1.0
+    # two of five images undefined at the end: the IQM skips them, the speed-up is defined
+    part = ones.copy()
+    part[2:, -1] = 7.0
+    out = speedup({"ones": part, "startgrad": part + 3.0}, n_boot=20)
+    assert out["undefined_fraction"] < 0.5 and np.isfinite(out["speedup_mean"])

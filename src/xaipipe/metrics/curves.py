@@ -243,7 +243,10 @@ def speedup(curves: dict, *, reference: str = "ones", candidate: str = "startgra
     Returns per-replicate arrays ``t_ref``, ``v_ref``, ``t_star``, ``speedup``, ``verified``
     (n_boot,) and the summary ``speedup_mean``, ``speedup_std``, ``t_star_mean``,
     ``t_star_std`` (population std, as the reference), ``verified_fraction``, ``n_boot``,
-    ``n_images``, ``steps``.
+    ``n_images``, ``steps``. A replicate whose v_ref is NaN (the reference's statistic
+    undefined at t_ref: every resampled image's CP NaN there, a mask gone to zero) has NaN
+    t* and speed-up; the summaries are over the other replicates (NaN if none), and
+    ``undefined_fraction`` says how many were left out.
 
     ``every``: the optimisation steps between two recorded entries (``history_every``). Entry
     j is step j·every, and ``t_ref``, ``t_star``, ``steps`` and the speed-up are in
@@ -268,24 +271,37 @@ def speedup(curves: dict, *, reference: str = "ones", candidate: str = "startgra
         ref_curve = step_curve(sample[reference], stat)
         cand_curve = step_curve(sample[candidate], stat)
         j_ref, v_ref = reference_point(ref_curve, reference_step, use_reference_step_max)
-        j_star = first_reaching(cand_curve, v_ref)
-        t_ref, t_star = j_ref * every, j_star * every
+        t_ref = j_ref * every
         cols["t_ref"].append(t_ref)
         cols["v_ref"].append(v_ref)
+        if np.isnan(v_ref):             # the reference's value is undefined (every image's
+            cols["t_star"].append(np.nan)       # CP NaN there): nothing to reach
+            cols["speedup"].append(np.nan)
+            cols["verified"].append(False)
+            continue
+        j_star = first_reaching(cand_curve, v_ref)
+        t_star = j_star * every
         cols["t_star"].append(t_star)
         cols["speedup"].append(speedup_ratio(t_ref, t_star, compat))
         cols["verified"].append(bool((cand_curve[j_star:] > v_ref).all()))
     out = {"t_ref": np.asarray(cols["t_ref"], np.int64),
            "v_ref": np.asarray(cols["v_ref"], np.float64),
-           "t_star": np.asarray(cols["t_star"], np.int64),
+           "t_star": np.asarray(cols["t_star"], np.float64),
            "speedup": np.asarray(cols["speedup"], np.float64),
            "verified": np.asarray(cols["verified"], bool)}
+    undefined = np.isnan(out["v_ref"])
+    defined = ~undefined
+
+    def over_defined(f, v):
+        return float(f(v[defined])) if defined.any() else float("nan")
+
     with np.errstate(invalid="ignore"):
-        out.update(speedup_mean=float(np.mean(out["speedup"])),
-                   speedup_std=float(np.std(out["speedup"])),
-                   t_star_mean=float(np.mean(out["t_star"])),
-                   t_star_std=float(np.std(out["t_star"])),
-                   verified_fraction=float(np.mean(out["verified"])),
+        out.update(speedup_mean=over_defined(np.mean, out["speedup"]),
+                   speedup_std=over_defined(np.std, out["speedup"]),
+                   t_star_mean=over_defined(np.mean, out["t_star"]),
+                   t_star_std=over_defined(np.std, out["t_star"]),
+                   verified_fraction=over_defined(np.mean, out["verified"]),
+                   undefined_fraction=float(np.mean(undefined)),
                    n_boot=int(n_boot), n_images=int(n_img), steps=int(steps) * every,
                    every=every,
                    reference=reference, candidate=candidate, stat=stat, compat=bool(compat))

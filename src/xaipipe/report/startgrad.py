@@ -6,7 +6,9 @@ metric, paired by image id across the inits of one host method (the images every
 the reference curve's value at its last step (v_ref, the per-step IQM), the first step t* at
 which StartGrad's IQM curve reaches it, and the speed-up (t_ref + 1)/(t* + 1) (clean form),
 each as mean ± std over 250 paired bootstrap replicates (:func:`xaipipe.metrics.curves.speedup`),
-with the fraction of replicates where StartGrad stays above v_ref from t* on (``verified``).
+with the fraction of replicates where StartGrad stays above v_ref from t* on (``verified``)
+and the fraction whose v_ref is undefined (``undefined``: the reference's CP NaN at its last
+step in every resampled image, a mask gone to zero; left out of the other columns).
 Steps are optimisation steps (recorded index × ``history_every``), and so is the speed-up.
 
 ``startgrad_iqm``: one row per (model, variant, method, quantity, init) and per paired
@@ -90,12 +92,14 @@ def speedup_frame(per_image: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame
                 rows.append({"model": model, "variant": variant, "method": host,
                              "quantity": q, "reference": ref, "n_images": s["n_images"],
                              "steps": s["steps"],
-                             "v_ref": float(np.mean(s["v_ref"])),
+                             "v_ref": float(np.nanmean(s["v_ref"]))
+                             if np.isfinite(s["v_ref"]).any() else float("nan"),
                              "t_ref": int(np.max(s["t_ref"])),
                              "t_star_mean": s["t_star_mean"],
                              "t_star_std": s["t_star_std"],
                              "speedup_mean": s["speedup_mean"], "speedup_std": s["speedup_std"],
-                             "verified": s["verified_fraction"], "n_boot": n_boot})
+                             "verified": s["verified_fraction"],
+                             "undefined": s["undefined_fraction"], "n_boot": n_boot})
     return pd.DataFrame(rows)
 
 
