@@ -326,7 +326,7 @@ def convergence_figure(curves: dict, paths, *, suptitle: str | None = None) -> N
                 lo, med, hi = np.nanpercentile(a, [25, 50, 75], axis=0)
                 ax.plot(x, med, color=colors.get(init), label=init, lw=1.2)
                 ax.fill_between(x, lo, hi, color=colors.get(init), alpha=0.2, lw=0)
-            ax.set_title(f"{model} / {host}: {label}", fontsize=8)
+            ax.set_title(f"{host}\n{model}: {label}", fontsize=7.5)
             ax.set_xlabel("step", fontsize=7)
             ax.tick_params(labelsize=7)
             if q.startswith("cp_"):
@@ -335,9 +335,9 @@ def convergence_figure(curves: dict, paths, *, suptitle: str | None = None) -> N
     fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8,
                bbox_to_anchor=(0.5, -0.03), title="init (median, IQR band over images)",
                title_fontsize=8)
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
+    if suptitle:                # above the panels (the saved figure's box is tight)
+        fig.suptitle(suptitle, fontsize=10, y=1.0 + 0.25 / fig.get_figheight())
     _save(fig, paths)
 
 
