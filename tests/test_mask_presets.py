@@ -19,6 +19,17 @@ def fast(methods, **kw):
             for m in methods]
 
 
+def run_tiny(wd, preset, experiment, runs, max_images, *, also=(), extra=(), **settings):
+    """``snakemake <experiment>`` of ``preset`` on the tiny model: the experiment's methods
+    are ``runs`` (with CI-sized ``settings``) plus ``also`` (as they are); the output folder."""
+    override = [f"experiments={{{experiment}: {{models: [tiny64_resnet18], "
+                f"max_images: {max_images}, methods: [{', '.join([*runs, *also])}]}}}}",
+                *extra, *fast(runs, **settings)]
+    snakemake("--configfile", str(preset), str(TINY64), "--cores", "2", experiment,
+              "--config", *override, cwd=wd)
+    return wd / "results/papers" / experiment
+
+
 @pytest.fixture(scope="module")
 def wd(tmp_path_factory):
     return workdir(tmp_path_factory.mktemp("masks"))
@@ -77,12 +88,8 @@ def test_startgrad_preset_on_a_tiny_model(wd):
     # preset's test), and one of the two faithfulness baselines
     runs = ["sg_pixel_ones", "sg_pixel_uniform", "sg_pixel_startgrad", "sg_shearletx_ones",
             "sg_shearletx_uniform", "sg_shearletx_startgrad"]
-    override = ["experiments={startgrad: {models: [tiny64_resnet18], max_images: 3, "
-                f"methods: [{', '.join(runs)}, sg_gradcam]}}}}",
-                *fast(runs, steps=6, samples=2, faithfulness_at=[0, 5, 6])]
-    snakemake("--configfile", str(STARTGRAD), str(TINY64), "--cores", "2", "startgrad",
-              "--config", *override, cwd=wd)
-    out = wd / "results/papers/startgrad"
+    out = run_tiny(wd, STARTGRAD, "startgrad", runs, 3, also=["sg_gradcam"], steps=6,
+                   samples=2, faithfulness_at=[0, 5, 6])
     assert (out / "figures/convergence_curves.png").read_bytes()[:4] == b"\x89PNG"
     sp = pd.read_csv(out / "tables/startgrad_speedup.csv")
     assert set(sp["method"]) == {"shearletx", "pixel_mask"}
@@ -113,12 +120,8 @@ def test_startgrad_lambda_grid_on_a_tiny_model(wd):
     # CI: two of the pixel mask's four λ_1 from two inits
     runs = ["sgl_pixel_1_ones", "sgl_pixel_1_startgrad", "sgl_pixel_10_ones",
             "sgl_pixel_10_startgrad"]
-    override = ["experiments={startgrad_lambda: {models: [tiny64_resnet18], max_images: 2, "
-                f"methods: [{', '.join(runs)}]}}}}", "run=[startgrad_lambda]",
-                *fast(runs, steps=4, samples=2, faithfulness_at=[])]
-    snakemake("--configfile", str(STARTGRAD), str(TINY64), "--cores", "2", "startgrad_lambda",
-              "--config", *override, cwd=wd)
-    out = wd / "results/papers/startgrad_lambda"
+    out = run_tiny(wd, STARTGRAD, "startgrad_lambda", runs, 2, extra=["run=[startgrad_lambda]"],
+                   steps=4, samples=2, faithfulness_at=[])
     assert (out / "figures/convergence_curves.png").read_bytes()[:4] == b"\x89PNG"
     sp = pd.read_csv(out / "tables/startgrad_speedup.csv")
     assert set(sp["method"]) == {"pixel_mask (lambda_1=1.0)", "pixel_mask (lambda_1=10.0)"}
