@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ..errors import ConfigError
-from ..params import Param, cli_scalar
+from ..params import Param, check_params, cli_scalar
 from ..utils import derive_seed
 from .base import Attribution, Method
 from .objectives import objective
@@ -124,16 +124,12 @@ _INIT_VARIANT = ("startgrad_ablation", "startgrad_transform", "startgrad_score",
                  "rescaling_gradient")
 
 
-def _filled(params: dict, declared: dict) -> dict:
-    return {k: params.get(k, p.default) for k, p in declared.items()}
-
-
 def run_setting(params: dict, declared: dict) -> str:
     """The run's setting: its parameters (defaults filled in from ``declared``, the method's
     ``params``) other than :data:`INIT_AND_OUTPUT`, as canonical JSON. Runs from the three
     inits of one λ pair share it; another λ pair, lr or noise is another setting."""
     import json
-    full = _filled(params, declared)
+    full = check_params(declared, params, "run_setting")
     return json.dumps({k: v for k, v in sorted(full.items()) if k not in INIT_AND_OUTPUT},
                       sort_keys=True, default=str)
 
@@ -143,7 +139,7 @@ def init_label(params: dict, declared: dict) -> str:
     naming its non-default options (``startgrad[ablation=adversarial]``,
     ``startgrad[transform=log, score=logit]``; the noisy ablation's σ² and the smoothgrad
     ablation's copies are named with it), so that ablations are inits of their own."""
-    full = _filled(params, declared)
+    full = check_params(declared, params, "init_label")
     init = full.get("init", "ones")
     if init != "startgrad":
         return init
@@ -160,15 +156,21 @@ def init_label(params: dict, declared: dict) -> str:
     return f"startgrad[{', '.join(parts)}]" if parts else "startgrad"
 
 
+def target_log_prob(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(N,) float64 log p_c of the classes ``target`` on the CPU, from float64 log-softmax of
+    the ``logits``."""
+    return torch.log_softmax(logits.double(), 1).gather(
+        1, target.view(-1, 1).to(logits.device)).squeeze(1).cpu()
+
+
 @torch.no_grad()
 def log_prob(model, x, target, chunk: int | None = None) -> torch.Tensor:
-    """(N,) float64 log p_c(x) of the classes ``target`` on the CPU, from float64
-    log-softmax of the logits, in chunks of ``chunk`` images."""
+    """(N,) float64 log p_c(x) of the classes ``target`` on the CPU
+    (:func:`target_log_prob`), in chunks of ``chunk`` images."""
     n = x.shape[0]
     chunk = max(1, int(chunk or n))
-    logp = torch.cat([torch.log_softmax(model(x[a:a + chunk]).double(), 1)
+    return torch.cat([target_log_prob(model(x[a:a + chunk]), target[a:a + chunk])
                       for a in range(0, n, chunk)])
-    return logp.gather(1, target.view(-1, 1).to(logp.device)).squeeze(1).cpu()
 
 
 @torch.no_grad()
@@ -394,8 +396,7 @@ class MaskMethod(Method):
         for s in range(0, x.shape[0], chunk):
             logits, t = self.model(x[s:s + chunk]), target[s:s + chunk]
             probs.append(objective(logits.float(), t, "prob"))
-            logps.append(torch.log_softmax(logits.double(), 1).gather(
-                1, t.view(-1, 1).to(logits.device)).squeeze(1).cpu())
+            logps.append(target_log_prob(logits, t))
         return torch.cat(probs), torch.cat(logps)
 
     def _point_chunk(self, images: torch.Tensor) -> int:
@@ -688,9 +689,11 @@ class MaskMethod(Method):
         sk = self.compat_qtf(part, n) if kind == "qtf" else None
         if sk is None:
             return block_transform(a, block_dims, kind)
-        per_image = math.prod(a.shape[1:a.ndim - block_dims])
-        seeds = [derive_seed(*self.seed_parts(i, "startgrad_qtf", part, b))
-                 for i in ids for b in range(per_image)]
+        seeds = None
+        if sk[1] is not None and sk[1] < n:          # subsampled: one seed per block
+            per_image = math.prod(a.shape[1:a.ndim - block_dims])
+            seeds = [derive_seed(*self.seed_parts(i, "startgrad_qtf", part, b))
+                     for i in ids for b in range(per_image)]
         return sampled_quantile_transform(a, block_dims, sk[0], sk[1], seeds)
 
     def gradient_scale(self, state: State) -> torch.Tensor | None:

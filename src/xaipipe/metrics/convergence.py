@@ -51,9 +51,7 @@ class Convergence(Metric):
                "final_retained_l1")
     excludes = {"final_cp_l1": "undefined_final_cp_l1",
                 "final_cp_pixel": "undefined_final_cp_pixel",
-                **{k: "undefined_cp" for k in ("cp_l1", "cp_pixel", "cp_entropy",
-                                               "clean_cp_l1", "clean_cp_l1_pixel",
-                                               "clean_cp_entropy")}}
+                **{k: "undefined_cp" for k in CP_INFORMATION}}
 
     def applies_to_method(self, method: str, params: dict) -> bool:
         """Only mask methods run with ``history_every`` > 0 have histories: an experiment that

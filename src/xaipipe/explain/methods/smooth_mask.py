@@ -102,7 +102,7 @@ from ...params import Param
 from ...utils import generator
 from ..base import Attribution, Method, estimate_point_bytes, default_memory_mb, \
     register_method
-from ..masks import CLEAN_HISTORY, clean_cp, entropy   # H: float64, `metrics.md` §8
+from ..masks import CLEAN_HISTORY, clean_cp, entropy, target_log_prob   # H: float64 (§8)
 from ..startgrad import SCORES, quantile_transform, ranking_score
 
 #: order of the last axis of ``extras["loss_terms"]`` (N, T, K); loss = −reward + area_penalty
@@ -394,8 +394,7 @@ class SmoothMask(Method):
             with torch.no_grad():                   # one pass: p_c(x̃), and log p_c (float64)
                 logits = self.model(images)
                 p_clean = torch.softmax(logits, 1).gather(1, target.view(-1, 1)).squeeze(1)
-                logp_clean = torch.log_softmax(logits.double(), 1).gather(
-                    1, target.view(-1, 1)).squeeze(1).cpu()
+                logp_clean = target_log_prob(logits, target)
 
         with torch.no_grad():
             mask, full = gen(pmask)             # rendered mask when steps == 0
