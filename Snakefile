@@ -11,7 +11,7 @@ from xaipipe import repro
 from xaipipe.config import setup_workflow
 from xaipipe.config.jobs import signature
 from xaipipe.parallel import allocator_environment
-from xaipipe.slurm import cap_status_interval, run_jobs_in_allocation
+from xaipipe.slurm import cap_status_interval, run_jobs_in_allocation, group_of, resources_of
 
 min_version("9.0")
 

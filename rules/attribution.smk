@@ -24,7 +24,10 @@ rule explain:
 
 
 # A step sweep whose method evaluates one path for all counts (IG, Blur IG on nested grids):
-# one job per (dataset, model, variant) writes one store per count, `{run}@{steps}`.
+# one job per (dataset, model, variant) writes one store per count, `{run}@{steps}`. A
+# profile cannot name these rules: they take `explain`'s --set-resources and --groups.
+_explain_resources = resources_of(workflow, "explain")
+
 for _run in plan.sweeps:
 
     rule:
@@ -42,7 +45,9 @@ for _run in plan.sweeps:
         log:
             P.log(f"saliency/{{dataset}}/{{model}}/{_run}/{{variant}}"),
         resources:
-            gpu=config["explain"]["gpu"],
+            **{"gpu": config["explain"]["gpu"], **_explain_resources},
+        group:
+            group_of(workflow, "explain")
         params:
             job=lambda w, run=_run: plan.explain_job(w.dataset, w.model, run, w.variant),
             signature=lambda w, run=_run: signature(

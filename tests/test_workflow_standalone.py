@@ -2,6 +2,7 @@
 dry runs of every preset, lint, the ImageNet preset on stand-ins, kill and `make resume`.
 The tests that read the one tiny run of the session are in test_workflow.py."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -98,6 +99,38 @@ def test_lint_is_clean():
     out = (res.stdout + res.stderr).strip()
     assert res.returncode == 0, out
     assert "Lints for" not in out, out
+
+
+def test_sweep_jobs_take_the_explain_rules_cluster_settings(tmp_path):
+    """The step-sweep rules (`explain_sweep_<run>`, named from the config) get what the SLURM
+    profile gives `explain` — its memory, runtime and group — and their own --set-resources
+    entry still wins. A dry run with the profile's explain settings on the command line (no
+    cluster needed: groups are resolved in dry runs)."""
+    from test_slurm import dry_run_jobs
+
+    prof = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    res = prof["set-resources"]["explain"]
+    assert res["mem_mb"] != prof["default-resources"]["mem_mb"]     # else this proves nothing
+    d = workdir(tmp_path)
+    out = snakemake(
+        "--configfile", str(ROOT / "presets/idgi_tmlr.yaml"), str(TINY), "-n", "idgi_tmlr",
+        "--config", "experiments={idgi_tmlr: {models: [tiny_resnet18], max_images: 3}}",
+        "--default-resources", *(f"{k}={v}" for k, v in prof["default-resources"].items()),
+        "--set-resources", *(f"explain:{k}={v}" for k, v in res.items()),
+        "explain_sweep_tmlr_ig:runtime=7",
+        "--groups", f"explain={prof['groups']['explain']}", cwd=d).stdout
+    sweeps = [(rule, text) for rule, text in dry_run_jobs(out) if rule.startswith("explain_sweep_")]
+    assert {r for r, _ in sweeps} >= {"explain_sweep_tmlr_ig", "explain_sweep_tmlr_blur_ig"}
+    for rule, text in sweeps:
+        assert f"mem_mb={res['mem_mb']}," in text, (rule, text)
+        runtime = 7 if rule == "explain_sweep_tmlr_ig" else res["runtime"]
+        assert f"runtime={runtime}," in text, (rule, text)
+    # every sweep job runs inside a group job of the explain group
+    groups = re.split(r"^.*Group job (\w+)", out, flags=re.M)
+    grouped = {r for name, body in zip(groups[1::2], groups[2::2])
+               if name == prof["groups"]["explain"]
+               for r in re.findall(r"^\s{4}rule (\w+):", body, flags=re.M)}
+    assert {r for r, _ in sweeps} <= grouped, grouped
 
 
 def imagenet_stand_in(root, per_class: int = 1):

@@ -81,3 +81,23 @@ def run_jobs_in_allocation(runner: str = "local") -> bool:
     additional_general_args.base = base
     Executor.additional_general_args = additional_general_args
     return True
+
+
+
+def resources_of(workflow, rule: str) -> dict:
+    """The command line's (or profile's) ``--set-resources`` entries of ``rule``. Rules whose
+    names come from the config (the step-sweep rules ``explain_sweep_<run>``) cannot be named
+    in a profile written beforehand, so they take the resources of the rule they stand in for
+    (``explain``; with :func:`group_of`, its grouping too). Resources given for such a rule
+    itself (``--set-resources explain_sweep_igs:mem_mb=…``) still win: Snakemake applies them
+    after the rule's own directive."""
+    settings = workflow.resource_settings.overwrite_resources.get(rule, {})
+    items = settings.items() if hasattr(settings, "items") else ()
+    return {name: getattr(value, "raw", value) for name, value in items}
+
+
+def group_of(workflow, rule: str):
+    """A ``group:`` function giving a job ``rule``'s ``--groups`` entry (None: no group). It
+    is read when the DAG is built, after Snakemake has taken the profile's groups (they are
+    not known yet while the Snakefile is parsed); a local run never asks."""
+    return lambda wildcards: workflow.group_settings.overwrite_groups.get(rule)
