@@ -143,6 +143,29 @@ def test_hs_of_the_image_itself_is_zero():
         assert (cols["n_hallucinated"] == 0).all()
 
 
+def test_hs_of_a_darker_image_itself_is_zero_by_default():
+    """§9's HS(x̃, x̃) = 0 for an image whose max is below 1 (the demo's are): the clean default
+    scales x_E to the image's max. Dividing x_E by its own max (`normalize="max"`, §9's
+    wording and the reference's) brightens it past x̃, and CoShREM's absolute min_contrast
+    then finds edges x̃ does not have; for an image of max 1 the two agree exactly."""
+    bright = rgb_scene(3)
+    for top in (0.8, 0.5):
+        x = bright * top
+        assert torch.allclose(x.flatten(1).amax(1), torch.tensor(top))
+        for size in (SMALL, None):
+            np.testing.assert_array_equal(hallucination_score(x, x.clone(), size=size), 0.0)
+            np.testing.assert_array_equal(
+                hallucination_score(x, x.clone(), size=size, normalize="image"), 0.0)
+        # an explanation that only dims the image is brought back to it
+        np.testing.assert_array_equal(hallucination_score(x, 0.3 * x, size=SMALL), 0.0)
+        assert (hallucination_score(x, x.clone(), size=SMALL, normalize="max") > 0).any()
+    for normalize in ("max", "image", True):
+        np.testing.assert_array_equal(
+            hallucination_score(bright, 0.6 * bright, size=SMALL, normalize=normalize), 0.0)
+    with pytest.raises(ValueError, match="normalize"):
+        HallucinationScore(normalize="unit")
+
+
 def test_hs_of_an_empty_explanation_is_zero():
     x = rgb_scene(2)
     np.testing.assert_array_equal(hallucination_score(x, torch.zeros_like(x), size=SMALL), 0.0)
@@ -219,15 +242,20 @@ def test_hs_hand_computed(monkeypatch):
     x[:, 0] = 0.2
     x[:, 2] = 0.8                                            # channel mean 0.5
     xe = torch.full((2, 3, h, w), 0.1)
-    xe[:, :, 0, 0] = 0.4                                     # max 0.4 -> divided by 0.4
+    xe[:, :, 0, 0] = 0.4                                     # max 0.4, the image's 0.8
     hs = hallucination_score(x, xe, size=None, threshold=0.25, min_contrast=5.0)
     assert hs[0] == 3 / 2 and np.isnan(hs[1])
     gray, threshold, mc = seen[-1]
     assert (threshold, mc) == (0.25, 5.0) and gray.dtype == torch.float64
     torch.testing.assert_close(gray[:2], torch.full((2, h, w), 127.5, dtype=torch.float64))
+    expect = torch.full((2, h, w), 0.2 * 255, dtype=torch.float64)   # × 0.8 / 0.4
+    expect[:, 0, 0] = 0.8 * 255
+    torch.testing.assert_close(gray[2:], expect)
+    # normalize="max" (§9's wording): divided by its own max 0.4
+    hallucination_score(x, xe, size=None, normalize="max")
     expect = torch.full((2, h, w), 0.25 * 255, dtype=torch.float64)
     expect[:, 0, 0] = 255.0
-    torch.testing.assert_close(gray[2:], expect)
+    torch.testing.assert_close(seen[-1][0][2:], expect)
     # compat: int8(255 · ((R+G+B)/3) / 3), truncated
     hallucination_score(x, xe, size=None, compat=True)
     gray = seen[-1][0]

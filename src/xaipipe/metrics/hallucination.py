@@ -25,16 +25,23 @@ to ``size`` × ``size`` (bilinear, antialiased, ``align_corners=False``; the ref
 comparable across models) unless already that size; ``size=None`` keeps the native size (then
 images and explanations must have the same H×W).
 
-- **clean** (default): x_E is divided by its per-image max (``normalize=True``; an x_E without a
-  positive value, e.g. all zeros, is left as it is) at its native size, before both are
-  resized the same way (so x_E = x̃ with max 1 gives exactly HS = 0 at any ``size``); the
-  detector sees gray = mean over RGB × 255 as float64 in [0, 255].
+- **clean** (default): x_E is scaled so that its max equals its image's max
+  (``normalize=True``, i.e. ``"image"``; an x_E without a positive value, e.g. all zeros, is
+  left as it is) at its native size, before both are resized the same way; the detector sees
+  gray = mean over RGB × 255 as float64 in [0, 255]. §9 says "divided by its max"
+  (``normalize="max"``, the reference's); the two agree for an image whose max is 1, as
+  nearly every [0, 1] ImageNet image's is, but CoShREM's ``min_contrast`` is an absolute
+  intensity, so for a darker image (the synthetic demo's maxima are 0.8-1) dividing by the
+  max brightens x_E past x̃ and finds edges x̃ does not have: HS(x̃, x̃) was 0.04-0.06 for an
+  image of max 0.8 and 0.47 at max 0.5. Scaling to the image's max keeps §9's first property,
+  HS(x̃, x̃) = 0, for every image (a decision: README, "Decisions").
 - **compat** (``compat=True`` or ``"shearletx"``): the reference pipeline's input, in float32
   as there: (R+G+B)/3 divided by 3 again, × 255, cast to int8 by truncation, so the detector sees
   integers in [0, 85] (``min_contrast`` = 3 is absolute, so the edge maps differ from the clean
-  ones). The reference divides ShearletX, WaveletX and pixel-mask explanations by their max
-  but scores the smooth mask's mask·x̃ unscaled: that depends on the method, which the metric
-  does not know, so a caller reproducing the smooth-mask numbers passes ``normalize=False``.
+  ones), and ``normalize=True`` divides x_E by its max as the reference does. The reference
+  divides ShearletX, WaveletX and pixel-mask explanations by their max but scores the smooth
+  mask's mask·x̃ unscaled: that depends on the method, which the metric does not know, so a
+  caller reproducing the smooth-mask numbers passes ``normalize=False``.
 """
 from __future__ import annotations
 
@@ -84,10 +91,32 @@ def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
                          antialias=True)
 
 
-def _max_normalised(x: torch.Tensor) -> torch.Tensor:
-    """Each image divided by its max where that max is positive."""
+NORMALIZE = ("image", "max")
+
+
+def _max_normalised(x: torch.Tensor, to: torch.Tensor | None = None) -> torch.Tensor:
+    """Each image scaled so that its max is ``to`` ((N, 1, 1, 1); None: 1) where that max is
+    positive; an image without a positive value is left as it is."""
     top = x.flatten(1).amax(1).view(-1, 1, 1, 1)
-    return torch.where(top > 0, x / torch.where(top > 0, top, torch.ones_like(top)), x)
+    scale = torch.where(top > 0, top, torch.ones_like(top))
+    scaled = x / scale if to is None else x * (to / scale)
+    return torch.where(top > 0, scaled, x)
+
+
+def normalise_explanations(images: torch.Tensor, explanations: torch.Tensor, normalize,
+                           compat) -> torch.Tensor:
+    """x_E as the edge detector should see it: ``normalize`` True (``"image"`` clean,
+    ``"max"`` under compat), ``"image"`` (max equal to the image's), ``"max"`` (max 1) or
+    False (unchanged)."""
+    if normalize is True:
+        normalize = "max" if compat else "image"
+    if not normalize:
+        return explanations
+    if normalize not in NORMALIZE:
+        raise ValueError(f"hallucination score: normalize={normalize!r}; allowed: True, False, "
+                         f"{', '.join(map(repr, NORMALIZE))}")
+    to = images.float().flatten(1).amax(1).view(-1, 1, 1, 1) if normalize == "image" else None
+    return _max_normalised(explanations.float(), to)
 
 
 def detector_input(x: torch.Tensor, compat: bool) -> torch.Tensor:
@@ -116,8 +145,7 @@ def _hallucination(images, explanations, *, compat, threshold: float, size: int 
     if x.shape[0] != xe.shape[0]:
         raise ValueError(f"hallucination score: {x.shape[0]} images but {xe.shape[0]} "
                          "explanations")
-    if normalize:
-        xe = _max_normalised(xe.float())
+    xe = normalise_explanations(x, xe, normalize, compat)
     x, xe = _resize(x, size), _resize(xe, size)
     if x.shape[-2:] != xe.shape[-2:]:
         raise ValueError(f"hallucination score: images {tuple(x.shape[-2:])} and explanations "
@@ -137,7 +165,7 @@ def _hallucination(images, explanations, *, compat, threshold: float, size: int 
 
 
 def hallucination_score(images, explanations, *, compat=False, threshold: float = THRESHOLD,
-                        size: int | None = SIZE, normalize: bool = True,
+                        size: int | None = SIZE, normalize: bool | str = True,
                         min_contrast: float = MIN_CONTRAST,
                         on_nonfinite: str = "raise") -> np.ndarray:
     """Per-image Hallucination Score (`metrics.md` §9) of the explanation images
@@ -170,8 +198,10 @@ class HallucinationScore(Metric):
         "size": Param(SIZE, (int, type(None)), min=8,
                       doc="side both images are resized to (bilinear, antialiased) before "
                           "edge detection; null: native size"),
-        "normalize": Param(True, bool, doc="divide each x_E by its max (§9; compat: false "
-                                           "for the smooth mask)"),
+        "normalize": Param(True, (bool, str), NORMALIZE,
+                           doc="scale each x_E: true = 'image' (its max becomes the image's "
+                               "max; under compat 'max'), 'max' (divided by its max, §9), "
+                               "false (as it is; compat: the smooth mask)"),
         "min_contrast": Param(MIN_CONTRAST, float, min=0.0,
                               doc="CoShREM's absolute contrast cut-off (intensities 0-255)"),
         "on_nonfinite": NONFINITE_PARAM,
