@@ -10,6 +10,7 @@ from xaipipe.explain import explain, run_method
 from xaipipe.explain.masks import entropy
 from xaipipe.explain.startgrad import quantile_transform
 from xaipipe.models import load_model
+from xaipipe.transforms import WaveletTransform
 
 IDS = torch.tensor([11, 12, 13])
 
@@ -161,16 +162,22 @@ def test_startgrad_pixel_mask(cnn, x32):
     torch.testing.assert_close(m["prob"], want)
 
 
-def test_gradient_of_the_loss_is_nonzero_at_init(cnn, x32):
-    from xaipipe.explain.methods.pixel_mask import PixelMask
-    meth = PixelMask(cnn, samples=2)
-    state = meth.prepare(x32)
-    t = torch.tensor([0, 1, 2])
-    masks = [torch.ones(3, 1, 32, 32, requires_grad=True)]
+@pytest.mark.parametrize("name", ["pixel_mask", "shearletx", "waveletx"])
+def test_gradient_of_the_loss_is_nonzero_at_init(name, cnn, x32, x64):
+    """§4: ∂L/∂m ≠ 0 at the all-ones init, in every part of the mask (each band, each
+    wavelet level), so the optimisation leaves the init."""
+    from xaipipe.explain.base import get_method
+    x = x32 if name == "pixel_mask" else x64          # pyShearLab needs 64 px for 2 scales
+    n = x.shape[0]
+    meth = get_method(name)(cnn, samples=2)
+    state = meth.prepare(x)
+    t = torch.arange(n)
+    masks = [torch.ones(n, *shape[1:], requires_grad=True) for shape in meth.mask_shapes(state)]
     with torch.no_grad():
-        y_ref = torch.ones(3)
-    meth._distortion_pass(state, masks, t, y_ref, IDS, 0)
-    assert masks[0].grad is not None and masks[0].grad.abs().sum() > 0
+        y_ref = torch.ones(n)
+    meth._distortion_pass(state, masks, t, y_ref, IDS[:n], 0)
+    for m in masks:
+        assert m.grad is not None and (m.grad.flatten(2).abs().sum(2) > 0).all(), name
 
 
 def test_optimisation_raises_retained_probability_from_a_uniform_init(cnn, x32):
@@ -342,6 +349,16 @@ def test_startgrad_on_transform_masks(cnn, x64):
             # every band is its own block: mean exactly 0.5 per (image, band)
             torch.testing.assert_close(m["prob"].mean((-2, -1)).double(),
                                        torch.full(shape[:2], 0.5, dtype=torch.float64))
+        else:
+            # WaveletX: yl and each level's 3 orientations are blocks (1 + 3·J = 16), each
+            # uniform on its own: mean exactly 0.5 per (image, block)
+            yl, yh = WaveletTransform().decompose(x64[:1, :1])
+            parts = m["prob"].split([yl.numel(), *(h.numel() for h in yh)], 1)
+            blocks = [parts[0].view(2, -1)] + [p.view(2, 3, -1)[:, o] for p in parts[1:]
+                                               for o in range(3)]
+            assert len(blocks) == 16
+            torch.testing.assert_close(torch.stack([b.double().mean(1) for b in blocks], 1),
+                                       torch.full((2, 16), 0.5, dtype=torch.float64))
         assert m["prob"].min() >= 0 and m["prob"].max() <= 1
 
 
