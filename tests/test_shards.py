@@ -155,3 +155,138 @@ def test_score_shards_resume_after_a_crash(data, tmp_path, monkeypatch, caplog):
     assert "reused 1 of 2 finished score shards" in caplog.text
     pd.testing.assert_frame_equal(resumed, whole)
     assert not leftovers(tmp_path)
+
+
+# -- resume when the layout changed; stale shards; write errors naming the output ----------
+
+def gjob(**kw):
+    """GradCAM (stores its native h x w map unless ``native_resolution=False``)."""
+    return ejob(method="gradcam", params={}, provenance={"method": "gradcam"}, **kw)
+
+
+def killed_after(monkeypatch, n):
+    """Make the explain runner's writer raise KeyboardInterrupt (a kill) at its n+1-th write;
+    returns the undo."""
+    import xaipipe.explain.runner as runner
+    real, calls = runner.SaliencyWriter.write, []
+
+    def write(self, *a, **k):
+        calls.append(1)
+        if len(calls) > n:
+            raise KeyboardInterrupt("killed")
+        return real(self, *a, **k)
+    monkeypatch.setattr(runner.SaliencyWriter, "write", write)
+    return lambda: monkeypatch.setattr(runner.SaliencyWriter, "write", real)
+
+
+@pytest.mark.parametrize("first, then, reused", [
+    # the layout changes: the finished shard is recomputed, the store reads back
+    (gjob(shard_size=2), gjob(shard_size=2, native_resolution=False), 0),
+    (gjob(shard_size=2, native_resolution=False), gjob(shard_size=2), 0),
+    (gjob(shard_size=2), gjob(shard_size=2, dtype="float16", keepbits=8), 0),
+    # how the job runs changes, not what it writes: the finished shard is kept
+    (gjob(shard_size=2), gjob(shard_size=2, batch_size=4, memory_mb=64.0), 1),
+], ids=["native-to-upsampled", "upsampled-to-native", "float16", "batch-size"])
+def test_resume_reuses_a_finished_shard_only_with_the_same_layout(data, tmp_path, monkeypatch,
+                                                                   caplog, first, then, reused):
+    out = tmp_path / "g.zarr"
+    undo = killed_after(monkeypatch, 1)                        # one shard finished, then killed
+    with pytest.raises(KeyboardInterrupt):
+        explain(data, out, first)
+    undo()
+    assert len(list(shards.stage_path(out).glob("shard-*.zarr"))) == 1 and not out.exists()
+    with caplog.at_level("INFO", logger="xaipipe"):
+        assert explain(data, out, then) == {"shards": 4, "reused": reused}
+    assert ("recomputing finished shard shard-00000.zarr" in caplog.text) == (not reused)
+    if first.dtype == then.dtype:                              # the same job, another layout
+        assert ("written with other" in caplog.text) == (not reused)
+    assert not leftovers(tmp_path)
+    ref = explain(data, tmp_path / "ref.zarr", then)           # an uninterrupted run
+    a, b = open_saliency(out), open_saliency(tmp_path / "ref.zarr")
+    assert a.saliency.shape == b.saliency.shape
+    np.testing.assert_allclose(np.asarray(a.saliency), np.asarray(b.saliency), rtol=1e-6,
+                               atol=1e-7)
+    assert ref["reused"] == 0
+
+
+@pytest.mark.parametrize("shard_size", [3, None])
+def test_a_rerun_with_fewer_shards_leaves_no_stale_shard(data, tmp_path, monkeypatch,
+                                                          shard_size):
+    out = tmp_path / "s.zarr"
+    undo = killed_after(monkeypatch, 5)                        # shards 0-4 of 8 finished
+    with pytest.raises(KeyboardInterrupt):
+        explain(data, out, ejob(shard_size=1))
+    undo()
+    assert len(list(shards.stage_path(out).glob("shard-*.zarr"))) == 5
+    res = explain(data, out, ejob(shard_size=shard_size))
+    assert res == {"shards": 3 if shard_size else 1, "reused": 0}
+    if shard_size:
+        assert sorted(p.name for p in out.iterdir()) == [
+            "shard-00000.zarr", "shard-00001.zarr", "shard-00002.zarr", "shards.json"]
+    assert not leftovers(tmp_path)                             # no staging folder either
+    explain(data, tmp_path / "one.zarr", ejob())
+    np.testing.assert_array_equal(np.asarray(open_saliency(out).saliency),
+                                  np.asarray(open_saliency(tmp_path / "one.zarr").saliency))
+
+
+def test_a_parent_that_is_a_file_is_named_for_a_sharded_store(data, tmp_path):
+    from xaipipe.errors import OutputWriteError
+    (tmp_path / "results").write_text("not a folder")
+    out = tmp_path / "results" / "s.zarr"
+    with pytest.raises(OutputWriteError,
+                       match=f"cannot write {out}: {tmp_path / 'results'} is a file"):
+        explain(data, out, ejob(shard_size=2))
+
+
+@pytest.mark.parametrize("where", ["mkdir", "shard", "manifest", "rename"])
+def test_an_unwritable_staging_folder_names_the_output(data, tmp_path, monkeypatch, where):
+    """The staging folder (its creation, a shard store in it, ``shards.json``, the final
+    rename) cannot be written: the error is the usual write error naming the output."""
+    import errno
+    import pathlib
+    import zarr.storage._local as local
+    from xaipipe.errors import OutputWriteError
+
+    def denied(p):
+        return PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(p))
+    if where == "mkdir":
+        real_mkdir = pathlib.Path.mkdir
+
+        def mkdir(self, *a, **k):
+            if self.name.endswith(".shards"):
+                raise denied(self)
+            return real_mkdir(self, *a, **k)
+        monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    elif where == "shard":
+        real_put = local._put
+
+        def put(path, value, exclusive=False):
+            if ".shards" in str(path):
+                raise denied(path)
+            return real_put(path, value, exclusive)
+        monkeypatch.setattr(local, "_put", put)
+    elif where == "manifest":
+        real_write = pathlib.Path.write_text
+
+        def write_text(self, *a, **k):
+            if self.name == shards.MANIFEST:
+                raise denied(self)
+            return real_write(self, *a, **k)
+        monkeypatch.setattr(pathlib.Path, "write_text", write_text)
+    else:
+        real_rename = pathlib.Path.rename
+
+        def rename(self, target):
+            if self.name.endswith(".shards"):
+                raise denied(self)
+            return real_rename(self, target)
+        monkeypatch.setattr(pathlib.Path, "rename", rename)
+    out = tmp_path / "results" / "s.zarr"
+    with pytest.raises(OutputWriteError, match=f"permission denied writing {out}$") as e:
+        explain(data, out, ejob(shard_size=2))
+    assert e.value.filename == str(out) and e.value.errno == errno.EACCES
+    assert ".shards" not in str(e.value) and not out.exists()
+    monkeypatch.undo()                                         # writable again: resume
+    res = explain(data, out, ejob(shard_size=2))
+    assert res["shards"] == 4 and res["reused"] == (4 if where in ("manifest", "rename") else 0)
+    assert not leftovers(tmp_path)

@@ -13,16 +13,26 @@ concatenation (scores) into place. A job killed mid-way leaves its finished shar
 staging folder; the rerun (``make resume``) finds them, checks that each was made by the same
 job (``shard_key``: a hash of everything the result depends on, and the shard's image ids) and
 recomputes only the missing ones. Snakemake never sees the staging folder, so its cleanup of
-incomplete outputs does not touch it. Leftover temporary names of a killed writer are removed.
+incomplete outputs does not touch it. Leftover temporary names of a killed writer are removed,
+and so are shards beyond the manifest (a previous partial run's with another shard count).
+
+A failure to write the staging folder, a shard in it, its manifest or the final move is an
+:class:`~xaipipe.errors.OutputWriteError` naming the output (:func:`xaipipe.utils.write_error`),
+not the hidden staging folder.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
+
+from .errors import OutputWriteError
+from .utils import write_error
 
 MANIFEST = "shards.json"
 PREFIX = "shard-"
@@ -62,14 +72,50 @@ def stage_path(out) -> Path:
     return out.with_name(f".{out.name}.shards")
 
 
+def output_of(stage) -> Path:
+    """The output whose staging folder is ``stage`` (the inverse of :func:`stage_path`)."""
+    stage = Path(stage)
+    return stage.with_name(stage.name[1:-len(".shards")])
+
+
 def staging(out) -> Path:
     """The staging folder of output ``out`` (created, stale temporary names removed)."""
     stage = stage_path(out)
-    stage.mkdir(parents=True, exist_ok=True)
-    for p in stage.iterdir():
-        if p.name.startswith(".") and ".tmp-" in p.name:      # a killed writer's leftovers
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    try:
+        stage.mkdir(parents=True, exist_ok=True)
+        for p in stage.iterdir():
+            if p.name.startswith(".") and ".tmp-" in p.name:      # a killed writer's leftovers
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    except OSError as e:
+        raise write_error(e, out) from e
     return stage
+
+
+@contextlib.contextmanager
+def output_errors(outs):
+    """Inside the block, an :class:`OSError` on a file in the staging folder of one of
+    ``outs`` (the folder itself, a shard written into it) is re-raised as the
+    :class:`~xaipipe.errors.OutputWriteError` of that output; other errors pass unchanged."""
+    outs = [Path(o) for o in ([outs] if isinstance(outs, (str, os.PathLike)) else outs)]
+    try:
+        yield
+    except OSError as e:
+        out = _owner(e, outs)
+        if out is None or (isinstance(e, OutputWriteError) and e.filename == str(out)):
+            raise
+        raise write_error(e, out) from e
+
+
+def _owner(err: OSError, outs: list[Path]) -> Path | None:
+    for name in (err.filename, err.filename2):
+        if name is None or isinstance(name, int):
+            continue
+        f = Path(os.fsdecode(name)).absolute()
+        for o in outs:
+            stage = stage_path(o).absolute()
+            if f in (stage, o.absolute()) or stage in f.parents:
+                return o
+    return None
 
 
 def shard_name(k: int, ext: str) -> str:
@@ -77,7 +123,18 @@ def shard_name(k: int, ext: str) -> str:
 
 
 def write_manifest(stage: Path, names: list[str], counts: list[int]) -> None:
-    (stage / MANIFEST).write_text(json.dumps({"shards": names, "counts": counts}, indent=1))
+    """Write ``shards.json`` listing ``names`` (with their image ``counts``); shards in
+    ``stage`` that it does not list (left by a partial run with another shard count) are
+    removed, so they neither linger in the output nor get read."""
+    stage = Path(stage)
+    try:
+        for p in stage.iterdir():
+            if p.name.startswith(PREFIX) and p.name not in names:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        (stage / MANIFEST).write_text(json.dumps({"shards": names, "counts": counts},
+                                                 indent=1))
+    except OSError as e:
+        raise write_error(e, output_of(stage)) from e
 
 
 def read_manifest(folder) -> list[Path] | None:
@@ -91,6 +148,17 @@ def read_manifest(folder) -> list[Path] | None:
 def finish(stage: Path, out) -> None:
     """Move the complete staging folder into place as ``out`` (a rename: atomic)."""
     out = Path(out)
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    stage.rename(out)
+    try:
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        stage.rename(out)
+    except OSError as e:
+        raise write_error(e, out) from e
+
+
+def discard(out) -> None:
+    """Remove the staging folder of ``out``, if any (a partial sharded run's, once ``out`` was
+    written another way)."""
+    stage = stage_path(out)
+    if stage.is_dir():
+        shutil.rmtree(stage, ignore_errors=True)

@@ -242,6 +242,15 @@ class SaliencyStore:
     extras: dict                  # name -> (N, ...) numpy, trailing dims as written
 
 
+
+def shard_layout(attrs: dict) -> dict:
+    """A store's attributes as stored (JSON) without those the shards of one store may differ
+    in (when and by which versions each was written, its number and resume key): what must
+    agree across the shards of one store, and between a finished shard and a rerun's."""
+    skip = {"created", "shard", "shard_key", *versions()}
+    return {k: v for k, v in json.loads(json.dumps(dict(attrs), default=str)).items()
+            if k not in skip}
+
 def open_saliency(paths, native: bool = False) -> SaliencyStore:
     """Open one store, or several shards of one (a list of paths, concatenated along N), as a
     dask array plus metadata. Attributes must agree across shards (except provenance: the
@@ -266,11 +275,9 @@ def open_saliency(paths, native: bool = False) -> SaliencyStore:
         extras = {k: np.asarray(g[k]) for k in g.array_keys()
                   if k not in RESERVED}
         parts.append((arr, np.asarray(g["index"]), np.asarray(g["target"]), dict(g.attrs), extras))
-    first = parts[0][3]
-    skip = {"created", "shard", "shard_key", *versions()}
+    first, layout = parts[0][3], shard_layout(parts[0][3])
     for (_, _, _, attrs, _), p in zip(parts[1:], paths[1:]):
-        if {k: v for k, v in attrs.items() if k not in skip} != \
-                {k: v for k, v in first.items() if k not in skip}:
+        if shard_layout(attrs) != layout:
             raise DataError(f"shard {p} has attributes that differ from {paths[0]}")
     extra_keys = set(parts[0][4])
     for (_, _, _, _, ex), p in zip(parts[1:], paths[1:]):
