@@ -161,3 +161,34 @@ def test_startgrad_preset_on_imagenet_stand_ins(tmp_path):
     assert set(sp["method"]) == {"shearletx"} and set(sp["reference"]) == {"ones"}
     assert not (d / "results/models").exists()          # no demo model trained
 
+
+
+def test_shearletx_preset_on_imagenet_stand_ins(tmp_path):
+    """presets/shearletx.yaml's ImageNet path as it is, with local stand-ins: the tiny val
+    ImageFolder (squashed to 256x256 by `stretch256`; the preset's class subset, seed 42, at
+    2 classes x 1 image) and a random torchvision ResNet-18 for sx_resnet18; ShearletX
+    (49 bands at 256 px) and a smooth mask with CI-sized settings; CP and HS at 256."""
+    from test_workflow_standalone import imagenet_stand_in
+    from xaipipe.store import open_saliency
+
+    (tmp_path / "wd").mkdir()
+    d = workdir(tmp_path / "wd")
+    root, weights = imagenet_stand_in(tmp_path, per_class=2)
+    override = [f"datasets={{imagenet: {{root: {root}, subset: {{classes: 2, per_class: 1}}}}}}",
+                f"models={{sx_resnet18: {{weights: {weights}}}}}", "device=cpu",
+                "experiments={shearletx: {models: [sx_resnet18], max_images: 2, "
+                "methods: [shearletx, smooth_mask_a01]}}",
+                *fast(("shearletx",), steps=2, samples=2, return_mask="true"),
+                *fast(("smooth_mask_a01",), steps=3)]
+    snakemake("--configfile", str(SHEARLETX), "--cores", "2", "shearletx",
+              "--config", *override, cwd=d)
+    (store,) = d.glob("results/saliency/imagenet/sx_resnet18/shearletx/*.zarr")
+    s = open_saliency(store)
+    assert s.saliency.shape == (2, 3, 256, 256)
+    assert np.asarray(s.extras["mask"]).shape == (2, 49, 256, 256)
+    out = d / "results/papers/shearletx"
+    per = pd.read_parquet(out / "per_image.parquet")
+    hs = per[per["metric_name"] == "hallucination_score"]
+    assert len(hs) == 2 * 2 and (hs["hs"].dropna() >= 0).all()
+    assert (out / "figures/cp_hs_scatter.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (d / "results/models").exists()          # no demo model trained
