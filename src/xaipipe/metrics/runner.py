@@ -5,6 +5,8 @@ maps, and where declared the model, the explained images, another variant's imag
 the ground-truth masks, the method's extras. Maps and images are read from Zarr as dask arrays
 aligned by image id and chunked alike; each chunk is one task that loads the model once per
 worker process (cached) and calls the metric on the whole chunk, so model calls are batched.
+Each task carries what the process running it must apply (reproducible mode, torch's
+threads): a worker of a scheduler started elsewhere does not share the job's environment.
 The result is one row per image (scalars and curves), written atomically to parquet with the
 provenance (metric and method parameters, versions) in its metadata.
 """
@@ -30,7 +32,7 @@ from ..config.jobs import signature
 from ..models.spec import load_spec
 from ..parallel import dask_client, job_threads
 from ..store import open_saliency
-from ..utils import as_list, atomic_path, autocast
+from ..utils import as_list, atomic_path, autocast, resolve_device
 from ..zarrio import versions
 from .base import MetricInputs, get_metric
 
@@ -45,13 +47,38 @@ def _tensor(block, scale=None):
     return t.float().div_(scale) if scale else t
 
 
-def _score_chunk(metric_name, params, model_spec, model_files, device, batch_size,
-                 torch_threads, precision, ids, targets, extras, maps, images, other_images,
-                 other_maps, masks):
-    if repro.requested():                     # a worker process of a reproducible job
-        repro.enable()
+def _dask_worker_address() -> str | None:
+    """The address of the distributed worker running this task; None in the job's process."""
+    import sys
+    distributed = sys.modules.get("distributed")    # not imported: surely no worker here
+    if distributed is None:
+        return None
+    try:
+        return distributed.get_worker().address
+    except ValueError:
+        return None
+
+
+def _apply_job_settings(reproducible: bool, torch_threads: int | None, device) -> None:
+    """What the job asks of the process that runs one of its tasks (the job's own, a local
+    worker, or a worker of a scheduler started elsewhere, whose environment is not the job's):
+    reproducible mode (:mod:`xaipipe.repro`; a Dask worker started without its variables
+    stops with an error saying how to start the workers), else ``torch_threads``."""
+    if reproducible:
+        worker = _dask_worker_address()
+        if worker is not None:
+            repro.enable_worker(device, where=f"Dask worker {worker} (pid {os.getpid()})")
+        else:              # the job's process: setup_job enabled it and warned of what lacks
+            repro.enable(device)
     elif torch_threads:
         torch.set_num_threads(torch_threads)
+
+
+def _score_chunk(metric_name, params, model_spec, model_files, device, batch_size,
+                 reproducible, torch_threads, precision, ids, targets, extras, maps, images,
+                 other_images, other_maps, masks):
+    _apply_job_settings(reproducible, torch_threads,
+                        resolve_device(device) if model_spec is not None else "cpu")
     metric = get_metric(metric_name)(**params)
     model = load_spec(model_spec, model_files, device) if model_spec is not None else None
     dev = next(model.parameters()).device if model is not None else torch.device("cpu")
@@ -76,12 +103,14 @@ def _score_chunk(metric_name, params, model_spec, model_files, device, batch_siz
 def _workers(scheduler, threads):
     """(Dask workers, torch threads per task) for a job with ``threads`` CPUs: one worker per
     CPU with one torch thread each, except in the job's own process (``synchronous``, or a
-    local cluster of one), where torch gets them all; remote workers keep their own setting."""
+    local cluster of one), where torch gets them all; the workers of a scheduler started
+    elsewhere (one Dask thread per core) use one torch thread too, whatever their own
+    environment says (each task sets it)."""
     if scheduler in ("synchronous",) or (scheduler in (None, "local") and threads == 1):
         return 1, threads
     if scheduler in (None, "local", "threads"):
         return threads, 1
-    return 1, None
+    return 1, 1
 
 
 def _rows(arr, pos, chunks):
@@ -143,7 +172,7 @@ def score_store(out, inputs: dict, job, *, threads: int = 1) -> pd.DataFrame:
     workers, torch_threads = _workers(job.scheduler, job_threads(threads))
     task = dask.delayed(_score_chunk, pure=True)
     tasks = [task(job.metric, metric.hparams, job.model, model_files, job.device,
-                  job.batch_size, torch_threads, job.precision,
+                  job.batch_size, repro.requested(), torch_threads, job.precision,
                   ids[a:b], targets[a:b],
                   {k: v[a:b] for k, v in extras.items()},
                   *(blocks[k][i] for k in ("maps", "images", "other_images", "other_maps",
