@@ -180,6 +180,32 @@ def test_normalize_divides_each_explanation_by_its_max():
     assert np.isfinite(out["retained_probability"]).all()
 
 
+def test_compat_scores_the_smooth_masks_explanation_unscaled():
+    """The reference (scatterplot.py) divides every method's x_E by its max but the smooth
+    mask's: under compat the metric does the same, knowing the method from the inputs
+    (the store's method_name); in the clean form every map is normalised."""
+    model = TinyNet().eval()
+    x, _, _ = batch()
+    xe = x * torch.tensor([0.2, 0.5, 1.0, 3.0]).view(-1, 1, 1, 1)
+    t = torch.full((4,), 2)
+
+    def score(method, **kw):
+        return CPScores(**kw)(MetricInputs(ids=np.arange(4), target=t, maps=xe, model=model,
+                                           images=x, method=method))
+
+    def same(a, b):
+        return all(np.allclose(a[k], b[k], rtol=1e-6, equal_nan=True) for k in CP)
+    for method in ("shearletx", "waveletx", "pixel_mask", None):      # divided by their max
+        assert not same(score(method, compat=True), score(method, compat=True, normalize=False))
+    smooth = score("smooth_mask", compat=True)
+    assert same(smooth, score("shearletx", compat=True, normalize=False))
+    assert not same(smooth, score("shearletx", compat=True))
+    # clean form: the smooth mask's maps are normalised like any other
+    assert same(score("smooth_mask"), score("shearletx"))
+    assert same(score("smooth_mask", compat=True, normalize=False),
+                score("shearletx", compat=True, normalize=False))
+
+
 def test_model_runs_in_eval_mode_and_keeps_its_mode():
     model = TinyNet()
     x, coeffs, mask = batch()

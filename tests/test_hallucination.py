@@ -166,6 +166,22 @@ def test_hs_of_a_darker_image_itself_is_zero_by_default():
         HallucinationScore(normalize="unit")
 
 
+def test_compat_scores_the_smooth_masks_explanation_unscaled():
+    """Under compat the metric divides x_E by its max (the reference's), except the smooth
+    mask's, which the reference scores as given; the method comes with the inputs."""
+    x = rgb_scene(2)
+    g = torch.Generator().manual_seed(5)
+    xe = F.interpolate(torch.rand(2, 1, 8, 8, generator=g), size=SMALL) * x * 0.3
+
+    def cols(method, **kw):
+        return HallucinationScore(size=SMALL, compat=True, **kw)(MetricInputs(
+            ids=np.arange(2), target=torch.zeros(2, dtype=torch.long), maps=xe, images=x,
+            method=method))["n_hallucinated"]
+    assert np.array_equal(cols("smooth_mask"), cols("shearletx", normalize=False))
+    assert np.array_equal(cols("shearletx"), cols("smooth_mask", normalize="max"))
+    assert not np.array_equal(cols("smooth_mask"), cols("shearletx"))
+
+
 def test_hs_of_an_empty_explanation_is_zero():
     x = rgb_scene(2)
     np.testing.assert_array_equal(hallucination_score(x, torch.zeros_like(x), size=SMALL), 0.0)

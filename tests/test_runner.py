@@ -107,6 +107,30 @@ def test_explain_then_score_with_what_each_metric_needs(data, tmp_path):
     assert summ["mean"].iloc[0] == pytest.approx(ins["auc"].iloc[:2].mean())
 
 
+def test_score_jobs_tell_the_metric_which_method_made_the_maps(data, tmp_path):
+    """The store's method_name reaches the metric (MetricInputs.method): in compat the HS
+    scores a smooth mask's x_E unscaled and any other method's divided by its max, as the
+    ShearletX reference does."""
+    from xaipipe.metrics import hallucination_score
+    images = open_images(data / "original.zarr", "val")
+    for method, params, normalize in (("smooth_mask", {"steps": 2, "levels": 2}, False),
+                                      ("saliency", {"objective": "logit"}, "max")):
+        store = tmp_path / f"{method}.zarr"
+        explain_to_store(store, data / "original.zarr", [data / "all.parquet"], [data / "w.pt"],
+                         explain_job(method=method, params=params, max_images=(3,),
+                                     provenance={"method": method}), progress=False)
+        s = open_saliency(store)
+        assert s.attrs["method_name"] == method
+        df = score_store(tmp_path / f"{method}.parquet",
+                         {"saliency": store, "images": data / "original.zarr",
+                          "selections": [data / "all.parquet"]},
+                         score_job("hallucination_score", {"compat": True, "size": None}))
+        x = torch.from_numpy(images.images[images.positions(s.index)]).float() / 255
+        maps = torch.from_numpy(s.saliency.compute())
+        want = hallucination_score(x, maps, compat=True, size=None, normalize=normalize)
+        np.testing.assert_array_equal(df["hs"], want)
+
+
 def test_empty_selection_gives_empty_store_and_scores(data, tmp_path):
     explain_to_store(tmp_path / "e.zarr", data / "original.zarr", [data / "none.parquet"],
                      [data / "w.pt"], explain_job(), progress=False)

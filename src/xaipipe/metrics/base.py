@@ -65,6 +65,8 @@ class MetricInputs:
     boxes: list | None = None                    # reserved
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # the method's extras
     batch_size: int = 256                        # model inputs per forward
+    method: str | None = None                    # registered name of the method that made the
+    #                                              maps (store attribute ``method_name``)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -75,7 +77,7 @@ class MetricInputs:
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ("model", "batch_size") or v is None:
+            if f.name in ("model", "batch_size", "method") or v is None:
                 out[f.name] = v
             elif f.name == "extras":
                 out[f.name] = {k: np.asarray(a)[rows] for k, a in v.items()}

@@ -31,8 +31,11 @@ Clean form (the default):
 
 ``compat=True`` (or ``"shearletx"``): the reference's numerator quirk,
 softmax(M(x_E)).max() / softmax(M(x̃)).max(), the max probabilities whatever their classes.
-The reference also leaves the smooth mask's x_E = mask·x̃ unscaled: score those maps with
-``normalize=False`` (the metric does not know which method made a map).
+The reference also leaves the smooth mask's x_E = mask·x̃ unscaled: under compat,
+``normalize=True`` divides every map by its max except those of the methods in
+:data:`UNSCALED_UNDER_COMPAT` (:func:`compat_normalize`; the metric knows the method from
+``MetricInputs.method``, the store's ``method_name``). The functions, which get no method,
+take ``normalize=False`` for such maps.
 
 Undefined scores: where the retained information of a measure is zero or undefined (an empty
 explanation; a black image; a one-hot x_E has entropy 0) the CP of that measure is NaN and
@@ -57,6 +60,17 @@ EXTRAS_ENTROPY = ("final_retained_entropy", "retained_entropy")
 EXTRAS_H_EXPL, EXTRAS_H_IMAGE = "final_entropy_explanation", "final_entropy_image"
 
 COMPAT = ("shearletx",)
+#: methods whose explanation the ShearletX reference scores without max-normalisation
+#: (``scatterplot.py``: the smooth mask's mask·x̃; every other method's x_E is divided by its max)
+UNSCALED_UNDER_COMPAT = frozenset({"smooth_mask"})
+
+
+def compat_normalize(normalize, compat, method: str | None):
+    """``normalize`` as the metric applies it to maps of ``method``: under ``compat`` the
+    reference's choice per method (False for :data:`UNSCALED_UNDER_COMPAT`), else as given."""
+    if compat and normalize is True and method in UNSCALED_UNDER_COMPAT:
+        return False
+    return normalize
 
 
 def explanation_image(maps: torch.Tensor, images: torch.Tensor,
@@ -204,8 +218,9 @@ class CPScores(Metric):
     """
     name = "cp"
     params = {
-        "normalize": Param(True, bool, doc="divide each x_E by its max before scoring (§8 clean; "
-                                           "compat: false for the smooth mask)"),
+        "normalize": Param(True, bool, doc="divide each x_E by its max before scoring (§8; "
+                                           "under compat not the smooth mask's, as the "
+                                           "reference)"),
         "compat": Param(False, (bool, str, type(None)), COMPAT,
                         doc="true/'shearletx': numerator = max prob of x_E over max prob of x̃, "
                             "whatever the class (reference quirk); false: the target's"),
@@ -225,7 +240,8 @@ class CPScores(Metric):
         p = self.hparams
         x = inputs.images
         n = x.shape[0]
-        xe = explanation_image(inputs.maps, x, p["normalize"])
+        xe = explanation_image(inputs.maps, x,
+                               compat_normalize(p["normalize"], p["compat"], inputs.method))
         bs = max(1, int(inputs.batch_size))
         lp_x, lp_e = _log_probs(inputs.model, x, bs), _log_probs(inputs.model, xe, bs)
         if p["compat"]:

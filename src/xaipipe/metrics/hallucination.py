@@ -40,8 +40,10 @@ images and explanations must have the same H×W).
   integers in [0, 85] (``min_contrast`` = 3 is absolute, so the edge maps differ from the clean
   ones), and ``normalize=True`` divides x_E by its max as the reference does. The reference
   divides ShearletX, WaveletX and pixel-mask explanations by their max but scores the smooth
-  mask's mask·x̃ unscaled: that depends on the method, which the metric does not know, so a
-  caller reproducing the smooth-mask numbers passes ``normalize=False``.
+  mask's mask·x̃ unscaled: the metric does the same, knowing the method from
+  ``MetricInputs.method`` (:func:`xaipipe.metrics.cp.compat_normalize`); the function
+  :func:`hallucination_score` gets no method, so a caller scoring smooth masks in compat
+  passes ``normalize=False``.
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ import torch.nn.functional as F
 from ..params import Param
 from .base import NONFINITE_PARAM, Metric, MetricInputs, register_metric
 from .coshrem import EdgeDetector
+from .cp import compat_normalize
 
 __all__ = ["HallucinationScore", "dilate3x3", "edge_maps", "hallucination_score"]
 
@@ -139,13 +142,14 @@ def edge_maps(gray, *, threshold: float = THRESHOLD,
 
 
 def _hallucination(images, explanations, *, compat, threshold: float, size: int | None,
-                   normalize: bool, min_contrast: float) -> dict[str, np.ndarray]:
+                   normalize: bool, min_contrast: float,
+                   method: str | None = None) -> dict[str, np.ndarray]:
     x = _as_images(images, "images")
     xe = _as_images(explanations, "explanations").to(x.device)
     if x.shape[0] != xe.shape[0]:
         raise ValueError(f"hallucination score: {x.shape[0]} images but {xe.shape[0]} "
                          "explanations")
-    xe = normalise_explanations(x, xe, normalize, compat)
+    xe = normalise_explanations(x, xe, compat_normalize(normalize, compat, method), compat)
     x, xe = _resize(x, size), _resize(xe, size)
     if x.shape[-2:] != xe.shape[-2:]:
         raise ValueError(f"hallucination score: images {tuple(x.shape[-2:])} and explanations "
@@ -201,7 +205,8 @@ class HallucinationScore(Metric):
         "normalize": Param(True, (bool, str), NORMALIZE,
                            doc="scale each x_E: true = 'image' (its max becomes the image's "
                                "max; under compat 'max'), 'max' (divided by its max, §9), "
-                               "false (as it is; compat: the smooth mask)"),
+                               "false (as it is); under compat true leaves the smooth "
+                               "mask's as it is, as the reference"),
         "min_contrast": Param(MIN_CONTRAST, float, min=0.0,
                               doc="CoShREM's absolute contrast cut-off (intensities 0-255)"),
         "on_nonfinite": NONFINITE_PARAM,
@@ -215,4 +220,5 @@ class HallucinationScore(Metric):
         p = self.hparams
         return _hallucination(inputs.images, inputs.maps, compat=p["compat"],
                               threshold=p["threshold"], size=p["size"],
-                              normalize=p["normalize"], min_contrast=p["min_contrast"])
+                              normalize=p["normalize"], min_contrast=p["min_contrast"],
+                              method=inputs.method)

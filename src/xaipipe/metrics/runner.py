@@ -75,8 +75,8 @@ def _apply_job_settings(reproducible: bool, torch_threads: int | None, device) -
 
 
 def _score_chunk(metric_name, params, model_spec, model_files, device, batch_size,
-                 reproducible, torch_threads, precision, ids, targets, extras, maps, images,
-                 other_images, other_maps, masks):
+                 reproducible, torch_threads, precision, method, ids, targets, extras, maps,
+                 images, other_images, other_maps, masks):
     _apply_job_settings(reproducible, torch_threads,
                         resolve_device(device) if model_spec is not None else "cpu")
     metric = get_metric(metric_name)(**params)
@@ -89,7 +89,7 @@ def _score_chunk(metric_name, params, model_spec, model_files, device, batch_siz
         ids=np.asarray(ids), target=torch.as_tensor(np.asarray(targets)).long().to(dev),
         maps=on(_tensor(maps)), model=model, images=on(_tensor(images, 255)),
         other_images=on(_tensor(other_images, 255)), other_maps=on(_tensor(other_maps)),
-        masks=on(_tensor(masks)), extras=extras, batch_size=batch_size)
+        masks=on(_tensor(masks)), extras=extras, batch_size=batch_size, method=method)
     with autocast(dev, precision):
         out = metric(inputs)
     out.pop("fractions", None)
@@ -173,6 +173,7 @@ def score_store(out, inputs: dict, job, *, threads: int = 1) -> pd.DataFrame:
     task = dask.delayed(_score_chunk, pure=True)
     tasks = [task(job.metric, metric.hparams, job.model, model_files, job.device,
                   job.batch_size, repro.requested(), torch_threads, job.precision,
+                  sal.attrs.get("method_name"),
                   ids[a:b], targets[a:b],
                   {k: v[a:b] for k, v in extras.items()},
                   *(blocks[k][i] for k in ("maps", "images", "other_images", "other_maps",
