@@ -6,6 +6,7 @@ import pytest
 
 from test_workflow import snakemake, workdir
 from xaipipe.config import ROOT
+from xaipipe.store import open_saliency
 
 TINY64 = ROOT / "tests" / "configs" / "tiny64.yaml"
 SHEARLETX = ROOT / "presets" / "shearletx.yaml"
@@ -131,27 +132,38 @@ def test_startgrad_lambda_grid_on_a_tiny_model(wd):
         {"ones", "startgrad", "startgrad - ones"}
 
 
+def run_on_stand_ins(tmp_path, preset, experiment, model, subset, settings):
+    """``snakemake <experiment>`` of ``preset``'s ImageNet path on the local stand-ins
+    (test_workflow_standalone.imagenet_stand_in: 2 classes x 2 images, a random torchvision
+    ResNet-18 as ``model``'s weights), 2 images; ``settings``: the experiment's further keys
+    (first item) and the method overrides. Returns the working folder."""
+    from test_workflow_standalone import imagenet_stand_in
+
+    (tmp_path / "wd").mkdir()
+    d = workdir(tmp_path / "wd")
+    root, weights = imagenet_stand_in(tmp_path, per_class=2)
+    keys, *methods = settings
+    override = [f"datasets={{imagenet: {{root: {root}, subset: {subset}}}}}",
+                f"models={{{model}: {{weights: {weights}}}}}", "device=cpu",
+                f"experiments={{{experiment}: {{models: [{model}], max_images: 2, {keys}}}}}",
+                *methods]
+    snakemake("--configfile", str(preset), "--cores", "2", experiment, "--config", *override,
+              cwd=d)
+    return d
+
+
 def test_startgrad_preset_on_imagenet_stand_ins(tmp_path):
     """presets/startgrad.yaml's ImageNet path as it is, with local stand-ins: a tiny val
     ImageFolder (non-square JPEGs, squashed to 256x256 by the preset's `stretch256`; a seeded
     subset of 3 of its 4 images in place of the preset's 500), and a
     weights file of a random torchvision ResNet-18 (1000 classes) for sg_resnet18; CI-sized
     optimisation settings, ShearletX from all ones and StartGrad."""
-    from test_workflow_standalone import imagenet_stand_in
-    from xaipipe.store import open_saliency
-
-    (tmp_path / "wd").mkdir()
-    d = workdir(tmp_path / "wd")
-    root, weights = imagenet_stand_in(tmp_path, per_class=2)
     runs = ["sg_shearletx_ones", "sg_shearletx_startgrad"]
-    override = [f"datasets={{imagenet: {{root: {root}, subset: {{images: 3, seed: 123}}}}}}",
-                f"models={{sg_resnet18: {{weights: {weights}}}}}", "device=cpu",
-                "experiments={startgrad: {models: [sg_resnet18], max_images: 2, "
-                f"methods: [{', '.join(runs)}], metrics: [convergence], "
-                "tables: [summary, startgrad_speedup]}}",
-                *fast(runs, steps=2, samples=2, faithfulness_at=[])]
-    snakemake("--configfile", str(STARTGRAD), "--cores", "2", "startgrad",
-              "--config", *override, cwd=d)
+    d = run_on_stand_ins(
+        tmp_path, STARTGRAD, "startgrad", "sg_resnet18", "{images: 3, seed: 123}",
+        [f"methods: [{', '.join(runs)}], metrics: [convergence], "
+         "tables: [summary, startgrad_speedup]",
+         *fast(runs, steps=2, samples=2, faithfulness_at=[])])
     (store,) = d.glob("results/saliency/imagenet/sg_resnet18/sg_shearletx_startgrad/*.zarr")
     s = open_saliency(store)
     assert s.saliency.shape == (2, 3, 256, 256)
@@ -162,26 +174,16 @@ def test_startgrad_preset_on_imagenet_stand_ins(tmp_path):
     assert not (d / "results/models").exists()          # no demo model trained
 
 
-
 def test_shearletx_preset_on_imagenet_stand_ins(tmp_path):
     """presets/shearletx.yaml's ImageNet path as it is, with local stand-ins: the tiny val
     ImageFolder (squashed to 256x256 by `stretch256`; the preset's class subset, seed 42, at
     2 classes x 1 image) and a random torchvision ResNet-18 for sx_resnet18; ShearletX
     (49 bands at 256 px) and a smooth mask with CI-sized settings; CP and HS at 256."""
-    from test_workflow_standalone import imagenet_stand_in
-    from xaipipe.store import open_saliency
-
-    (tmp_path / "wd").mkdir()
-    d = workdir(tmp_path / "wd")
-    root, weights = imagenet_stand_in(tmp_path, per_class=2)
-    override = [f"datasets={{imagenet: {{root: {root}, subset: {{classes: 2, per_class: 1}}}}}}",
-                f"models={{sx_resnet18: {{weights: {weights}}}}}", "device=cpu",
-                "experiments={shearletx: {models: [sx_resnet18], max_images: 2, "
-                "methods: [shearletx, smooth_mask_a01]}}",
-                *fast(("shearletx",), steps=2, samples=2, return_mask="true"),
-                *fast(("smooth_mask_a01",), steps=3)]
-    snakemake("--configfile", str(SHEARLETX), "--cores", "2", "shearletx",
-              "--config", *override, cwd=d)
+    d = run_on_stand_ins(
+        tmp_path, SHEARLETX, "shearletx", "sx_resnet18", "{classes: 2, per_class: 1}",
+        ["methods: [shearletx, smooth_mask_a01]",
+         *fast(("shearletx",), steps=2, samples=2, return_mask="true"),
+         *fast(("smooth_mask_a01",), steps=3)])
     (store,) = d.glob("results/saliency/imagenet/sx_resnet18/shearletx/*.zarr")
     s = open_saliency(store)
     assert s.saliency.shape == (2, 3, 256, 256)
