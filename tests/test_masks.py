@@ -799,3 +799,24 @@ def test_a_mask_gone_to_zero_has_undefined_cp_and_the_metric_keeps_it(cnn, x32):
     broken["retained_probability"][0, 3] = float("nan")
     with pytest.raises(NonFiniteError, match=r"\[0\]"):
         convergence(broken)
+
+
+def test_convergence_takes_a_methods_extras_as_tensors_of_any_kind(cnn, x32):
+    """`convergence(run_method(...).extras)` copies tensor extras to the host: the smooth
+    mask keeps its histories on the images' device (a CUDA tensor has no .numpy()), and
+    mixed precision can give bfloat16, which NumPy lacks; the curves equal the float32
+    NumPy extras' (to bfloat16's rounding)."""
+    from xaipipe.metrics.convergence import convergence
+    x, t = x32[:2], torch.tensor([0, 1])
+    ex = run_method("smooth_mask", cnn, x, t, image_ids=IDS[:2], steps=4, levels=2,
+                    history_every=2).extras
+    ref = convergence({k: v.numpy() for k, v in ex.items()})
+    for extras in (ex, {k: v.to(torch.bfloat16) for k, v in ex.items()}):
+        out = convergence(extras)
+        np.testing.assert_allclose(out["final_retained_probability"],
+                                   ref["final_retained_probability"], rtol=1e-2)
+    if torch.cuda.is_available():
+        cuda = run_method("smooth_mask", cnn.cuda(), x.cuda(), t.cuda(), image_ids=IDS[:2],
+                          steps=4, levels=2, history_every=2).extras
+        cnn.cpu()
+        assert convergence(cuda)["final_retained_probability"].shape == (2,)

@@ -67,6 +67,28 @@ def test_mixed_precision_methods_and_insertion_stay_close(cnn, batch, precision)
     assert np.all(np.isfinite(b)) and np.abs(a - b).max() < 0.05, np.abs(a - b)
 
 
+def test_mixed_precision_lowers_the_model_not_the_image_operators(batch):
+    """Under autocast the blurs and the wavelet and shearlet transforms stay in float32 and
+    equal their float32 results exactly (a blurred baseline, a blur pyramid or a WaveletX
+    synthesis in bfloat16 lost 8 mantissa bits); a matmul around them is still lowered."""
+    from xaipipe.explain.methods.smooth_mask import gaussian_blur as pyramid_blur
+    from xaipipe.imageops import gaussian_blur, gaussian_blur_zero
+    from xaipipe.transforms import ShearletTransform, WaveletTransform
+    x = torch.nn.functional.interpolate(batch[0][:2], size=64, mode="bilinear")
+    dwt, sh = WaveletTransform(J=3), ShearletTransform(64, 64, scales=2)
+    ops = {"blur": lambda: gaussian_blur(x, 3.0), "blur_zero": lambda: gaussian_blur_zero(x, 2.0),
+           "pyramid": lambda: pyramid_blur(x, 5.0),
+           "dwt": lambda: dwt.reconstruct(dwt.decompose(x)), "dwt_yl": lambda: dwt.decompose(x)[0],
+           "shearlet": lambda: sh.reconstruct(sh.decompose(x))}
+    want = {k: f() for k, f in ops.items()}
+    with autocast("cpu", "bfloat16"):
+        assert (x @ x).dtype == torch.bfloat16
+        for k, f in ops.items():
+            got = f()
+            assert got.dtype == torch.float32, k
+            torch.testing.assert_close(got, want[k], rtol=0, atol=0, msg=k)
+
+
 def test_bad_precision_is_named(cnn, batch):
     x, t = batch
     with pytest.raises(ConfigError, match="precision 'half'"):
@@ -104,3 +126,15 @@ def test_mixed_precision_on_cuda(smooth_cnn, batch, precision):
         assert torch.all((low - ref).abs().flatten(1).amax(1) < 0.1 * peak)
     finally:
         smooth_cnn.cpu()
+
+
+def test_the_chunk_estimate_is_measured_in_float32_under_autocast():
+    """A first run in bfloat16 must not halve the cached per-point estimate that later float32
+    runs of the same model size their chunks by."""
+    from xaipipe.explain.base import estimate_point_bytes
+    from xaipipe.models import load_model
+    a = load_model("demo_resnet18", weights="random", num_classes=3, width=4)
+    b = load_model("demo_resnet18", weights="random", num_classes=3, width=4)
+    with autocast("cpu", "bfloat16"):
+        lowered = estimate_point_bytes(a, (3, 32, 32), "cpu")
+    assert lowered == estimate_point_bytes(b, (3, 32, 32), "cpu")

@@ -158,6 +158,8 @@ def test_allocated_threads_follow_slurm_and_affinity(monkeypatch):
     assert _workers("local", 4) == (4, 1) and _workers("local", 1) == (1, 1)
     assert _workers("synchronous", 4) == (1, 4) and _workers("threads", 3) == (3, 1)
     assert _workers("tcp://127.0.0.1:8786", 4) == (1, 1)
+    # a model on CUDA: the job's own process, not one CUDA context per local worker
+    assert _workers("local", 4, cuda=True) == (1, 4) and _workers(None, 4, cuda=True) == (1, 4)
 
 
 # a job's set-up, then 64 MiB tensors made (every page touched) and freed: 16 rounds to settle

@@ -6,6 +6,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from .utils import full_precision
+
 
 def gaussian_kernel1d(sigma: float, radius: int | None = None) -> torch.Tensor:
     """Normalised 1-D Gaussian, radius round(4σ) by default (kernel 2·round(4σ)+1)."""
@@ -27,6 +29,7 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     return separable_blur(images, sigma, "reflect")
 
 
+@full_precision
 def separable_blur(images: torch.Tensor, sigma: float, mode: str) -> torch.Tensor:
     """B_H · X · B_Wᵀ with the cached :func:`blur_matrix` of ``mode``; σ ≤ 0: the input."""
     if sigma <= 0:

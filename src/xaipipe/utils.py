@@ -180,6 +180,26 @@ def autocast(device, precision: str = "float32"):
                           dtype=getattr(torch, precision))
 
 
+def full_precision(fn):
+    """Run ``fn`` with autocast off on every device: image operators (blurs, the wavelet and
+    shearlet transforms) stay in their inputs' dtype when a method runs at mixed precision
+    (:func:`autocast` is meant for the model's convolutions and matrix products; under it a
+    blurred baseline, a blur pyramid or a wavelet synthesis would be computed in bfloat16 or
+    float16 too). Free where no autocast is active."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        active = [d for d in ("cpu", "cuda") if torch.is_autocast_enabled(d)]
+        if not active:
+            return fn(*args, **kwargs)
+        with contextlib.ExitStack() as stack:
+            for d in active:
+                stack.enter_context(torch.autocast(device_type=d, enabled=False))
+            return fn(*args, **kwargs)
+    return wrapper
+
+
 @contextlib.contextmanager
 def eval_mode(model):
     """Run ``model`` (if any) in eval mode, then give every module back its own training flag,

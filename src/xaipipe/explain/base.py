@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import ON_NONFINITE, ConfigError, NonFiniteError
 from ..registry import Registry
-from ..utils import PRECISIONS, autocast, eval_mode, nonfinite_rows
+from ..utils import PRECISIONS, autocast, eval_mode, full_precision, nonfinite_rows
 from ..params import Param, check_params
 from .objectives import OBJECTIVES, objective
 
@@ -245,10 +245,13 @@ def default_memory_mb(device) -> float:
 _BYTES_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
+@full_precision
 def estimate_point_bytes(model: nn.Module, sample_shape: tuple, device) -> int:
     """Memory one input point costs in a forward+backward pass, estimated from the sizes of
     all leaf-module outputs on one sample (x3: saved activations, their gradients, slack).
-    Device independent and cached per (model, shape)."""
+    Device independent and cached per (model, shape); measured in float32 whatever autocast
+    is active (a mixed-precision run gets float32-sized chunks, never a later float32 run
+    chunks sized by a first run in half precision)."""
     cache = _BYTES_CACHE.setdefault(model, {})
     key = tuple(sample_shape)
     if key not in cache:

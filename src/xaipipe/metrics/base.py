@@ -50,6 +50,15 @@ def get_metric(name: str, where: str | None = None) -> type["Metric"]:
     return METRICS.get(name, where)
 
 
+def extras_as_numpy(extras: dict | None) -> dict[str, np.ndarray]:
+    """A method's extras as NumPy arrays on the host (tensors, on any device, are copied
+    there, bfloat16 as float32, which NumPy lacks; arrays are left as they are)."""
+    def host(v):
+        v = v.detach().cpu()
+        return (v.float() if v.dtype == torch.bfloat16 else v).numpy()
+    return {k: host(v) if isinstance(v, torch.Tensor) else v for k, v in (extras or {}).items()}
+
+
 @dataclass
 class MetricInputs:
     """One batch of images for a metric. Only ``ids``, ``target`` and ``maps`` are always
@@ -67,6 +76,10 @@ class MetricInputs:
     batch_size: int = 256                        # model inputs per forward
     method: str | None = None                    # registered name of the method that made the
     #                                              maps (store attribute ``method_name``)
+
+    def __post_init__(self):
+        # extras straight from a method (``Attribution.extras``) may be tensors on its device
+        self.extras = extras_as_numpy(self.extras)
 
     def __len__(self) -> int:
         return len(self.ids)

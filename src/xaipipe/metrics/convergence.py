@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..explain.masks import HISTORY
-from .base import Metric, MetricInputs, register_metric
+from .base import Metric, MetricInputs, extras_as_numpy, register_metric
 
 CURVES = ("retained_probability", "retained_l1", "retained_entropy", "retained_pixel",
           "cp_l1", "cp_pixel")
@@ -93,7 +93,8 @@ class Convergence(Metric):
 
 def convergence(extras: dict) -> dict:
     """The per-image curves of a mask method's ``extras`` (``history_every`` set)."""
-    n = len(np.asarray(extras["retained_probability"]))
+    extras = extras_as_numpy(extras)
+    n = len(extras["retained_probability"])
     import torch
     return Convergence()(MetricInputs(ids=np.arange(n), target=torch.zeros(n, dtype=torch.long),
-                                      maps=torch.zeros(n, 1, 1, 1), extras=dict(extras)))
+                                      maps=torch.zeros(n, 1, 1, 1), extras=extras))

@@ -102,7 +102,9 @@ def _top_units(scores: list[torch.Tensor], q: float, compat: str | None,
 
 
 def _uniform(mu, sd, shape, gen, device, dtype):
-    return mu - sd + 2 * sd * torch.rand(shape, generator=gen, device=device, dtype=dtype)
+    """U[μ − σ, μ + σ] drawn with the CPU generator ``gen`` and moved to ``device``: the same
+    numbers on every device (the score must not depend on where it ran)."""
+    return mu - sd + 2 * sd * torch.rand(shape, generator=gen, dtype=dtype).to(device)
 
 
 def faithfulness_curves(model: torch.nn.Module, target: torch.Tensor, p_ref: torch.Tensor,
@@ -130,7 +132,7 @@ def faithfulness_curves(model: torch.nn.Module, target: torch.Tensor, p_ref: tor
         mu = [c.flatten(1).mean(1).view(-1, *[1] * (c.ndim - 1)) for c in coeffs]
         sigma = [c.flatten(1).std(1).view(-1, *[1] * (c.ndim - 1)) for c in coeffs]
         shared_colour = False
-    gens = [torch.Generator(device=dev).manual_seed(int(s)) for s in seeds]
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]        # CPU: see _uniform
 
     def draw(i):
         out = []

@@ -31,9 +31,9 @@ images and explanations must have the same H×W).
   gray = mean over RGB × 255 as float64 in [0, 255]. §9 says "divided by its max"
   (``normalize="max"``, the reference's); the two agree for an image whose max is 1, as
   nearly every [0, 1] ImageNet image's is, but CoShREM's ``min_contrast`` is an absolute
-  intensity, so for a darker image (the synthetic demo's maxima are 0.8-1) dividing by the
-  max brightens x_E past x̃ and finds edges x̃ does not have: HS(x̃, x̃) was 0.04-0.06 for an
-  image of max 0.8 and 0.47 at max 0.5. Scaling to the image's max keeps §9's first property,
+  intensity, so for a darker image (a dim photograph, a crop without a bright pixel) dividing
+  by the max brightens x_E past x̃ and finds edges x̃ does not have: HS(x̃, x̃) was 0.04-0.06
+  for an image of max 0.8 and 0.47 at max 0.5. Scaling to the image's max keeps §9's first property,
   HS(x̃, x̃) = 0, for every image (a decision: README, "Decisions").
 - **compat** (``compat=True`` or ``"shearletx"``): the reference pipeline's input, in float32
   as there: (R+G+B)/3 divided by 3 again, × 255, cast to int8 by truncation, so the detector sees

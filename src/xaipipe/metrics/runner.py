@@ -100,13 +100,16 @@ def _score_chunk(metric_name, params, model_spec, model_files, device, batch_siz
     return pd.DataFrame(cols)
 
 
-def _workers(scheduler, threads):
+def _workers(scheduler, threads, cuda: bool = False):
     """(Dask workers, torch threads per task) for a job with ``threads`` CPUs: one worker per
     CPU with one torch thread each, except in the job's own process (``synchronous``, or a
     local cluster of one), where torch gets them all; the workers of a scheduler started
     elsewhere (one Dask thread per core) use one torch thread too, whatever their own
-    environment says (each task sets it)."""
-    if scheduler in ("synchronous",) or (scheduler in (None, "local") and threads == 1):
+    environment says (each task sets it). A model on CUDA (``cuda``) is run by the job's own
+    process: local worker processes would each open a CUDA context and hold a copy of the
+    model on the one GPU, for batches the GPU runs one at a time anyway."""
+    if scheduler in ("synchronous",) or (scheduler in (None, "local") and
+                                          (threads == 1 or cuda)):
         return 1, threads
     if scheduler in (None, "local", "threads"):
         return threads, 1
@@ -169,7 +172,8 @@ def score_store(out, inputs: dict, job, *, threads: int = 1) -> pd.DataFrame:
               for k in ("maps", "images", "other_images", "other_maps", "masks")}
     extras = {k: v[pos] for k, v in sal.extras.items()} if "extras" in metric.needs else {}
     model_files = as_list(inputs.get("model"))
-    workers, torch_threads = _workers(job.scheduler, job_threads(threads))
+    cuda = job.model is not None and resolve_device(job.device).type == "cuda"
+    workers, torch_threads = _workers(job.scheduler, job_threads(threads), cuda)
     task = dask.delayed(_score_chunk, pure=True)
     tasks = [task(job.metric, metric.hparams, job.model, model_files, job.device,
                   job.batch_size, repro.requested(), torch_threads, job.precision,

@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..utils import atomic_path
+from ..utils import atomic_path, full_precision
 from .base import Transform
 
 #: the distribution the filters come from (PyPI name; imported as ``pyshearlab_mind``)
@@ -364,6 +364,7 @@ class ShearletTransform(Transform):
                              f"{tuple(t.shape)}")
         return self._bank.prepared(t.device, t.dtype)
 
+    @full_precision
     def decompose(self, x: torch.Tensor) -> torch.Tensor:
         """Shearlet coefficients c_k = Re(F⁻¹(F(x)·ψ_k)): (..., H, W) -> (..., K, H, W),
         equal to pyShearLab's ``SLsheardec2D`` per image and channel."""
@@ -371,6 +372,7 @@ class ShearletTransform(Transform):
         analysis, _ = self._filters_for(x, "decompose", size)
         return _Analysis.apply(x, analysis)
 
+    @full_precision
     def reconstruct(self, c: torch.Tensor) -> torch.Tensor:
         """x = Re(F⁻¹(Σ_k F(c_k)·ψ_k/W)): (..., K, H, W) -> (..., H, W), equal to
         pyShearLab's ``SLshearrec2D`` per image and channel."""
@@ -378,6 +380,7 @@ class ShearletTransform(Transform):
         _, synthesis = self._filters_for(c, "reconstruct", (self.n_bands, *size))
         return _Synthesis.apply(c, synthesis)
 
+    @full_precision
     def reconstruct_product(self, w: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """``reconstruct(w * r)`` for draws ``r`` (B, K, H, W) that need no gradient and a
         weight ``w`` (K, H, W) shared by all B of them (a mask times the noise scale): the

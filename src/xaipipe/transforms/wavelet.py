@@ -34,6 +34,7 @@ import numpy as np
 import pywt
 import torch
 
+from ..utils import full_precision
 from .base import Transform
 
 #: pytorch_wavelets' names of the padding modes -> PyWavelets' names (coefficient lengths)
@@ -131,6 +132,7 @@ class WaveletTransform(Transform):
             raise TypeError(f"WaveletTransform.{what}: expected a floating-point tensor, got "
                             f"{t.dtype}")
 
+    @full_precision
     def decompose(self, x: torch.Tensor):
         """(yl, yh) of ``x`` (N, C, H, W): yl (N, C, h_J, w_J), yh a list of J tensors
         (N, C, 3, h_j, w_j), finest first. Remembers (H, W) for :meth:`reconstruct`."""
@@ -143,6 +145,7 @@ class WaveletTransform(Transform):
         self._last_size = (int(x.shape[-2]), int(x.shape[-1]))
         return yl, list(yh)
 
+    @full_precision
     def reconstruct(self, coeffs, size: tuple[int, int] | None = None) -> torch.Tensor:
         """Images (N, C, H, W) from ``(yl, yh)``, cropped to ``size`` (H, W); by default to
         the size of the last :meth:`decompose` when the coefficient shapes fit it, else the

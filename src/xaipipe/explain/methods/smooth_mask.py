@@ -99,6 +99,7 @@ import torch
 import torch.nn.functional as F
 
 from ...params import Param
+from ...utils import full_precision
 from ...utils import generator
 from ..base import Attribution, Method, estimate_point_bytes, default_memory_mb, \
     register_method
@@ -113,6 +114,7 @@ _EPS_F32 = 1.19209290e-07          # float32 machine epsilon, TorchRay's imsmoot
 
 
 # -- blur pyramid and perturbation -------------------------------------------------------------
+@full_precision
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """TorchRay ``imsmooth`` semantics (``torchray/utils.py``): separable Gaussian, taps
     i = −⌈4σ⌉..⌈4σ⌉ with weights exp(−(i/(√2·σ + ε))²) normalised to sum 1 (ε = float32
