@@ -369,3 +369,49 @@ def test_init_labels_name_startgrad_variants():
         run_setting({"init": "startgrad", "startgrad_ablation": "shuffle",
                      "history_every": 5}, declared)
     assert run_setting({"lambda_1": 2.0}, declared) != run_setting({}, declared)
+
+
+
+def _readme_block(marker: str) -> list[list[str]]:
+    """The shell words of each command of the README's bash block that follows ``marker``."""
+    import shlex
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index(marker):]
+    block = block[block.index("```bash\n") + 8:]
+    words = shlex.split(block[:block.index("```")].replace("\\\n", " "), comments=True)
+    starts = [i for i, w in enumerate(words) if w.endswith("snakemake")] or [0]
+    return [words[a:b] for a, b in zip(starts, [*starts[1:], len(words)])]
+
+
+def _overrides(words: list[str]) -> dict:
+    """What Snakemake makes of ``--config k=v ...``: each value read as YAML, merged."""
+    from xaipipe.config import deep_update
+    out: dict = {}
+    for w in words[words.index("--config") + 1:]:
+        key, value = w.split("=", 1)
+        out = deep_update(out, {key: yaml.safe_load(value)})
+    return out
+
+
+def test_the_readmes_demo_overrides_of_the_mask_presets_plan_on_the_demo_model():
+    """The README's one documented override per mask preset (and the λ grid's), read from the
+    README itself, plan the demo model only, 8 images; the compat recipe's override on top of
+    the shearletx one plans the reference's settings."""
+    from xaipipe.config import deep_update
+    cmds = [(w[1], w[w.index("--configfile") + 1], _overrides(w))
+            for w in _readme_block("the one documented override each")
+            if w[0].endswith("snakemake")]
+    assert [c[0] for c in cmds] == ["shearletx", "startgrad", "startgrad_lambda"]
+    (compat_words,) = _readme_block("The closest reproduction of the ShearletX")
+    compat = _overrides(compat_words)
+    for target, preset, overrides in cmds:
+        for extra in ([{}, compat] if target == "shearletx" else [{}]):
+            c = load_config(ROOT / "config.yaml", ROOT / preset,
+                            overrides=deep_update(overrides, extra), targets=[target])
+            exp = c["experiments"][target]
+            assert exp["models"] == ["shapes_resnet18"] and exp["max_images"] == 8
+            keys = Plan(c).explain_keys(target)
+            assert keys and {k[1] for k in keys} == {"shapes_resnet18"}
+            if extra:
+                assert all(c["methods"][m]["compat"] == "shearletx" for m in extra["methods"])
+                assert c["metrics"]["hallucination_score"]["compat"] == "shearletx"
