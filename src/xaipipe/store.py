@@ -42,16 +42,16 @@ import torch.nn.functional as F
 
 from .errors import DataError
 from .shards import read_manifest
-from .utils import atomic_path, nonfinite_rows
-from .zarrio import (COMPRESSOR, SHUFFLED_ZSTD, consolidate, create, new_group, open_group,
-                     provenance, versions)
+from .utils import nonfinite_rows
+from .zarrio import (COMPRESSOR, SHUFFLED_ZSTD, GroupWriter, create, open_group, provenance,
+                     versions)
 
 DIMS = ("index", "channel", "y", "x")
 RESERVED = ("saliency", "index", "target", "scale")     # array names that are not extras
 UPSAMPLE_MODES = ("nearest", "bilinear", "bicubic", "area", "nearest-exact")
 
 
-class SaliencyWriter:
+class SaliencyWriter(GroupWriter):
     """Stream maps into a new store: ``with SaliencyWriter(path, n, attrs) as w: w.write(...)``.
 
     Arrays are created at the first write (the channel count comes from the method). Leaving
@@ -89,34 +89,19 @@ class SaliencyWriter:
                                  f"and upsample={{'mode': one of {UPSAMPLE_MODES}, "
                                  f"'align_corners': ...}}; got {image_size!r}, {upsample!r}")
             self.attrs.update(image_size=list(self.image_size), upsample=upsample)
-        self._ctx = None
         self._group = None
         self._written = 0
         self._arrays: dict = {}
 
-    def __enter__(self):
-        self._ctx = atomic_path(self.path)
-        self._tmp = self._ctx.__enter__()
-        try:
-            self._group = new_group(self._tmp, json.loads(json.dumps(self.attrs, default=str)))
-        except BaseException as e:              # the first write failed: name the output
-            self._ctx.__exit__(type(e), e, e.__traceback__)
-            raise
-        return self
+    def _group_attrs(self) -> dict:
+        return json.loads(json.dumps(self.attrs, default=str))
 
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            try:
-                if self._written != self.n:
-                    raise DataError(f"{self.path}: {self._written} of {self.n} images written")
-                if self.n == 0:
-                    # An empty selection still yields a valid (empty) store.
-                    self._ensure_arrays((0, 1, 1, 1), {})
-                consolidate(self._tmp)
-            except Exception as e:
-                self._ctx.__exit__(type(e), e, e.__traceback__)
-                raise
-        return self._ctx.__exit__(exc_type, exc, tb)
+    def _complete(self) -> None:
+        if self._written != self.n:
+            raise DataError(f"{self.path}: {self._written} of {self.n} images written")
+        if self.n == 0:
+            # An empty selection still yields a valid (empty) store.
+            self._ensure_arrays((0, 1, 1, 1), {})
 
     def _ensure_arrays(self, shape, extras):
         if self._arrays:

@@ -97,6 +97,43 @@ def create(group: zarr.Group, name: str, shape, dtype, chunk_n: int, dims,
                               fill_value=0)
 
 
+class GroupWriter:
+    """The atomic life of a store being written: ``with`` opens a new Zarr group in a
+    temporary folder beside ``self.path`` (:func:`~xaipipe.utils.atomic_path`; an error on that
+    first write names the output), and a block that ends without an error checks the store
+    (:meth:`_complete`, which raises if something is missing), consolidates its metadata and
+    renames it into place; otherwise nothing is left behind. Subclasses set ``self.path``
+    before entering and give the root attributes (:meth:`_group_attrs`); ``self._group`` is
+    the open group."""
+
+    def _group_attrs(self) -> dict:
+        raise NotImplementedError
+
+    def _complete(self) -> None:
+        """Raise if the store is not complete; called before it is consolidated."""
+
+    def __enter__(self):
+        from .utils import atomic_path
+        self._ctx = atomic_path(self.path)
+        self._tmp = self._ctx.__enter__()
+        try:
+            self._group = new_group(self._tmp, self._group_attrs())
+        except BaseException as e:              # the first write failed: name the output
+            self._ctx.__exit__(type(e), e, e.__traceback__)
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            try:
+                self._complete()
+                consolidate(self._tmp)
+            except Exception as e:
+                self._ctx.__exit__(type(e), e, e.__traceback__)
+                raise
+        return self._ctx.__exit__(exc_type, exc, tb)
+
+
 def open_group(path) -> zarr.Group:
     """Open a store read-only; its consolidated metadata is used when present (zarr's
     ``use_consolidated=None``), so older stores without it still open."""

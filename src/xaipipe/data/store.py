@@ -32,13 +32,12 @@ import torch
 import zarr
 
 from ..errors import DataError
-from ..utils import atomic_path
-from ..zarrio import consolidate, create, new_group, open_group, provenance
+from ..zarrio import GroupWriter, create, open_group, provenance
 
 IMG_DIMS = ("index", "channel", "y", "x")
 
 
-class ImageStoreWriter:
+class ImageStoreWriter(GroupWriter):
     """``with ImageStoreWriter(path, attrs) as w: w.add_split("val", n, h, w, masks=True); w.write(...)``
 
     ``add_split`` preallocates ``n`` rows; a writer that ends up with fewer good rows (images
@@ -47,36 +46,20 @@ class ImageStoreWriter:
 
     def __init__(self, path, attrs: dict, chunk_n: int = 256):
         self.path, self.attrs, self.chunk_n = path, attrs, chunk_n
-        self._ctx = None
-        self._root: zarr.Group | None = None
+        self._group: zarr.Group | None = None
         self._pos: dict[str, int] = {}
         self._n: dict[str, int] = {}
 
-    def __enter__(self):
-        self._ctx = atomic_path(self.path)
-        self._tmp = self._ctx.__enter__()
-        try:
-            self._root = new_group(self._tmp, {**self.attrs, **provenance()})
-        except BaseException as e:              # the first write failed: name the output
-            self._ctx.__exit__(type(e), e, e.__traceback__)
-            raise
-        return self
+    def _group_attrs(self) -> dict:
+        return {**self.attrs, **provenance()}
 
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            try:
-                short = {s: (self._pos[s], n) for s, n in self._n.items() if self._pos[s] != n}
-                if short:
-                    raise DataError(f"{self.path}: incomplete splits (written, expected): "
-                                    f"{short}")
-                consolidate(self._tmp)
-            except Exception as e:
-                self._ctx.__exit__(type(e), e, e.__traceback__)
-                raise
-        return self._ctx.__exit__(exc_type, exc, tb)
+    def _complete(self) -> None:
+        short = {s: (self._pos[s], n) for s, n in self._n.items() if self._pos[s] != n}
+        if short:
+            raise DataError(f"{self.path}: incomplete splits (written, expected): {short}")
 
     def add_split(self, split: str, n: int, height: int, width: int, masks: bool) -> None:
-        g = self._root.create_group(split)
+        g = self._group.create_group(split)
         create(g, "images", (n, 3, height, width), "uint8", self.chunk_n, IMG_DIMS)
         create(g, "labels", (n,), "int64", max(n, 1), IMG_DIMS[:1])
         create(g, "index", (n,), "int64", max(n, 1), IMG_DIMS[:1])
@@ -85,7 +68,7 @@ class ImageStoreWriter:
         self._pos[split], self._n[split] = 0, n
 
     def write(self, split: str, images, labels, index, masks=None) -> None:
-        g = self._root[split]
+        g = self._group[split]
         b = len(labels)
         sl = slice(self._pos[split], self._pos[split] + b)
         g["images"][sl] = images
@@ -97,7 +80,7 @@ class ImageStoreWriter:
 
     def trim(self, split: str) -> int:
         """Shrink ``split``'s arrays to the rows written so far (their number, returned)."""
-        g, n = self._root[split], self._pos[split]
+        g, n = self._group[split], self._pos[split]
         if n != self._n[split]:
             for key in ("images", "labels", "index", "masks"):
                 if key in g:
@@ -107,7 +90,7 @@ class ImageStoreWriter:
 
     def update_attrs(self, attrs: dict) -> None:
         """Add root attributes before the store is closed (e.g. what was skipped)."""
-        self._root.attrs.update(attrs)
+        self._group.attrs.update(attrs)
 
 
 @dataclass
