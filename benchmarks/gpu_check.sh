@@ -61,7 +61,7 @@ torch.cuda.get_device_name() if torch.cuda.is_available() else '-')"
 # reproducibility tolerance on CUDA
 step 150 $PY -m pytest -q -ra -p no:cacheprovider \
     tests/test_contract.py tests/test_metrics.py tests/test_precision.py tests/test_repro.py \
-    -k "cuda"
+    tests/test_masks.py -k "cuda or tensors_of_any_kind"
 # issue 7, item 7: IG and insertion throughput against the model's own limits
 step 60 $PY benchmarks/bench_ig.py --model resnet18 $IG
 step 45 $PY benchmarks/bench_ig.py --model demo $IG
