@@ -83,7 +83,6 @@ def run_jobs_in_allocation(runner: str = "local") -> bool:
     return True
 
 
-
 def resources_of(workflow, rule: str) -> dict:
     """The command line's (or profile's) ``--set-resources`` entries of ``rule``. Rules whose
     names come from the config (the step-sweep rules ``explain_sweep_<run>``) cannot be named

@@ -227,7 +227,6 @@ class SaliencyStore:
     extras: dict                  # name -> (N, ...) numpy, trailing dims as written
 
 
-
 def shard_layout(attrs: dict) -> dict:
     """A store's attributes as stored (JSON) without those the shards of one store may differ
     in (when and by which versions each was written, its number and resume key): what must
@@ -235,6 +234,7 @@ def shard_layout(attrs: dict) -> dict:
     skip = {"created", "shard", "shard_key", *versions()}
     return {k: v for k, v in json.loads(json.dumps(dict(attrs), default=str)).items()
             if k not in skip}
+
 
 def open_saliency(paths, native: bool = False) -> SaliencyStore:
     """Open one store, or several shards of one (a list of paths, concatenated along N), as a

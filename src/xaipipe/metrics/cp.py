@@ -73,6 +73,15 @@ def compat_normalize(normalize, compat, method: str | None):
     return normalize
 
 
+def max_normalised(x: torch.Tensor, to: torch.Tensor | None = None) -> torch.Tensor:
+    """Each image of ``x`` (N, ...) scaled so that its max is ``to`` (broadcastable per
+    image; None: 1) where that max is positive; an image without a positive value is left as
+    it is (nothing to rescale)."""
+    top = x.flatten(1).amax(1).view(-1, *([1] * (x.ndim - 1)))
+    scale = torch.where(top > 0, top, torch.ones_like(top))
+    return torch.where(top > 0, x / scale if to is None else x * (to / scale), x)
+
+
 def explanation_image(maps: torch.Tensor, images: torch.Tensor,
                       normalize: bool = True) -> torch.Tensor:
     """The explanation image x_E scored by CP: ``maps`` broadcast to the images' shape (a
@@ -85,8 +94,7 @@ def explanation_image(maps: torch.Tensor, images: torch.Tensor,
         raise ValueError(f"CP scores need explanation images of the images' shape "
                          f"{tuple(images.shape)}, got maps of shape {tuple(xe.shape)}") from None
     if normalize:
-        top = xe.flatten(1).amax(1).view(-1, *([1] * (xe.ndim - 1)))
-        xe = torch.where(top > 0, xe / torch.where(top > 0, top, torch.ones_like(top)), xe)
+        xe = max_normalised(xe)
     return xe.contiguous()
 
 

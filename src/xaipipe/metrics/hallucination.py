@@ -33,8 +33,8 @@ images and explanations must have the same H×W).
   nearly every [0, 1] ImageNet image's is, but CoShREM's ``min_contrast`` is an absolute
   intensity, so for a darker image (a dim photograph, a crop without a bright pixel) dividing
   by the max brightens x_E past x̃ and finds edges x̃ does not have: HS(x̃, x̃) was 0.04-0.06
-  for an image of max 0.8 and 0.47 at max 0.5. Scaling to the image's max keeps §9's first property,
-  HS(x̃, x̃) = 0, for every image (a decision: README, "Decisions").
+  for an image of max 0.8 and 0.47 at max 0.5. Scaling to the image's max keeps §9's first
+  property, HS(x̃, x̃) = 0, for every image (a decision: README, "Decisions").
 - **compat** (``compat=True`` or ``"shearletx"``): the reference pipeline's input, in float32
   as there: (R+G+B)/3 divided by 3 again, × 255, cast to int8 by truncation, so the detector sees
   integers in [0, 85] (``min_contrast`` = 3 is absolute, so the edge maps differ from the clean
@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from ..params import Param
 from .base import NONFINITE_PARAM, Metric, MetricInputs, register_metric
 from .coshrem import EdgeDetector
-from .cp import compat_normalize
+from .cp import compat_normalize, max_normalised
 
 __all__ = ["HallucinationScore", "dilate3x3", "edge_maps", "hallucination_score"]
 
@@ -97,15 +97,6 @@ def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
 NORMALIZE = ("image", "max")
 
 
-def _max_normalised(x: torch.Tensor, to: torch.Tensor | None = None) -> torch.Tensor:
-    """Each image scaled so that its max is ``to`` ((N, 1, 1, 1); None: 1) where that max is
-    positive; an image without a positive value is left as it is."""
-    top = x.flatten(1).amax(1).view(-1, 1, 1, 1)
-    scale = torch.where(top > 0, top, torch.ones_like(top))
-    scaled = x / scale if to is None else x * (to / scale)
-    return torch.where(top > 0, scaled, x)
-
-
 def normalise_explanations(images: torch.Tensor, explanations: torch.Tensor, normalize,
                            compat) -> torch.Tensor:
     """x_E as the edge detector should see it: ``normalize`` True (``"image"`` clean,
@@ -119,7 +110,7 @@ def normalise_explanations(images: torch.Tensor, explanations: torch.Tensor, nor
         raise ValueError(f"hallucination score: normalize={normalize!r}; allowed: True, False, "
                          f"{', '.join(map(repr, NORMALIZE))}")
     to = images.float().flatten(1).amax(1).view(-1, 1, 1, 1) if normalize == "image" else None
-    return _max_normalised(explanations.float(), to)
+    return max_normalised(explanations.float(), to)
 
 
 def detector_input(x: torch.Tensor, compat: bool) -> torch.Tensor:

@@ -99,8 +99,7 @@ import torch
 import torch.nn.functional as F
 
 from ...params import Param
-from ...utils import full_precision
-from ...utils import generator
+from ...utils import full_precision, generator
 from ..base import Attribution, Method, estimate_point_bytes, default_memory_mb, \
     register_method
 from ..masks import CLEAN_HISTORY, clean_cp, entropy, target_log_prob   # H: float64 (§8)
