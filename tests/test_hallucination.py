@@ -144,7 +144,7 @@ def test_hs_of_the_image_itself_is_zero():
 
 
 def test_hs_of_a_darker_image_itself_is_zero_by_default():
-    """§9's HS(x̃, x̃) = 0 for an image whose max is below 1 (the demo's are): the clean default
+    """§9's HS(x̃, x̃) = 0 for an image whose max is below 1 (a dim photograph): the clean default
     scales x_E to the image's max. Dividing x_E by its own max (`normalize="max"`, §9's
     wording and the reference's) brightens it past x̃, and CoShREM's absolute min_contrast
     then finds edges x̃ does not have; for an image of max 1 the two agree exactly."""
