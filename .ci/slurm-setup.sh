@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CI: install a one-node SLURM cluster's software (Debian's slurm-wlm + munge) if missing, so
-# the `slurm` tests run instead of skipping. Only installs: tests/slurm_cluster.py writes the
+# the `slurm` tests run instead of skipping. Only installs: tests/helpers/slurm_cluster.py writes the
 # config and starts (and later stops) munged, slurmctld and slurmd itself. Idempotent.
 set -euo pipefail
 if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null \

@@ -1,15 +1,15 @@
 """The tiny workflow through SLURM on one node against the same run locally (goal: <= 1.5x).
 
 Runs ``snakemake --configfile <config> <experiment>`` twice, each in a fresh working directory
-holding the repository's config.yaml (as tests/test_workflow.py's ``workdir()`` prepares
+holding the repository's config.yaml (as tests/workflow/test_workflow.py's ``workdir()`` prepares
 one): locally with ``--cores`` = the SLURM profile's ``cores`` (2), and through
 ``--profile profiles/slurm`` on a one-node cluster. The cluster is the one
-tests/slurm_cluster.py starts (munged, slurmctld, slurmd as root, everything in a temporary
+tests/helpers/slurm_cluster.py starts (munged, slurmctld, slurmd as root, everything in a temporary
 folder; stopped again, only the daemons started here) or, with ``--cluster running``, one that
 already answers ``sinfo``. Prints the jobs of each run, both wall times, the ratio SLURM/local
 against the goal, and whether the outputs are equal: summary.csv, per_image.parquet and the
 tables byte for byte or exactly, every per-image score file and every store array exactly
-(the comparison of tests/test_slurm.py). Then where the SLURM run's time went, per SLURM job
+(the comparison of tests/workflow/test_slurm.py). Then where the SLURM run's time went, per SLURM job
 (submitted / started / ended, from slurmctld's log or ``scontrol``), against the stages
 of the local run.
 
@@ -47,9 +47,8 @@ import zarr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-import slurm_cluster  # noqa: E402  (tests/: the one-node cluster)
-from test_slurm import _frames_equal, slurm_submissions  # noqa: E402
-from test_workflow import snakemake, workdir  # noqa: E402
+from helpers import slurm_cluster  # noqa: E402  (tests/helpers: the one-node cluster)
+from helpers.workflow import frames_equal, slurm_submissions, snakemake, workdir  # noqa: E402
 from xaipipe.config import Plan, load_config  # noqa: E402
 
 PROFILE = ROOT / "profiles" / "slurm"
@@ -110,7 +109,7 @@ def planned_jobs(out: str) -> dict[str, int]:
 # -- output equality --------------------------------------------------------------------------
 def compare(local: Path, remote: Path, config: Path, exp: str) -> tuple[list[str], int]:
     """(the differences between the two runs' outputs, empty when equal; files compared).
-    Compared: tests/test_slurm.py's set (summary, per-image scores, store arrays), the
+    Compared: tests/workflow/test_slurm.py's set (summary, per-image scores, store arrays), the
     per-image table and the table files."""
     plan = Plan(load_config(local / "config.yaml", config))
     bad, n = [], 0
@@ -127,14 +126,14 @@ def compare(local: Path, remote: Path, config: Path, exp: str) -> tuple[list[str
     check(s, lambda: pd.testing.assert_frame_equal(pd.read_csv(local / s),
                                                    pd.read_csv(remote / s), check_exact=True))
     p = plan.per_image(exp)
-    check(p, lambda: _long_frames_equal(pd.read_parquet(local / p),
+    check(p, lambda: _longframes_equal(pd.read_parquet(local / p),
                                         pd.read_parquet(remote / p), p))
     for t in plan.experiments[exp].tables:
         for f in plan.table(exp, t).values():
             check(f, lambda f=f: _same_bytes(local / f, remote / f))
     for key in plan.score_keys(exp):
         f = plan.scores(*key)
-        check(f, lambda f=f: _frames_equal(pd.read_parquet(local / f),
+        check(f, lambda f=f: frames_equal(pd.read_parquet(local / f),
                                            pd.read_parquet(remote / f), f))
     for key in plan.explain_keys(exp):
         f = plan.saliency(*key)
@@ -142,7 +141,7 @@ def compare(local: Path, remote: Path, config: Path, exp: str) -> tuple[list[str
     return bad, n
 
 
-def _long_frames_equal(a: pd.DataFrame, b: pd.DataFrame, path: str):
+def _longframes_equal(a: pd.DataFrame, b: pd.DataFrame, path: str):
     """Equal tables whose array cells differ in length between rows (per_image.parquet: the
     curves of several metrics), cell by cell."""
     assert list(a.columns) == list(b.columns) and len(a) == len(b) > 0, path
@@ -273,7 +272,7 @@ def main():
                     help="overlay (--configfile); default tests/configs/tiny.yaml")
     ap.add_argument("--experiment", help="target experiment (default: the overlay's run:)")
     ap.add_argument("--cluster", choices=("start", "running"), default="start",
-                    help="start: a one-node cluster of tests/slurm_cluster.py (reused if "
+                    help="start: a one-node cluster of tests/helpers/slurm_cluster.py (reused if "
                          "`sinfo` already answers), stopped at the end; running: only an "
                          "existing one (SLURM_CONF or /run/slurm/conf), neither started "
                          "nor stopped")

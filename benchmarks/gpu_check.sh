@@ -60,8 +60,8 @@ torch.cuda.get_device_name() if torch.cuda.is_available() else '-')"
 # the CUDA cases: every method and metric on CUDA (contract), mixed precision, the
 # reproducibility tolerance on CUDA
 step 150 $PY -m pytest -q -ra -p no:cacheprovider \
-    tests/test_contract.py tests/test_metrics.py tests/test_precision.py tests/test_repro.py \
-    tests/test_masks.py -k "cuda or tensors_of_any_kind"
+    tests/unit/explain/test_contract.py tests/unit/metrics/test_metrics.py tests/unit/pipeline/test_precision.py tests/unit/pipeline/test_repro.py \
+    tests/unit/explain/test_masks.py -k "cuda or tensors_of_any_kind"
 # issue 7, item 7: IG and insertion throughput against the model's own limits
 step 60 $PY benchmarks/bench_ig.py --model resnet18 $IG
 step 45 $PY benchmarks/bench_ig.py --model demo $IG

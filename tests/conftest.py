@@ -61,7 +61,7 @@ def tiny_run(tmp_path_factory):
     tests and the SLURM comparison: (folder, wall seconds)."""
     import time
 
-    from test_workflow import TINY, snakemake, workdir
+    from helpers.workflow import TINY, snakemake, workdir
     d = workdir(tmp_path_factory.mktemp("wf"))
     t = time.monotonic()
     snakemake("--configfile", str(TINY), "--cores", "2", "tiny", cwd=d)
@@ -70,7 +70,7 @@ def tiny_run(tmp_path_factory):
 
 #: test files whose tests share an expensive module or session fixture (the tiny workflow run,
 #: the SLURM cluster): `make test` keeps each in one xdist process
-SHARED_FIXTURE_FILES = ("test_workflow.py", "test_slurm.py")
+SHARED_FIXTURE_FILES = ("workflow/test_workflow.py", "workflow/test_slurm.py")
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -37,7 +37,7 @@ the worker, which stops with a :class:`~xaipipe.errors.ConfigError` naming the v
 
 CPU against GPU cannot be bit-identical (other kernels, other summation orders); there the
 documented tolerance (:data:`TOLERANCE`) holds and is tested against recorded numbers
-(``tests/reference/repro.json``, written by ``python -m xaipipe.repro --record``).
+(``tests/unit/pipeline/reference/repro.json``, written by ``python -m xaipipe.repro --record``).
 """
 from __future__ import annotations
 

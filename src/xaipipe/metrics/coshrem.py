@@ -9,7 +9,7 @@ edge measure with its own implementation, vectorised over pixels and images in P
 GPU, float64), following the algorithm of ``rgcda/PyCoShREM`` (``coshrem/shearlet.py``:
 ``construct_shearlet``, ``yapuls``, ``shear``; ``coshrem/util/cone.py``; and
 ``coshrem/shearletsystem.py`` L428-620: ``EdgeSystem.__init__``, ``_single_shearlet``,
-``_full_circle_coeffs``, ``detect``). ``tests/test_hallucination.py`` checks it against the
+``_full_circle_coeffs``, ``detect``). ``tests/unit/metrics/test_hallucination.py`` checks it against the
 package.
 
 The system (defaults of ``EdgeSystem``):

@@ -6,7 +6,7 @@ subclassed from ``torchvision.models.resnet``, because importing any part of tor
 imports ``torch._dynamo`` (through ``torchvision.ops``), about 2.6 s of every job's start-up
 while the demo needs none of it. Module names (``layer4.1.conv2``, ``fc``), module creation
 order (so the same seed gives the same weights, bit for bit), initialisation and ``forward``
-are exactly torchvision's: ``tests/test_models.py`` builds both from one seed and compares
+are exactly torchvision's: ``tests/unit/models/test_models.py`` builds both from one seed and compares
 state dicts and outputs.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Smooth mask / extremal perturbations (`mask-methods.md` §8, §9.1; TorchRay
 ``torchray/attribution/extremal_perturbation.py``). Hand computations of each piece, the
 method's contract properties, and TorchRay itself as an oracle where its sources are found
-(``tests/torchray_oracle.py``; skipped with the reason otherwise).
+(``tests/helpers/torchray_oracle.py``; skipped with the reason otherwise).
 
 Tiny inputs (3x32x32, 3x48x56) and a 2-conv model keep the file fast.
 """
@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-import torchray_oracle
+from helpers import torchray_oracle
 from xaipipe.explain import available_methods, explain, get_method, run_method
 from xaipipe.explain.methods.smooth_mask import (LOSS_TERMS, SmoothMaskGenerator, area_penalty,
                                                  area_reference, blur_pyramid, blur_sigmas,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pair_oracle import pair_saliency
+from helpers.pair_oracle import pair_saliency
 from xaipipe.explain import explain, get_method, run_method
 from xaipipe.explain.base import gradient
 from xaipipe.explain.methods.guided_ig import guided_step

@@ -17,7 +17,7 @@ before the `srun` inside each job, and it keeps /etc untouched. slurmd fetches i
 through munge before it knows any AuthInfo, so munged listens on the default socket
 (/run/munge/munge.socket.2) with a key from the temporary folder.
 
-`python tests/slurm_cluster.py` starts a cluster and keeps it up until Ctrl-C.
+`python tests/helpers/slurm_cluster.py` starts a cluster and keeps it up until Ctrl-C.
 """
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def slurm_conf(state: Path, node_line: str, memory_mb: int) -> str:
     node = " ".join(f"RealMemory={memory_mb}" if w.startswith("RealMemory=") else w
                     for w in node_line.split())
     return f"""\
-# one-node cluster of tests/slurm_cluster.py (state in {state})
+# one-node cluster of tests/helpers/slurm_cluster.py (state in {state})
 ClusterName=xaipipe
 SlurmctldHost={host}(127.0.0.1)
 SlurmctldParameters=enable_configless

@@ -20,9 +20,9 @@ from xaipipe.explain.runner import explain_to_store
 from xaipipe.metrics.runner import score_store
 from xaipipe.models import load_model
 
-from test_runner import SPEC, explain_job, score_job
+from helpers.jobs import SPEC, explain_job, score_job
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]   # the repository
 #: the variables torch reads when it starts (a worker must be started with them)
 STARTUP = {k: v for k, v in repro.ENV.items() if k != "XAIPIPE_REPRODUCIBLE"}
 INSERTION = {"steps": 5, "fill": "black", "score": "prob", "reduction": "abs_sum",

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from xaipipe.config.jobs import Entry, ExplainJob, ModelSpec, ScoreJob, SummaryJob
+from helpers.jobs import SPEC, explain_job, score_job
+from xaipipe.config.jobs import Entry, SummaryJob
 from xaipipe.data.datasets import build_image_store
 from xaipipe.data.predictions import predict
 from xaipipe.data.store import open_images
@@ -20,9 +21,6 @@ from xaipipe.metrics import pointing_game, stability
 from xaipipe.metrics.runner import read_provenance, score_store, summarize_experiment
 from xaipipe.models import load_model
 from xaipipe.store import open_saliency
-
-SPEC = ModelSpec("demo_resnet18", None, {"num_classes": 3, "width": 4})
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
@@ -39,21 +37,6 @@ def data(tmp_path_factory):
     preds.iloc[[4, 1]].to_parquet(d / "two.parquet")
     preds.iloc[:0].to_parquet(d / "none.parquet")
     return d
-
-
-def explain_job(**kw):
-    base = dict(method="saliency", params={"objective": "logit", "grad_space": "pixel"},
-                model=SPEC, target="label", max_images=(None,), split="val", seed=0,
-                device="cpu", batch_size=4, memory_mb=None, dtype="float32",
-                provenance={"method": "saliency"})
-    return ExplainJob(**{**base, **kw})
-
-
-def score_job(metric, params, model=None, **kw):
-    base = dict(metric=metric, params=params, model=model, max_images=(None,), split="val",
-                device="cpu", batch_size=16, scheduler="synchronous",
-                provenance={"metric": metric, "method_params": {"objective": "logit"}})
-    return ScoreJob(**{**base, **kw})
 
 
 def test_requested_images_are_the_union_of_capped_selections(data):
@@ -259,7 +242,7 @@ def _make_resume_dry(args, *make_vars, env=None):
     from pathlib import Path
     if shutil.which("make") is None:
         pytest.skip("no make")
-    root, venv = Path(__file__).resolve().parents[1], Path(sys.prefix)
+    root, venv = Path(__file__).resolve().parents[3], Path(sys.prefix)
     clean = {k: v for k, v in os.environ.items()
              if k not in ("CORES", "MAKEFLAGS", "MFLAGS", "SNAKEMAKE_PROFILE")}
     out = subprocess.run(["make", "-s", "-n", "-C", str(root), "-o",

@@ -96,7 +96,7 @@ def test_bad_precision_is_named(cnn, batch):
 
 
 def test_precision_enters_the_signatures_only_when_set():
-    from test_config import BASE, cfg, check
+    from helpers.configs import BASE, cfg, check
 
     from xaipipe.config import Plan
     p32, p16 = Plan(check(cfg())), Plan(check(cfg(precision="bfloat16")))

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from test_workflow import snakemake, workdir
+from helpers.workflow import snakemake, workdir
 from xaipipe.config import ROOT
 from xaipipe.store import open_saliency
 
@@ -137,7 +137,7 @@ def run_on_stand_ins(tmp_path, preset, experiment, model, subset, settings):
     (test_workflow_standalone.imagenet_stand_in: 2 classes x 2 images, a random torchvision
     ResNet-18 as ``model``'s weights), 2 images; ``settings``: the experiment's further keys
     (first item) and the method overrides. Returns the working folder."""
-    from test_workflow_standalone import imagenet_stand_in
+    from helpers.workflow import imagenet_stand_in
 
     (tmp_path / "wd").mkdir()
     d = workdir(tmp_path / "wd")

@@ -4,27 +4,12 @@ import pytest
 import yaml
 
 from xaipipe.config.jobs import signature
-from xaipipe.config import (ROOT, Plan, check_config, check_overlays, load_config, prepare,
+from xaipipe.config import (ROOT, Plan, check_overlays, load_config, prepare,
                             validate_schema)
 from xaipipe.errors import ConfigError
+from helpers.configs import BASE, cfg, check
 
-BASE = yaml.safe_load((ROOT / "config.yaml").read_text())
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
-
-
-def cfg(**changes):
-    c = copy.deepcopy(BASE)
-    for path, value in changes.items():
-        node = c
-        keys = path.split("__")
-        for k in keys[:-1]:
-            node = node[k]
-        node[keys[-1]] = value
-    return c
-
-
-def check(c):
-    return check_config(validate_schema(c))
 
 
 def test_default_config_is_valid_and_planned():

@@ -3,39 +3,15 @@ once per session (conftest.py `tiny_run`) and read by every test here; the workf
 that need no shared run are in test_workflow_standalone.py (`make test` schedules this file's
 tests into one process)."""
 import re
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from helpers.workflow import TINY, planned_outputs, snakemake, workdir  # noqa: F401
 from xaipipe.config import ROOT, Plan, load_config
 from xaipipe.metrics.runner import read_provenance
 from xaipipe.store import open_saliency
-
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-TINY = ROOT / "tests" / "configs" / "tiny.yaml"
-
-
-def snakemake(*args, cwd, check=True, timeout=None):
-    cmd = SNAKEMAKE + ["-s", str(ROOT / "Snakefile"), "--directory", str(cwd), *args]
-    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    if check and res.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
-    return res
-
-
-def workdir(tmp):
-    """A working directory as a user has it: the repository's config.yaml (the catalogs and
-    the default experiment) and the overlays given with --configfile."""
-    shutil.copy(ROOT / "config.yaml", tmp / "config.yaml")
-    return tmp
-
-
-def planned_outputs(res) -> list[str]:
-    return re.findall(r"^\s+output: (.*)$", res.stdout, flags=re.M)
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """A tiny workflow through SLURM (`--profile profiles/slurm`) on a real one-node cluster
-(tests/slurm_cluster.py): same results as a local run of the same config, every request fits
+(tests/helpers/slurm_cluster.py): same results as a local run of the same config, every request fits
 the node. The wall-time ratio is printed (a speed goal, not a test: README, Benchmarks).
 
 The run is tests/configs/slurm_tiny.yaml (every rule, 2 methods x 1 variant x 1 metric),
@@ -14,8 +14,8 @@ import pytest
 import yaml
 import zarr
 
-from slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
-from test_workflow import snakemake, workdir
+from helpers.slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
+from helpers.workflow import dry_run_jobs, frames_equal, slurm_submissions, snakemake, workdir
 from xaipipe.config import ROOT, Plan, load_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
@@ -52,12 +52,6 @@ def plan_of(d) -> Plan:
     return Plan(load_config(d / "config.yaml", CONFIG))
 
 
-def dry_run_jobs(stdout: str) -> list[tuple[str, str]]:
-    """(rule, text) of every job a dry run prints (`rule X:` then its indented fields)."""
-    parts = re.split(r"^\s*(?:local)?rule (\w+):$", stdout, flags=re.M)
-    return list(zip(parts[1::2], parts[2::2]))
-
-
 def test_profile_requests_fit_the_node(slurm_cluster, tmp_path):  # noqa: F811
     """Every job of the dry run asks for at most the node's CPUs, and side by side in a group
     job at most its memory (config.yaml's threads.train: 4 comes out as the profile's cores);
@@ -88,7 +82,7 @@ def test_slurm_run_matches_the_local_run(runs):
     pd.testing.assert_frame_equal(a, b, check_exact=True)
     for key in plan.score_keys(EXP):
         path = plan.scores(*key)
-        _frames_equal(pd.read_parquet(local / path), pd.read_parquet(remote / path), path)
+        frames_equal(pd.read_parquet(local / path), pd.read_parquet(remote / path), path)
     for key in plan.explain_keys(EXP):
         path = plan.saliency(*key)
         ga, gb = zarr.open_group(local / path, mode="r"), zarr.open_group(remote / path, mode="r")
@@ -97,24 +91,6 @@ def test_slurm_run_matches_the_local_run(runs):
         for name in names:
             np.testing.assert_array_equal(np.asarray(ga[name]), np.asarray(gb[name]),
                                           err_msg=f"{path}/{name}")
-
-
-def _frames_equal(a: pd.DataFrame, b: pd.DataFrame, path: str):
-    """Per-image score tables equal, array cells (curves) included."""
-    assert list(a.columns) == list(b.columns) and len(a) == len(b) > 0, path
-    for c in a.columns:
-        x, y = a[c].to_numpy(), b[c].to_numpy()
-        if x.dtype == object and len(x) and isinstance(x[0], np.ndarray):
-            x, y = np.stack(x), np.stack(y)
-        np.testing.assert_array_equal(x, y, err_msg=f"{path}: column {c}")
-
-
-def slurm_submissions(workdir) -> dict[str, str]:
-    """SLURM job id -> log folder (`rule_<rule>` or `group_<group>_...`) of every job the
-    run submitted, from Snakemake's log (the plugin deletes logs of successful jobs)."""
-    text = "".join(p.read_text() for p in (workdir / ".snakemake/log").glob("*.snakemake.log"))
-    return dict(re.findall(r"submitted with SLURM jobid (\d+) \(log: .*?/slurm_logs/([^/]+)/",
-                           text))
 
 
 def test_slurm_run_went_through_slurm(runs):

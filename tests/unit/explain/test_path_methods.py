@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from pair_oracle import pair_saliency
+from helpers.pair_oracle import pair_saliency
 from xaipipe.explain import explain, explain_sweep, get_method, run_method
 from xaipipe.explain.idgi import IDGIAccumulator, idgi
 from xaipipe.explain.objectives import objective

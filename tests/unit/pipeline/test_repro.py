@@ -1,7 +1,7 @@
 """Reproducible mode (xaipipe.repro): pinned CPU kernels give the same bits whatever the
 allocation, and every device stays within the documented tolerance of recorded numbers.
 
-``tests/reference/repro.json`` was recorded in reproducible mode (``python -m xaipipe.repro
+``tests/unit/pipeline/reference/repro.json`` was recorded in reproducible mode (``python -m xaipipe.repro
 --record ...`` with the environment of ``xaipipe.repro.ENV``) on the 2-core x86 development VM.
 """
 import json

@@ -13,7 +13,7 @@ from xaipipe.report import (FIGURES, SUMMARY_COLUMNS, TABLES, FigureInputs, bar_
                             read_summary, saliency_grid, to_html, to_latex, to_markdown)
 from xaipipe.report import figures as figures_mod
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]   # the repository
 
 
 def long_frame(excluded=0, n_random_deletion=100):

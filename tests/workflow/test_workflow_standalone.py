@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import yaml
 
-from test_workflow import ROOT, SNAKEMAKE, TINY, planned_outputs, snakemake, workdir
+from helpers.workflow import (SNAKEMAKE, TINY, dry_run_jobs, imagenet_stand_in, planned_outputs,
+                              snakemake, workdir)
+from xaipipe.config import ROOT
 from xaipipe.config import Plan, load_config
 from xaipipe.data.store import open_images
 from xaipipe.store import open_saliency
@@ -106,7 +108,6 @@ def test_sweep_jobs_take_the_explain_rules_cluster_settings(tmp_path):
     profile gives `explain` — its memory, runtime and group — and their own --set-resources
     entry still wins. A dry run with the profile's explain settings on the command line (no
     cluster needed: groups are resolved in dry runs)."""
-    from test_slurm import dry_run_jobs
 
     prof = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
     res = prof["set-resources"]["explain"]
@@ -131,26 +132,6 @@ def test_sweep_jobs_take_the_explain_rules_cluster_settings(tmp_path):
                if name == prof["groups"]["explain"]
                for r in re.findall(r"^\s{4}rule (\w+):", body, flags=re.M)}
     assert {r for r, _ in sweeps} <= grouped, grouped
-
-
-def imagenet_stand_in(root, per_class: int = 1):
-    """A tiny ImageNet val folder under ``root / "imagenet"`` (two wnids, ``per_class``
-    random 300x260 JPEGs each) and ``root / "resnet18-stand-in.pth"``, the weights of a random
-    torchvision ResNet-18 (1000 classes): (imagenet root, weights path)."""
-    import torch
-    from PIL import Image
-
-    from xaipipe.models import load_model
-
-    rng = np.random.default_rng(0)
-    for c in ("n01440764", "n01443537"):
-        (root / "imagenet" / "val" / c).mkdir(parents=True)
-        for i in range(per_class):
-            Image.fromarray(rng.integers(0, 255, (300, 260, 3), dtype=np.uint8)).save(
-                root / "imagenet" / "val" / c / f"ILSVRC2012_val_{c}_{i}.JPEG")
-    weights = root / "resnet18-stand-in.pth"
-    torch.save(load_model("resnet18", weights="random").net.state_dict(), weights)
-    return root / "imagenet", weights
 
 
 @pytest.mark.integration
