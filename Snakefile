@@ -9,7 +9,7 @@ import os
 
 from xaipipe import repro
 from xaipipe.config import setup_workflow
-from xaipipe.config.jobs import signature
+from xaipipe.jobs import signature
 from xaipipe.parallel import allocator_environment
 from xaipipe.slurm import cap_status_interval, run_jobs_in_allocation, group_of, resources_of
 

@@ -32,7 +32,7 @@ import torch
 
 from benchcommon import (DEMO_WEIGHTS, add_allocator, header, ratio, speed, timed,
                          use_allocator)
-from xaipipe.config.jobs import ModelSpec, ScoreJob
+from xaipipe.jobs import ModelSpec, ScoreJob
 from xaipipe.data.datasets import build_image_store
 from xaipipe.data.predictions import predict
 from xaipipe.data.store import open_images
@@ -111,7 +111,7 @@ def main():
     import dask
     from xaipipe.parallel import worker_allocator_config
     from distributed import Client, LocalCluster
-    from xaipipe.metrics.runner import score_store
+    from xaipipe.pipeline.scoring import score_store
 
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)

@@ -39,7 +39,7 @@ from pair_oracle import pair_pic  # noqa: E402  (PAIR under the NumPy shims it n
 
 def inputs(name, model, n, size, device):
     if name == "demo":
-        from xaipipe.data.shapes import ShapesConfig, render
+        from xaipipe.data.sources.shapes import ShapesConfig, render
         from xaipipe.explain import explain
         cfg = ShapesConfig(image_size=size)
         rendered = [render(cfg, "val", i) for i in range(n)]

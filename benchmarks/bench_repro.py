@@ -20,7 +20,7 @@ from xaipipe import repro
 WORK = """
 import json, time, torch
 from xaipipe import repro
-from xaipipe.data.shapes import ShapesConfig, render
+from xaipipe.data.sources.shapes import ShapesConfig, render
 from xaipipe.explain import explain
 from xaipipe.metrics import insertion
 from xaipipe.parallel import set_torch_threads

@@ -1,5 +1,5 @@
 """Typed jobs for runner tests: a tiny demo model spec and jobs with test defaults."""
-from xaipipe.config.jobs import ExplainJob, ModelSpec, ScoreJob
+from xaipipe.jobs import ExplainJob, ModelSpec, ScoreJob
 
 SPEC = ModelSpec("demo_resnet18", None, {"num_classes": 3, "width": 4})
 

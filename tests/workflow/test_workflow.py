@@ -10,7 +10,7 @@ import pytest
 
 from helpers.workflow import TINY, planned_outputs, snakemake, workdir  # noqa: F401
 from xaipipe.config import ROOT, Plan, load_config
-from xaipipe.metrics.runner import read_provenance
+from xaipipe.pipeline.scoring import read_provenance
 from xaipipe.store import open_saliency
 
 

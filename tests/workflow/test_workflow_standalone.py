@@ -208,7 +208,7 @@ def test_sigkill_of_the_whole_run_then_make_resume(tmp_path):
     assert (wd / "results/papers/resume_tiny/summary.csv").exists()
     assert not list(wd.rglob("*.tmp-*")) and not stage.exists()
     # the same job uninterrupted, through the package (what the rule runs)
-    from xaipipe.explain.runner import explain_to_store
+    from xaipipe.pipeline.attribution import explain_to_store
     plan = Plan(load_config(wd / "config.yaml", RESUME))
     job = plan.explain_job("tiny_shapes", "tiny_resnet18", "ig_slow", "original")
     rule_in = {"images": plan.model_images("tiny_resnet18", "original"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .check import RESERVED, Experiment, check_config, check_files, method_of, metric_of
-from .jobs import ModelSpec
+from ..jobs import ModelSpec
 from .overlays import check_overlays, load_yaml
 from .paths import Paths
 from .plan import Plan

@@ -6,9 +6,6 @@ Errors are :class:`ConfigError` naming the key (and both sides of a bad pair).
 """
 from __future__ import annotations
 
-import contextlib
-import json
-
 from dataclasses import dataclass
 
 from ..data.datasets import make_source
@@ -18,6 +15,7 @@ from ..data.variants import check_variant
 from ..errors import ConfigError
 from ..explain.base import Method, get_method
 from ..metrics.base import get_metric
+from ..models.meta import meta_model
 from ..models.train import TRAIN_PARAMS
 from ..models.zoo import _entry
 from ..params import check_params
@@ -150,11 +148,8 @@ def _allowed(where: str, name, allowed) -> None:
 
 
 def model_factory(config: dict, name: str):
-    """Build model ``name``'s architecture on the meta device (no memory, no weights), for
-    checks of what it contains."""
-    import torch
-
-    from ..models import load_model
+    """Model ``name``'s architecture on the meta device (no memory, no weights), for checks of
+    what it contains (:func:`xaipipe.models.meta.meta_model`)."""
     m = config["models"][name]
     kw = {}
     if m.get("num_classes"):
@@ -163,31 +158,7 @@ def model_factory(config: dict, name: str):
         kw["width"] = check_params(TRAIN_PARAMS, m["train"], "train")["width"]
         kw.setdefault("num_classes", len(make_source(m["dataset"],
                                                      config["datasets"][m["dataset"]]).classes()))
-    key = json.dumps([m["arch"], kw], sort_keys=True)
-    if key not in _META_MODELS:
-        with torch.device("meta"), _no_init():
-            _META_MODELS[key] = load_model(m["arch"], weights="random", device="meta", **kw)
-    return _META_MODELS[key]
-
-
-_META_MODELS: dict = {}
-
-
-@contextlib.contextmanager
-def _no_init():
-    """Skip the weight initialisers while building on the meta device: there are no values
-    to fill, and the initialisers dominate the build time (1.2 s per ImageNet model)."""
-    import torch.nn.init as init
-    names = [n for n in dir(init) if n.endswith("_") and not n.startswith("_")
-             and callable(getattr(init, n))]
-    saved = {n: getattr(init, n) for n in names}
-    try:
-        for n in names:
-            setattr(init, n, lambda tensor, *a, **k: tensor)
-        yield
-    finally:
-        for n, f in saved.items():
-            setattr(init, n, f)
+    return meta_model(m["arch"], **kw)
 
 
 def check_catalogs(config: dict) -> None:

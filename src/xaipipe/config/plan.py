@@ -20,7 +20,7 @@ from ..models.zoo import is_weights_path
 from ..params import check_params
 from ..explain.base import get_method
 from .check import Experiment, method_of, metric_of, split_store_run, store_runs, sweep_of
-from .jobs import (Entry, ExplainJob, FigureJob, ImageStoreJob, ModelSpec, PredictJob,
+from ..jobs import (Entry, ExplainJob, FigureJob, ImageStoreJob, ModelSpec, PredictJob,
                    ScoreJob, SelectJob, SummaryJob, TrainJob)
 from .paths import FIGURE_EXTS, TABLE_EXTS, Paths
 

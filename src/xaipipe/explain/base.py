@@ -20,7 +20,7 @@ from ..errors import ON_NONFINITE, ConfigError, NonFiniteError
 from ..registry import Registry
 from ..utils import PRECISIONS, autocast, eval_mode, full_precision, nonfinite_rows
 from ..params import Param, check_params
-from .objectives import OBJECTIVES, objective
+from ..maths.objectives import OBJECTIVES, objective
 
 OBJECTIVE_PARAM = Param("logit", str, OBJECTIVES, doc="explained scalar f of the logits")
 GRAD_SPACE_PARAM = Param("pixel", str, ("pixel", "normalized"),

@@ -6,7 +6,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..imageops import gaussian_blur
+from ..maths.imageops import gaussian_blur
 from ..utils import generator
 
 BASELINES = ("black", "normzero", "uniform", "blurred", "image_noise")

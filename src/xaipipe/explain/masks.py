@@ -44,7 +44,10 @@ from ..errors import ConfigError
 from ..params import Param, check_params, cli_scalar
 from ..utils import derive_seed
 from .base import Attribution, Method
-from .objectives import objective
+from ..maths.faithfulness import faithfulness_curves
+from ..maths.information import (HISTORY, cp_ratio, entropy, explanation_image,
+                                log_prob, pixel_l1_ratio, target_log_prob)
+from ..maths.objectives import objective
 from .startgrad import (ABLATIONS, SCORES, SMOOTHGRAD_SPREAD, TRANSFORMS, block_transform,
                         ranking_score, sampled_quantile_transform, shuffle_blocks)
 
@@ -106,11 +109,6 @@ COMMON_PARAMS = {
                                      "ranking, fresh noise)"),
 }
 
-#: the Kolek-style CP on the clean explanation at each recorded step (`metrics.md` §10.1, §8)
-CLEAN_HISTORY = ("clean_retained_probability", "clean_cp_l1_pixel", "clean_cp_l1",
-                 "clean_cp_entropy")
-HISTORY = ("retained_probability", "retained_l1", "retained_entropy", "retained_pixel",
-           "cp_l1", "cp_pixel", "cp_entropy", *CLEAN_HISTORY)
 
 
 #: parameters that only shape the initial mask or what a run records: runs of one method
@@ -156,23 +154,6 @@ def init_label(params: dict, declared: dict) -> str:
     return f"startgrad[{', '.join(parts)}]" if parts else "startgrad"
 
 
-def target_log_prob(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(N,) float64 log p_c of the classes ``target`` on the CPU, from float64 log-softmax of
-    the ``logits``."""
-    return torch.log_softmax(logits.double(), 1).gather(
-        1, target.view(-1, 1).to(logits.device)).squeeze(1).cpu()
-
-
-@torch.no_grad()
-def log_prob(model, x, target, chunk: int | None = None) -> torch.Tensor:
-    """(N,) float64 log p_c(x) of the classes ``target`` on the CPU
-    (:func:`target_log_prob`), in chunks of ``chunk`` images."""
-    n = x.shape[0]
-    chunk = max(1, int(chunk or n))
-    return torch.cat([target_log_prob(model(x[a:a + chunk]), target[a:a + chunk])
-                      for a in range(0, n, chunk)])
-
-
 @torch.no_grad()
 def clean_cp(model, images, x_e, target, logp_clean, l1, ent, chunk: int | None = None) -> dict:
     """The CP scores of ``metrics.md`` §8 (clean form) for the current explanation x_E of a
@@ -181,45 +162,13 @@ def clean_cp(model, images, x_e, target, logp_clean, l1, ent, chunk: int | None 
     over the retained pixel ℓ1 of x_E/max (``clean_cp_l1_pixel``), the representation's
     retained ℓ1 ``l1`` (``clean_cp_l1``) and retained entropy ``ent`` (``clean_cp_entropy``);
     (N,) float64 on the CPU. One forward pass of the N explanations."""
-    from ..metrics.cp import explanation_image         # metrics.cp imports this module
-
     xe = explanation_image(x_e, images, normalize=True)
     rcp = torch.exp(log_prob(model, xe, target, chunk) - logp_clean.double().cpu())
-    pix = xe.double().abs().flatten(1).sum(1).cpu() / \
-        images.double().abs().flatten(1).sum(1).cpu().clamp_min(1e-300)
+    pix = pixel_l1_ratio(xe, images)
     return {"clean_retained_probability": rcp,
             "clean_cp_l1_pixel": cp_ratio(rcp, pix),
             "clean_cp_l1": cp_ratio(rcp, l1.double().cpu()),
             "clean_cp_entropy": cp_ratio(rcp, ent.double().cpu())}
-
-
-def cp_ratio(rcp: torch.Tensor, info: torch.Tensor) -> torch.Tensor:
-    """CP = retained probability / retained information, NaN where the information is not
-    positive (an empty explanation: a mask gone to zero), as the ``cp`` metric leaves it
-    undefined; float64."""
-    rcp, info = rcp.double(), info.double()
-    ok = info > 0
-    return torch.where(ok, rcp / torch.where(ok, info, torch.ones_like(info)),
-                       torch.full_like(rcp, math.nan))
-
-
-ENTROPY_EPS = 1e-7      # inside the log of H (`metrics.md` §8)
-
-
-def entropy(v, dims=None) -> torch.Tensor:
-    """H(v) = −Σ q ln(q + 1e-7), q = |v|²/Σ|v|², summed over ``dims`` (an int, a tuple, or
-    None for all dims), in float64 (`metrics.md` §8; `skmda37/ShearletX:code/shearletx.py`).
-    Complex v uses its modulus. An all-zero v has q = 0 everywhere, so H = 0. The one
-    definition of H: the mask methods' retained entropy and the ``cp`` metric use it."""
-    v = torch.as_tensor(v).detach()
-    if dims is None:
-        dims = tuple(range(v.ndim))
-    elif isinstance(dims, int):
-        dims = (dims,)
-    e = v.abs().double() ** 2
-    total = e.sum(dims, keepdim=True)
-    q = e / torch.where(total > 0, total, torch.ones_like(total))
-    return -(q * torch.log(q + ENTROPY_EPS)).sum(dims)
 
 
 @dataclass
@@ -606,7 +555,6 @@ class MaskMethod(Method):
         (:mod:`xaipipe.metrics.faithfulness`): the mask ranks the coefficient positions, the
         noise uses the method's statistics, seeded by (seed, image id, method name) only, so
         that runs with other inits or λs see the same noise."""
-        from ..metrics.faithfulness import faithfulness_curves
         p = self.hparams
         seeds = [derive_seed(self.seed, int(i), "faithfulness", self.name) for i in image_ids]
         with torch.no_grad():

@@ -156,7 +156,7 @@ class Metric:
 
     def applies_to_method(self, method: str, params: dict) -> bool:
         """Whether the metric scores the maps of registered method ``method`` run with
-        ``params`` (the plan leaves other pairs out of an experiment, as it leaves out
+        ``params`` (its validated parameters, defaults filled in; the plan leaves other pairs out of an experiment, as it leaves out
         variants :meth:`applies_to` rejects; ``convergence`` needs recorded histories)."""
         return True
 

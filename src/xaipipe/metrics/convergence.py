@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DataError
-from ..explain.masks import HISTORY
+from ..maths.information import HISTORY
 from .base import Metric, MetricInputs, extras_as_numpy, register_metric
 
 CURVES = ("retained_probability", "retained_l1", "retained_entropy", "retained_pixel",
@@ -56,11 +56,9 @@ class Convergence(Metric):
     def applies_to_method(self, method: str, params: dict) -> bool:
         """Only mask methods run with ``history_every`` > 0 have histories: an experiment that
         also has IG or GradCAM (StartGrad's faithfulness baselines) scores those with its
-        other metrics only."""
-        from ..explain import get_method
-        spec = get_method(method).params
-        return "history_every" in spec and bool(
-            params.get("history_every", spec["history_every"].default))
+        other metrics only. ``params`` are the method's validated parameters (defaults
+        filled in), so a method without ``history_every`` has none."""
+        return bool(params.get("history_every", 0))
 
     def compute(self, inputs: MetricInputs) -> dict:
         ex = inputs.extras

@@ -48,7 +48,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..explain.masks import ENTROPY_EPS, entropy
+from ..maths.information import (cp_ratio, entropy, explanation_image, joint_entropy,
+                                log_softmax, ratio)
 from ..params import Param
 from .base import NONFINITE_PARAM, Metric, MetricInputs, as_target, register_metric
 
@@ -71,31 +72,6 @@ def compat_normalize(normalize, compat, method: str | None):
     if compat and normalize is True and method in UNSCALED_UNDER_COMPAT:
         return False
     return normalize
-
-
-def max_normalised(x: torch.Tensor, to: torch.Tensor | None = None) -> torch.Tensor:
-    """Each image of ``x`` (N, ...) scaled so that its max is ``to`` (broadcastable per
-    image; None: 1) where that max is positive; an image without a positive value is left as
-    it is (nothing to rescale)."""
-    top = x.flatten(1).amax(1).view(-1, *([1] * (x.ndim - 1)))
-    scale = torch.where(top > 0, top, torch.ones_like(top))
-    return torch.where(top > 0, x / scale if to is None else x * (to / scale), x)
-
-
-def explanation_image(maps: torch.Tensor, images: torch.Tensor,
-                      normalize: bool = True) -> torch.Tensor:
-    """The explanation image x_E scored by CP: ``maps`` broadcast to the images' shape (a
-    one-channel map becomes gray), divided per image by its max when ``normalize`` and that
-    max is positive (`metrics.md` §8, clean form). Float32 on the images' device."""
-    xe = torch.as_tensor(maps).to(images.device, torch.float32)
-    try:
-        xe = xe.expand_as(images)
-    except RuntimeError:
-        raise ValueError(f"CP scores need explanation images of the images' shape "
-                         f"{tuple(images.shape)}, got maps of shape {tuple(xe.shape)}") from None
-    if normalize:
-        xe = max_normalised(xe)
-    return xe.contiguous()
 
 
 def _as_parts(coeffs, mask) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -155,35 +131,12 @@ def retained_information(coeffs, mask, batch_size: int = 64) -> dict[str, np.nda
         full = [c.abs().flatten(1) for c, _ in sub]
         l1_k = sum(v.sum(1) for v in kept)
         l1_f = sum(v.sum(1) for v in full)
-        h_k, h_f = _joint_entropy(kept), _joint_entropy(full)
-        cols["retained_l1"][a:b] = _ratio(l1_k, l1_f)
-        cols["retained_entropy"][a:b] = _ratio(h_k, h_f)
+        h_k, h_f = joint_entropy(kept), joint_entropy(full)
+        cols["retained_l1"][a:b] = ratio(l1_k, l1_f)
+        cols["retained_entropy"][a:b] = ratio(h_k, h_f)
         cols["entropy_explanation"][a:b] = h_k.cpu().numpy()
         cols["entropy_image"][a:b] = h_f.cpu().numpy()
     return cols
-
-
-def _joint_entropy(flat: list[torch.Tensor]) -> torch.Tensor:
-    """H over the concatenation of the (n, d_i) magnitudes, computed part by part."""
-    total = sum((v ** 2).sum(1) for v in flat)
-    safe = torch.where(total > 0, total, torch.ones_like(total))[:, None]
-    h = 0
-    for v in flat:
-        q = v ** 2 / safe
-        h = h - (q * torch.log(q + ENTROPY_EPS)).sum(1)
-    return h
-
-
-def _ratio(num: torch.Tensor, den: torch.Tensor) -> np.ndarray:
-    num, den = num.double().cpu().numpy(), den.double().cpu().numpy()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-
-
-def _log_probs(model, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """(N, K) float64 log-softmax of the model's logits, in chunks of ``batch_size``."""
-    return torch.cat([torch.log_softmax(model(x[a:a + batch_size]).double(), 1)
-                      for a in range(0, x.shape[0], batch_size)])
 
 
 def _extra(extras: dict, names: tuple[str, ...], n: int):
@@ -196,12 +149,9 @@ def _extra(extras: dict, names: tuple[str, ...], n: int):
 
 
 def _cp(rcp: np.ndarray, retained: np.ndarray):
-    """CP = RCP / retained, NaN where the retained information is not positive and finite;
-    returns (cp, undefined)."""
-    undefined = ~(np.isfinite(retained) & (retained > 0))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cp = np.where(undefined, np.nan, rcp / np.where(undefined, 1.0, retained))
-    return cp, undefined
+    """(CP, undefined): :func:`~xaipipe.maths.information.cp_ratio` and where it is NaN
+    because the retained information is not a positive finite number."""
+    return cp_ratio(rcp, retained), ~(np.isfinite(retained) & (retained > 0))
 
 
 @register_metric
@@ -251,7 +201,7 @@ class CPScores(Metric):
         xe = explanation_image(inputs.maps, x,
                                compat_normalize(p["normalize"], p["compat"], inputs.method))
         bs = max(1, int(inputs.batch_size))
-        lp_x, lp_e = _log_probs(inputs.model, x, bs), _log_probs(inputs.model, xe, bs)
+        lp_x, lp_e = log_softmax(inputs.model, x, bs), log_softmax(inputs.model, xe, bs)
         if p["compat"]:
             rcp = torch.exp(lp_e.amax(1) - lp_x.amax(1))
         else:
@@ -259,7 +209,7 @@ class CPScores(Metric):
             rcp = torch.exp(lp_e.gather(1, t) - lp_x.gather(1, t))[:, 0]
         rcp = rcp.cpu().numpy()
 
-        l1_pix = _ratio(xe.double().abs().flatten(1).sum(1), x.double().abs().flatten(1).sum(1))
+        l1_pix = ratio(xe.double().abs().flatten(1).sum(1), x.double().abs().flatten(1).sum(1))
         extras = inputs.extras or {}
         k_l1, l1 = _extra(extras, EXTRAS_L1, n)
         k_ent, ent = _extra(extras, EXTRAS_ENTROPY, n)
@@ -268,7 +218,7 @@ class CPScores(Metric):
         h_e = h_x = None
         if ent is None:
             h_e, h_x = entropy(xe, (1, 2, 3)).cpu().numpy(), entropy(x, (1, 2, 3)).cpu().numpy()
-            ent = _ratio(torch.as_tensor(h_e), torch.as_tensor(h_x))
+            ent = ratio(torch.as_tensor(h_e), torch.as_tensor(h_x))
         elif p["entropy_exp"]:
             _, h_e = _extra(extras, (EXTRAS_H_EXPL,), n)
             _, h_x = _extra(extras, (EXTRAS_H_IMAGE,), n)

@@ -54,7 +54,8 @@ import torch.nn.functional as F
 from ..params import Param
 from .base import NONFINITE_PARAM, Metric, MetricInputs, register_metric
 from .coshrem import EdgeDetector
-from .cp import compat_normalize, max_normalised
+from ..maths.information import max_normalised
+from .cp import compat_normalize
 
 __all__ = ["HallucinationScore", "dilate3x3", "edge_maps", "hallucination_score"]
 

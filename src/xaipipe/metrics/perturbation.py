@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..explain.objectives import objective
-from ..imageops import REDUCTIONS, reduce_channels
+from ..maths.objectives import objective
+from ..maths.imageops import REDUCTIONS, reduce_channels
 from ..params import Param
 from .base import NONFINITE_PARAM, as_target
 

@@ -52,7 +52,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from ..imageops import REDUCTIONS
+from ..maths.imageops import REDUCTIONS
 from ..params import Param
 from ..utils import generator
 from .aggregate import column_seed

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ..imageops import REDUCTIONS, reduce_channels
+from ..maths.imageops import REDUCTIONS, reduce_channels
 from ..params import Param
 from .aggregate import column_seed
 from .base import Metric, MetricInputs, register_metric, summary_row

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..imageops import REDUCTIONS, reduce_channels
+from ..maths.imageops import REDUCTIONS, reduce_channels
 from ..params import Param
 from .base import NONFINITE_PARAM, Metric, MetricInputs, register_metric
 

@@ -1,4 +1,4 @@
-"""Loading a configured model (a :class:`~xaipipe.config.jobs.ModelSpec`) once per process."""
+"""Loading a configured model (a :class:`~xaipipe.jobs.ModelSpec`) once per process."""
 from __future__ import annotations
 
 import functools

@@ -61,7 +61,7 @@ def read_summary(path) -> pd.DataFrame:
 
 def read_per_image(path) -> pd.DataFrame:
     """The experiment's per-image scores (``per_image.parquet``, written with the summary:
-    :func:`xaipipe.metrics.runner.per_image_frame`)."""
+    :func:`xaipipe.pipeline.summary.per_image_frame`)."""
     if path is None:
         raise DataError("this table or figure needs the experiment's per-image scores "
                         "(per_image.parquet), which were not given")

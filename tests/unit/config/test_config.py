@@ -3,7 +3,7 @@ import copy
 import pytest
 import yaml
 
-from xaipipe.config.jobs import signature
+from xaipipe.jobs import signature
 from xaipipe.config import (ROOT, Plan, check_overlays, load_config, prepare,
                             validate_schema)
 from xaipipe.errors import ConfigError

@@ -9,7 +9,7 @@ from PIL import Image
 from xaipipe.data.datasets import build_image_store, make_source
 from xaipipe.data.filters import select
 from xaipipe.data.predictions import predict
-from xaipipe.data.shapes import ShapesConfig, generate, render
+from xaipipe.data.sources.shapes import ShapesConfig, generate, render
 from xaipipe.data.store import open_images
 from xaipipe.data.variants import apply_variant
 from xaipipe.errors import ConfigError, DataError

@@ -7,7 +7,7 @@ import scipy.io
 from PIL import Image
 
 from xaipipe.data.datasets import build_image_store, make_source, read_image, to_rgb
-from xaipipe.data.imagenet import boxes_mask, detect_format, map_boxes
+from xaipipe.data.sources.imagenet import boxes_mask, detect_format, map_boxes
 from xaipipe.data.store import open_images
 from xaipipe.errors import ConfigError, DataError
 

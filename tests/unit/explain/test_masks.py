@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from xaipipe.explain import explain, run_method
-from xaipipe.explain.masks import entropy
+from xaipipe.maths.information import entropy
 from xaipipe.explain.startgrad import quantile_transform
 from xaipipe.models import load_model
 from xaipipe.transforms import WaveletTransform

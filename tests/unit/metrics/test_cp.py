@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from xaipipe.metrics.base import MetricInputs, get_metric
-from xaipipe.metrics.cp import (CPScores, cp_scores, entropy, explanation_image,
-                                retained_information)
+from xaipipe.maths.information import entropy, explanation_image
+from xaipipe.metrics.cp import CPScores, cp_scores, retained_information
 
 CP = ("cp_l1_pixel", "cp_l1", "cp_entropy")
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from helpers.pair_oracle import pair_pic, pair_saliency
-from xaipipe.imageops import gaussian_blur
+from xaipipe.maths.imageops import gaussian_blur
 from xaipipe.metrics import MetricInputs, get_metric, pic
 from xaipipe.metrics.pic import (PAIR_THRESHOLDS, Pic, curve_grid, interpolated_image,
                                  random_mask)

@@ -178,7 +178,7 @@ def test_load_spec_loads_each_model_once_per_process(tmp_path, monkeypatch):
     device), whatever the path's spelling; another file or spec is another model."""
     import torch
 
-    from xaipipe.config.jobs import ModelSpec
+    from xaipipe.jobs import ModelSpec
     from xaipipe.models import load_model
     from xaipipe.models.spec import _cached, load_spec
     for name in ("a.pt", "b.pt"):

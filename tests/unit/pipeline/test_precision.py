@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from xaipipe.config.jobs import signature
+from xaipipe.jobs import signature
 from xaipipe.errors import ConfigError
 from xaipipe.explain import explain, run_method
 from xaipipe.metrics import insertion
@@ -72,7 +72,7 @@ def test_mixed_precision_lowers_the_model_not_the_image_operators(batch):
     equal their float32 results exactly (a blurred baseline, a blur pyramid or a WaveletX
     synthesis in bfloat16 lost 8 mantissa bits); a matmul around them is still lowered."""
     from xaipipe.explain.methods.smooth_mask import gaussian_blur as pyramid_blur
-    from xaipipe.imageops import gaussian_blur, gaussian_blur_zero
+    from xaipipe.maths.imageops import gaussian_blur, gaussian_blur_zero
     from xaipipe.transforms import ShearletTransform, WaveletTransform
     x = torch.nn.functional.interpolate(batch[0][:2], size=64, mode="bilinear")
     dwt, sh = WaveletTransform(J=3), ShearletTransform(64, 64, scales=2)

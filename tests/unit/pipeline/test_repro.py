@@ -1,8 +1,8 @@
 """Reproducible mode (xaipipe.repro): pinned CPU kernels give the same bits whatever the
 allocation, and every device stays within the documented tolerance of recorded numbers.
 
-``tests/unit/pipeline/reference/repro.json`` was recorded in reproducible mode (``python -m xaipipe.repro
---record ...`` with the environment of ``xaipipe.repro.ENV``) on the 2-core x86 development VM.
+``tests/unit/pipeline/reference/repro.json`` was recorded in reproducible mode (``python -m
+xaipipe.pipeline.reference --record ...`` with the environment of ``xaipipe.repro.ENV``) on the 2-core x86 development VM.
 """
 import json
 import os
@@ -26,8 +26,9 @@ def numbers(env_extra: dict, cpus=None, device="cpu") -> dict:
     env = {k: v for k, v in os.environ.items() if k not in repro.ENV and k != "OMP_NUM_THREADS"}
     env.update(env_extra)
     code = ("import json, sys; from xaipipe import repro\n"
+            "from xaipipe.pipeline.reference import reference_numbers\n"
             "repro.enable() if repro.requested() else None\n"
-            f"print(json.dumps(repro.reference_numbers({device!r})))")
+            f"print(json.dumps(reference_numbers({device!r})))")
     pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus is not None else None
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True, preexec_fn=pin)

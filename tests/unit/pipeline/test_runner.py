@@ -11,14 +11,15 @@ import pytest
 import torch
 
 from helpers.jobs import SPEC, explain_job, score_job
-from xaipipe.config.jobs import Entry, SummaryJob
+from xaipipe.jobs import Entry, SummaryJob
 from xaipipe.data.datasets import build_image_store
 from xaipipe.data.predictions import predict
 from xaipipe.data.store import open_images
 from xaipipe.data.filters import requested_images
-from xaipipe.explain.runner import explain_to_store
+from xaipipe.pipeline.attribution import explain_to_store
 from xaipipe.metrics import pointing_game, stability
-from xaipipe.metrics.runner import read_provenance, score_store, summarize_experiment
+from xaipipe.pipeline.scoring import read_provenance, score_store
+from xaipipe.pipeline.summary import summarize_experiment
 from xaipipe.models import load_model
 from xaipipe.store import open_saliency
 
@@ -128,7 +129,7 @@ def test_empty_selection_gives_empty_store_and_scores(data, tmp_path):
 
 def test_allocated_threads_follow_slurm_and_affinity(monkeypatch):
     from xaipipe.parallel import allocated_cpus, job_threads
-    from xaipipe.metrics.runner import _workers
+    from xaipipe.pipeline.scoring import _workers
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
     n = allocated_cpus()
     assert n == len(os.sched_getaffinity(0))

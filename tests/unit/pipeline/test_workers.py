@@ -16,8 +16,8 @@ from xaipipe.data.datasets import build_image_store
 from xaipipe.data.predictions import predict
 from xaipipe.data.store import open_images
 from xaipipe.errors import ConfigError
-from xaipipe.explain.runner import explain_to_store
-from xaipipe.metrics.runner import score_store
+from xaipipe.pipeline.attribution import explain_to_store
+from xaipipe.pipeline.scoring import score_store
 from xaipipe.models import load_model
 
 from helpers.jobs import SPEC, explain_job, score_job
@@ -141,7 +141,7 @@ def test_load_spec_reloads_a_rewritten_weights_file(tmp_path):
     """The per-process model cache knows a weights file by (absolute path, size, mtime):
     a retrained model written over the same path (in place, or atomically replaced) is
     loaded again; an unchanged file is not."""
-    from xaipipe.config.jobs import ModelSpec
+    from xaipipe.jobs import ModelSpec
     from xaipipe.models.spec import _cached, load_spec
     spec = ModelSpec("demo_resnet18", None, {"num_classes": 3, "width": 4})
     path = tmp_path / "w.pt"

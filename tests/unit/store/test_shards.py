@@ -17,12 +17,12 @@ import pytest
 import torch
 
 from xaipipe import shards
-from xaipipe.config.jobs import ExplainJob, ModelSpec, ScoreJob
+from xaipipe.jobs import ExplainJob, ModelSpec, ScoreJob
 from xaipipe.data.datasets import build_image_store
 from xaipipe.data.predictions import predict
 from xaipipe.data.store import open_images
-from xaipipe.explain.runner import explain_to_store
-from xaipipe.metrics.runner import score_store
+from xaipipe.pipeline.attribution import explain_to_store
+from xaipipe.pipeline.scoring import score_store
 from xaipipe.models import load_model
 from xaipipe.store import open_saliency
 
@@ -89,8 +89,8 @@ def test_finished_shards_of_another_job_are_not_reused(data, tmp_path):
 KILLED = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from xaipipe.config.jobs import ExplainJob, ModelSpec
-    from xaipipe.explain.runner import explain_to_store
+    from xaipipe.jobs import ExplainJob, ModelSpec
+    from xaipipe.pipeline.attribution import explain_to_store
     d, out = Path(sys.argv[1]), sys.argv[2]
     job = ExplainJob(method="integrated_gradients", params={"steps": 512}, target="label",
                      model=ModelSpec("demo_resnet18", None, {"num_classes": 3, "width": 4}),
@@ -137,7 +137,7 @@ def test_score_shards_resume_after_a_crash(data, tmp_path, monkeypatch, caplog):
                    split="val", provenance={}, device="cpu", batch_size=16,
                    scheduler="synchronous", shard_size=4)
     whole = score_store(tmp_path / "whole.parquet", inputs, replace(job, shard_size=None))
-    import xaipipe.metrics.runner as runner
+    import xaipipe.pipeline.scoring as runner
     real, calls = runner.dask.compute, []
 
     def crash_on_second_shard(*a, **k):
@@ -167,7 +167,7 @@ def gjob(**kw):
 def killed_after(monkeypatch, n):
     """Make the explain runner's writer raise KeyboardInterrupt (a kill) at its n+1-th write;
     returns the undo."""
-    import xaipipe.explain.runner as runner
+    import xaipipe.pipeline.attribution as runner
     real, calls = runner.SaliencyWriter.write, []
 
     def write(self, *a, **k):

@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from ...imageops import gaussian_blur, gaussian_blur_zero
+from ...maths.imageops import gaussian_blur, gaussian_blur_zero
 from ...params import Param
 from ..base import OBJECTIVE_PARAM, Attribution, Method, register_method
 from ..paths import Grid, evaluate_path, nested_grids

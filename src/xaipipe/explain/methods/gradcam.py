@@ -19,7 +19,7 @@ from torch import nn
 from ...errors import ConfigError
 from ...params import Param
 from ..base import OBJECTIVE_PARAM, Attribution, Method, register_method
-from ..objectives import objective
+from ...maths.objectives import objective
 
 
 def last_conv_name(model: nn.Module) -> str:

@@ -102,7 +102,8 @@ from ...params import Param
 from ...utils import full_precision, generator
 from ..base import Attribution, Method, estimate_point_bytes, default_memory_mb, \
     register_method
-from ..masks import CLEAN_HISTORY, clean_cp, entropy, target_log_prob   # H: float64 (§8)
+from ...maths.information import CLEAN_HISTORY, entropy, target_log_prob   # H: float64
+from ..masks import clean_cp
 from ..startgrad import SCORES, quantile_transform, ranking_score
 
 #: order of the last axis of ``extras["loss_terms"]`` (N, T, K); loss = −reward + area_penalty

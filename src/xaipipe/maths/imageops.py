@@ -6,7 +6,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from .utils import full_precision
+from ..utils import full_precision
 
 
 def gaussian_kernel1d(sigma: float, radius: int | None = None) -> torch.Tensor:

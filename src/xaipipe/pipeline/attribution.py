@@ -12,10 +12,10 @@ from ..data.filters import requested_images
 from ..data.store import open_images
 from ..models.spec import load_spec
 from .. import shards
-from ..config.jobs import signature
+from ..jobs import signature
 from ..store import SaliencyWriter, shard_layout
 from ..zarrio import open_group
-from .base import get_method
+from ..explain.base import get_method
 
 log = logging.getLogger("xaipipe")
 

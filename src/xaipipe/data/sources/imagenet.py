@@ -45,9 +45,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
-from ..params import Param
-from .datasets import DATASETS, FolderSource, read_image
+from ...errors import ConfigError, DataError
+from ...params import Param
+from .base import DATASETS, read_image
+from .folder import FolderSource
 
 WNID = re.compile(r"^n\d{8}$")
 VAL_NUMBER = re.compile(r"_(\d{8})$")

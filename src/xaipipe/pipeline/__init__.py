@@ -13,19 +13,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config.jobs import (ExplainJob, FigureJob, ImageStoreJob, PredictJob, ScoreJob,
+from ..jobs import (ExplainJob, FigureJob, ImageStoreJob, PredictJob, ScoreJob,
                           SelectJob, SummaryJob, TrainJob)
-from .data.datasets import build_image_store
-from .data.filters import select
-from .data.predictions import predict
-from .data.store import open_images
-from .explain.runner import explain_to_store
-from .metrics.runner import per_image_frame, score_store, summarize_experiment
-from .models.spec import load_spec
-from .models.train import train_demo_model
-from . import repro
-from .parallel import allocator_requested, retain_freed_memory, set_torch_threads
-from .utils import as_list, atomic_path, resolve_device
+from ..data.datasets import build_image_store
+from ..data.filters import select
+from ..data.predictions import predict
+from ..data.store import open_images
+from .attribution import explain_to_store
+from .scoring import score_store
+from .summary import per_image_frame, summarize_experiment
+from ..models.spec import load_spec
+from ..models.train import train_demo_model
+from .. import repro
+from ..parallel import allocator_requested, retain_freed_memory, set_torch_threads
+from ..utils import as_list, atomic_path, resolve_device
 
 log = logging.getLogger("xaipipe")
 
@@ -117,7 +118,7 @@ def score(out, inputs: dict, job: ScoreJob, threads: int = 1):
 
 def summary(out, scores, selections, job: SummaryJob, per_image=None):
     """The experiment's summary CSV and, with ``per_image``, its per-image scores (parquet,
-    long form: :func:`xaipipe.metrics.runner.per_image_frame`)."""
+    long form: :func:`xaipipe.pipeline.summary.per_image_frame`)."""
     df = summarize_experiment(as_list(scores), as_list(selections), job)
     if per_image is not None:
         frame = per_image_frame(as_list(scores), as_list(selections), job)
@@ -130,14 +131,14 @@ def summary(out, scores, selections, job: SummaryJob, per_image=None):
 
 # -- report ------------------------------------------------------------------------------
 def table(outputs: dict, summary_csv, name: str, per_image=None):
-    from .report import read_summary
-    from .report.tables import TABLES, build_table
+    from ..report import read_summary
+    from ..report.tables import TABLES, build_table
     build_table(TABLES.get(name), read_summary(summary_csv), outputs, per_image)
 
 
 def figure(outputs: dict, summary_csv, stores, images, job: FigureJob, per_image=None):
-    from .report import read_summary
-    from .report.figures import FIGURES, FigureInputs
+    from ..report import read_summary
+    from ..report.figures import FIGURES, FigureInputs
     inputs = FigureInputs(summary=read_summary(summary_csv),
                           stores=dict(zip(job.methods, as_list(stores))), images=images,
                           split=job.split, n_images=job.n_images, experiment=job.experiment,

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ...params import Param
+from .base import DATASETS, Source
+
 CLASSES = (
     "circle", "ring", "triangle", "square", "star",
     "cross", "crescent", "heart", "arrow", "semicircle",
@@ -196,3 +199,32 @@ def generate(cfg: ShapesConfig, split: str, n: int, start: int = 0):
         masks[k] = m
         labels[k] = y
     return images, masks, labels
+
+
+@DATASETS.register
+class ShapesSource(Source):
+    name = "shapes"
+    has_masks = True
+    params = {
+        "kind": Param("shapes", str),
+        "image_size": Param(64, int, min=32, doc="side of the square images"),
+        "num_classes": Param(10, int, min=2, max=10),
+        "train": Param(8000, int, min=0, doc="number of training images"),
+        "val": Param(1000, int, min=0, doc="number of validation images"),
+        "seed": Param(0, int),
+    }
+
+    def __init__(self, name, **params):
+        super().__init__(name, **params)
+        self.cfg = ShapesConfig(image_size=self.p["image_size"],
+                                num_classes=self.p["num_classes"], seed=self.p["seed"])
+
+    def split_sizes(self):
+        return {s: self.p[s] for s in ("train", "val")}
+
+    def classes(self):
+        return list(self.cfg.classes)
+
+    def item(self, split, i):
+        img, mask, label = render(self.cfg, split, i)
+        return Image.fromarray(img, "RGB"), label, mask

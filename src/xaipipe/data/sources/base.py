@@ -1,0 +1,147 @@
+"""What every data set kind shares: the :class:`Source` base class and its registry
+:data:`DATASETS` (each module of :mod:`xaipipe.data.sources` registers one kind), and how a
+file becomes an RGB image (:func:`read_image`, :func:`to_rgb`).
+
+Folder-based kinds decode every file completely (:func:`read_image`) and convert it with
+:func:`to_rgb` (CMYK, grayscale, palette, 16-bit, alpha composited over ``background``).
+A file that cannot be decoded raises :class:`UnreadableImage`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+from PIL import Image, ImageColor
+
+from ...errors import ConfigError, DataError
+from ...params import Param, check_params
+from ...registry import Registry
+
+DATASETS = Registry("dataset kind", package="xaipipe.data.sources")
+WHITE = (255, 255, 255)
+
+
+class UnreadableImage(DataError):
+    """A file that cannot be decoded as an image (names the file and the decoder's error)."""
+
+    def __init__(self, file, error: str):
+        self.file, self.error = str(file), error
+        super().__init__(f"cannot read image {self.file!r}: {error}")
+
+
+def parse_background(value, where: str = "background") -> tuple[int, int, int]:
+    """An RGB triple from a colour name or ``#rrggbb`` (PIL ``ImageColor``), a grey level
+    0-255, or a list of three levels."""
+    try:
+        if isinstance(value, str):
+            rgb = ImageColor.getrgb(value)[:3]
+        elif isinstance(value, int) and not isinstance(value, bool):
+            rgb = (value,) * 3
+        else:
+            rgb = tuple(value)
+            if len(rgb) != 3 or not all(isinstance(v, int) and not isinstance(v, bool)
+                                        for v in rgb):
+                raise ValueError
+        if not all(0 <= v <= 255 for v in rgb):
+            raise ValueError
+    except (ValueError, TypeError):
+        raise ConfigError(f"{where}: {value!r} is not a colour; give a name ('white'), "
+                          f"'#rrggbb', a grey level 0-255 or [r, g, b]") from None
+    return tuple(int(v) for v in rgb)
+
+
+def to_rgb(img: Image.Image, background: tuple[int, int, int] = WHITE) -> Image.Image:
+    """A decoded image of any PIL mode as 8-bit RGB, converted as the data mean it.
+
+    - ``RGB``: unchanged; ``L``, ``1``, ``CMYK``, ``YCbCr`` ...: PIL's ``convert("RGB")``
+    - 16-bit grey (``I;16``, ``I;16B``, ``I;16L``; and ``I`` with values <= 65535, which is how
+      older Pillows decode 16-bit PNGs): scaled by 255/65535 and rounded, instead of
+      ``convert`` clipping everything above 255 to white; ``I`` with larger values is scaled
+      by its maximum
+    - with alpha (``RGBA``, ``LA``, ``PA``, ``P`` with a transparency entry, ...):
+      composited over ``background`` instead of dropping the alpha channel
+    """
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(img).astype(np.float64)
+        top = 65535.0 if mode != "I" or a.max(initial=0) <= 65535 else float(a.max())
+        grey = np.rint(np.clip(a, 0, top) * (255.0 / top)).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode == "P":
+        img = img.convert("RGBA")    # a palette's transparency becomes alpha (none: 255)
+    if "A" in img.getbands() or mode in ("RGBa", "La"):
+        rgba = img.convert("RGBA")
+        under = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(under, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def read_image(path, background: tuple[int, int, int] = WHITE) -> Image.Image:
+    """Decode ``path`` completely (a truncated JPEG fails only here, not on open) and
+    convert it with :func:`to_rgb`; :class:`UnreadableImage` if that fails."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_rgb(im, background)
+    except Exception as e:  # noqa: BLE001 -- any decoder error means: unreadable
+        msg = str(e) or type(e).__name__
+        if Path(path).is_file() and Path(path).stat().st_size == 0:
+            msg = "empty file (0 bytes)"
+        raise UnreadableImage(path, msg) from e
+
+
+class Source:
+    name: ClassVar[str] = ""            # the kind, as registered
+    params: ClassVar[dict[str, Param]] = {}
+    has_masks: ClassVar[bool] = False
+
+    def __init__(self, name: str, **params):
+        self.dataset = name
+        self.p = check_params(self.params, params, f"datasets.{name}")
+
+    def check_files(self) -> None:
+        """Raise :class:`DataError` naming the key and path if the data are not there."""
+
+    def split_sizes(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def classes(self) -> list[str]:
+        raise NotImplementedError
+
+    def item(self, split: str, i: int) -> tuple[Image.Image, int, object]:
+        """(full-resolution RGB image, label, target) of image ``i`` of ``split``; the target
+        is None, a bool mask (H, W) at the stored resolution, or an object with
+        ``to_mask(image_size, preprocess_params)`` (boxes in the decoded image's coordinates,
+        mapped through the preprocessing). :class:`UnreadableImage` for a file that cannot
+        be decoded."""
+        raise NotImplementedError
+
+    def location(self, split: str) -> str:
+        """Where ``split``'s images come from, for messages."""
+        return f"datasets.{self.dataset} split {split!r}"
+
+
+def check_subset(spec, where: str) -> dict | None:
+    """``subset``: None, {images, seed} or {classes, per_class, seed}, non-negative integers
+    (a seed) or positive ones; integers written as text (``--config`` gives text) are read
+    as such. Returns the checked dict."""
+    if spec is None:
+        return None
+    forms = ({"images", "seed"}, {"classes", "per_class", "seed"})
+    if set(spec) not in forms:
+        raise ConfigError(f"{where}: give {{images: N, seed: S}} or {{classes: K, per_class: "
+                          f"M, seed: S}}, got keys {sorted(spec)}")
+    out = {}
+    for k, v in spec.items():
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "seed" else 1):
+            raise ConfigError(f"{where}.{k}: a {'non-negative' if k == 'seed' else 'positive'} "
+                              f"integer, got {v!r}")
+        out[k] = v
+    return out
+
+
