@@ -2,7 +2,7 @@
 # and figures, one target rule per experiment. Rules are thin: each script unpacks
 # `snakemake.*` and calls xaipipe.pipeline; xaipipe.config.Plan says what runs and with which
 # arguments (`signature`: what a job's result depends on, Snakemake's rerun trigger),
-# xaipipe.config.paths holds every result path.
+# xaipipe.config.result_paths holds every result path.
 from snakemake.utils import min_version
 
 import os

@@ -33,7 +33,7 @@ import torch
 
 from benchcommon import DEMO_WEIGHTS, bench_model, header
 from xaipipe.explain import explain
-from xaipipe.explain.methods.gradcam import GradCAM
+from xaipipe.explain.cams.gradcam import GradCAM
 from xaipipe.metrics import insertion
 from xaipipe.store import open_saliency, write_saliency
 from xaipipe.utils import resolve_device

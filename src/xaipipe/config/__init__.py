@@ -11,7 +11,7 @@ from ..errors import ConfigError
 from .check import RESERVED, Experiment, check_config, check_files, method_of, metric_of
 from ..jobs import ModelSpec
 from .overlays import check_overlays, load_yaml
-from .paths import Paths
+from .result_paths import Paths
 from .plan import Plan
 from .schema import ROOT, SCHEMA, validate_schema
 

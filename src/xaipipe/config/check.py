@@ -19,6 +19,7 @@ from ..models.meta import meta_model
 from ..models.train import TRAIN_PARAMS
 from ..models.zoo import _entry
 from ..params import check_params
+from ..registry import unknown_name
 
 # names Snakemake rules already use: an experiment (its target rule) may not take them
 RESERVED = ("all", "image_store", "train_model", "predict", "select", "explain", "score",
@@ -143,8 +144,8 @@ class Experiment:
 
 def _allowed(where: str, name, allowed) -> None:
     if name not in allowed:
-        raise ConfigError(f"{where}: unknown name {name!r}; allowed: "
-                          f"{', '.join(map(str, allowed)) or '(none)'}")
+        raise ConfigError(unknown_name(where, "name", name, [str(a) for a in allowed],
+                                       label="allowed"))
 
 
 def model_factory(config: dict, name: str):

@@ -22,7 +22,7 @@ from ..explain.base import get_method
 from .check import Experiment, method_of, metric_of, split_store_run, store_runs, sweep_of
 from ..jobs import (Entry, ExplainJob, FigureJob, ImageStoreJob, ModelSpec, PredictJob,
                    ScoreJob, SelectJob, SummaryJob, TrainJob)
-from .paths import FIGURE_EXTS, TABLE_EXTS, Paths
+from .result_paths import FIGURE_EXTS, TABLE_EXTS, Paths
 
 
 def _merge_max(a, b):
@@ -275,7 +275,7 @@ class Plan:
         from ..explain import get_method
         declared = get_method(name).params
         if "init" in declared:          # mask methods: the StartGrad report groups by them
-            from ..explain.masks import init_label, run_setting
+            from ..explain.masks.base import init_label, run_setting
             out["init"] = init_label(params, declared)
             out["setting"] = run_setting(params, declared)
             out["history_every"] = params.get("history_every",

@@ -1,4 +1,13 @@
-"""Attribution methods: a registry of one class per method.
+"""Attribution methods: one class per method, one file per method, grouped by family:
+
+- :mod:`.gradients`: saliency, input × gradient, SmoothGrad
+- :mod:`.paths`: path methods (integrated gradients, Guided IG, Blur IG; IDGI, baselines and
+  the Riemann rules they share)
+- :mod:`.cams`: GradCAM
+- :mod:`.masks`: mask optimisation (ShearletX, WaveletX, pixel mask, smooth mask; StartGrad)
+- :mod:`.controls`: the random control
+
+Each registers itself in :data:`~.base.METHODS` with ``@register_method``.
 
 >>> maps = explain("integrated_gradients", model, images, target, steps=32, baseline="black")
 

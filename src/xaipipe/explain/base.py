@@ -1,5 +1,7 @@
 """Shared base of all attribution methods (one class per method, Captum style) and their
-registry (timm style: ``@register_method`` on a class in ``xaipipe/explain/methods/``).
+registry (timm style: ``@register_method`` on a class in a module of one of the method families,
+``xaipipe/explain/{gradients,paths,cams,masks,controls}/``; :data:`METHODS` imports them all
+the first time it is asked for a name).
 
 Conventions (`attribution-methods.md` §1): methods receive pixel images in [0, 1] and a model
 whose first module is its normalisation; they return *raw* maps (no abs, no channel reduction,
@@ -275,7 +277,7 @@ def estimate_point_bytes(model: nn.Module, sample_shape: tuple, device) -> int:
 
 
 # -- registry ----------------------------------------------------------------------------
-METHODS = Registry("method", package="xaipipe.explain.methods")
+METHODS = Registry("method", package="xaipipe.explain")
 register_method = METHODS.register
 
 

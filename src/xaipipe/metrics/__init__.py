@@ -1,7 +1,8 @@
 """Metrics: one function per metric, per-image scores; a registry for the pipeline.
 
 Adding a metric: a file here with a :class:`~xaipipe.metrics.base.Metric` subclass decorated
-with ``@register_metric`` and a plain function, imported below (the import registers it).
+with ``@register_metric`` (:data:`METRICS` imports every module of this package the first time
+it is asked for a name) and a plain function of the same name, listed below as the public API.
 """
 from .base import (METRICS, NEEDS, Metric, MetricInputs, available_metrics, get_metric,
                    register_metric)

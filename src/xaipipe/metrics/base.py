@@ -36,9 +36,8 @@ NONFINITE_PARAM = Param("raise", str, ON_NONFINITE,
                             "naming the image ids) or record (that image's float columns NaN, "
                             "flagged in the bool column nonfinite)")
 
-# Metrics are registered by the imports in ``metrics/__init__.py`` (importing this module
-# imports the package first), not by scanning the package: that would import the Dask runner.
-METRICS = Registry("metric")
+#: every metric of the package: each module registers its class (``@register_metric``)
+METRICS = Registry("metric", package="xaipipe.metrics")
 register_metric = METRICS.register
 
 

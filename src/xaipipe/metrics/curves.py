@@ -1,7 +1,7 @@
 """Per-iteration curves of the mask methods and the StartGrad statistics (`metrics.md` §10).
 
 The mask methods record, with ``history_every``, per-image histories (N_img, T) such as the
-retained class probability or CP-ℓ1_t (§10.1; extras of ``xaipipe.explain.masks``). This module
+retained class probability or CP-ℓ1_t (§10.1; extras of ``xaipipe.explain.masks.base``). This module
 turns them into what the StartGrad paper reports:
 
 - :func:`iqm` / :func:`step_curve`: the per-step statistic over images (§10.2): the

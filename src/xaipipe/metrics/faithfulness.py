@@ -33,7 +33,7 @@ fresh noise for every fraction and curve (one tensor per channel), pixel images 
 Where it runs:
 - the mask methods record it during their optimisation with ``faithfulness_at: [0, 5, 10,
   50, 100, 300]`` (iteration 0 is the initial mask), ranking their own mask in their own domain
-  (:meth:`xaipipe.explain.masks.MaskMethod.attribute`), as extras ``faithfulness`` and
+  (:meth:`xaipipe.explain.masks.base.MaskMethod.attribute`), as extras ``faithfulness`` and
   ``faithfulness_step`` (N, T);
 - the metric ``faithfulness`` passes those through, and scores any other map (IG, GradCAM, the
   baselines of §11.8) in the pixel domain: channel ``max`` (the reference's reduction; its

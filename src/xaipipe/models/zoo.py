@@ -11,7 +11,6 @@ A missing file raises :class:`WeightsNotFoundError` naming every place that was 
 """
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from collections.abc import Callable
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, WeightsNotFoundError
+from ..registry import Registry
 from .demo import DEMO_LAYOUTS, build_demo_net
 from .wrapper import IMAGENET_MEAN, IMAGENET_STD, NormalizedModel
 
@@ -36,20 +36,6 @@ class ModelEntry:
     torchvision: bool = False
 
 
-_REGISTRY: dict[str, ModelEntry] = {}
-
-
-def register_model(name: str, build: Callable[..., nn.Module], **kw) -> None:
-    if name in _REGISTRY:
-        raise ValueError(f"model name {name!r} is registered twice")
-    _REGISTRY[name] = ModelEntry(name, build, **kw)
-
-
-for _arch in DEMO_LAYOUTS:
-    register_model(f"demo_{_arch}",
-                   lambda num_classes=10, width=16, _a=_arch: build_demo_net(_a, num_classes, width))
-
-
 def _torchvision():
     """torchvision, imported when a torchvision architecture is named (not for the demo
     models: importing it costs every job ~2.6 s, see models/demo.py)."""
@@ -62,22 +48,39 @@ def _torchvision_names() -> list[str]:
     return sorted(tv.models.list_models(module=tv.models))
 
 
+def _torchvision_entry(name: str) -> ModelEntry | None:
+    """A torchvision classification architecture as a :class:`ModelEntry`, or None."""
+    if name not in _torchvision_names():
+        return None
+    return ModelEntry(name, lambda _n=name, **kw: _torchvision().models.get_model(_n, **kw),
+                      input_size=299 if name == "inception_v3" else 224, torchvision=True)
+
+
+#: the models xaipipe builds itself (``@MODELS.register`` / :func:`register_model`); any other
+#: name resolves to a torchvision classification architecture, if torchvision has it
+MODELS = Registry("model", package="xaipipe.models", fallback=_torchvision_entry,
+                  fallback_names=_torchvision_names,
+                  fallback_note="a torchvision classification model "
+                                "(torchvision.models.list_models())")
+
+
+def register_model(name: str, build: Callable[..., nn.Module], **kw) -> ModelEntry:
+    """Register ``build(num_classes=..., **kw) -> net`` as model ``name`` (``kw``: the other
+    fields of :class:`ModelEntry`)."""
+    return MODELS.register(ModelEntry(name, build, **kw), name=name)
+
+
+for _arch in DEMO_LAYOUTS:
+    register_model(f"demo_{_arch}",
+                   lambda num_classes=10, width=16, _a=_arch: build_demo_net(_a, num_classes, width))
+
+
 def available_models() -> list[str]:
-    return sorted(set(_REGISTRY) | set(_torchvision_names()))
+    return sorted(set(MODELS.names()) | set(_torchvision_names()))
 
 
 def _entry(name: str, where: str | None = None) -> ModelEntry:
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    tv = _torchvision_names()
-    if name in tv:
-        return ModelEntry(name, lambda _n=name, **kw: _torchvision().models.get_model(_n, **kw),
-                          input_size=299 if name == "inception_v3" else 224, torchvision=True)
-    close = difflib.get_close_matches(name, sorted(_REGISTRY) + tv, n=4, cutoff=0.6)
-    hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise ConfigError(f"{where + ': ' if where else ''}unknown model {name!r}; {hint}"
-                      f"allowed: {', '.join(sorted(_REGISTRY))} or a torchvision classification "
-                      f"model (torchvision.models.list_models())")
+    return MODELS.get(name, where)
 
 
 def cache_dir() -> Path:

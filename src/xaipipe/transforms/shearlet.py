@@ -386,7 +386,7 @@ class ShearletTransform(Transform):
         weight ``w`` (K, H, W) shared by all B of them (a mask times the noise scale): the
         (B, K, H, W) gradient of the analysis is never formed, ∂/∂w = Σ_b T(g_b) ⊙ r_b is
         accumulated band pair by band pair from the packed inverse FFT (ShearletX's noise
-        synthesis, :meth:`~xaipipe.explain.masks.MaskMethod.synthesize_product`).
+        synthesis, :meth:`~xaipipe.explain.masks.base.MaskMethod.synthesize_product`).
         Returns (B, H, W)."""
         size = (self.rows, self.cols)
         _, synthesis = self._filters_for(r, "reconstruct_product", (self.n_bands, *size))

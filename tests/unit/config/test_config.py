@@ -90,7 +90,8 @@ def test_schema_errors_are_one_line_naming_the_key(path, value, match):
 
 @pytest.mark.parametrize("path,value,match", [
     ("methods__ig", {"method": "integrated_gradientz"},
-     r"methods.ig.method: unknown method 'integrated_gradientz'; available: .*integrated_gradients"),
+     r"methods.ig.method: unknown method 'integrated_gradientz'; did you mean "
+     r"integrated_gradients(, \w+)*\? available: .*integrated_gradients"),
     ("methods__integrated_gradients", {"steps": 64, "rule": "simpson"},
      r"methods.integrated_gradients.rule: 'simpson' is not allowed; allowed values: 'left'"),
     ("methods__smoothgrad", {"samples": 0}, r"methods.smoothgrad.samples: 0 is below"),
@@ -112,10 +113,13 @@ def test_schema_errors_are_one_line_naming_the_key(path, value, match):
     ("experiments__demo__variants", ["original", "png"],
      r"experiments.demo.variants: unknown name 'png'"),
     ("experiments__demo__methods", ["ig"], r"experiments.demo.methods: unknown name 'ig'"),
+    ("experiments__demo__methods", ["saliencyy"],
+     r"experiments.demo.methods: unknown name 'saliencyy'; did you mean saliency\? allowed: "),
     ("experiments__demo__filter", "top", r"experiments.demo.filter: unknown name 'top'"),
     ("experiments__demo__filter", {"default": "correct", "pic": "confident"},
      r"experiments.demo.filter \(metric\): unknown name 'pic'; allowed: insertion"),
-    ("experiments__demo__tables", ["summry"], r"experiments.demo.tables: unknown table 'summry'"),
+    ("experiments__demo__tables", ["summry"], r"experiments.demo.tables: unknown table 'summry'; did you mean summary\? "
+     r"available: .*summary"),
     ("experiments__demo__figures", ["grid"], r"experiments.demo.figures: unknown figure 'grid'"),
     ("experiments__demo__report_variant", "blur",
      r"experiments.demo.report_variant: unknown name 'blur'; allowed: original, jpeg"),
@@ -340,7 +344,7 @@ def test_startgrad_lambda_grid_plans_one_setting_per_lambda_pair():
 
 def test_init_labels_name_startgrad_variants():
     from xaipipe.explain import get_method
-    from xaipipe.explain.masks import init_label, run_setting
+    from xaipipe.explain.masks.base import init_label, run_setting
     declared = get_method("pixel_mask").params
     assert init_label({"init": "ones"}, declared) == "ones"
     assert init_label({"init": "startgrad"}, declared) == "startgrad"

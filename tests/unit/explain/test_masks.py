@@ -8,7 +8,7 @@ import torch
 
 from xaipipe.explain import explain, run_method
 from xaipipe.maths.information import entropy
-from xaipipe.explain.startgrad import quantile_transform
+from xaipipe.explain.masks.base.startgrad import quantile_transform
 from xaipipe.models import load_model
 from xaipipe.transforms import WaveletTransform
 
@@ -123,7 +123,7 @@ def test_history_holds_the_cp_metric_of_each_recorded_mask(cnn, x32):
 
 
 def test_pixel_mask_tv_is_zero_for_a_constant_mask(cnn, x32):
-    from xaipipe.explain.methods.pixel_mask import PixelMask
+    from xaipipe.explain.masks.pixel_mask import PixelMask
     meth = PixelMask(cnn, lambda_tv=1.0, lambda_1=0.0)
     state = meth.prepare(x32)
     regs = meth.regularizers(state, [torch.full((3, 1, 32, 32), 0.3)])
@@ -231,7 +231,7 @@ def test_transform_masks_of_ones_give_the_image(name, cnn, x64):
 
 
 def test_shearletx_noise_statistics_are_those_of_the_gray_bands(cnn, x64):
-    from xaipipe.explain.methods.shearletx import ShearletX
+    from xaipipe.explain.masks.shearletx import ShearletX
     from xaipipe.transforms import ShearletTransform
     meth = ShearletX(cnn, samples=2)
     state = meth.prepare(x64)
@@ -247,7 +247,7 @@ def test_shearletx_noise_statistics_are_those_of_the_gray_bands(cnn, x64):
 
 
 def test_shearletx_compat_clips_the_coefficients(cnn, x64):
-    from xaipipe.explain.methods.shearletx import ShearletX
+    from xaipipe.explain.masks.shearletx import ShearletX
     clean, compat = ShearletX(cnn), ShearletX(cnn, compat="shearletx")
     state = clean.prepare(x64)
     masks = [torch.full((2, 1, 17, 64, 64), 0.5)]
@@ -265,7 +265,7 @@ def test_shearletx_split_synthesis_equals_the_direct_obfuscation(cnn, x64, noise
     its own backward), gives the images and the mask gradients of the direct form
     T⁻¹(u_s + m ⊙ (c − u_s)) up to float rounding, for runs of several images; the chunk's
     draws are those of :meth:`_noise`."""
-    from xaipipe.explain.methods.shearletx import ShearletX
+    from xaipipe.explain.masks.shearletx import ShearletX
     meth = ShearletX(cnn, samples=3, noise=noise)
     assert meth.split_synthesis() and not ShearletX(cnn, compat="shearletx").split_synthesis()
     state = meth.prepare(x64)
@@ -298,7 +298,7 @@ def test_shearletx_step_gradient_does_not_depend_on_the_chunks(cnn, x64, noise):
     """One distortion pass in chunks of one point (each image's shared synthesis is made
     once and back-propagated after its last chunk) gives the probabilities and the mask
     gradient of the pass in one chunk, and of the direct (unsplit) form."""
-    from xaipipe.explain.methods.shearletx import ShearletX
+    from xaipipe.explain.masks.shearletx import ShearletX
     out = []
     for memory_mb, split in ((1e-3, True), (1e6, True), (1e6, False)):
         meth = ShearletX(cnn, samples=3, noise=noise, memory_mb=memory_mb)
@@ -409,7 +409,7 @@ def test_prob_score_uses_the_gradient_of_p_where_its_size_matters(cnn, x32):
     """``startgrad_score: prob`` is s = p_c (§9.1): its gradient p_c·∇log p_c. The noisy
     ablation adds σ·ε to it, so there the factor p_c counts; the draws ε are those of the
     ``nll`` run (the initial mask's settings do not seed the draws)."""
-    from xaipipe.explain.methods.pixel_mask import PixelMask
+    from xaipipe.explain.masks.pixel_mask import PixelMask
     from xaipipe.utils import derive_seed
     x, t = x32[:2], torch.tensor([0, 1])
     kw = dict(steps=0, init="startgrad", startgrad_ablation="noisy", startgrad_noise=0.05,
@@ -436,8 +436,8 @@ def test_prob_score_uses_the_gradient_of_p_where_its_size_matters(cnn, x32):
 
 
 def test_normalize_gradient_and_lp_sparsity(cnn, x32):
-    from xaipipe.explain.masks import normalize_gradients
-    from xaipipe.explain.methods.pixel_mask import PixelMask
+    from xaipipe.explain.masks.base import normalize_gradients
+    from xaipipe.explain.masks.pixel_mask import PixelMask
     params = [torch.rand(2, 1, 4, 4).requires_grad_(True), torch.rand(2, 5).requires_grad_(True)]
     for m in params:
         m.grad = torch.randn_like(m) * torch.tensor([3.0, 0.01]).view(-1, *[1] * (m.ndim - 1))
@@ -456,7 +456,7 @@ def test_normalize_gradient_and_lp_sparsity(cnn, x32):
 
 
 def test_shearletx_startgrad_compat_baselines_are_pixel_shaped(cnn, x64):
-    from xaipipe.explain.methods.shearletx import ShearletX
+    from xaipipe.explain.masks.shearletx import ShearletX
     from xaipipe.transforms import ShearletTransform
     t = torch.tensor([0, 1])
     for init, shape in (("ones", (2, 1, 64, 64)), ("uniform", (2, 1, 64, 64)),
@@ -482,7 +482,7 @@ def test_shearletx_startgrad_compat_baselines_are_pixel_shaped(cnn, x64):
     ("exponential", {"gamma": 0.9})])
 def test_lr_schedules_equal_torchs_schedulers(schedule, kw):
     """lr_at's closed forms against torch's own schedulers, stepped once per iteration."""
-    from xaipipe.explain.masks import lr_at
+    from xaipipe.explain.masks.base import lr_at
     steps, lr = 12, 0.1
     opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=lr)
     sched = {"cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps),
@@ -498,7 +498,7 @@ def test_lr_schedules_equal_torchs_schedulers(schedule, kw):
 
 
 def test_adaptive_lambda_factor_grows_to_one():
-    from xaipipe.explain.masks import lambda_factor
+    from xaipipe.explain.masks.base import lambda_factor
     f = [lambda_factor(s, "adaptive", 0.1) for s in range(200)]
     assert f[0] == pytest.approx(0.1) and f[1] == pytest.approx(0.1 ** 0.5)
     assert all(b > a for a, b in zip(f, f[1:])) and f[-1] == pytest.approx(0.1 ** (1 / 200))
@@ -533,8 +533,8 @@ def test_schedules_change_the_run_not_the_draws(cnn, x32):
 def test_smoothgrad_ablation(cnn, x32):
     """The gradient averaged over noisy copies: one copy equals StartGrad on that noisy image
     (the same seeded draw); the copies do not depend on the batch; more copies differ."""
-    from xaipipe.explain.masks import SMOOTHGRAD_SPREAD
-    from xaipipe.explain.methods.pixel_mask import PixelMask
+    from xaipipe.explain.masks.base import SMOOTHGRAD_SPREAD
+    from xaipipe.explain.masks.pixel_mask import PixelMask
     from xaipipe.utils import derive_seed
     x, t = x32[:2], torch.tensor([0, 1])
     kw = dict(steps=0, init="startgrad", startgrad_ablation="smoothgrad")
@@ -560,7 +560,7 @@ def test_smoothgrad_ablation(cnn, x32):
                        startgrad_samples=4, **kw).extras["mask"]
     torch.testing.assert_close(alone[0], four[1], atol=1e-6, rtol=0)
     assert PixelMask.smoothgrad_samples == 250
-    from xaipipe.explain.methods.shearletx import ShearletX
+    from xaipipe.explain.masks.shearletx import ShearletX
     assert ShearletX.smoothgrad_samples == 10
 
 
@@ -615,7 +615,7 @@ def test_sampled_qtf_matches_sklearn():
     """scikit-learn's QuantileTransformer per block, with fewer quantiles than values, with
     ties, with a subsample drawn by the block's seed; a constant block maps to 0 there."""
     from sklearn.preprocessing import QuantileTransformer
-    from xaipipe.explain.startgrad import sampled_quantile_transform
+    from xaipipe.explain.masks.base.startgrad import sampled_quantile_transform
     g = torch.Generator().manual_seed(5)
     a = torch.randn(2, 3, 40, 50, generator=g, dtype=torch.float64).abs()
     a[0, 0, :6] = 0.25                                          # a tie group
@@ -674,7 +674,7 @@ def test_waveletx_compat_startgrad_qtf_subsamples_only_large_blocks(cnn):
 def test_pixel_mask_compat_startgrad_is_pixel_rde(cnn, x32):
     """PixelRDE: x̃_s = m ⊙ x̃ + (1 − m) ⊙ u_s unclipped, the luminance explanation, and a
     QTF with n_quantiles = H·W (the clean one)."""
-    from xaipipe.explain.methods.pixel_mask import PixelMask
+    from xaipipe.explain.masks.pixel_mask import PixelMask
     x, t = x32[:2], torch.tensor([0, 1])
     clean = PixelMask(cnn, noise="gaussian")
     rde = PixelMask(cnn, noise="gaussian", compat="startgrad")
@@ -730,7 +730,7 @@ def test_pixel_mask_rescaling_gradient_uses_the_models_sigma(x32):
 def test_waveletx_compat_startgrad_spatial_term_reads_rgb(cnn, x64):
     """compat startgrad: λ_2·mean|clip(IDWT(m ⊙ y_RGB))| over the 3 channels (the repository's
     compression='pixel'), not the gray reconstruction's."""
-    from xaipipe.explain.methods.waveletx import WaveletX
+    from xaipipe.explain.masks.waveletx import WaveletX
     from xaipipe.transforms import WaveletTransform
     meth = WaveletX(cnn, compat="startgrad", lambda_2=3.0, lambda_3=1.0)
     state = meth.prepare(x64)
@@ -754,7 +754,7 @@ def test_shearletx_compat_startgrad_qtf_is_sklearns_with_1e4_quantiles(cnn):
     10⁴, subsample=None) per band (scikit-learn itself as the oracle on two bands), close to
     but not the exact CDF of the clean run."""
     from sklearn.preprocessing import QuantileTransformer
-    from xaipipe.explain.methods.shearletx import ShearletX
+    from xaipipe.explain.masks.shearletx import ShearletX
     g = torch.Generator().manual_seed(9)
     x = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=256,
                                         mode="bilinear", align_corners=False)

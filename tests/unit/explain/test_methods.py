@@ -5,7 +5,7 @@ from torch import nn
 from xaipipe.errors import ConfigError
 from xaipipe.explain import available_methods, explain, run_method
 from xaipipe.maths.objectives import objective
-from xaipipe.explain.paths import riemann
+from xaipipe.explain.paths.integration import riemann
 from xaipipe.models import NormalizedModel
 
 

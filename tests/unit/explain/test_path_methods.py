@@ -7,9 +7,9 @@ import torchvision.transforms.functional as TF
 
 from helpers.pair_oracle import pair_saliency
 from xaipipe.explain import explain, explain_sweep, get_method, run_method
-from xaipipe.explain.idgi import IDGIAccumulator, idgi
+from xaipipe.explain.paths.idgi import IDGIAccumulator, idgi
 from xaipipe.maths.objectives import objective
-from xaipipe.explain.paths import Grid, nested_grids
+from xaipipe.explain.paths.integration import Grid, nested_grids
 from xaipipe.maths.imageops import gaussian_blur, gaussian_blur_zero
 
 STEPS = [8, 16, 32]

@@ -14,7 +14,7 @@ from torch import nn
 
 from helpers import torchray_oracle
 from xaipipe.explain import available_methods, explain, get_method, run_method
-from xaipipe.explain.methods.smooth_mask import (LOSS_TERMS, SmoothMaskGenerator, area_penalty,
+from xaipipe.explain.masks.smooth_mask import (LOSS_TERMS, SmoothMaskGenerator, area_penalty,
                                                  area_reference, blur_pyramid, blur_sigmas,
                                                  contrastive_reward, entropy,
                                                  parameter_grid_average, perturb)

@@ -71,7 +71,7 @@ def test_mixed_precision_lowers_the_model_not_the_image_operators(batch):
     """Under autocast the blurs and the wavelet and shearlet transforms stay in float32 and
     equal their float32 results exactly (a blurred baseline, a blur pyramid or a WaveletX
     synthesis in bfloat16 lost 8 mantissa bits); a matmul around them is still lowered."""
-    from xaipipe.explain.methods.smooth_mask import gaussian_blur as pyramid_blur
+    from xaipipe.explain.masks.smooth_mask import gaussian_blur as pyramid_blur
     from xaipipe.maths.imageops import gaussian_blur, gaussian_blur_zero
     from xaipipe.transforms import ShearletTransform, WaveletTransform
     x = torch.nn.functional.interpolate(batch[0][:2], size=64, mode="bilinear")

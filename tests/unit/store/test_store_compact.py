@@ -11,7 +11,7 @@ from xaipipe.data.datasets import build_image_store
 from xaipipe.data.predictions import predict
 from xaipipe.data.store import open_images
 from xaipipe.explain import explain
-from xaipipe.explain.methods.gradcam import GradCAM
+from xaipipe.explain.cams.gradcam import GradCAM
 from xaipipe.pipeline.attribution import explain_to_store
 from xaipipe.models import load_model
 from xaipipe.store import open_saliency, write_saliency

@@ -31,7 +31,7 @@ import torch
 from ...maths.imageops import gaussian_blur, gaussian_blur_zero
 from ...params import Param
 from ..base import OBJECTIVE_PARAM, Attribution, Method, register_method
-from ..paths import Grid, evaluate_path, nested_grids
+from .integration import Grid, evaluate_path, nested_grids
 
 COMPATS = (None, "tmlr", "pair")
 

@@ -4,7 +4,7 @@
 Noise U[μ − σ, μ + σ] with μ, σ scalars over the whole image, drawn independently per
 colour channel; x̃_s = clip(m ⊙ x̃ + (1 − m) ⊙ u_s); loss D + λ_1·mean|m| +
 λ_TV·(Σ(Δ_h m)² + Σ(Δ_w m)²)/N_mask; explanation x_E = m ⊙ x̃. The framework (Adam, clamp,
-StartGrad, histories) is :mod:`xaipipe.explain.masks`.
+StartGrad, histories) is :mod:`xaipipe.explain.masks.base`.
 
 ``compat="startgrad"``: the StartGrad repository's PixelRDE (`mask-methods.md` §9.2,
 ``BuelentUendes/StartGrad:src/vision/pixel_RDE.py``): x̃_s = m ⊙ x̃ + (1 − m) ⊙ u_s is **not
@@ -24,7 +24,7 @@ import torch
 
 from ...params import Param
 from ..base import register_method
-from ..masks import COMMON_PARAMS, MaskMethod, State, gray, sparsity
+from .base import COMMON_PARAMS, MaskMethod, State, gray, sparsity
 
 
 @register_method

@@ -20,7 +20,7 @@ state). Its per-level statistics, masks and clipping are the clean ones already;
 """
 from ...params import Param
 from ..base import register_method
-from ..masks import COMMON_PARAMS, MaskMethod, State, gray
+from .base import COMMON_PARAMS, MaskMethod, State, gray
 
 
 class _Wavelet(MaskMethod):

@@ -40,14 +40,14 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from ..errors import ConfigError
-from ..params import Param, check_params, cli_scalar
-from ..utils import derive_seed
-from .base import Attribution, Method
-from ..maths.faithfulness import faithfulness_curves
-from ..maths.information import (HISTORY, cp_ratio, entropy, explanation_image,
+from ...errors import ConfigError
+from ...params import Param, check_params, cli_scalar
+from ...utils import derive_seed
+from ..base import Attribution, Method
+from ...maths.faithfulness import faithfulness_curves
+from ...maths.information import (HISTORY, cp_ratio, entropy, explanation_image,
                                 log_prob, pixel_l1_ratio, target_log_prob)
-from ..maths.objectives import objective
+from ...maths.objectives import objective
 from .startgrad import (ABLATIONS, SCORES, SMOOTHGRAD_SPREAD, TRANSFORMS, block_transform,
                         ranking_score, sampled_quantile_transform, shuffle_blocks)
 
@@ -352,7 +352,7 @@ class MaskMethod(Method):
         """(image, sample) points per pass: the model's chunk, and what the transform's
         buffers of one point (``transform_point_bytes``) allow under the same budget
         (``memory_mb``, else :func:`default_memory_mb` of the device)."""
-        from .base import default_memory_mb
+        from ..base import default_memory_mb
         chunk = self.chunk_size(images.shape[1:], images.device)
         if self.transform_point_bytes:
             budget = (self.memory_mb or default_memory_mb(images.device)) * 2**20
@@ -624,7 +624,7 @@ class MaskMethod(Method):
     def compat_qtf(self, part: int, n: int) -> tuple[int, int | None] | None:
         """(n_quantiles, subsample) of the scikit-learn QuantileTransformer that the StartGrad
         repository fits to each block of ``n`` values of ``part`` (``compat: startgrad``,
-        :func:`~xaipipe.explain.startgrad.sampled_quantile_transform`); None: the clean QTF."""
+        :func:`~xaipipe.explain.masks.base.startgrad.sampled_quantile_transform`); None: the clean QTF."""
         return None
 
     def _block_transform(self, a: torch.Tensor, block_dims: int, part: int,

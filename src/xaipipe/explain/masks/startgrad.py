@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..maths.objectives import objective
+from ...maths.objectives import objective
 
 SCORES = ("prob", "nll", "logit")
 #: what maps |gradient| to the initial mask per block (§9.1 step 5 and its ablations)

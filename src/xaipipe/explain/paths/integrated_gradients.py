@@ -20,8 +20,8 @@ import torch
 
 from ...params import Param
 from ..base import OBJECTIVE_PARAM, Attribution, Method, register_method
-from ..baselines import BASELINES, make_baseline
-from ..paths import OFF_GRID, RULES, Grid, evaluate_path, nested_grids, riemann
+from .baselines import BASELINES, make_baseline
+from .integration import OFF_GRID, RULES, Grid, evaluate_path, nested_grids, riemann
 
 COMPATS = (None, "tmlr")
 IDGI_SPACES = ("pixel", "normalized")

@@ -26,8 +26,8 @@ import torch
 
 from ...params import Param
 from ..base import GRAD_SPACE_PARAM, OBJECTIVE_PARAM, Attribution, Method, register_method
-from ..baselines import BASELINES, make_baseline
-from ..idgi import IDGIAccumulator
+from .baselines import BASELINES, make_baseline
+from .idgi import IDGIAccumulator
 
 COMPATS = (None, "tmlr")
 EPSILON = {None: 1e-9, "tmlr": 1e-7}

@@ -6,8 +6,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..maths.imageops import gaussian_blur
-from ..utils import generator
+from ...maths.imageops import gaussian_blur
+from ...utils import generator
 
 BASELINES = ("black", "normzero", "uniform", "blurred", "image_noise")
 

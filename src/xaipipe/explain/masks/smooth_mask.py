@@ -46,7 +46,7 @@ Output: ``maps`` is the explanation x_E = mask ⊙ x̃ (N, 3, H, W) (``compat="s
 mask ⊙ x̃², the HEAD ``skmda37/ShearletX:code/scatterplot.py`` L263 multiplies the masked image
 by x̃ again; the paper-era script 16fee04 and the clean default use mask ⊙ x̃ once).
 
-Extras (leading dim N), named as in the shared mask framework (:mod:`xaipipe.explain.masks`):
+Extras (leading dim N), named as in the shared mask framework (:mod:`xaipipe.explain.masks.base`):
 ``final_retained_l1`` Σ|m ⊙ x̃|/Σ|x̃| (the ℓ1 kept in the representation, here pixels);
 ``final_retained_pixel`` Σ|x_E|/Σ|x̃| (the same number unless ``compat="shearletx"``);
 ``final_retained_entropy`` H(x_E)/H(x̃) with H(v) = −Σ q·ln(q + 1e−7), q = |v|²/Σ|v|² over all
@@ -62,7 +62,7 @@ flipped image): ``retained_probability`` p_c(perturbed)/p_c(x̃), ``retained_l1`
 ``cp_l1``, ``cp_pixel`` and ``cp_entropy`` (retained probability over ``retained_l1`` /
 ``retained_pixel`` / ``retained_entropy``), the clean explanation's CP at the same iteration
 (``clean_retained_probability``, ``clean_cp_l1_pixel``, ``clean_cp_l1``, ``clean_cp_entropy``;
-:func:`xaipipe.explain.masks.clean_cp`), and ``loss_terms`` (N, T, K) in the order of :data:`LOSS_TERMS` (the loss minimised is −reward +
+:func:`xaipipe.explain.masks.base.clean_cp`), and ``loss_terms`` (N, T, K) in the order of :data:`LOSS_TERMS` (the loss minimised is −reward +
 area_penalty).
 
 Initialisation (``init``): ``ones`` (TorchRay); ``uniform`` U(0,1) per parameter, drawn per
@@ -70,12 +70,12 @@ image from ``generator(*seed_parts(image_id, "init"))`` (the seed leaves out the
 do not shape the optimisation: ``steps``, ``history_every``, ``return_mask``, ``compat``);
 ``startgrad`` (`mask-methods.md` §9.1): a = |∂s/∂x̃| of the StartGrad score s
 (``startgrad_score``: prob, nll, logit; the gradient is taken of
-:func:`~xaipipe.explain.startgrad.ranking_score`, one score for prob and nll, whose gradients
+:func:`~xaipipe.explain.masks.base.startgrad.ranking_score`, one score for prob and nll, whose gradients
 differ by the factor p_c > 0 only, so their masks are identical) at the clean image, max over
 RGB, then *area-averaged onto the parameter grid*: parameter (i, j) gets the mean of a over the
 s×s cell centred on its pixel (s·i, s·j), clipped to the image (``avg_pool2d`` with kernel and
 stride s, padding ⌊s/2⌋, padding not counted), and finally the exact quantile transform
-(:func:`xaipipe.explain.startgrad.quantile_transform`) over the whole grid of each image, so the
+(:func:`xaipipe.explain.masks.base.startgrad.quantile_transform`) over the whole grid of each image, so the
 initial parameters have mean exactly 0.5.
 
 Notes:
@@ -103,8 +103,8 @@ from ...utils import full_precision, generator
 from ..base import Attribution, Method, estimate_point_bytes, default_memory_mb, \
     register_method
 from ...maths.information import CLEAN_HISTORY, entropy, target_log_prob   # H: float64
-from ..masks import clean_cp
-from ..startgrad import SCORES, quantile_transform, ranking_score
+from .base import clean_cp
+from .startgrad import SCORES, quantile_transform, ranking_score
 
 #: order of the last axis of ``extras["loss_terms"]`` (N, T, K); loss = −reward + area_penalty
 LOSS_TERMS = ("reward", "area_penalty")

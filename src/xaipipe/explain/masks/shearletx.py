@@ -21,7 +21,7 @@ QuantileTransformer with n_quantiles = min(10⁴, H·W) per band and no subsampl
 """
 from ...params import Param
 from ..base import register_method
-from ..masks import COMMON_PARAMS, MaskMethod, State, gray, sparsity
+from .base import COMMON_PARAMS, MaskMethod, State, gray, sparsity
 
 
 def auto_scales(h: int, w: int) -> int:
