@@ -5,8 +5,10 @@ fills defaults and stops with a :class:`ConfigError` naming the key and what wou
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import copy
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 from .errors import ConfigError
 
@@ -70,3 +72,51 @@ def check_params(spec: dict[str, Param], given: dict, where: str) -> dict:
     for key, p in spec.items():
         out[key] = p.check(given[key], f"{where}.{key}") if key in given else p.default
     return out
+
+
+class ParamSet:
+    """Base of the typed parameter objects (frozen dataclasses) that :func:`params_class`
+    builds from a component's ``Param`` declarations: attribute access (``p.steps``), the
+    declarations in ``spec``, :meth:`as_dict` for provenance and seeds, :meth:`replace`."""
+
+    spec: ClassVar[dict[str, Param]] = {}
+
+    def as_dict(self) -> dict:
+        """The values by name, in declaration order (plain data: JSON, Snakemake params)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def replace(self, **changes) -> "ParamSet":
+        """A copy with ``changes`` (not re-validated: callers pass checked values)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _annotation(p: Param):
+    types = p.type if isinstance(p.type, tuple) else (p.type,)
+    ann = types[0]
+    for t in types[1:]:
+        ann = ann | t
+    return ann
+
+
+def params_class(owner: type, spec: dict[str, Param]) -> type[ParamSet]:
+    """A frozen dataclass ``owner.Params`` with one typed field per declared parameter (its
+    default the declared one), picklable as ``<owner's module>.<owner>.Params``. Its
+    docstring lists the parameters with their docs."""
+    specs = []
+    for key, p in spec.items():
+        default = p.default
+        if isinstance(default, (list, dict, set)):
+            f = field(default_factory=lambda d=default: copy.deepcopy(d))
+        else:
+            f = field(default=default)
+        specs.append((key, _annotation(p), f))
+    cls = dataclasses.make_dataclass(f"{owner.__name__}Params", specs, bases=(ParamSet,),
+                                     frozen=True)
+    cls.__module__ = owner.__module__
+    cls.__qualname__ = f"{owner.__qualname__}.Params"
+    cls.spec = dict(spec)
+    lines = [f"Parameters of {owner.__qualname__} (validated by its ``check``):", ""]
+    lines += [f"- ``{k}`` ({_annotation(p)}, default {p.default!r}): {p.doc}".rstrip(": ")
+              for k, p in spec.items()]
+    cls.__doc__ = "\n".join(lines)
+    return cls

@@ -30,7 +30,7 @@ def test_startgrad_faithfulness_ig_baseline_matches_captum(cnn, images):
     """The StartGrad IG baseline: Captum's default Gauss-Legendre rule, 50 points, the
     baseline μ̂ + σ̂·U[0, 1) per image (drawn by image id), the logit."""
     from xaipipe.explain import get_method
-    from xaipipe.explain.paths.integration.baselines import make_baseline
+    from xaipipe.explain.paths.baselines import make_baseline
     t = torch.tensor([0, 3, 1])
     ids = torch.tensor([5, 6, 7])
     method = get_method("integrated_gradients")(cnn, steps=50, rule="gausslegendre",

@@ -7,7 +7,7 @@ import torch
 from helpers.pair_oracle import pair_saliency
 from xaipipe.explain import explain, get_method, run_method
 from xaipipe.explain.base import gradient
-from xaipipe.explain.paths.integration.guided_ig import guided_step
+from xaipipe.explain.paths.guided_ig import guided_step
 from xaipipe.maths.objectives import objective
 
 
