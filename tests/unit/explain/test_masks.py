@@ -8,7 +8,7 @@ import torch
 
 from xaipipe.explain import explain, run_method
 from xaipipe.maths.information import entropy
-from xaipipe.explain.masks.base.startgrad import quantile_transform
+from xaipipe.explain.masks.startgrad import quantile_transform
 from xaipipe.models import load_model
 from xaipipe.transforms import WaveletTransform
 
@@ -615,7 +615,7 @@ def test_sampled_qtf_matches_sklearn():
     """scikit-learn's QuantileTransformer per block, with fewer quantiles than values, with
     ties, with a subsample drawn by the block's seed; a constant block maps to 0 there."""
     from sklearn.preprocessing import QuantileTransformer
-    from xaipipe.explain.masks.base.startgrad import sampled_quantile_transform
+    from xaipipe.explain.masks.startgrad import sampled_quantile_transform
     g = torch.Generator().manual_seed(5)
     a = torch.randn(2, 3, 40, 50, generator=g, dtype=torch.float64).abs()
     a[0, 0, :6] = 0.25                                          # a tie group

@@ -624,7 +624,7 @@ class MaskMethod(Method):
     def compat_qtf(self, part: int, n: int) -> tuple[int, int | None] | None:
         """(n_quantiles, subsample) of the scikit-learn QuantileTransformer that the StartGrad
         repository fits to each block of ``n`` values of ``part`` (``compat: startgrad``,
-        :func:`~xaipipe.explain.masks.base.startgrad.sampled_quantile_transform`); None: the clean QTF."""
+        :func:`~xaipipe.explain.masks.startgrad.sampled_quantile_transform`); None: the clean QTF."""
         return None
 
     def _block_transform(self, a: torch.Tensor, block_dims: int, part: int,

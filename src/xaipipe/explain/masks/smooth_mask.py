@@ -70,12 +70,12 @@ image from ``generator(*seed_parts(image_id, "init"))`` (the seed leaves out the
 do not shape the optimisation: ``steps``, ``history_every``, ``return_mask``, ``compat``);
 ``startgrad`` (`mask-methods.md` §9.1): a = |∂s/∂x̃| of the StartGrad score s
 (``startgrad_score``: prob, nll, logit; the gradient is taken of
-:func:`~xaipipe.explain.masks.base.startgrad.ranking_score`, one score for prob and nll, whose gradients
+:func:`~xaipipe.explain.masks.startgrad.ranking_score`, one score for prob and nll, whose gradients
 differ by the factor p_c > 0 only, so their masks are identical) at the clean image, max over
 RGB, then *area-averaged onto the parameter grid*: parameter (i, j) gets the mean of a over the
 s×s cell centred on its pixel (s·i, s·j), clipped to the image (``avg_pool2d`` with kernel and
 stride s, padding ⌊s/2⌋, padding not counted), and finally the exact quantile transform
-(:func:`xaipipe.explain.masks.base.startgrad.quantile_transform`) over the whole grid of each image, so the
+(:func:`xaipipe.explain.masks.startgrad.quantile_transform`) over the whole grid of each image, so the
 initial parameters have mean exactly 0.5.
 
 Notes:
