@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from .params import ParamSet
+
 
 def execution(default=None):
     """A field that says how a job runs, not what it computes (no rerun when it changes)."""
@@ -83,7 +85,7 @@ class ExplainJob:
     """Attribution maps of the union of the requested selections (each capped at its
     ``max_images``, aligned with the rule's ``selections`` input)."""
     method: str                      # registered name
-    params: dict                     # validated hyper-parameters
+    params: ParamSet                 # the method's checked Params (get_method(method).check)
     model: ModelSpec
     target: str                      # label | pred
     max_images: tuple                # one per selection input (None: all)
@@ -111,7 +113,7 @@ class ScoreJob:
     of the requested selections (aligned with the rule's ``selections`` input) present in the
     store (and in the other variant's store, where the metric compares two)."""
     metric: str                      # registered name
-    params: dict                     # validated parameters
+    params: ParamSet                 # the metric's checked Params (get_metric(metric).check)
     model: ModelSpec | None          # None: the metric needs no model
     max_images: tuple
     split: str

@@ -34,7 +34,7 @@ def test_every_output_exists_and_is_sane(run):
         assert s.saliency.shape[0] == n and np.isfinite(s.saliency.compute()).all()
         assert s.attrs["method"] == me and s.attrs["variant"] == v
         assert {"torch_version", "torchvision_version", "zarr_version"} <= set(s.attrs)
-    s_params = {me: plan.methods[me][1] for me in plan.methods}
+    s_params = {me: plan.methods[me][1].as_dict() for me in plan.methods}
     for d, m, mt, me, v in plan.score_keys("tiny"):
         path = run / plan.scores(d, m, mt, me, v)
         df = pd.read_parquet(path)

@@ -81,7 +81,7 @@ def metric_of(config: dict, run: str):
     """The metric object (validated parameters in ``.hparams``) of a metric run."""
     name, params = split_run(run, config["metrics"][run], "metric")
     cls = get_metric(name, f"metrics.{run}.metric")
-    return cls(**cls.check(params, f"metrics.{run}"))
+    return cls(cls.check(params, f"metrics.{run}"))
 
 
 def normalise_entry(section: str, name: str, value):

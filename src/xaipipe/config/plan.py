@@ -270,16 +270,15 @@ class Plan:
         step count (None where it has none) and whether it is IDGI."""
         run, _ = split_store_run(store_run)
         name, params = self.methods[store_run]
-        out = {"method_run": run, "method_name": name, "steps": params.get("steps"),
-               "idgi": bool(params.get("idgi", False))}
+        out = {"method_run": run, "method_name": name, "steps": getattr(params, "steps", None),
+               "idgi": bool(getattr(params, "idgi", False))}
         from ..explain import get_method
         declared = get_method(name).params
         if "init" in declared:          # mask methods: the StartGrad report groups by them
             from ..explain.masks.base import init_label, run_setting
             out["init"] = init_label(params, declared)
             out["setting"] = run_setting(params, declared)
-            out["history_every"] = params.get("history_every",
-                                              declared["history_every"].default)
+            out["history_every"] = params.history_every
         return out
 
     # -- metrics -------------------------------------------------------------------------
@@ -313,7 +312,7 @@ class Plan:
             provenance={"dataset": dataset, "preprocess": self.preprocess_of(model),
                         "model": model, "metric": metric, "method": method,
                         "variant": variant, "method_name": self.methods[method][0],
-                        "method_params": self.methods[method][1]})
+                        "method_params": self.methods[method][1].as_dict()})
 
     # -- experiment outputs --------------------------------------------------------------
     def summary_inputs(self, experiment) -> dict[str, list[str]]:

@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import ON_NONFINITE, ConfigError, NonFiniteError
 from ..registry import Registry
 from ..utils import PRECISIONS, autocast, eval_mode, full_precision, nonfinite_rows
-from ..params import Param, check_params
+from ..params import Param, ParamSet, check_params, params_class
 from ..maths.objectives import OBJECTIVES, objective
 
 OBJECTIVE_PARAM = Param("logit", str, OBJECTIVES, doc="explained scalar f of the logits")
@@ -48,6 +48,13 @@ class Attribution:
 class Method:
     """Base class. Subclasses set ``name``, ``params`` and implement :meth:`attribute`.
 
+    Hyper-parameters: ``params`` declares them (:class:`~xaipipe.params.Param`: default,
+    type, allowed values, doc); from those declarations every subclass gets ``Params``, a
+    frozen dataclass with one typed field each (:func:`~xaipipe.params.params_class`).
+    :meth:`check` turns a config's mapping into a validated ``Params``, and the method reads
+    ``self.hparams.steps``, never a string key. A job carries the same object from the
+    config to the kernel.
+
     Execution settings are not hyper-parameters: ``seed`` (random draws are seeded per
     (seed, image id, method, hyper-parameters)), ``memory_mb`` (budget for one forward/backward
     chunk; steps x samples are split so that it is not exceeded; None = :func:`default_memory_mb`)
@@ -56,10 +63,18 @@ class Method:
 
     name: ClassVar[str] = ""
     params: ClassVar[dict[str, Param]] = {}
+    Params: ClassVar[type[ParamSet]]     # built from ``params`` for every subclass
     channels: ClassVar[str] = "input"   # "input": C of the image; "single": 1
 
-    def __init__(self, model: nn.Module, *, seed: int = 0, memory_mb: float | None = None,
-                 max_batch: int | None = None, precision: str = "float32", **params):
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        cls.Params = params_class(cls, cls.params)
+
+    def __init__(self, model: nn.Module, params: ParamSet | dict | None = None, *,
+                 seed: int = 0, memory_mb: float | None = None, max_batch: int | None = None,
+                 precision: str = "float32", **kwargs):
+        """``params``: the hyper-parameters as a checked ``Params`` (what a job carries) or
+        a mapping; or give them as keyword arguments (``steps=32``), not both."""
         self.model = model
         self.seed = seed
         self.memory_mb = memory_mb
@@ -68,14 +83,32 @@ class Method:
             raise ConfigError(f"method {self.name!r}: precision {precision!r} is not one of "
                               f"{', '.join(map(repr, PRECISIONS))}")
         self.precision = precision
-        self.hparams = self.check(params)
+        if params is not None and kwargs:
+            raise TypeError(f"method {self.name!r}: give the parameters as params= or as "
+                            f"keywords, not both ({sorted(kwargs)})")
+        self.hparams = self.check(kwargs if params is None else params)
 
     @classmethod
-    def check(cls, params: dict, where: str | None = None) -> dict:
-        return check_params(cls.params, params, where or f"method {cls.name!r}")
+    def check(cls, params: ParamSet | dict, where: str | None = None) -> ParamSet:
+        """The validated ``Params`` of a mapping (defaults filled in; a :class:`ConfigError`
+        naming ``where`` and the key otherwise). A ``Params`` of this class is returned as
+        it is: it was checked when it was made."""
+        if isinstance(params, cls.Params):
+            return params
+        if isinstance(params, ParamSet):
+            params = params.as_dict()
+        where = where or f"method {cls.name!r}"
+        values = cls.validate(check_params(cls.params, params, where), where)
+        return cls.Params(**values)
 
     @classmethod
-    def check_model(cls, params: dict, model: nn.Module, where: str) -> None:
+    def validate(cls, values: dict, where: str) -> dict:
+        """Checks across parameters, after each was checked on its own (``values``: every
+        declared parameter); returns the values, possibly normalised. Default: none."""
+        return values
+
+    @classmethod
+    def check_model(cls, params: ParamSet, model: nn.Module, where: str) -> None:
         """Whether this method (with ``params``) can run on ``model`` at all, checked before
         any job runs; raises :class:`~xaipipe.errors.ConfigError` naming ``where`` and the
         model if not (GradCAM on a model without the named layer, GradMask on a CNN).
@@ -107,7 +140,7 @@ class Method:
     sweepable: ClassVar[bool] = False
 
     @classmethod
-    def shares_path(cls, params: dict, steps) -> bool:
+    def shares_path(cls, params: ParamSet, steps) -> bool:
         """Whether one path evaluation serves all of ``steps`` with these ``params``: a
         ``sweepable`` method and nested step counts (each divides the largest)."""
         if not cls.sweepable:
@@ -123,7 +156,7 @@ class Method:
         saved = self.hparams
         try:
             for n in steps:
-                self.hparams = {**saved, "steps": int(n)}
+                self.hparams = saved.replace(steps=int(n))
                 out[int(n)] = self.attribute(images, target, image_ids)
         finally:
             self.hparams = saved
@@ -148,7 +181,8 @@ class Method:
     # -- shared helpers -------------------------------------------------------------------
     def seed_parts(self, image_id: int, *extra) -> tuple:
         """What a random draw for one image depends on (never the batch)."""
-        hp = {k: v for k, v in self.hparams.items() if not isinstance(v, torch.Tensor)}
+        hp = {k: v for k, v in self.hparams.as_dict().items()
+              if not isinstance(v, torch.Tensor)}
         return (self.seed, int(image_id), self.name, hp, *extra)
 
     def chunk_size(self, sample_shape: torch.Size, device) -> int:
@@ -173,14 +207,17 @@ class Method:
         chunk = self.chunk_size(points.shape[1:], points.device)
         return torch.cat([
             forward_objective(self.model, points[s:s + chunk], target[s:s + chunk],
-                              self.hparams.get("objective", "logit"))
+                              getattr(self.hparams, "objective", "logit"))
             for s in range(0, points.shape[0], chunk)])
 
     def gradient(self, points: torch.Tensor, target: torch.Tensor,
                  grad_space: str = "pixel") -> tuple[torch.Tensor, torch.Tensor]:
         """(∇f, f) at a batch of points for the configured objective."""
-        return gradient(self.model, points, target, self.hparams.get("objective", "logit"),
+        return gradient(self.model, points, target, getattr(self.hparams, "objective", "logit"),
                         grad_space)
+
+
+Method.Params = params_class(Method, {})
 
 
 def _prepare(images: torch.Tensor, target, image_ids):

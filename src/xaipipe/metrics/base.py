@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import ON_NONFINITE, NonFiniteError
-from ..params import Param, check_params
+from ..params import Param, ParamSet, check_params, params_class
 from ..registry import Registry
 from ..utils import eval_mode, nonfinite_rows
 from .aggregate import bootstrap_ci, column_seed
@@ -125,6 +125,7 @@ class Metric:
 
     name: ClassVar[str] = ""
     params: ClassVar[dict[str, Param]] = {}
+    Params: ClassVar[type[ParamSet]]     # built from ``params`` (see Method.Params)
     scalars: ClassVar[tuple[str, ...]] = ()
     needs: ClassVar[frozenset[str]] = frozenset({"model", "images"})
     direction: ClassVar[str] = "higher"
@@ -132,18 +133,30 @@ class Metric:
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
+        cls.Params = params_class(cls, cls.params)
         bad = set(cls.needs) - set(NEEDS)
         if bad:
             raise TypeError(f"metric {cls.name!r}: unknown needs {sorted(bad)}; allowed: {NEEDS}")
         if cls.direction not in DIRECTIONS:
             raise TypeError(f"metric {cls.name!r}: direction must be one of {DIRECTIONS}")
 
-    def __init__(self, **params):
-        self.hparams = self.check(params)
+    def __init__(self, params: ParamSet | dict | None = None, **kwargs):
+        """``params``: the checked ``Params`` (what a job carries) or a mapping; or the
+        parameters as keyword arguments, not both."""
+        if params is not None and kwargs:
+            raise TypeError(f"metric {self.name!r}: give the parameters as params= or as "
+                            f"keywords, not both ({sorted(kwargs)})")
+        self.hparams = self.check(kwargs if params is None else params)
 
     @classmethod
-    def check(cls, params: dict, where: str | None = None) -> dict:
-        return check_params(cls.params, params, where or f"metric {cls.name!r}")
+    def check(cls, params: ParamSet | dict, where: str | None = None) -> ParamSet:
+        """The validated ``Params`` of a mapping (defaults filled in); a ``Params`` of this
+        class is returned as it is."""
+        if isinstance(params, cls.Params):
+            return params
+        if isinstance(params, ParamSet):
+            params = params.as_dict()
+        return cls.Params(**check_params(cls.params, params, where or f"metric {cls.name!r}"))
 
     def other_variant(self) -> str | None:
         """The variant of ``other_images`` / ``other_maps``, if the metric needs one."""
@@ -183,7 +196,7 @@ class Metric:
         flagged images is set to NaN and the bool column ``nonfinite`` (N,) is returned
         (in every batch, all False where nothing was wrong)."""
         inputs = self._check_inputs(inputs)
-        record = self.hparams.get("on_nonfinite", "raise") == "record"
+        record = getattr(self.hparams, "on_nonfinite", "raise") == "record"
         inputs, bad_maps = self._nonfinite_maps(inputs, record)
         with eval_mode(inputs.model), torch.no_grad():
             out = self.compute(inputs, **compute_kw)
@@ -283,6 +296,9 @@ class Metric:
         return [summary_row(cls, col, df[col] if col in df else np.zeros(0), n_boot=n_boot,
                             level=level, seed=column_seed(seed, col))
                 for col in cls.scalars]
+
+
+Metric.Params = params_class(Metric, {})
 
 
 def summary_row(cls, column: str, values, *, n_boot: int, level: float, seed: int) -> dict:

@@ -58,7 +58,7 @@ class Convergence(Metric):
         also has IG or GradCAM (StartGrad's faithfulness baselines) scores those with its
         other metrics only. ``params`` are the method's validated parameters (defaults
         filled in), so a method without ``history_every`` has none."""
-        return bool(params.get("history_every", 0))
+        return bool(getattr(params, "history_every", 0))
 
     def compute(self, inputs: MetricInputs) -> dict:
         ex = inputs.extras

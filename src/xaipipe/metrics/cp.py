@@ -199,10 +199,10 @@ class CPScores(Metric):
         x = inputs.images
         n = x.shape[0]
         xe = explanation_image(inputs.maps, x,
-                               compat_normalize(p["normalize"], p["compat"], inputs.method))
+                               compat_normalize(p.normalize, p.compat, inputs.method))
         bs = max(1, int(inputs.batch_size))
         lp_x, lp_e = log_softmax(inputs.model, x, bs), log_softmax(inputs.model, xe, bs)
-        if p["compat"]:
+        if p.compat:
             rcp = torch.exp(lp_e.amax(1) - lp_x.amax(1))
         else:
             t = inputs.target.to(lp_x.device).view(-1, 1)
@@ -219,7 +219,7 @@ class CPScores(Metric):
         if ent is None:
             h_e, h_x = entropy(xe, (1, 2, 3)).cpu().numpy(), entropy(x, (1, 2, 3)).cpu().numpy()
             ent = ratio(torch.as_tensor(h_e), torch.as_tensor(h_x))
-        elif p["entropy_exp"]:
+        elif p.entropy_exp:
             _, h_e = _extra(extras, (EXTRAS_H_EXPL,), n)
             _, h_x = _extra(extras, (EXTRAS_H_IMAGE,), n)
             if h_e is None or h_x is None:
@@ -237,7 +237,7 @@ class CPScores(Metric):
                "undefined_entropy": und_ent,
                "l1_from_extras": np.full(n, k_l1 is not None),
                "entropy_from_extras": np.full(n, k_ent is not None)}
-        if p["entropy_exp"]:
+        if p.entropy_exp:
             with np.errstate(over="ignore", invalid="ignore"):
                 exp_ratio = np.exp(np.asarray(h_e) - np.asarray(h_x))
             cp_exp, und_exp = _cp(rcp, exp_ratio)

@@ -101,8 +101,8 @@ class Faithfulness(Metric):
         p = self.hparams
         with torch.no_grad():
             out = pixel_faithfulness(inputs.model, inputs.images, inputs.maps, inputs.target,
-                                     inputs.ids, steps=p["steps"], seed=p["seed"],
-                                     compat=p["compat"], batch_size=inputs.batch_size)
+                                     inputs.ids, steps=p.steps, seed=p.seed,
+                                     compat=p.compat, batch_size=inputs.batch_size)
         return {k: v.numpy() for k, v in out.items()}
 
 

@@ -210,7 +210,7 @@ class HallucinationScore(Metric):
 
     def compute(self, inputs: MetricInputs) -> dict[str, np.ndarray]:
         p = self.hparams
-        return _hallucination(inputs.images, inputs.maps, compat=p["compat"],
-                              threshold=p["threshold"], size=p["size"],
-                              normalize=p["normalize"], min_contrast=p["min_contrast"],
+        return _hallucination(inputs.images, inputs.maps, compat=p.compat,
+                              threshold=p.threshold, size=p.size,
+                              normalize=p.normalize, min_contrast=p.min_contrast,
                               method=inputs.method)

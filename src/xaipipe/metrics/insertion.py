@@ -21,35 +21,35 @@ class Insertion(Metric):
     excludes = {"auc_norm": "norm_excluded"}
     mode = "insertion"
 
-    def __init__(self, **params):
-        super().__init__(**params)
-        if self.hparams["fill"] == "blur":
+    def __init__(self, params=None, **kwargs):
+        super().__init__(params, **kwargs)
+        if self.hparams.fill == "blur":
             self.needs = type(self).needs | {"other_images"}
 
     def other_variant(self):
-        return "blur" if self.hparams["fill"] == "blur" else None
+        return "blur" if self.hparams.fill == "blur" else None
 
     def compute(self, inputs: MetricInputs) -> dict[str, np.ndarray]:
         p = self.hparams
         return perturbation_curves(inputs.model, inputs.images, inputs.maps, inputs.target,
-                                   self.mode, steps=p["steps"], fill=p["fill"],
-                                   fill_images=inputs.other_images, score=p["score"],
-                                   reduction=p["reduction"], batch_size=inputs.batch_size,
-                                   norm_min=p["norm_min"], compat=p["compat"])
+                                   self.mode, steps=p.steps, fill=p.fill,
+                                   fill_images=inputs.other_images, score=p.score,
+                                   reduction=p.reduction, batch_size=inputs.batch_size,
+                                   norm_min=p.norm_min, compat=p.compat)
 
 
 def run_perturbation(cls, model, images, maps, target, fill_images, batch_size, params):
     """The plain-function form of :class:`Insertion`/:class:`Deletion`: the per-image columns
     plus the ``fractions`` grid of the curve."""
     metric = cls(**params)
-    if metric.hparams["fill"] == "blur" and fill_images is None:
+    if metric.hparams.fill == "blur" and fill_images is None:
         raise ValueError(f"{cls.name} with fill 'blur' needs the blurred images "
                          "(fill_images=...)")
     n = images.shape[0]
     out = metric(MetricInputs(ids=np.arange(n), target=as_target(target, n, images.device),
                               maps=maps, model=model, images=images,
                               other_images=fill_images, batch_size=batch_size))
-    out["fractions"] = fractions(metric.hparams["steps"])
+    out["fractions"] = fractions(metric.hparams.steps)
     return out
 
 

@@ -201,29 +201,29 @@ class Pic(Metric):
     excludes = {"sic": "sic_excluded", "sic_curve": "sic_excluded",
                 "aic": "aic_excluded", "aic_curve": "aic_excluded"}
 
-    def __init__(self, **params):
-        super().__init__(**params)
+    def __init__(self, params=None, **kwargs):
+        super().__init__(params, **kwargs)
         p = self.hparams
-        if p["variant"] == "tmlr":
+        if p.variant == "tmlr":
             self.needs = type(self).needs | {"other_images"}
-        elif p["compat"] is not None:
+        elif p.compat is not None:
             raise ValueError("pic: compat 'tmlr' applies to variant 'tmlr' only (the pair "
                              "variant reveals by quantile, it does not rank)")
-        t = np.asarray(p["thresholds"], np.float64)
+        t = np.asarray(p.thresholds, np.float64)
         if t.ndim != 1 or not ((t > 0) & (t <= 1)).all() or (np.diff(t) < 0).any():
             raise ValueError(f"pic: thresholds must be ascending fractions in (0, 1], "
-                             f"got {p['thresholds']!r}")
+                             f"got {p.thresholds!r}")
 
     def other_variant(self):
-        return "blur" if self.hparams["variant"] == "tmlr" else None
+        return "blur" if self.hparams.variant == "tmlr" else None
 
     @property
     def reduction(self) -> str:
-        return self.hparams["reduction"] or DEFAULT_REDUCTION[self.hparams["variant"]]
+        return self.hparams.reduction or DEFAULT_REDUCTION[self.hparams.variant]
 
     @property
     def n_points(self) -> int:
-        return self.hparams["points"] or DEFAULT_POINTS[self.hparams["variant"]]
+        return self.hparams.points or DEFAULT_POINTS[self.hparams.variant]
 
     def compute(self, inputs: MetricInputs, random_masks=None) -> dict[str, np.ndarray]:
         """Two passes over the bokeh images: first the blurred image and the original of every
@@ -231,7 +231,7 @@ class Pic(Metric):
         keep at least one curve (an excluded image costs no interpolation or encoding)."""
         n, _, h, w = inputs.images.shape
         scores = rankable(inputs.maps.to(inputs.images.device), self.reduction, (h, w))
-        if self.hparams["variant"] == "pair":
+        if self.hparams.variant == "pair":
             n_lv, build = self._pair_builder(inputs, scores, random_masks)
         else:
             n_lv, build = self._tmlr_builder(inputs, scores)
@@ -272,14 +272,14 @@ class Pic(Metric):
         if random_masks is None:
             random_masks = np.zeros((n, h, w), bool)
             for j, i in enumerate(np.asarray(inputs.ids).tolist()):
-                random_masks[j] = random_mask(h, w, p["seed"], i, p["mask_fraction"])
+                random_masks[j] = random_mask(h, w, p.seed, i, p.mask_fraction)
         elif isinstance(random_masks, torch.Tensor):
             random_masks = random_masks.detach().cpu().numpy()
         random_masks = np.asarray(random_masks, bool)
         if random_masks.shape != (n, h, w):
             raise ValueError(f"pic: random_mask must be (N, H, W) = {(n, h, w)}, got "
                              f"{random_masks.shape}")
-        thresholds = p["thresholds"]
+        thresholds = p.thresholds
         n_lv = len(thresholds) + 2
         cache = [{} for _ in range(n)]
 
@@ -311,8 +311,8 @@ class Pic(Metric):
         images = inputs.images
         _, _, h, w = images.shape
         fill = inputs.other_images.to(images.device, images.dtype)
-        ranks = pixel_ranks(scores, p["compat"])                             # (N, H, W)
-        counts = torch.as_tensor(np.linspace(0, h * w, p["levels"]).astype(int),
+        ranks = pixel_ranks(scores, p.compat)                             # (N, H, W)
+        counts = torch.as_tensor(np.linspace(0, h * w, p.levels).astype(int),
                                  device=images.device)
 
         def build(pairs):
@@ -323,7 +323,7 @@ class Pic(Metric):
             u8 = (x * 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # truncation
             return x, [png_size(im) for im in u8]
 
-        return p["levels"], build
+        return p.levels, build
 
     def _measure(self, inputs, pairs, build, probs, correct, entropy):
         """Fill ``probs`` (softmax probability of the target), ``correct`` (top-1 = target) and
@@ -347,10 +347,10 @@ class Pic(Metric):
         out = {}
         for name, pred in (("sic", probs), ("aic", correct)):
             out[name] = np.array([failure(q[-1], q[0], e[-1], e[0],
-                                          self.hparams["min_pred_value"])
+                                          self.hparams.min_pred_value)
                                   for q, e in zip(pred, entropy)],
                                  dtype=f"<U{max(map(len, REASONS))}")
-        if self.hparams["variant"] == "tmlr":            # one try for both curves (§5.2)
+        if self.hparams.variant == "tmlr":            # one try for both curves (§5.2)
             joint = np.where(out["sic"] != "", out["sic"], out["aic"])
             out = {"sic": joint, "aic": joint.copy()}
         return out
@@ -358,7 +358,7 @@ class Pic(Metric):
     # -- curves -------------------------------------------------------------------------------
     def _curves(self, probs, correct, entropy, reasons) -> dict[str, np.ndarray]:
         p = self.hparams
-        pair = p["variant"] == "pair"
+        pair = p.variant == "pair"
         n = probs.shape[0]
         anchors = ((0.0, 0.0), (1.0, 1.0)) if pair else ((0.0, 0.0),)
         grid = curve_grid(self.n_points)
@@ -371,7 +371,7 @@ class Pic(Metric):
                 if pair:                      # PAIR: the thresholds' levels only, TMLR: all
                     x, y = x[1:-1], y[1:-1]
                 curves[i] = interpolate_curve(x, y, anchors, self.n_points,
-                                              p["keep_monotonous"])
+                                              p.keep_monotonous)
             auc = np.full(n, np.nan)
             if valid.any():
                 auc[valid] = np.trapezoid(curves[valid], grid, axis=1)

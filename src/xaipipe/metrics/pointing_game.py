@@ -92,8 +92,8 @@ class PointingGame(Metric):
 
     def compute(self, inputs: MetricInputs) -> dict[str, np.ndarray]:
         p = self.hparams
-        return _pointing_game(inputs.maps, inputs.masks, p["tolerance"], p["reference_size"],
-                              p["reduction"])
+        return _pointing_game(inputs.maps, inputs.masks, p.tolerance, p.reference_size,
+                              p.reduction)
 
     @classmethod
     def aggregate(cls, df: pd.DataFrame, *, n_boot: int = 1000, level: float = 0.95,

@@ -78,10 +78,10 @@ class Stability(Metric):
     excludes = {"mse": "ill_conditioned", "mse_well_conditioned": "ill_conditioned"}
 
     def other_variant(self) -> str:
-        return self.hparams["reference"]
+        return self.hparams.reference
 
     def applies_to(self, variant: str) -> bool:
-        return variant != self.hparams["reference"]
+        return variant != self.hparams.reference
 
     def compute(self, inputs: MetricInputs) -> dict[str, np.ndarray]:
-        return _stability(inputs.other_maps, inputs.maps, self.hparams["reduction"])
+        return _stability(inputs.other_maps, inputs.maps, self.hparams.reduction)

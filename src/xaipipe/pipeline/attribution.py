@@ -39,7 +39,7 @@ def explain_to_store(out, images_path, selections, model_files, job, progress=Tr
     ids, targets = requested_images(selections, job.max_images, job.target)
     pos = images.positions(ids)
     algo = cls(model, seed=job.seed, memory_mb=job.memory_mb,
-               precision=job.precision, **job.params)
+               precision=job.precision, params=job.params)
     # Methods with a coarser native map (GradCAM) store it as computed; readers upsample it.
     upsample = getattr(cls, "native_upsample", None)
     if upsample and getattr(job, "native_resolution", True):
@@ -55,9 +55,9 @@ def explain_to_store(out, images_path, selections, model_files, job, progress=Tr
 
     def attrs(n):
         if n is None:
-            return {**base, "parameters": algo.hparams}
+            return {**base, "parameters": algo.hparams.as_dict()}
         return {**base, "method": f"{job.provenance['method']}@{n}", "sweep": sweep,
-                "parameters": {**algo.hparams, "steps": n}}
+                "parameters": {**algo.hparams.as_dict(), "steps": n}}
 
     parts = shards.bounds(len(ids), getattr(job, "shard_size", None))
     log.info("%s%s on %d images (%s) in %d shard(s), device %s", job.method,

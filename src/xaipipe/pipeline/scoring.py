@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 
 import dask
 import dask.array as da
@@ -28,13 +29,14 @@ import torch
 from ..data.filters import requested_images
 from ..data.store import open_images
 from .. import repro, shards
-from ..jobs import signature
+from ..jobs import ModelSpec, signature
 from ..models.spec import load_spec
 from ..parallel import dask_client, job_threads
 from ..store import open_saliency
 from ..utils import as_list, atomic_path, autocast, resolve_device
 from ..zarrio import versions
 from ..metrics.base import MetricInputs, get_metric
+from ..params import ParamSet
 
 PROVENANCE_KEY = b"xaipipe"
 log = logging.getLogger("xaipipe")
@@ -74,13 +76,34 @@ def _apply_job_settings(reproducible: bool, torch_threads: int | None, device) -
         torch.set_num_threads(torch_threads)
 
 
-def _score_chunk(metric_name, params, model_spec, model_files, device, batch_size,
-                 reproducible, torch_threads, precision, method, ids, targets, extras, maps,
-                 images, other_images, other_maps, masks):
-    _apply_job_settings(reproducible, torch_threads,
-                        resolve_device(device) if model_spec is not None else "cpu")
-    metric = get_metric(metric_name)(**params)
-    model = load_spec(model_spec, model_files, device) if model_spec is not None else None
+@dataclass(frozen=True)
+class ScoreTask:
+    """What every chunk of a score job shares, and what the process running a chunk must
+    apply (a worker of a scheduler started elsewhere does not share the job's environment):
+    the metric and its checked parameters, the model to load, the device and batch size,
+    reproducible mode, torch's threads, the precision of the model calls, and the registered
+    method that made the maps (``MetricInputs.method``)."""
+    metric: str                      # registered name
+    params: ParamSet                 # the metric's checked parameters
+    model: ModelSpec | None          # None: the metric needs no model
+    model_files: tuple
+    device: str
+    batch_size: int
+    reproducible: bool
+    torch_threads: int | None
+    precision: str
+    method: str | None
+
+
+def _score_chunk(task: ScoreTask, ids, targets, extras, maps, images=None, other_images=None,
+                 other_maps=None, masks=None) -> pd.DataFrame:
+    """The per-image rows of one chunk: ``ids``/``targets``/``extras`` its images', the
+    arrays its blocks of the maps and of what the metric needs (uint8 images)."""
+    _apply_job_settings(task.reproducible, task.torch_threads,
+                        resolve_device(task.device) if task.model is not None else "cpu")
+    metric = get_metric(task.metric)(task.params)
+    model = (load_spec(task.model, task.model_files, task.device) if task.model is not None
+             else None)
     dev = next(model.parameters()).device if model is not None else torch.device("cpu")
 
     def on(t):
@@ -89,8 +112,9 @@ def _score_chunk(metric_name, params, model_spec, model_files, device, batch_siz
         ids=np.asarray(ids), target=torch.as_tensor(np.asarray(targets)).long().to(dev),
         maps=on(_tensor(maps)), model=model, images=on(_tensor(images, 255)),
         other_images=on(_tensor(other_images, 255)), other_maps=on(_tensor(other_maps)),
-        masks=on(_tensor(masks)), extras=extras, batch_size=batch_size, method=method)
-    with autocast(dev, precision):
+        masks=on(_tensor(masks)), extras=extras, batch_size=task.batch_size,
+        method=task.method)
+    with autocast(dev, task.precision):
         out = metric(inputs)
     out.pop("fractions", None)
     cols = {"image_id": np.asarray(ids), "target": np.asarray(targets)}
@@ -137,8 +161,7 @@ def score_store(out, inputs: dict, job, *, threads: int = 1) -> pd.DataFrame:
     other_maps, model (the rule's named inputs)."""
     inputs = {k: ([os.path.abspath(p) for p in v] if isinstance(v, (list, tuple))
                   else os.path.abspath(v)) for k, v in inputs.items()}
-    cls = get_metric(job.metric)
-    metric = cls(**job.params)
+    metric = get_metric(job.metric)(job.params)
     sal = open_saliency(inputs["saliency"])
     wanted, _ = requested_images(as_list(inputs["selections"]), job.max_images)
     keep = np.isin(sal.index, wanted)
@@ -174,14 +197,13 @@ def score_store(out, inputs: dict, job, *, threads: int = 1) -> pd.DataFrame:
     model_files = as_list(inputs.get("model"))
     cuda = job.model is not None and resolve_device(job.device).type == "cuda"
     workers, torch_threads = _workers(job.scheduler, job_threads(threads), cuda)
-    task = dask.delayed(_score_chunk, pure=True)
-    tasks = [task(job.metric, metric.hparams, job.model, model_files, job.device,
-                  job.batch_size, repro.requested(), torch_threads, job.precision,
-                  sal.attrs.get("method_name"),
-                  ids[a:b], targets[a:b],
-                  {k: v[a:b] for k, v in extras.items()},
-                  *(blocks[k][i] for k in ("maps", "images", "other_images", "other_maps",
-                                           "masks")))
+    score_task = ScoreTask(job.metric, metric.hparams, job.model, tuple(model_files),
+                           job.device, job.batch_size, repro.requested(), torch_threads,
+                           job.precision, sal.attrs.get("method_name"))
+    chunk = dask.delayed(_score_chunk, pure=True)
+    tasks = [chunk(score_task, ids[a:b], targets[a:b], {k: v[a:b] for k, v in extras.items()},
+                   **{k: blocks[k][i] for k in ("maps", "images", "other_images",
+                                                "other_maps", "masks")})
              for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
     # shards: consecutive chunks of about shard_size rows (one shard: the whole store)
     size = getattr(job, "shard_size", None)
@@ -198,7 +220,7 @@ def score_store(out, inputs: dict, job, *, threads: int = 1) -> pd.DataFrame:
     df = (pd.concat(parts, ignore_index=True) if parts
           else pd.DataFrame({"image_id": np.zeros(0, np.int64), "target": np.zeros(0, np.int64)}))
     write_scores(out, df, {**job.provenance, "metric_name": job.metric,
-                           "metric_params": metric.hparams, "split": split,
+                           "metric_params": metric.hparams.as_dict(), "split": split,
                            "saliency_attrs": {k: sal.attrs.get(k) for k in
                                               ("parameters", "target_kind", "seed", "dtype")}})
     if n_shards > 1:

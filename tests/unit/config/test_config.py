@@ -24,8 +24,8 @@ def test_default_config_is_valid_and_planned():
     assert ("shapes", "shapes_resnet18", "stability", "gradcam", "original") \
         not in plan.score_keys()
     job = plan.explain_job("shapes", "shapes_resnet18", "integrated_gradients", "original")
-    assert job.method == "integrated_gradients" and job.params["steps"] == 64
-    assert job.params["objective"] == "logit"            # defaults filled in
+    assert job.method == "integrated_gradients" and job.params.steps == 64
+    assert job.params.objective == "logit"            # defaults filled in
     assert job.model.arch == "demo_resnet18" and job.max_images == (100,)
     assert plan.model_inputs("shapes_resnet18") == ["results/models/shapes_resnet18/weights.pt"]
     # each variant is filtered on its own predictions by default
@@ -232,13 +232,13 @@ def test_a_sweep_is_one_job_writing_one_store_per_step_count():
     assert plan.sweeps == {"ig_sweep": (8, 16, 32)}          # middle has no nested grid
     assert "ig_sweep@8" not in plan.explained_alone() and "ig_mid@4" in plan.explained_alone()
     job = plan.explain_job("shapes", "shapes_resnet18", "ig_sweep", "original")
-    assert job.sweep == (8, 16, 32) and job.params["steps"] == 32 and job.params["idgi"]
+    assert job.sweep == (8, 16, 32) and job.params.steps == 32 and job.params.idgi
     assert plan.sweep_stores("ig_sweep", dataset="shapes", model="m", variant="jpeg") == [
         f"results/saliency/shapes/m/ig_sweep@{n}/jpeg.zarr" for n in (8, 16, 32)]
     assert plan.sweep_stores("ig_sweep")[0] == \
         "results/saliency/{dataset}/{model}/ig_sweep@8/{variant}.zarr"
     alone = plan.explain_job("shapes", "shapes_resnet18", "ig_mid@4", "original")
-    assert alone.sweep is None and alone.params["steps"] == 4
+    assert alone.sweep is None and alone.params.steps == 4
     # summaries know the method run and the step count of each store
     info = plan.method_info("ig_sweep@16")
     assert info == {"method_run": "ig_sweep", "method_name": "integrated_gradients",
@@ -282,7 +282,7 @@ def test_command_line_strings_are_read_as_the_schema_types():
     c = check(c)
     assert c["experiments"]["demo"]["max_images"] == 20 and c["score"]["bootstrap"] == 100
     plan = Plan(c)
-    assert plan.methods["integrated_gradients"][1]["steps"] == 16
+    assert plan.methods["integrated_gradients"][1].steps == 16
     assert plan.sweeps == {"ig_sweep": (8, 16)} or "ig_sweep@8" in plan.methods
 
 

@@ -106,7 +106,7 @@ def test_hand_computed_case_and_compat_numerator():
     assert c1["retained_probability"][0] == pytest.approx(sig(-4.5) / sig(-9.0), rel=1e-9)
     comp = cp_scores(SumLogit(), x, xe, 1, normalize=False, compat=True)
     assert comp["retained_probability"][0] == pytest.approx(rcp, rel=1e-9)
-    assert CPScores(compat="shearletx").hparams["compat"] == "shearletx"
+    assert CPScores(compat="shearletx").hparams.compat == "shearletx"
 
 
 def test_cp_l1_pixel_does_not_depend_on_the_representation():

@@ -59,7 +59,7 @@ def test_declarations():
     assert st.other_variant() == "original"
     assert not st.applies_to("original") and st.applies_to("jpeg")
     assert PointingGame.needs == {"masks"} and PointingGame.direction == "higher"
-    assert PointingGame(reference_size=None).hparams["reference_size"] is None
+    assert PointingGame(reference_size=None).hparams.reference_size is None
     with pytest.raises(ConfigError, match="reference_size"):
         PointingGame(reference_size=0)
 

@@ -149,7 +149,7 @@ def test_on_nonfinite_is_a_declared_param():
     for name in ("insertion", "deletion", "pic", "stability"):
         cls = get_metric(name)
         assert cls.params["on_nonfinite"].default == "raise"
-        assert cls(on_nonfinite="record").hparams["on_nonfinite"] == "record"
+        assert cls(on_nonfinite="record").hparams.on_nonfinite == "record"
         with pytest.raises(ConfigError, match="on_nonfinite.*'ignore'.*allowed"):
             cls(on_nonfinite="ignore")
 

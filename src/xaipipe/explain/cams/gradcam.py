@@ -58,7 +58,7 @@ class GradCAM(Method):
         """The named layer (or, with none named, an ``nn.Conv2d``) must exist in ``model``.
         Only looks at the module tree, so a model on the meta device will do."""
         label = getattr(model, "name", "") or type(model).__name__
-        layer = params.get("layer")
+        layer = cls.check(params, where).layer
         if layer:
             try:
                 find_layer(model, layer)
@@ -76,7 +76,7 @@ class GradCAM(Method):
 
     def attribute(self, images, target, image_ids=None):
         p = self.hparams
-        layer = find_layer(self.model, p["layer"] or last_conv_name(self.model))
+        layer = find_layer(self.model, p.layer or last_conv_name(self.model))
         store = {}
 
         def hook(_m, _i, out):
@@ -90,11 +90,11 @@ class GradCAM(Method):
             for s in range(0, images.shape[0], chunk):
                 x = images[s:s + chunk].detach().requires_grad_(True)
                 with torch.enable_grad():
-                    f = objective(self.model(x), target[s:s + chunk], p["objective"])
+                    f = objective(self.model(x), target[s:s + chunk], p.objective)
                     a = store.pop("a")
                     (g,) = torch.autograd.grad(f.sum(), a)
                 cam = (g.mean((2, 3), keepdim=True) * a.detach()).sum(1, keepdim=True)
-                if p["relu"]:
+                if p.relu:
                     cam = cam.clamp_min(0)
                 if not self.native_resolution:
                     cam = F.interpolate(cam, size=images.shape[-2:], **self.native_upsample)

@@ -20,7 +20,7 @@ class Random(Method):
                                doc="draw from (seed, id, pixels) or (seed, id)")}
 
     def attribute(self, images, target, image_ids=None):
-        if self.hparams["seed_by"] == "content":
+        if self.hparams.seed_by == "content":
             extra = [(int(c),) for c in content_ids(images)]
         else:
             extra = [()] * len(image_ids)

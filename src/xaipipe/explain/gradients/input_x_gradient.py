@@ -9,7 +9,7 @@ class InputXGradient(Method):
     params = {"objective": OBJECTIVE_PARAM, "grad_space": GRAD_SPACE_PARAM}
 
     def attribute(self, images, target, image_ids=None):
-        space = self.hparams["grad_space"]
+        space = self.hparams.grad_space
         grads = self.input_gradient(images, target, space)
         x = self.model.normalize(images) if space == "normalized" else images
         return Attribution(x * grads)

@@ -9,4 +9,4 @@ class Saliency(Method):
     params = {"objective": OBJECTIVE_PARAM, "grad_space": GRAD_SPACE_PARAM}
 
     def attribute(self, images, target, image_ids=None):
-        return Attribution(self.input_gradient(images, target, self.hparams["grad_space"]))
+        return Attribution(self.input_gradient(images, target, self.hparams.grad_space))

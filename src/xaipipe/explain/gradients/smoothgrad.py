@@ -27,11 +27,11 @@ class SmoothGrad(Method):
 
     def attribute(self, images, target, image_ids=None):
         p = self.hparams
-        n, k = images.shape[0], p["samples"]
-        space_x = self.model.normalize(images) if p["noise_space"] == "normalized" else images
+        n, k = images.shape[0], p.samples
+        space_x = self.model.normalize(images) if p.noise_space == "normalized" else images
         rng = space_x.flatten(1)
-        sigma = p["noise"] * (rng.amax(1) - rng.amin(1))              # (N,)
-        if p["noise_space"] == "normalized":
+        sigma = p.noise * (rng.amax(1) - rng.amin(1))              # (N,)
+        if p.noise_space == "normalized":
             # noise ε in normalised space is σ_c·ε in pixel space
             scale = self.model.normalize.std.to(images.dtype)
         else:
@@ -48,6 +48,6 @@ class SmoothGrad(Method):
                 for i, s in zip(img_i.tolist(), s_i.tolist())]).to(images.device, images.dtype)
             img_i = img_i.to(images.device)
             pts = images[img_i] + eps * sigma[img_i].view(-1, 1, 1, 1) * scale
-            g, _ = self.gradient(pts, target[img_i], p["grad_space"])
-            acc.index_add_(0, img_i, g * g if p["squared"] else g)
+            g, _ = self.gradient(pts, target[img_i], p.grad_space)
+            acc.index_add_(0, img_i, g * g if p.squared else g)
         return Attribution(acc / k)

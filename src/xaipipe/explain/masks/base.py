@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ...errors import ConfigError
-from ...params import Param, check_params, cli_scalar
+from ...params import Param, ParamSet, check_params, cli_scalar
 from ...utils import derive_seed
 from ..base import Attribution, Method
 from ...maths.faithfulness import faithfulness_curves
@@ -122,22 +122,26 @@ _INIT_VARIANT = ("startgrad_ablation", "startgrad_transform", "startgrad_score",
                  "rescaling_gradient")
 
 
-def run_setting(params: dict, declared: dict) -> str:
+def _as_dict(params) -> dict:
+    return params.as_dict() if isinstance(params, ParamSet) else dict(params)
+
+
+def run_setting(params: dict | ParamSet, declared: dict) -> str:
     """The run's setting: its parameters (defaults filled in from ``declared``, the method's
     ``params``) other than :data:`INIT_AND_OUTPUT`, as canonical JSON. Runs from the three
     inits of one λ pair share it; another λ pair, lr or noise is another setting."""
     import json
-    full = check_params(declared, params, "run_setting")
+    full = check_params(declared, _as_dict(params), "run_setting")
     return json.dumps({k: v for k, v in sorted(full.items()) if k not in INIT_AND_OUTPUT},
                       sort_keys=True, default=str)
 
 
-def init_label(params: dict, declared: dict) -> str:
+def init_label(params: dict | ParamSet, declared: dict) -> str:
     """``ones``, ``uniform``, ``startgrad``, or for a StartGrad variant ``startgrad[...]``
     naming its non-default options (``startgrad[ablation=adversarial]``,
     ``startgrad[transform=log, score=logit]``; the noisy ablation's σ² and the smoothgrad
     ablation's copies are named with it), so that ablations are inits of their own."""
-    full = check_params(declared, params, "init_label")
+    full = check_params(declared, _as_dict(params), "init_label")
     init = full.get("init", "ones")
     if init != "startgrad":
         return init
@@ -215,9 +219,9 @@ class MaskMethod(Method):
     smoothgrad_samples = 10
 
     @classmethod
-    def check(cls, params: dict, where: str | None = None) -> dict:
-        out = super().check(params, where)
-        where = where or f"method {cls.name!r}"
+    def validate(cls, out: dict, where: str) -> dict:
+        """``faithfulness_at``: distinct iterations in 0..steps, sorted."""
+        out = super().validate(out, where)
         # `--config` passes list items as strings ("5"): read them as YAML scalars
         at = [cli_scalar(v) if isinstance(v, str) else v for v in out["faithfulness_at"]]
         bad = [v for v in at if isinstance(v, bool) or not isinstance(v, int) or v < 0
@@ -229,7 +233,7 @@ class MaskMethod(Method):
         return out
 
     def seed_parts(self, image_id: int, *extra) -> tuple:
-        hp = {k: v for k, v in self.hparams.items()
+        hp = {k: v for k, v in self.hparams.as_dict().items()
               if k not in self.UNSEEDED and not isinstance(v, torch.Tensor)
               and not (k in self.SEED_OMIT_DEFAULT and v == self.params[k].default)}
         return (self.seed, int(image_id), self.name, hp, *extra)
@@ -256,7 +260,7 @@ class MaskMethod(Method):
         return [(1, *c.shape[2:]) for c in state.coeffs]
 
     def normalizes_gradient(self) -> bool:
-        return bool(self.hparams["normalize_gradient"])
+        return bool(self.hparams.normalize_gradient)
 
     def coefficient_clip(self) -> bool:
         """Clip the obfuscated coefficients (compat ShearletX) instead of the image."""
@@ -274,14 +278,14 @@ class MaskMethod(Method):
         state = self.prepare(images)
         with torch.no_grad():
             p_clean, logp_clean = self._clean_probs(images, target)   # (N,) p_c(x̃), log p_c
-        y_ref = torch.ones_like(p_clean) if p["distortion"] == "maximize" else p_clean
+        y_ref = torch.ones_like(p_clean) if p.distortion == "maximize" else p_clean
         masks = self.initial_masks(state, target, image_ids)
         extras = {}
-        f_at = p["faithfulness_at"]
+        f_at = p.faithfulness_at
         faith = torch.zeros(n, len(f_at), dtype=torch.float64)
         if f_at:
             extras["faithfulness_step"] = torch.tensor(f_at, dtype=torch.int64).repeat(n, 1)
-        if p["steps"] == 0:
+        if p.steps == 0:
             if f_at:
                 faith[:, 0] = self.faithfulness(state, masks, target, p_clean, image_ids)
                 extras["faithfulness"] = faith.float()
@@ -289,13 +293,13 @@ class MaskMethod(Method):
             return Attribution(self.explanation(state, masks), {
                 **extras, **self.final_extras(state, masks)})
 
-        every = p["history_every"]
-        t_hist = math.ceil(p["steps"] / every) if every else 0
+        every = p.history_every
+        t_hist = math.ceil(p.steps / every) if every else 0
         hist = {k: torch.zeros(n, t_hist, dtype=torch.float64) for k in HISTORY}
         terms = torch.zeros(n, t_hist, len(self.LOSS_TERMS), dtype=torch.float64)
         params = [m.requires_grad_(True) for m in masks]
-        opt = torch.optim.Adam(params, lr=p["lr"])
-        for step in range(p["steps"]):
+        opt = torch.optim.Adam(params, lr=p.lr)
+        for step in range(p.steps):
             opt.zero_grad(set_to_none=False)
             record = bool(every) and step % every == 0
             if step in f_at:
@@ -304,35 +308,35 @@ class MaskMethod(Method):
             probs = self._distortion_pass(state, params, target, y_ref, image_ids, step)
             with torch.enable_grad():
                 regs = self.regularizers(state, params)
-                if p["lambda_schedule"] != "constant":
-                    w = lambda_factor(step, p["lambda_schedule"], p["lambda_delta"])
+                if p.lambda_schedule != "constant":
+                    w = lambda_factor(step, p.lambda_schedule, p.lambda_delta)
                     regs = [w * r for r in regs]
                 total = sum(r.sum() for r in regs) if regs else None
                 if total is not None and total.requires_grad:
                     total.backward(inputs=params)
             if record:
                 j = step // every
-                dist = p["lambda_d"] * ((y_ref[:, None] - probs) ** 2).mean(1)
+                dist = p.lambda_d * ((y_ref[:, None] - probs) ** 2).mean(1)
                 terms[:, j] = torch.stack([dist, *[r.detach() for r in regs]], 1).double().cpu()
                 self._record(hist, j, state, params, probs, p_clean, target, logp_clean)
             if self.normalizes_gradient():
                 normalize_gradients(params)
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, p["lr"], p["lr_schedule"], p["steps"],
-                                    p["lr_gamma"], p["lr_step_size"])
+                group["lr"] = lr_at(step, p.lr, p.lr_schedule, p.steps,
+                                    p.lr_gamma, p.lr_step_size)
             opt.step()
             with torch.no_grad():
                 for m in params:
                     m.clamp_(0.0, 1.0)
         masks = [m.detach() for m in params]
-        if p["steps"] in f_at:
+        if p.steps in f_at:
             faith[:, -1] = self.faithfulness(state, masks, target, p_clean, image_ids)
         if f_at:
             extras["faithfulness"] = faith.float()
         if every:
             extras.update({k: v.float() for k, v in hist.items()})
             extras["loss_terms"] = terms.float()
-        if p["return_mask"]:
+        if p.return_mask:
             extras["mask"] = self.export_mask(masks)
         extras.update(self.final_extras(state, masks))
         return Attribution(self.explanation(state, masks), extras)
@@ -374,7 +378,7 @@ class MaskMethod(Method):
         """(a, b) of part k for image i: the noise is u = a + b·r with r the standard draws
         of :meth:`_draw` (U[0, 1) or N(0, 1)); b is None for ``noise: zeros`` (u = 0)."""
         mu, sd = state.mu[k][i], state.sigma[k][i]
-        kind = self.hparams["noise"]
+        kind = self.hparams.noise
         if kind == "zeros":
             return torch.zeros_like(mu), None
         if kind == "uniform":
@@ -384,7 +388,7 @@ class MaskMethod(Method):
     def _draw(self, state: State, g: torch.Generator, outs: list[torch.Tensor]) -> None:
         """Fill ``outs`` (one tensor per part, in part order) with the standard draws of one
         (image, step, sample) from its generator ``g``."""
-        kind = self.hparams["noise"]
+        kind = self.hparams.noise
         for out in outs:
             if kind == "uniform":
                 out.uniform_(generator=g)
@@ -411,7 +415,7 @@ class MaskMethod(Method):
         dev = state.images.device
         bufs = [torch.empty((len(pts), *self._noise_shape(c)), device=dev, dtype=c.dtype)
                 for c in state.coeffs]
-        if self.hparams["noise"] == "zeros":
+        if self.hparams.noise == "zeros":
             return bufs
 
         def fill(j):
@@ -508,7 +512,7 @@ class MaskMethod(Method):
     def _distortion_pass(self, state, masks, target, y_ref, image_ids, step) -> torch.Tensor:
         """Accumulate ∂(λ_D·D)/∂m into the masks' grads; returns p_c of every sample (N, S)."""
         p = self.hparams
-        n, s_count = state.images.shape[0], p["samples"]
+        n, s_count = state.images.shape[0], p.samples
         points = [(i, s) for i in range(n) for s in range(s_count)]
         chunk = self._point_chunk(state.images)
         probs = torch.zeros(n, s_count, device=state.images.device)
@@ -540,7 +544,7 @@ class MaskMethod(Method):
                 t = target[torch.tensor(img_i, device=target.device)]
                 pc = objective(logits.float(), t, "prob")
                 yr = y_ref[torch.tensor(img_i, device=y_ref.device)]
-                loss = p["lambda_d"] * ((yr - pc) ** 2).sum() / s_count
+                loss = p.lambda_d * ((yr - pc) ** 2).sum() / s_count
                 # only into the masks: no weight gradients of the model (a third of its
                 # backward), and its parameters' .grad are left as they were
                 loss.backward(inputs=inputs)
@@ -563,7 +567,7 @@ class MaskMethod(Method):
                 [m.detach() for m in masks], state.mu, state.sigma,
                 lambda parts: self.synthesize(state, parts), seeds,
                 shared_colour=self.noise_shared_across_colour,
-                compat=p["faithfulness_compat"], batch_size=self._point_chunk(state.images))
+                compat=p.faithfulness_compat, batch_size=self._point_chunk(state.images))
         return out["faithfulness"]
 
     # -- initialisation -------------------------------------------------------------------
@@ -571,9 +575,9 @@ class MaskMethod(Method):
         p = self.hparams
         n, dev = state.images.shape[0], state.images.device
         shapes = self.mask_shapes(state)
-        if p["init"] == "ones":
+        if p.init == "ones":
             return [torch.ones((n, *sh), device=dev) for sh in shapes]
-        if p["init"] == "uniform":
+        if p.init == "uniform":
             out = []
             for k, sh in enumerate(shapes):
                 out.append(torch.stack([torch.rand(sh, generator=self._generator(i, "init", k))
@@ -587,7 +591,7 @@ class MaskMethod(Method):
         (``startgrad_ablation``, ``startgrad_transform``) change one step each; their draws
         are seeded per image id."""
         p = self.hparams
-        ablation = p["startgrad_ablation"]
+        ablation = p.startgrad_ablation
         ids = (list(range(state.images.shape[0])) if image_ids is None
                else [int(i) for i in image_ids])
         if ablation == "smoothgrad":
@@ -597,7 +601,7 @@ class MaskMethod(Method):
         # the reference's order: noise, then the rescaling, then × input (one ablation at a
         # time, so only the rescaling's place matters)
         if ablation == "noisy":
-            sd = math.sqrt(p["startgrad_noise"])
+            sd = math.sqrt(p.startgrad_noise)
             grads = [g + sd * torch.stack([torch.randn(
                 g.shape[1:], generator=self._generator(i, "startgrad_noise", k), dtype=g.dtype)
                 for i in ids]).to(g.device) for k, g in enumerate(grads)]
@@ -632,7 +636,7 @@ class MaskMethod(Method):
         """|gradient| (N, ...) of one part → its initial mask, block by block: the
         ``startgrad_transform``, or for ``qtf`` under a compat profile the sampled QTF, whose
         subsample draws are seeded per (image id, part, block)."""
-        kind = self.hparams["startgrad_transform"]
+        kind = self.hparams.startgrad_transform
         n = math.prod(a.shape[a.ndim - block_dims:])
         sk = self.compat_qtf(part, n) if kind == "qtf" else None
         if sk is None:
@@ -659,7 +663,7 @@ class MaskMethod(Method):
                 zs = [c[s:s + chunk] for c in z]
                 x = self.synthesize(state, zs)
                 logits = self.model(x).float()
-                sc = ranking_score(logits, target[s:s + chunk], self.hparams["startgrad_score"])
+                sc = ranking_score(logits, target[s:s + chunk], self.hparams.startgrad_score)
                 gs = torch.autograd.grad(sc.sum(), zs)
                 if self._prob_magnitude():
                     # ∂p_c/∂z = p_c·∂log p_c/∂z: the gradient of p_c itself where its size,
@@ -681,8 +685,8 @@ class MaskMethod(Method):
         over copies with different p_c) and the ``log`` transform (log(a + 1e-12)) see the
         size: there ``prob`` is ∂p_c/∂z."""
         p = self.hparams
-        return p["startgrad_score"] == "prob" and (
-            p["startgrad_ablation"] in ("noisy", "smoothgrad") or p["startgrad_transform"] == "log")
+        return p.startgrad_score == "prob" and (
+            p.startgrad_ablation in ("noisy", "smoothgrad") or p.startgrad_transform == "log")
 
     def _smoothgrad_gradients(self, state: State, target, ids: list[int]) -> list[torch.Tensor]:
         """The smoothgrad ablation (§9.1): |∂s/∂z| averaged over S copies x̃ + ε of each image
@@ -691,7 +695,7 @@ class MaskMethod(Method):
         image's draws seeded by its id and the copy's index (so copies do not depend on the
         batch, and more copies extend the same sequence)."""
         images = state.images
-        n_copies = self.hparams["startgrad_samples"] or self.smoothgrad_samples
+        n_copies = self.hparams.startgrad_samples or self.smoothgrad_samples
         flat = images.flatten(1)
         sd = (SMOOTHGRAD_SPREAD * (flat.amax(1) - flat.amin(1))).view(-1, 1, 1, 1)
         total = None

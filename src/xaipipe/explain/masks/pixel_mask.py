@@ -56,13 +56,13 @@ class PixelMask(MaskMethod):
         return State(images, [images], [mu], [sd])
 
     def clips_image(self):
-        return self.hparams["compat"] != "startgrad"
+        return self.hparams.compat != "startgrad"
 
     def compat_qtf(self, part, n):
-        return (n, None) if self.hparams["compat"] == "startgrad" else None
+        return (n, None) if self.hparams.compat == "startgrad" else None
 
     def gradient_scale(self, state):
-        if not self.hparams["rescaling_gradient"]:
+        if not self.hparams.rescaling_gradient:
             return None
         from ...models import IMAGENET_STD, Normalize
         std = next((m.std for m in self.model.modules() if isinstance(m, Normalize)), None)
@@ -77,7 +77,7 @@ class PixelMask(MaskMethod):
 
     @torch.no_grad()
     def explanation(self, state, masks):
-        if self.hparams["compat"] != "startgrad":
+        if self.hparams.compat != "startgrad":
             return super().explanation(state, masks)
         x_e = gray(masks[0] * state.images, "luminance")
         return x_e.expand(-1, state.images.shape[1], -1, -1).float().contiguous()
@@ -97,4 +97,4 @@ class PixelMask(MaskMethod):
         n_mask = m[0].numel()
         tv = (((m[..., 1:, :] - m[..., :-1, :]) ** 2).flatten(1).sum(1)
               + ((m[..., :, 1:] - m[..., :, :-1]) ** 2).flatten(1).sum(1)) / n_mask
-        return [p["lambda_1"] * sparsity(m, p["lp_p"]), p["lambda_tv"] * tv]
+        return [p.lambda_1 * sparsity(m, p.lp_p), p.lambda_tv * tv]

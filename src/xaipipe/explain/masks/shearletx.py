@@ -52,23 +52,23 @@ class ShearletX(MaskMethod):
     linear_synthesis = True               # the dual-frame reconstruction
 
     def coefficient_clip(self):
-        return self.hparams["compat"] in ("shearletx", "startgrad")
+        return self.hparams.compat in ("shearletx", "startgrad")
 
     def normalizes_gradient(self):
-        return super().normalizes_gradient() or self.hparams["compat"] == "startgrad"
+        return super().normalizes_gradient() or self.hparams.compat == "startgrad"
 
     def mask_shapes(self, state):
         """(1, K, H, W); with ``compat: startgrad`` the baselines' (1, 1, H, W), one value per
         position broadcast over the bands (the StartGrad repository's L502-530)."""
         shape = super().mask_shapes(state)
-        if self.hparams["compat"] == "startgrad" and self.hparams["init"] != "startgrad":
+        if self.hparams.compat == "startgrad" and self.hparams.init != "startgrad":
             return [(1, 1, *sh[2:]) for sh in shape]
         return shape
 
     def compat_qtf(self, part, n):
         """``compat: startgrad``: scikit-learn's QTF with n_quantiles = min(10⁴, H·W) per band,
         no subsample (the repository's ShearletX)."""
-        return (min(10_000, n), None) if self.hparams["compat"] == "startgrad" else None
+        return (min(10_000, n), None) if self.hparams.compat == "startgrad" else None
 
     def startgrad_shapes(self, state):
         return super().mask_shapes(state)
@@ -76,14 +76,14 @@ class ShearletX(MaskMethod):
     def prepare(self, images):
         from ...transforms import ShearletTransform     # imported when used: keeps plans light
         h, w = images.shape[-2:]
-        tr = ShearletTransform(h, w, scales=self.hparams["scales"] or auto_scales(h, w))
+        tr = ShearletTransform(h, w, scales=self.hparams.scales or auto_scales(h, w))
         # float32 (K, H, W) planes one point holds at the peak of a step: the split form
         # (one noise channel: draws, product, half spectrum, packed analysis) about 4; the
         # direct form (C channels: obfuscated coefficients, spectra, gradients) about 6·C
         planes = 4 if self.split_synthesis() else 6 * images.shape[1]
         self.transform_point_bytes = 4 * planes * tr.n_bands * h * w
         c = tr.decompose(images)                              # (N, C, K, H, W)
-        cg = tr.decompose(gray(images, "luminance" if self.hparams["compat"] == "startgrad"
+        cg = tr.decompose(gray(images, "luminance" if self.hparams.compat == "startgrad"
                                else "mean"))                # (N, 1, K, H, W)
         mu = cg.mean((-2, -1), keepdim=True)
         sd = cg.std((-2, -1), keepdim=True)
@@ -107,5 +107,5 @@ class ShearletX(MaskMethod):
         p = self.hparams
         m = masks[0]
         spatial = state.extra["transform"].reconstruct(m * state.extra["gray"]).clamp(0, 1)
-        return [p["lambda_1"] * sparsity(m, p["lp_p"]),
-                p["lambda_2"] * spatial.abs().flatten(1).mean(1)]
+        return [p.lambda_1 * sparsity(m, p.lp_p),
+                p.lambda_2 * spatial.abs().flatten(1).mean(1)]

@@ -329,22 +329,22 @@ class SmoothMask(Method):
 
     def generator_for(self, shape) -> SmoothMaskGenerator:
         p = self.hparams
-        return SmoothMaskGenerator(shape, p["mask_step"], p["mask_sigma"], p["coldness"])
+        return SmoothMaskGenerator(shape, p.mask_step, p.mask_sigma, p.coldness)
 
     def initial_params(self, images, target, image_ids, gen: SmoothMaskGenerator):
         """(N, 1, h, w) initial parameters m̄_0 (see the module doc)."""
         p = self.hparams
         n = images.shape[0]
         shape = (n, 1, *gen.shape_in)
-        if p["init"] == "ones":
+        if p.init == "ones":
             return torch.ones(shape, device=images.device)
-        if p["init"] == "uniform":
+        if p.init == "uniform":
             return torch.stack([
                 torch.rand(shape[1:], generator=generator(*self.seed_parts(int(i), "init")))
                 for i in image_ids]).to(images.device)
         x = images.detach().requires_grad_(True)
         with torch.enable_grad():
-            s = ranking_score(self.model(x), target, p["startgrad_score"])
+            s = ranking_score(self.model(x), target, p.startgrad_score)
             (g,) = torch.autograd.grad(s.sum(), x)
         a = g.abs().amax(1, keepdim=True)                                # max over RGB
         return quantile_transform(parameter_grid_average(a, gen.step), 2).to(images.device)
@@ -354,7 +354,7 @@ class SmoothMask(Method):
         shape = tuple(images.shape[1:])
         gen = self.generator_for(shape[-2:])
         per = estimate_point_bytes(self.model, shape, images.device)
-        per += 6 * 4 * gen.weight.numel() + 4 * self.hparams["levels"] * math.prod(shape)
+        per += 6 * 4 * gen.weight.numel() + 4 * self.hparams.levels * math.prod(shape)
         budget = (self.memory_mb or default_memory_mb(images.device)) * 2**20
         k = max(1, int(budget // per))
         return min(k, self.max_batch) if self.max_batch else k
@@ -374,15 +374,15 @@ class SmoothMask(Method):
         p = self.hparams
         n, _, h, w = images.shape
         gen = self.generator_for((h, w))
-        pyramid = blur_pyramid(images, p["levels"], p["max_blur"])
-        reference = area_reference(math.prod(gen.shape_out), p["area"]).to(images.device)
+        pyramid = blur_pyramid(images, p.levels, p.max_blur)
+        reference = area_reference(math.prod(gen.shape_out), p.area).to(images.device)
         pmask = self.initial_params(images, target, image_ids, gen).float()
-        every, steps = p["history_every"], p["steps"]
+        every, steps = p.history_every, p.steps
         h_x = entropy(images, (1, 2, 3))
 
         def explanation(m):
             x_e = m * images
-            return x_e * images if p["compat"] == "shearletx" else x_e
+            return x_e * images if p.compat == "shearletx" else x_e
 
         def retained(m):
             """(ℓ1 of m ⊙ x̃, entropy of m ⊙ x̃, ℓ1 of the explanation), each over x̃'s."""
@@ -400,16 +400,16 @@ class SmoothMask(Method):
 
         with torch.no_grad():
             mask, full = gen(pmask)             # rendered mask when steps == 0
-        lam, buf = float(p["lambda0"]), None
+        lam, buf = float(p.lambda0), None
         for t in range(steps):
             pm = pmask.detach().requires_grad_(True)
             with torch.enable_grad():
                 mask, full = gen(pm)
                 x = perturb(pyramid, mask)
-                if p["jitter"] and t % 2 == 0:
+                if p.jitter and t % 2 == 0:
                     x = torch.flip(x, dims=(3,))
                 logits = self.model(x)
-                r = reward(logits, target, p["reward"])
+                r = reward(logits, target, p.reward)
                 pen = area_penalty(full, reference, lam)
                 (g,) = torch.autograd.grad((pen - r).sum(), pm)
             if every and t % every == 0:
@@ -426,9 +426,9 @@ class SmoothMask(Method):
                 if buf is None:
                     buf = g.clone()
                 else:
-                    buf.mul_(p["momentum"]).add_(g, alpha=1 - p["dampening"])
-                pmask = (pmask - p["lr"] * buf).clamp_(0, 1)
-            lam *= p["lambda_growth"]
+                    buf.mul_(p.momentum).add_(g, alpha=1 - p.dampening)
+                pmask = (pmask - p.lr * buf).clamp_(0, 1)
+            lam *= p.lambda_growth
         mask, full = mask.detach(), full.detach()
 
         x_e = explanation(mask)
@@ -443,7 +443,7 @@ class SmoothMask(Method):
             "area": mask.flatten(1).mean(1).float(),
             "area_full": full.flatten(1).mean(1).float(),
         }
-        if p["return_mask"] or steps == 0:
+        if p.return_mask or steps == 0:
             extras["mask"] = mask.float()
         if every:
             out = {k: torch.stack(v, 1) if v else images.new_zeros(n, 0) for k, v in hist.items()}

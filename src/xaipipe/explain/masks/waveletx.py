@@ -29,14 +29,14 @@ class _Wavelet(MaskMethod):
     SEED_OMIT_DEFAULT = ("compat",)
 
     def compat_qtf(self, part, n):
-        if self.hparams["compat"] != "startgrad":
+        if self.hparams.compat != "startgrad":
             return None
         return min(10_000, n), min(10_000, n)
 
     def prepare(self, images):
         from ...transforms import WaveletTransform     # imported when used: keeps plans light
         p = self.hparams
-        tr = WaveletTransform(J=p["levels"], wave=p["wave"], mode="zero")
+        tr = WaveletTransform(J=p.levels, wave=p.wave, mode="zero")
         yl, yh = tr.decompose(images)
         parts = [yl, *yh]
         ygl, ygh = tr.decompose(gray(images))
@@ -60,10 +60,10 @@ class _Wavelet(MaskMethod):
         p = self.hparams
         n_mask = sum(m[0].numel() for m in masks)
         sparsity = sum(m.abs().flatten(1).sum(1) for m in masks) / n_mask
-        out = [p["lambda_1"] * sparsity]
-        l2, l3 = p.get("lambda_2", 0.0), p.get("lambda_3", 0.0)
+        out = [p.lambda_1 * sparsity]
+        l2, l3 = getattr(p, "lambda_2", 0.0), getattr(p, "lambda_3", 0.0)
         if l2 or l3:
-            source = state.coeffs if p["compat"] == "startgrad" else state.extra["gray"]
+            source = state.coeffs if p.compat == "startgrad" else state.extra["gray"]
             x = self.synthesize(state, [m * g for m, g in zip(masks, source)])
             x = x.clamp(0, 1).flatten(1)
             out += [l2 * x.abs().mean(1), l3 * (x ** 2).mean(1).clamp_min(1e-12).sqrt()]

@@ -54,24 +54,24 @@ class BlurIG(Method):
     sweepable = True
 
     def attribute(self, images, target, image_ids=None):
-        n = self.hparams["steps"]
+        n = self.hparams.steps
         return self.sweep_attribute(images, target, image_ids, [n])[n]
 
     def sigma(self, i: int, m: int) -> float:
         """σ_i on the grid of m intervals (computed as i·σ_max/m, so nested grids agree)."""
-        v = float(i) * self.hparams["max_sigma"] / float(m)
-        return math.sqrt(v) if self.hparams["sqrt"] else v
+        v = float(i) * self.hparams.max_sigma / float(m)
+        return math.sqrt(v) if self.hparams.sqrt else v
 
     def blur(self, images, sigma):
-        if self.hparams["compat"] == "pair":
+        if self.hparams.compat == "pair":
             return gaussian_blur_zero(images, sigma)
         return gaussian_blur(images, sigma)
 
     def sweep_attribute(self, images, target, image_ids, steps):
         p = self.hparams
-        tmlr = p["compat"] == "tmlr"
+        tmlr = p.compat == "tmlr"
         m, strides = nested_grids(steps)
-        h = p["grad_step"]
+        h = p.grad_step
         n_pts = m if tmlr else m + 1
         # point j (baseline -> input order) is σ index i = last - j
         last = n_pts - 1
@@ -81,11 +81,11 @@ class BlurIG(Method):
             i_sub = list(range(0, m, s)) if tmlr else list(range(0, m + 1, s))
             idx = sorted(last - i for i in i_sub)
             coef = {}
-            if not p["idgi"]:
+            if not p.idgi:
                 for i in i_sub:
                     if i < m:   # the interval (σ_i, σ_{i+s}), gradient at σ_i
                         coef[last - i] = self.sigma(i + s, m) - self.sigma(i, m)
-            end = ("input_side" if tmlr else "baseline_side") if p["idgi"] else None
+            end = ("input_side" if tmlr else "baseline_side") if p.idgi else None
             grids[n] = Grid(idx, coef, end)
         coef_pts = {j for g in grids.values() for j in g.coef}
         stash = {}
@@ -106,13 +106,13 @@ class BlurIG(Method):
             return pts
 
         res = evaluate_path(self, images, target, n_pts, points, grids,
-                            idgi_space="normalized" if tmlr else p["idgi_space"],
+                            idgi_space="normalized" if tmlr else p.idgi_space,
                             directions=lambda img_i, pt_i: stash["dirs"])
         f_b = None
         out = {}
         for n, g in grids.items():
             r = res[n]
-            maps = r["idgi"] if p["idgi"] else r["acc"]
+            maps = r["idgi"] if p.idgi else r["acc"]
             f_x = r["f"][:, -1]                               # σ = 0: the input itself
             if f_b is None:
                 f_b = (r["f"][:, 0] if not tmlr else

@@ -110,12 +110,12 @@ class GuidedIG(Method):
 
     def attribute(self, images, target, image_ids=None):
         p = self.hparams
-        tmlr = p["compat"] == "tmlr"
-        grad_space = "normalized" if tmlr else p["grad_space"]
-        idgi_space = "normalized" if tmlr else p["idgi_space"]
-        base = make_baseline(p["baseline"], images, self.model, seed_parts=self.seed_parts,
-                             image_ids=image_ids, blur_sigma=p["blur_sigma"])
-        n, steps = images.shape[0], p["steps"]
+        tmlr = p.compat == "tmlr"
+        grad_space = "normalized" if tmlr else p.grad_space
+        idgi_space = "normalized" if tmlr else p.idgi_space
+        base = make_baseline(p.baseline, images, self.model, seed_parts=self.seed_parts,
+                             image_ids=image_ids, blur_sigma=p.blur_sigma)
+        n, steps = images.shape[0], p.steps
         maps = torch.zeros_like(images)
         f_b = torch.empty(n, dtype=torch.float64, device=images.device)
         f_in = torch.empty_like(f_b)
@@ -129,7 +129,7 @@ class GuidedIG(Method):
             attr = torch.zeros_like(x)
             k = x.shape[0]
             acc = (IDGIAccumulator(k, images.shape[1:], steps - 1 if tmlr else steps,
-                                   images.device, torch.float64) if p["idgi"] else None)
+                                   images.device, torch.float64) if p.idgi else None)
             for step in range(steps):
                 g, f = self.gradient(x.to(images.dtype), target[sl], grad_space)
                 g = g.double()
@@ -142,7 +142,7 @@ class GuidedIG(Method):
                 flat = x.view(k, -1)
                 attr.view(k, -1).add_(guided_steps(
                     flat, x_in.reshape(k, -1), x_base.reshape(k, -1), g.reshape(k, -1), step,
-                    steps, p["fraction"], p["max_dist"], EPSILON[p["compat"]]))
+                    steps, p.fraction, p.max_dist, EPSILON[p.compat]))
             f_x = self.outputs(images[sl], target[sl]).double()
             if acc is not None:
                 if not tmlr:

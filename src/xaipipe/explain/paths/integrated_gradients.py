@@ -47,19 +47,20 @@ class IntegratedGradients(Method):
     @classmethod
     def shares_path(cls, params, steps):
         # the midpoints (Gauss–Legendre nodes) of different grids are different points
-        if params.get("rule", "right") in OFF_GRID and not params.get("idgi") \
-                and params.get("compat") != "tmlr" and len(set(steps)) > 1:
+        params = cls.check(params)
+        if params.rule in OFF_GRID and not params.idgi and params.compat != "tmlr" \
+                and len(set(steps)) > 1:
             return False
         return super().shares_path(params, steps)
 
     def attribute(self, images, target, image_ids=None):
-        return self.sweep_attribute(images, target, image_ids, [self.hparams["steps"]])[
-            self.hparams["steps"]]
+        return self.sweep_attribute(images, target, image_ids, [self.hparams.steps])[
+            self.hparams.steps]
 
     def sweep_attribute(self, images, target, image_ids, steps):
         p = self.hparams
-        base = make_baseline(p["baseline"], images, self.model, seed_parts=self.seed_parts,
-                             image_ids=image_ids, blur_sigma=p["blur_sigma"])
+        base = make_baseline(p.baseline, images, self.model, seed_parts=self.seed_parts,
+                             image_ids=image_ids, blur_sigma=p.blur_sigma)
         alphas, grids = self._grids(steps)
         a = alphas.to(images.device, images.dtype)
         delta = images - base
@@ -67,13 +68,13 @@ class IntegratedGradients(Method):
         def points(img_i, pt_i):
             return base[img_i] + a[pt_i].view(-1, 1, 1, 1) * delta[img_i]
 
-        tmlr = p["compat"] == "tmlr"
+        tmlr = p.compat == "tmlr"
         res = evaluate_path(self, images, target, len(alphas), points, grids,
-                            idgi_space="normalized" if tmlr else p["idgi_space"])
+                            idgi_space="normalized" if tmlr else p.idgi_space)
         out, f_x, f_b = {}, None, None
         for n, g in grids.items():
             r = res[n]
-            maps = r["idgi"] if p["idgi"] else delta * r["acc"]
+            maps = r["idgi"] if p.idgi else delta * r["acc"]
             if f_b is None:
                 f_b = (r["f"][:, 0] if alphas[g.idx[0]] == 0
                        else self.outputs(base, target).double())
@@ -90,32 +91,32 @@ class IntegratedGradients(Method):
     def _grids(self, steps):
         """(α of the evaluated points, {n: Grid}) for the step counts ``steps``."""
         p = self.hparams
-        if p["compat"] == "tmlr":
+        if p.compat == "tmlr":
             m, strides = nested_grids(steps)
             alphas = torch.arange(m, dtype=torch.float64) / max(m - 1, 1)
             grids = {}
             for n, s in strides.items():
                 idx = list(range(0, m, s))
-                coef = {} if p["idgi"] else {j: s / max(m - 1, 1) for j in idx[1:]}
-                grids[n] = Grid(idx, coef, "baseline_side" if p["idgi"] else None)
+                coef = {} if p.idgi else {j: s / max(m - 1, 1) for j in idx[1:]}
+                grids[n] = Grid(idx, coef, "baseline_side" if p.idgi else None)
             return alphas, grids
-        if p["rule"] in OFF_GRID and not p["idgi"]:
+        if p.rule in OFF_GRID and not p.idgi:
             if len(set(steps)) > 1:
-                raise ValueError(f"rule {p['rule']!r} has no nested grids (its points are not "
+                raise ValueError(f"rule {p.rule!r} has no nested grids (its points are not "
                                  "on the j/m grid); sweep with left, right, trapezoid or "
                                  "pair_mean")
             m = int(steps[0])
-            alphas, weights = riemann(p["rule"], m)
+            alphas, weights = riemann(p.rule, m)
             return alphas, {m: Grid(range(m), dict(enumerate(weights.tolist())))}
         m, strides = nested_grids(steps)
         alphas = torch.arange(m + 1, dtype=torch.float64) / m
         grids = {}
         for n, s in strides.items():
             idx = list(range(0, m + 1, s))
-            if p["idgi"]:
+            if p.idgi:
                 grids[n] = Grid(idx, None, "baseline_side")
                 continue
             # the rule's own points j/n of the n-grid are the points s·j of the path
-            a, w = riemann(p["rule"], n)
+            a, w = riemann(p.rule, n)
             grids[n] = Grid(idx, {s * round(float(x) * n): float(v) for x, v in zip(a, w)})
         return alphas, grids
