@@ -186,6 +186,84 @@ def test_bootstrap_interval_and_summary():
         df["auc"], 200, 0.95, derive_seed(*parts, "auc"))[1:]
 
 
+@pytest.mark.parametrize("n, n_boot, seed, level", [
+    (5, 200, 0, 0.95), (37, 1000, 3, 0.95), (100, 999, 11, 0.9), (250, 500, 7, 0.8)])
+def test_bootstrap_ci_equals_scipy_percentile_bootstrap(n, n_boot, seed, level):
+    """The interval is SciPy's percentile bootstrap of the mean (an independent implementation)
+    given a generator in the same state: SciPy draws the resample indices as
+    ``rng.integers(0, n, (n_resamples, n))``, n of n with replacement, and takes the
+    (1 - level)/2 and (1 + level)/2 percentiles."""
+    from scipy import stats
+    v = np.random.default_rng(seed + 100).exponential(size=n)
+    ref = stats.bootstrap((v,), np.mean, n_resamples=n_boot, method="percentile",
+                          confidence_level=level, vectorized=True,
+                          rng=np.random.default_rng(seed)).confidence_interval
+    m, lo, hi = bootstrap_ci(v, n_boot, level, seed)
+    assert m == pytest.approx(v.mean(), rel=1e-15)
+    assert (lo, hi) == pytest.approx((ref.low, ref.high), rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("level", [0.95, 0.8])
+def test_bootstrap_ci_covers_a_known_mean_at_its_level(level):
+    """On 2000 samples of 60 draws from N(3, 1) the percentile interval contains the true
+    mean 3 in a fraction close to ``level`` (the percentile bootstrap of a mean is
+    near-exact for normal data at n = 60; the binomial standard error of the fraction is
+    0.005 at 95 %, 0.009 at 80 %)."""
+    rng = np.random.default_rng(5)
+    hits = []
+    for k in range(2000):
+        _, lo, hi = bootstrap_ci(rng.normal(3.0, 1.0, size=60), 1000, level, seed=k)
+        hits.append(lo <= 3.0 <= hi)
+    assert abs(np.mean(hits) - level) < 0.015, np.mean(hits)
+
+
+def reference_bootstrap_ci(values, n_boot=1000, level=0.95, seed=0):
+    """The bootstrap as it was before the replicates were drawn in blocks: one (n_boot, n)
+    index array. Kept here as the reference the blocked draw must equal bit for bit."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return np.nan, np.nan, np.nan
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(1)
+    a = (1 - level) / 2
+    return float(v.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
+@pytest.mark.parametrize("block", [None, 1, 50, 999])
+def test_bootstrap_in_blocks_equals_one_draw(monkeypatch, block):
+    """Drawing the replicates in blocks (default size, and forced tiny blocks that leave a
+    ragged last block) gives exactly the numbers of one (n_boot, n) draw."""
+    from xaipipe.metrics import aggregate
+    if block is not None:
+        monkeypatch.setattr(aggregate, "BLOCK_ELEMENTS", block)
+    for n in (1, 2, 17, 1000, 3001):
+        v = np.random.default_rng(n).normal(size=n)
+        if n > 7:
+            v[::7] = np.nan                                   # dropped before resampling
+        for n_boot in (1, 7, 1000):
+            for seed in (0, 12345, derive_seed(0, "auc")):
+                assert bootstrap_ci(v, n_boot, 0.95, seed) == \
+                    reference_bootstrap_ci(v, n_boot, 0.95, seed), (n, n_boot, seed)
+
+
+def test_bootstrap_memory_is_bounded():
+    """50,000 images x 1000 replicates: one (n_boot, n) draw held 400 MB of indices and
+    400 MB of resampled values; in blocks the peak stays far below that (traced NumPy
+    allocations, nothing timed)."""
+    import tracemalloc
+    v = np.random.default_rng(0).normal(size=50_000)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        m, lo, hi = bootstrap_ci(v, 1000, 0.95, seed=1)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert lo < m < hi
+    assert peak < 64e6, f"bootstrap peak {peak / 1e6:.0f} MB"
+
+
 # -- eval mode, target broadcasting, normalised AUC -----------------------------------------
 def bn_model():
     torch.manual_seed(0)
