@@ -165,6 +165,38 @@ def test_coarse_maps_are_upsampled():
     assert out["curve"].shape == (2, 5)
 
 
+@pytest.mark.parametrize("fn", [insertion, deletion])
+def test_coarse_maps_are_upsampled_bilinearly(fn):
+    """A 2x2 map [[4, 1], [2, 0]] upsampled to 4x4 bilinearly with align_corners=False: each
+    axis weighs the two coarse cells (1, 0), (3/4, 1/4), (1/4, 3/4), (0, 1), so the fine map is
+
+        4      3.25    1.75    1          flat indices  0  1  2  3
+        3.5    2.8125  1.4375  0.75                     4  5  6  7
+        2.5    1.9375  0.8125  0.25                     8  9 10 11
+        2      1.5     0.5     0                       12 13 14 15
+
+    (all distinct) and the pixels come in the order below; nearest-neighbour upsampling would
+    give 2x2 blocks of ties (0, 1, 4, 5 first). Pixel weights 2^k make every partial sum, hence
+    every point of the logit curve 3·Σ_{kept} w, identify the set of pixels kept."""
+    order = [0, 4, 1, 5, 8, 12, 9, 2, 13, 6, 3, 10, 7, 14, 11, 15]
+    w = 2.0 ** torch.arange(16, dtype=torch.float32).view(4, 4)
+    model = identity_model(w)
+    x = torch.ones(1, 3, 4, 4)
+    coarse = torch.tensor([[4.0, 1.0], [2.0, 0.0]])[None, None]
+    out = fn(model, x, coarse, [0], steps=17, score="logit", reduction="sum")
+    wf = w.flatten().double().numpy()
+    first = np.array([wf[order[:k]].sum() for k in range(17)])     # the k top pixels
+    expect = 3 * first if fn is insertion else 3 * (wf.sum() - first)
+    np.testing.assert_allclose(out["curve"][0], expect, rtol=1e-6)
+    # the same curve as the hand-upsampled map given at full resolution
+    fine = torch.tensor([[4, 3.25, 1.75, 1], [3.5, 2.8125, 1.4375, 0.75],
+                         [2.5, 1.9375, 0.8125, 0.25], [2, 1.5, 0.5, 0]])[None, None]
+    assert pixel_ranks(fine[:, 0]).flatten().argsort().tolist() == order
+    np.testing.assert_array_equal(
+        fn(model, x, fine, [0], steps=17, score="logit", reduction="sum")["curve"],
+        out["curve"])
+
+
 def test_bootstrap_interval_and_summary():
     v = np.arange(100.0)
     m, lo, hi = bootstrap_ci(v, seed=0)
