@@ -459,6 +459,22 @@ def test_pointing_game_tolerance(size, box, outside, hit):
     assert (right["point_y"][0], right["point_x"][0]) == (mid, hi - 1 + outside)
 
 
+@pytest.mark.parametrize("h, w", [(112, 224), (224, 112), (112, 300)])
+@pytest.mark.parametrize("outside, hit", [(7, True), (8, False), (10, False), (14, False)])
+def test_pointing_game_tolerance_on_non_square_images(h, w, outside, hit):
+    """τ = 15 · min(H, W) / 224 = 7.5 px whenever the short side is 112, whichever side it is
+    and however long the other (TorchRay scales by the shorter side): a point 7 px from the
+    box hits, 8 to 14 px misses (within 15 px, what the long side 224 would allow, or more)."""
+    mask = torch.zeros(1, h, w, dtype=torch.bool)
+    mask[0, 40:60, 50:90] = True                     # rows 40..59, cols 50..89
+    for y, x in ((50, 89 + outside), (59 + outside, 70), (40 - outside, 70)):
+        m = torch.zeros(1, 1, h, w)
+        m[0, 0, y, x] = 1.0
+        out = pointing_game(m, mask)
+        assert (out["point_y"][0], out["point_x"][0]) == (y, x)
+        assert out["hit"].tolist() == [float(hit)], (y, x)
+
+
 def test_pointing_game_inside_diagonal_pixels_and_signs():
     mask = box_mask(224, 100, 150, 100, 150)
     assert pointing_game(point_map(224, 120, 130), mask)["hit"].tolist() == [1.0]
