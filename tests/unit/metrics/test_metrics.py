@@ -432,6 +432,26 @@ def test_stability_hand_computed_and_flag():
         stability(torch.ones(1, 1, 2, 2), torch.ones(1, 1, 3, 3))
 
 
+def test_stability_ill_conditioning_boundary_is_not_flagged():
+    """The flag is |Σs| < 1e-3·Σ|s|, strict: a map exactly on the boundary is well
+    conditioned. [500.5, −499.5, 0, 0]: Σs = 1 and Σ|s| = 1000 are exact in float64, and so is
+    1e-3 · 1000 = 1 after rounding; one step inside (Σs = 0.5) is flagged."""
+    from xaipipe.metrics.stability import ILL_CONDITIONED
+    on = torch.tensor([[500.5, -499.5], [0.0, 0.0]], dtype=torch.float64)[None, None]
+    inside = torch.tensor([[500.25, -499.75], [0.0, 0.0]], dtype=torch.float64)[None, None]
+    assert float(on.sum()) == ILL_CONDITIONED * float(on.abs().sum()) == 1.0
+    ones = torch.ones(1, 1, 2, 2, dtype=torch.float64)
+    for x, y in ((on, ones), (ones, on)):
+        out = stability(x, y)
+        assert out["ill_conditioned"].tolist() == [False]
+        # ŝ = [500.5, −499.5, 0, 0] against [1/4] * 4
+        expect = ((500.5 - 0.25) ** 2 + (-499.5 - 0.25) ** 2 + 2 * 0.25 ** 2) / 4
+        assert out["mse"][0] == pytest.approx(expect, rel=1e-12)
+        assert out["mse_well_conditioned"][0] == out["mse"][0]
+    assert stability(inside, ones)["ill_conditioned"].tolist() == [True]
+    assert np.isnan(stability(ones, inside)["mse_well_conditioned"][0])
+
+
 # -- pointing game (metrics.md §7) -----------------------------------------------------------
 def point_map(size, y, x):
     m = torch.zeros(1, 1, size, size)
