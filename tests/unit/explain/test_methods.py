@@ -151,6 +151,27 @@ def test_ig_baselines(cnn, images):
     assert blurred.shape == images.shape and torch.isfinite(blurred).all()
 
 
+@pytest.mark.parametrize("sigma", [1.0, 1.5])
+def test_ig_blurred_baseline_on_linear_model(linear_model, sigma):
+    """On f = w·x̃ + b, IG = (x̃ − x̃′) ⊙ w exactly for any rule, so the map shows the baseline
+    itself: x̃′ is the Gaussian blur of the image with σ = ``blur_sigma``, computed here by
+    torchvision (kernel 2·round(4σ)+1, reflect padding), independently of xaipipe's blur."""
+    import torchvision.transforms.functional as TF
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(8))
+    t = torch.tensor([1, 2])
+    k = 2 * round(4 * sigma) + 1
+    base = TF.gaussian_blur(x, [k, k], [sigma, sigma])
+    w = linear_model.net.fc.weight / linear_model.normalize.std.flatten().repeat_interleave(64)
+    expected = ((x - base).flatten(1) * w[t]).view_as(x)
+    for rule in ("right", "trapezoid"):
+        out = run_method("integrated_gradients", linear_model, x, t, steps=3, rule=rule,
+                         baseline="blurred", blur_sigma=sigma)
+        assert torch.allclose(out.maps, expected, atol=1e-6), rule
+        # completeness to f(x̃) − f(x̃′) with both ends scored here
+        diff = (f(linear_model, x, t) - f(linear_model, base, t)).double()
+        assert torch.allclose(out.maps.double().flatten(1).sum(1), diff, atol=1e-5)
+
+
 def test_saliency_is_the_weight_row_on_linear_model(linear_model):
     x = torch.rand(2, 3, 8, 8)
     g = explain("saliency", linear_model, x, [1, 0])
