@@ -5,7 +5,8 @@ The package calls two NumPy functions removed in NumPy 2.4 (``np.trapz`` in
 a second environment with an older NumPy, :func:`pair_saliency` restores exactly those two for
 the duration of a ``with`` block (NumPy's own ``trapezoid`` and ``quantile(method=...)``, which
 compute the same thing) and puts NumPy back as it was afterwards, so nothing outside the oracle
-tests ever sees the shims. Tests that need the package skip when it is not installed.
+tests ever sees the shims. Tests that need the package skip when it is not installed (fail
+under ``XAIPIPE_REQUIRE_ORACLES=1``, ``tests/helpers/oracles.py``).
 """
 from __future__ import annotations
 
@@ -13,14 +14,16 @@ import contextlib
 import importlib
 
 import numpy as np
-import pytest
+
+from helpers import oracles
 
 
 @contextlib.contextmanager
 def pair_saliency():
     """``with pair_saliency() as (core, pic):`` the ``saliency.core`` and
     ``saliency.metrics.pic`` modules with the NumPy shims active."""
-    pytest.importorskip("saliency.core")
+    oracles.require("saliency.core", "PAIR saliency 0.2.1, the oracle of Guided IG, Blur IG "
+                    "and PIC (pip install saliency==0.2.1 scikit-image)")
     had_trapz = hasattr(np, "trapz")
     old_trapz = getattr(np, "trapz", None)
     old_quantile = np.quantile

@@ -11,7 +11,9 @@ Where the sources come from, first hit wins:
   unpacked there or next to it.
 
 Importing needs matplotlib, PIL and packaging (present in the dev environment); matplotlib
-runs with the Agg backend. :func:`load` returns the module or ``None`` with the reason.
+runs with the Agg backend. :func:`load` returns the module or ``None`` with the reason;
+:func:`require` returns the module, or skips (fails under ``XAIPIPE_REQUIRE_ORACLES=1``, see
+``tests/helpers/oracles.py``) naming what is missing.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+
+from helpers import oracles
 
 _CACHE: dict = {}
 
@@ -69,3 +73,12 @@ def load():
             sys.path.remove(str(src))
     _CACHE["ep"] = out
     return out
+
+
+def require():
+    """The ``extremal_perturbation`` module; skips the calling test (fails when
+    ``XAIPIPE_REQUIRE_ORACLES=1``) with the reason when TorchRay cannot be loaded."""
+    ep, why = load()
+    if ep is None:
+        oracles.missing("TorchRay (torchray.attribution.extremal_perturbation)", why)
+    return ep

@@ -2,9 +2,11 @@
 import pytest
 import torch
 
+from helpers import oracles
 from xaipipe.explain import explain
 
-captum_attr = pytest.importorskip("captum.attr")
+captum_attr = oracles.require("captum.attr", "Captum 0.9.0, the oracle of IG, Grad-CAM and "
+                              "StartGrad's IG baseline (pip install captum==0.9.0)")
 
 CAPTUM_RULE = {"left": "riemann_left", "right": "riemann_right", "middle": "riemann_middle",
                "trapezoid": "riemann_trapezoid", "gausslegendre": "gausslegendre"}

@@ -3,9 +3,9 @@ import torch
 from torch import nn
 
 from xaipipe.errors import ConfigError
-from xaipipe.explain import available_methods, explain, run_method
-from xaipipe.maths.objectives import objective
+from xaipipe.explain import available_methods, explain, explain_sweep, run_method
 from xaipipe.explain.paths.integration import riemann
+from xaipipe.maths.objectives import objective
 from xaipipe.models import NormalizedModel
 
 
@@ -68,6 +68,63 @@ def test_ig_exact_on_linear_model_for_every_rule(linear_model, rule):
     assert torch.allclose(maps, expected, atol=1e-6)
 
 
+class CubeSum(nn.Module):
+    """Logits [Σ x³, 0]: the gradient 3x² is quadratic along a straight path, so every
+    Riemann rule has its own, exactly known, error."""
+
+    def forward(self, x):
+        z = (x ** 3).flatten(1).sum(1)
+        return torch.stack([z, torch.zeros_like(z)], 1)
+
+
+def cube_rule_sums(rule, m):
+    """(Σ w_j, Σ w_j α_j, Σ w_j α_j²) of a rule over m segments, in closed form:
+    Σ_{j<m} j = m(m−1)/2 and Σ_{j<m} j² = (m−1)m(2m−1)/6 give left and right; the midpoints
+    (j + ½)/m give Σ (j + ½)² = m(4m² − 1)/12; trapezoid is the mean of left and right;
+    pair_mean averages the m + 1 grid points; Gauss–Legendre is exact for degree < 2m."""
+    return {
+        "left": (1, (m - 1) / (2 * m), (m - 1) * (2 * m - 1) / (6 * m * m)),
+        "right": (1, (m + 1) / (2 * m), (m + 1) * (2 * m + 1) / (6 * m * m)),
+        "middle": (1, 1 / 2, (4 * m * m - 1) / (12 * m * m)),
+        "trapezoid": (1, 1 / 2, (2 * m * m + 1) / (6 * m * m)),
+        "pair_mean": (1, 1 / 2, (2 * m + 1) / (6 * m)),
+        "gausslegendre": (1, 1 / 2, 1 / 3 if m > 1 else 1 / 4),
+    }[rule]
+
+
+def cube_ig(x, base, rule, m):
+    """IG of Σ x³ by a rule: Δ ⊙ Σ_j w_j 3(x′ + α_j Δ)²
+    = 3Δ (x′² S0 + 2 x′ Δ S1 + Δ² S2) with the rule's sums S0, S1, S2."""
+    s0, s1, s2 = cube_rule_sums(rule, m)
+    d = x - base
+    return 3 * d * (base ** 2 * s0 + 2 * base * d * s1 + d ** 2 * s2)
+
+
+@pytest.mark.parametrize("rule", ["left", "right", "trapezoid", "middle", "pair_mean",
+                                  "gausslegendre"])
+def test_ig_rules_place_their_points_on_a_cubic(rule):
+    """IG maps of f = Σ x³ (path gradient not affine in α) equal each rule's exact sum, for
+    several step counts and a non-zero baseline: a rule's points and weights are seen, not only
+    its total weight (the linear model sees only Σ w_j). The exact integral x³ − x′³ is the
+    limit; the sums differ from it and from each other at these m."""
+    model = NormalizedModel(CubeSum(), mean=(0, 0, 0), std=(1, 1, 1)).double().eval()
+    g = torch.Generator().manual_seed(6)
+    x = torch.rand(2, 3, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
+    base = torch.rand(1, 3, 4, 4, generator=g, dtype=torch.float64) - 0.5
+    for m in (1, 2, 5):
+        got = explain("integrated_gradients", model, x, 0, steps=m, rule=rule, baseline=base)
+        expect = cube_ig(x, base, rule, m)
+        assert torch.allclose(got.double(), expect, rtol=1e-5, atol=1e-6), (rule, m)
+    if rule not in ("middle", "gausslegendre"):       # on the j/m grid: sweeps share a path
+        sweep = explain_sweep("integrated_gradients", model, x, 0, steps=[1, 2, 4], rule=rule,
+                              baseline=base)
+        for m, got in sweep.items():
+            assert torch.allclose(got.double(), cube_ig(x, base, rule, m), rtol=1e-5,
+                                  atol=1e-6), (rule, m)
+    # the closed forms tend to the integral x³ − x′³ (a check of the formulas themselves)
+    assert torch.allclose(cube_ig(x, base, rule, 10 ** 6), x ** 3 - base ** 3, atol=1e-5)
+
+
 def test_riemann_weights_integrate_polynomials():
     for rule, exact_deg in (("left", 0), ("right", 0), ("middle", 1), ("trapezoid", 1)):
         a, w = riemann(rule, 4)
@@ -92,6 +149,27 @@ def test_ig_baselines(cnn, images):
     assert not torch.allclose(a, c)
     blurred = explain("integrated_gradients", cnn, images, 1, steps=4, baseline="blurred")
     assert blurred.shape == images.shape and torch.isfinite(blurred).all()
+
+
+@pytest.mark.parametrize("sigma", [1.0, 1.5])
+def test_ig_blurred_baseline_on_linear_model(linear_model, sigma):
+    """On f = w·x̃ + b, IG = (x̃ − x̃′) ⊙ w exactly for any rule, so the map shows the baseline
+    itself: x̃′ is the Gaussian blur of the image with σ = ``blur_sigma``, computed here by
+    torchvision (kernel 2·round(4σ)+1, reflect padding), independently of xaipipe's blur."""
+    import torchvision.transforms.functional as TF
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(8))
+    t = torch.tensor([1, 2])
+    k = 2 * round(4 * sigma) + 1
+    base = TF.gaussian_blur(x, [k, k], [sigma, sigma])
+    w = linear_model.net.fc.weight / linear_model.normalize.std.flatten().repeat_interleave(64)
+    expected = ((x - base).flatten(1) * w[t]).view_as(x)
+    for rule in ("right", "trapezoid"):
+        out = run_method("integrated_gradients", linear_model, x, t, steps=3, rule=rule,
+                         baseline="blurred", blur_sigma=sigma)
+        assert torch.allclose(out.maps, expected, atol=1e-6), rule
+        # completeness to f(x̃) − f(x̃′) with both ends scored here
+        diff = (f(linear_model, x, t) - f(linear_model, base, t)).double()
+        assert torch.allclose(out.maps.double().flatten(1).sum(1), diff, atol=1e-5)
 
 
 def test_saliency_is_the_weight_row_on_linear_model(linear_model):

@@ -88,14 +88,23 @@ def test_idgi_on_linear_model_has_the_closed_form(linear_model):
 @pytest.mark.parametrize("obj", ["prob", "logit"])
 def test_idgi_is_complete_on_every_path(cnn, x32, name, kw, obj):
     """Σφ = f(path end) − f(path start) to float error (clean: the input and the baseline,
-    the most blurred image for Blur IG)."""
+    the most blurred image for Blur IG; ``compat="tmlr"`` with one step count M: IG's
+    α_j = j/(M−1) reaches the input, Blur IG's σ_i = i·σ_max/M stops at σ_max·(M−1)/M).
+    The ends are scored here, independently of the method's own diagnostics."""
     t = torch.tensor([0, 1, 3])
     for steps in (4, 16):
         out = run_method(name, cnn, x32, t, steps=steps, idgi=True, objective=obj, **kw)
         total = out.maps.double().flatten(1).sum(1)
         scale = out.maps.double().abs().flatten(1).sum(1)
         if kw.get("compat") == "tmlr":
-            continue   # the TMLR sub-path ends short of the input (tested below)
+            start = (gaussian_blur(x32.double(), 8.0 * (steps - 1) / steps).float()
+                     if name == "blur_ig" else torch.zeros_like(x32))
+            diff = f(cnn, x32, t, obj) - f(cnn, start, t, obj)
+            assert torch.allclose(total, diff, rtol=1e-5, atol=1e-6 * float(scale.max())), \
+                (total, diff)
+            assert torch.allclose(out.extras["f_input"].double(), f(cnn, x32, t, obj),
+                                  atol=1e-6)
+            continue   # the sub-paths of a sweep end short of the input (tested below)
         diff = (out.extras["f_input"] - out.extras["f_baseline"]).double()
         assert torch.allclose(total, diff, rtol=1e-5, atol=1e-6 * float(scale.max())), \
             (total, diff)
@@ -104,6 +113,64 @@ def test_idgi_is_complete_on_every_path(cnn, x32, name, kw, obj):
             assert torch.allclose(out.extras["f_baseline"].double(), f(cnn, far, t, obj),
                                   atol=1e-6)
         assert torch.allclose(out.extras["f_input"].double(), f(cnn, x32, t, obj), atol=1e-6)
+
+
+def normalized_grads(model, pts, t, obj):
+    """(σ_c ⊙ ∇_pixel f, f) at ``pts``: the gradient w.r.t. the normalised input."""
+    pts = pts.clone().requires_grad_(True)
+    out = objective(model(pts), t, obj)
+    (g,) = torch.autograd.grad(out.sum(), pts)
+    return g * model.normalize.std.view(1, -1, 1, 1), out.detach().double()
+
+
+def idgi_by_hand(grads, outs):
+    """φ = Σ_j d_j · g_j² / ‖g_j‖² over lists of per-segment gradients and the outputs at the
+    segment ends (Yang et al. 2023, ``yangruo1226/IDGI:idgi.py``), in float64."""
+    phi = 0
+    for j, g in enumerate(grads):
+        g = g.double()
+        d = (outs[j + 1] - outs[j]).view(-1, 1, 1, 1)
+        phi = phi + d * g ** 2 / (g ** 2).flatten(1).sum(1).view(-1, 1, 1, 1)
+    return phi
+
+
+@pytest.mark.parametrize("obj", ["prob", "logit"])
+def test_tmlr_idgi_subpaths_follow_the_tmlr_formula(cnn, x32, obj):
+    """``compat="tmlr"`` (``ShreeSinghi/TMLR-IDGI:ig.py``, ``blurig.py``) recomputed by hand
+    for a sweep of M = 16 points and its n = 4 sub-path (s = 4) and n = 16:
+
+    - IG: points α = 0, s, …, (n−1)s over M − 1 (black baseline), the gradient (w.r.t. the
+      normalised input) at the baseline end of each segment; Σφ = f(α_end·x̃) − f(0).
+    - Blur IG: σ = i·σ_max/M for i = 0, s, …, (n−1)s, the gradient at the less blurred end;
+      Σφ = f(x̃) − f(G_σ_end * x̃).
+    """
+    t = torch.tensor([0, 1, 3])
+    m, sig_max = 16, 8.0
+    ig = explain_sweep("integrated_gradients", cnn, x32, t, steps=[4, m], idgi=True,
+                       objective=obj, compat="tmlr")
+    blur = explain_sweep("blur_ig", cnn, x32, t, steps=[4, m], idgi=True, objective=obj,
+                         compat="tmlr", max_sigma=sig_max)
+    for n in (4, m):
+        s = m // n
+        # IG, baseline → input
+        pts = [(j * s / (m - 1)) * x32 for j in range(n)]
+        gf = [normalized_grads(cnn, p, t, obj) for p in pts]
+        expect = idgi_by_hand([g for g, _ in gf[:-1]], [o for _, o in gf])
+        assert torch.allclose(ig[n].double(), expect, rtol=1e-4,
+                              atol=1e-5 * float(expect.abs().max())), n
+        l1 = float(expect.abs().flatten(1).sum(1).max())
+        assert torch.allclose(ig[n].double().flatten(1).sum(1), gf[-1][1] - gf[0][1],
+                              rtol=1e-5, atol=1e-6 * l1)
+        # Blur IG, baseline (most blurred) → input, σ indices (n−1)s, …, s, 0
+        sigmas = [i * sig_max / m for i in range(0, m, s)][::-1]
+        pts = [gaussian_blur(x32.double(), sg).float() for sg in sigmas]
+        gf = [normalized_grads(cnn, p, t, obj) for p in pts]
+        expect = idgi_by_hand([g for g, _ in gf[1:]], [o for _, o in gf])
+        assert torch.allclose(blur[n].double(), expect, rtol=1e-4,
+                              atol=1e-5 * float(expect.abs().max())), n
+        l1 = float(expect.abs().flatten(1).sum(1).max())
+        assert torch.allclose(blur[n].double().flatten(1).sum(1), gf[-1][1] - gf[0][1],
+                              rtol=1e-5, atol=1e-6 * l1)
 
 
 def test_idgi_uniform_scaling_invariant_per_channel_changes_map_not_sum(cnn, x32):

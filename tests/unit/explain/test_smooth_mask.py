@@ -1,7 +1,8 @@
 """Smooth mask / extremal perturbations (`mask-methods.md` §8, §9.1; TorchRay
 ``torchray/attribution/extremal_perturbation.py``). Hand computations of each piece, the
 method's contract properties, and TorchRay itself as an oracle where its sources are found
-(``tests/helpers/torchray_oracle.py``; skipped with the reason otherwise).
+(``tests/helpers/torchray_oracle.py``; skipped with the reason otherwise, a failure under
+``XAIPIPE_REQUIRE_ORACLES=1``).
 
 Tiny inputs (3x32x32, 3x48x56) and a 2-conv model keep the file fast.
 """
@@ -349,10 +350,7 @@ def test_batch_invariance(model, batch):
 # -- TorchRay oracle --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def torchray_ep():
-    ep, why = torchray_oracle.load()
-    if ep is None:
-        pytest.skip(why)
-    return ep
+    return torchray_oracle.require()
 
 
 def test_pieces_match_torchray(torchray_ep, batch):

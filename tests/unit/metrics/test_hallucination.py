@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import oracles
 from xaipipe.metrics.base import MetricInputs, get_metric
 from xaipipe.metrics.coshrem import EdgeDetector, shearlet_filters
 from xaipipe.metrics import hallucination as hmod
@@ -43,7 +44,8 @@ def coshrem_edge_system():
     for k in added:
         setattr(np, k, _ALIASES[k])
     try:
-        mod = pytest.importorskip("coshrem.shearletsystem")
+        mod = oracles.require("coshrem.shearletsystem", "pycoshrem 0.0.2, the oracle of the "
+                              "CoShREM edge measure (pip install pycoshrem==0.0.2)")
         yield mod.EdgeSystem
     finally:
         for k in added:

@@ -12,7 +12,10 @@ import pytest
 import pywt
 import torch
 
-pyshearlab_mind = pytest.importorskip("pyshearlab_mind")
+from helpers import oracles
+
+pyshearlab_mind = oracles.require("pyshearlab_mind", "pyShearLab-MIND 0.0.3, the oracle of "
+                                  "the shearlet transform (a dependency of xaipipe)")
 
 from xaipipe.transforms import ShearletTransform, Transform, WaveletTransform  # noqa: E402
 from xaipipe.transforms.shearlet import (cache_file, clear_memory_cache,  # noqa: E402
