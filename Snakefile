@@ -8,7 +8,7 @@ from snakemake.utils import min_version
 import os
 
 from xaipipe import repro
-from xaipipe.config import setup_workflow
+from xaipipe.config import setup_workflow, snakemake_targets
 from xaipipe.config.jobs import signature
 from xaipipe.parallel import allocator_environment
 from xaipipe.slurm import cap_status_interval, run_jobs_in_allocation, group_of, resources_of
@@ -19,10 +19,14 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+# the checks of data on disk cover the experiments asked for (the targets, read while this file
+# is parsed: xaipipe.config.snakemake_targets), in the process that plans the run; the job
+# processes (--target-jobs, SLURM or local subprocesses) do not repeat them
 plan = setup_workflow(
     config,
     files=["config.yaml", *workflow.overwrite_configfiles],
-    targets=getattr(workflow.dag_settings, "targets", ()),
+    targets=snakemake_targets(workflow),
+    check_data=workflow.is_main_process,
 )
 P = plan.P
 

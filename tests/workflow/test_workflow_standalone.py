@@ -96,6 +96,43 @@ def test_preset_dry_run_plans_only_its_experiment(preset, tmp_path):
             assert sorted(planned_outputs(res)) == sorted(outputs)
 
 
+def _imagenet_without_data(d):
+    """presets/imagenet.yaml with its data set root pointed at a folder that does not exist."""
+    over = yaml.safe_load((ROOT / "presets/imagenet.yaml").read_text())
+    over["datasets"]["imagenet"]["root"] = str(d / "no-imagenet")
+    (d / "over.yaml").write_text(yaml.safe_dump(over))
+    return f"ConfigError: datasets.imagenet.root: folder '{d / 'no-imagenet'}' does not exist"
+
+
+@pytest.mark.parametrize("args,fails", [
+    (("demo", "-n", "--configfile", "over.yaml"), False),        # target before --configfile
+    (("--configfile", "over.yaml", "-n", "demo"), False),        # after it (an option between)
+    (("--configfile", "over.yaml", "-n", "--", "demo"), False),
+    (("-n", "demo", "--config", "seed=1", "--configfile", "over.yaml"), False),
+    (("--config", "seed=1", "-n", "--configfile", "over.yaml", "--",
+      "results/papers/demo/summary.csv"), False),                # an output of demo only
+    (("imagenet", "-n", "--configfile", "over.yaml"), True),
+    (("-n", "--configfile", "over.yaml"), True),                # no target: run (imagenet)
+    (("-n", "--configfile", "over.yaml", "--", "all"), True),
+    (("-n", "--configfile", "over.yaml", "--", "demo", "imagenet"), True),
+    (("-n", "--configfile", "over.yaml", "--",                  # an intermediate file: all
+      "results/selection/shapes/shapes_resnet18/correct/original.parquet"), True),
+])
+def test_data_checks_cover_the_experiments_asked_for(tmp_path, args, fails):
+    """With presets/imagenet.yaml loaded but no ImageNet on disk, the demo still plans: the
+    data are checked for the experiments named as targets (in any position on the command
+    line), for `run:` without a target, and for the experiment a file target belongs to."""
+    d = workdir(tmp_path)
+    message = _imagenet_without_data(d)
+    res = snakemake(*args, cwd=d, check=False)
+    out = res.stdout + res.stderr
+    if fails:
+        assert res.returncode != 0 and message in out, out
+    else:
+        assert res.returncode == 0, out
+        assert any("papers/demo/summary.csv" in o for o in planned_outputs(res)), out[-2000:]
+
+
 def test_lint_is_clean():
     res = snakemake("--lint", cwd=ROOT, check=False)
     out = (res.stdout + res.stderr).strip()

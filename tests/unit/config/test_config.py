@@ -156,6 +156,56 @@ def test_missing_dataset_root_stops_before_any_job(tmp_path):
         prepare(copy.deepcopy(c), targets=["f"])
 
 
+def test_data_checks_follow_the_targets(tmp_path):
+    """Named experiments (in any order, `all` = run), an experiment's own output file, and
+    any other file or rule (all experiments) decide whose data are checked."""
+    c = cfg(datasets__folder={"kind": "imagefolder", "root": str(tmp_path / "nope")},
+            models__folder_net={"arch": "resnet18", "weights": "random", "dataset": "folder"},
+            experiments__f={"models": ["folder_net"], "methods": ["saliency"]})
+    missing = r"datasets.folder.root: folder '.*nope' does not exist"
+    summary = "results/papers/demo/summary.csv"
+    for targets in (["demo"], ["all"], [], [summary], ["demo", "all", summary]):
+        prepare(copy.deepcopy(c), targets=targets)
+    for targets in (["demo", "f"], ["f", "demo"], ["demo", "results/papers/f/summary.csv"],
+                    [summary, "results/selection/folder/folder_net/correct/original.parquet"],
+                    ["explain"], None):
+        with pytest.raises(ConfigError, match=missing):
+            prepare(copy.deepcopy(c), targets=targets)
+    prepare(copy.deepcopy(c), targets=["f"], check_data=False)     # a job process: no check
+
+
+def test_snakemake_targets_while_the_snakefile_is_parsed(tmp_path, monkeypatch):
+    """The DAG settings when Snakemake has attached them; else those of the snakemake.api
+    DAGApi on the call stack (Snakemake 9 parses the Snakefile inside it); else sys.argv read
+    by Snakemake's own parser, targets before or after the options."""
+    from types import SimpleNamespace
+
+    from snakemake.settings.types import DAGSettings
+
+    from xaipipe.config import snakemake_targets
+    monkeypatch.chdir(tmp_path)
+    wf = SimpleNamespace(dag_settings=DAGSettings(targets={"demo"}))
+    assert snakemake_targets(wf) == ("demo",)
+
+    class DAGApiLike:                     # what DAGApi.__post_init__ holds while parsing
+        dag_settings = DAGSettings(targets={"idgi_tmlr"})
+
+        def parse(self, workflow):
+            return snakemake_targets(workflow)
+
+    none = SimpleNamespace(dag_settings=None)
+    assert DAGApiLike().parse(none) == ("idgi_tmlr",)
+    main = str(tmp_path / "snakemake" / "__main__.py")             # python -m snakemake
+    for argv, want in ([["--configfile", "a.yaml", "-n", "demo", "x"], ("demo", "x")],
+                       [["demo", "--config", "seed=1", "--configfile", "a.yaml"], ("demo",)],
+                       [["--configfile", "a.yaml", "--", "demo"], ("demo",)],
+                       [["--lint"], ()]):
+        monkeypatch.setattr("sys.argv", [main, *argv])
+        assert snakemake_targets(none) == want, argv
+    monkeypatch.setattr("sys.argv", ["pytest", "demo"])             # not a snakemake command
+    assert snakemake_targets(none) is None
+
+
 def test_same_name_twice_with_different_contents_names_both_files(tmp_path):
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     a.write_text("methods: {ig: {method: integrated_gradients, steps: 8}}\n")
