@@ -27,6 +27,7 @@ plan = setup_workflow(
     files=["config.yaml", *workflow.overwrite_configfiles],
     targets=snakemake_targets(workflow),
     check_data=workflow.is_main_process,
+    presets=os.path.join(workflow.basedir, "presets"),
 )
 P = plan.P
 

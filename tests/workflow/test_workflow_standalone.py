@@ -133,6 +133,26 @@ def test_data_checks_cover_the_experiments_asked_for(tmp_path, args, fails):
         assert any("papers/demo/summary.csv" in o for o in planned_outputs(res)), out[-2000:]
 
 
+@pytest.mark.parametrize("target,match", [
+    ("dmeo", "ConfigError: target 'dmeo' is neither an experiment nor a workflow rule nor a "
+             "file path; experiments: demo; in presets not loaded: idgi_tmlr "),
+    ("idgi_tmlr", "ConfigError: target 'idgi_tmlr': no experiment of that name in the loaded "
+                  "config; it is defined in "),
+])
+def test_an_unknown_target_names_the_experiments_and_presets(tmp_path, target, match):
+    """A misspelt experiment gets the experiments (loaded, and in presets/) and the closest
+    name; a preset's experiment without its preset gets the file to add. Not Snakemake's
+    MissingRuleException after the config checks."""
+    d = workdir(tmp_path)
+    res = snakemake(target, "-n", cwd=d, check=False)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and match in out, out
+    preset = str(ROOT / "presets" / "idgi_tmlr.yaml")
+    tail = "did you mean 'demo'?" if target == "dmeo" else \
+        f"{preset}, which is not loaded: snakemake idgi_tmlr --configfile {preset} "
+    assert tail in out and "Exception" not in out and len(out.splitlines()) < 10, out
+
+
 def test_lint_is_clean():
     res = snakemake("--lint", cwd=ROOT, check=False)
     out = (res.stdout + res.stderr).strip()

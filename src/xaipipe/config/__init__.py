@@ -8,6 +8,7 @@ for scripts and tests.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import io
 import os
 import sys
@@ -49,6 +50,57 @@ def active_experiments(config: dict, targets=(), plan: Plan | None = None) -> li
             return exps
         out += [n for n in names if n not in out]
     return out
+
+
+def preset_experiments(presets) -> dict[str, list[Path]]:
+    """Experiment name -> the preset files (``presets/*.yaml``) that define it."""
+    out: dict[str, list[Path]] = {}
+    for f in sorted(Path(presets).glob("*.yaml")) if presets else ():
+        try:
+            names = load_yaml(f).get("experiments") or {}
+        except ConfigError:
+            continue
+        for name in names if isinstance(names, dict) else ():
+            out.setdefault(str(name), []).append(f)
+    return out
+
+
+def _shown(path: Path) -> str:
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel
+
+
+def check_targets(config: dict, targets, presets=None) -> None:
+    """Every target that is not a file path names an experiment or a workflow rule; raises
+    :class:`ConfigError` saying which experiments exist (and the closest one), or which preset
+    of ``presets`` (a folder) defines the name when that preset is not loaded."""
+    rules = set(config["experiments"]) | set(RESERVED)
+    for t in targets or ():
+        if t in rules or t.startswith("explain_sweep_") or os.sep in t or "/" in t \
+                or os.path.exists(t):
+            continue
+        defined = preset_experiments(presets)
+        if t in defined:
+            files = " or ".join(_shown(f) for f in defined[t])
+            raise ConfigError(
+                f"target {t!r}: no experiment of that name in the loaded config; it is defined "
+                f"in {files}, which is not loaded: snakemake {t} --configfile "
+                f"{_shown(defined[t][0])} (the target before --configfile, which takes every "
+                f"word after it)")
+        known = sorted(config["experiments"])
+        others = {n: fs for n, fs in defined.items() if n not in config["experiments"]}
+        listed = ", ".join(known)
+        if others:
+            listed += "; in presets not loaded: " + ", ".join(
+                f"{n} ({_shown(fs[0])})" for n, fs in sorted(others.items()))
+        close = difflib.get_close_matches(t, known + sorted(others), n=1, cutoff=0.6)
+        hint = ""
+        if close:
+            c = close[0]
+            hint = f"; did you mean {c!r}" + ("" if c in config["experiments"] else
+                                               f" (--configfile {_shown(others[c][0])})") + "?"
+        raise ConfigError(f"target {t!r} is neither an experiment nor a workflow rule nor a "
+                          f"file path; experiments: {listed}{hint}")
 
 
 def snakemake_targets(workflow) -> tuple[str, ...] | None:
@@ -99,26 +151,30 @@ def _argv_targets() -> tuple[str, ...] | None:
     return tuple(args.targets or ())
 
 
-def prepare(config: dict, files=(), targets=(), check_data: bool = True) -> Plan:
-    """Overlay conflicts, schema (defaults filled in), registry checks, the data on disk of
-    the experiments that run (``targets``: see :func:`active_experiments`; ``check_data``
+def prepare(config: dict, files=(), targets=(), check_data: bool = True,
+            presets=ROOT / "presets") -> Plan:
+    """Overlay conflicts, schema (defaults filled in), registry checks, the targets (see
+    :func:`check_targets`; ``presets``: the folder of the presets it names), the data on disk
+    of the experiments that run (``targets``: see :func:`active_experiments`; ``check_data``
     False skips it, for the job processes of a run whose main process checked it); returns
     the :class:`Plan`. Raises :class:`ConfigError`."""
     if files:
         check_overlays(files)
     validate_schema(config)
     check_config(config)
+    check_targets(config, targets, presets)
     plan = Plan(config)
     if check_data:
         check_files(config, active_experiments(config, targets, plan))
     return plan
 
 
-def setup_workflow(config: dict, files=(), targets=(), check_data: bool = True) -> Plan:
+def setup_workflow(config: dict, files=(), targets=(), check_data: bool = True,
+                   presets=ROOT / "presets") -> Plan:
     """For the Snakefile: :func:`prepare`, with a config error printed as one short message
     (no traceback) before Snakemake stops."""
     try:
-        return prepare(config, files, targets, check_data)
+        return prepare(config, files, targets, check_data, presets)
     except ConfigError as e:
         print(f"ConfigError: {e}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -147,5 +203,5 @@ def deep_update(base: dict, new: dict) -> dict:
 
 __all__ = ["RESERVED", "ROOT", "SCHEMA", "ConfigError", "Experiment", "ModelSpec", "Paths",
            "Plan", "active_experiments", "check_config", "check_files", "check_overlays",
-           "deep_update", "load_config", "method_of", "metric_of", "prepare", "setup_workflow",
-           "snakemake_targets", "validate_schema"]
+           "check_targets", "deep_update", "load_config", "method_of", "metric_of", "prepare", "preset_experiments",
+           "setup_workflow", "snakemake_targets", "validate_schema"]

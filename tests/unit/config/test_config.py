@@ -206,6 +206,40 @@ def test_snakemake_targets_while_the_snakefile_is_parsed(tmp_path, monkeypatch):
     assert snakemake_targets(none) is None
 
 
+def test_unknown_targets_name_the_experiments_and_the_preset_that_defines_them(tmp_path,
+                                                                            monkeypatch):
+    from xaipipe.config import check_targets
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "a.yaml").write_text("experiments: {paper_a: {}, paper_b: {}}\n")
+    (presets / "b.yaml").write_text("experiments: {paper_b: {}}\nrun: [paper_b]\n")
+    (presets / "notes.yaml").write_text("- not a mapping\n")         # skipped
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "existing").write_text("")
+    c = check(cfg())
+    check_targets(c, ["demo", "all", "explain", "explain_sweep_x", "results/x.csv",
+                      "existing"], presets)                            # rules and files pass
+    with pytest.raises(ConfigError, match=r"^target 'paper_a': no experiment of that name in "
+                                          r"the loaded config; it is defined in presets/a.yaml, "
+                                          r"which is not loaded: snakemake paper_a --configfile "
+                                          r"presets/a.yaml "):
+        check_targets(c, ["demo", "paper_a"], presets)
+    with pytest.raises(ConfigError, match=r"defined in presets/a.yaml or presets/b.yaml, "):
+        check_targets(c, ["paper_b"], presets)
+    with pytest.raises(ConfigError, match=r"^target 'dmeo' is neither an experiment nor a "
+                                          r"workflow rule nor a file path; experiments: demo; "
+                                          r"in presets not loaded: paper_a \(presets/a.yaml\), "
+                                          r"paper_b \(presets/a.yaml\); did you mean 'demo'\?$"):
+        check_targets(c, ["dmeo"], presets)
+    with pytest.raises(ConfigError, match=r"did you mean 'paper_a' \(--configfile "
+                                          r"presets/a.yaml\)\?$"):
+        check_targets(c, ["papr_a"], presets)
+    with pytest.raises(ConfigError, match=r"experiments: demo; did you mean"):
+        check_targets(c, ["demoo"], tmp_path / "none")                   # no presets folder
+    with pytest.raises(ConfigError, match=r"experiments: demo$"):
+        check_targets(c, ["zzz"], None)
+
+
 def test_same_name_twice_with_different_contents_names_both_files(tmp_path):
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     a.write_text("methods: {ig: {method: integrated_gradients, steps: 8}}\n")
