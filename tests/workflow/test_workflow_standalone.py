@@ -18,6 +18,7 @@ from helpers.workflow import (SNAKEMAKE, TINY, dry_run_jobs, imagenet_stand_in, 
 from xaipipe.config import ROOT
 from xaipipe.config import Plan, load_config
 from xaipipe.data.store import open_images
+from xaipipe.models.zoo import is_weights_path
 from xaipipe.store import open_saliency
 
 PRESETS = sorted((ROOT / "presets").glob("*.yaml"))     # the test overlays run for real
@@ -60,16 +61,57 @@ def test_config_errors_are_short_and_early(tmp_path, key, value, match):
     assert not (d / "results").exists()
 
 
+def test_missing_weights_stop_the_dry_run(tmp_path, monkeypatch):
+    """torchvision enum weights are not Snakemake inputs: without the file in torchvision's
+    cache they stop the dry run, before any job (naming the key and the place searched), as a
+    weights path that does not exist does; with the file there the run plans, and a model of
+    an experiment that does not run is not checked."""
+    d = workdir(tmp_path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    over = yaml.safe_load(TINY.read_text())
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    for weights, match in [
+            ("IMAGENET1K_V1", "ConfigError: models.tiny_resnet18.weights: model 'resnet18': "
+                              "weights ResNet18_Weights.IMAGENET1K_V1 are not available locally "
+                              f"and are never downloaded. Searched: {cached}. "),
+            (str(tmp_path / "none.pth"), "ConfigError: models.tiny_resnet18.weights: weights "
+                                         f"file '{tmp_path / 'none.pth'}' does not exist")]:
+        over["models"]["tiny_resnet18"] = {"arch": "resnet18", "weights": weights,
+                                           "dataset": "tiny_shapes"}
+        (d / "over.yaml").write_text(yaml.safe_dump(over))
+        res = snakemake("--configfile", "over.yaml", "-n", "tiny", cwd=d, check=False)
+        out = res.stdout + res.stderr
+        assert res.returncode != 0 and match in out, out
+        assert len(out.splitlines()) < 10, out
+        snakemake("--configfile", "over.yaml", "-n", "demo", cwd=d)     # tiny does not run
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"")                          # a dry run only looks for the file
+    over["models"]["tiny_resnet18"]["weights"] = "IMAGENET1K_V1"
+    (d / "over.yaml").write_text(yaml.safe_dump(over))
+    res = snakemake("--configfile", "over.yaml", "-n", "tiny", cwd=d)
+    assert planned_outputs(res)
+
+
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
-def test_preset_dry_run_plans_only_its_experiment(preset, tmp_path):
+def test_preset_dry_run_plans_only_its_experiment(preset, tmp_path, monkeypatch):
     """A preset is an overlay: its dry run contains no job of another experiment (no output
     of a model, data set or experiment that only other experiments use)."""
+    import torchvision
     d = workdir(tmp_path)
     over = yaml.safe_load(preset.read_text())
     for name, ds in (over.get("datasets") or {}).items():
         if ds.get("kind") in ("imagefolder", "imagenet"):          # stand-in folder: roots must exist
             (tmp_path / name / "val" / "n01").mkdir(parents=True)
             over["datasets"][name]["root"] = str(tmp_path / name)
+    # stand-in files for torchvision's cache: enum weights must be local (a dry run only looks)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    for m in (over.get("models") or {}).values():
+        w = m.get("weights")
+        if "train" not in m and w != "random" and not (w and is_weights_path(w)):
+            enum = torchvision.models.get_model_weights(m["arch"])
+            (cache / Path((enum.DEFAULT if w is None else enum[w]).url).name).write_bytes(b"")
     (d / "over.yaml").write_text(yaml.safe_dump(over))
     cfg = load_config(d / "config.yaml", d / "over.yaml")
     for exp in over.get("run") or []:

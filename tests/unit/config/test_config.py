@@ -240,6 +240,38 @@ def test_unknown_targets_name_the_experiments_and_the_preset_that_defines_them(t
         check_targets(c, ["zzz"], None)
 
 
+def test_weights_are_checked_before_any_job(tmp_path, monkeypatch):
+    """Enum weights must be in torchvision's cache, a weights path must exist (unless the
+    workflow trains it), for the models of the experiments that run; errors name the key."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+
+    def with_weights(weights):
+        return cfg(models__net={"arch": "resnet18", "weights": weights, "dataset": "shapes"},
+                   experiments__f={"models": ["net"], "methods": ["saliency"]})
+    prepare(with_weights("IMAGENET1K_V1"), targets=["demo"])          # f does not run
+    with pytest.raises(ConfigError, match=rf"^models.net.weights: model 'resnet18': weights "
+                                          rf"ResNet18_Weights.IMAGENET1K_V1 are not available "
+                                          rf"locally and are never downloaded. Searched: "
+                                          rf"{cached}\. "):
+        prepare(with_weights("IMAGENET1K_V1"), targets=["f"])
+    with pytest.raises(ConfigError, match=r"^models.net.weights: model 'resnet18': unknown "
+                                          r"weights 'IMAGENET1K_V9'"):
+        prepare(with_weights("IMAGENET1K_V9"), targets=["f"])
+    missing = str(tmp_path / "w.pth")
+    with pytest.raises(ConfigError, match=rf"^models.net.weights: weights file '{missing}' "
+                                          rf"does not exist$"):
+        prepare(with_weights(missing), targets=["f"])
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"")
+    prepare(with_weights("IMAGENET1K_V1"), targets=["f"])
+    prepare(with_weights("random"), targets=["f"])
+    # the demo model's trained weights (an output of the workflow) are not looked for
+    prepare(with_weights("results/models/shapes_resnet18/weights.pt"), targets=["f"])
+    with pytest.raises(ConfigError, match=r"weights file 'results/models/other/weights.pt'"):
+        prepare(with_weights("results/models/other/weights.pt"), targets=["f"])
+
+
 def test_same_name_twice_with_different_contents_names_both_files(tmp_path):
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     a.write_text("methods: {ig: {method: integrated_gradients, steps: 8}}\n")
