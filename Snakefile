@@ -42,6 +42,9 @@ if config.get("reproducible"):
     os.environ.update(repro.environment())
 # the jobs' allocator (xaipipe.parallel.retain_freed_memory; read by each job's set-up)
 os.environ.update(allocator_environment(config.get("allocator", "retain")))
+# conda: envs/xaipipe.yaml installs this checkout from $XAIPIPE_ROOT (Snakemake copies the
+# env file to .snakemake/conda/, where a relative path would point elsewhere)
+os.environ.update(XAIPIPE_ROOT=os.path.abspath(workflow.basedir))
 
 
 wildcard_constraints:

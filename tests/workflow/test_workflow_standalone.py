@@ -195,6 +195,34 @@ def test_an_unknown_target_names_the_experiments_and_presets(tmp_path, target, m
     assert tail in out and "Exception" not in out and len(out.splitlines()) < 10, out
 
 
+def test_conda_env_installs_the_checkout_of_the_snakefile(tmp_path, monkeypatch):
+    """envs/xaipipe.yaml as conda deploys it: Snakemake copies it to .snakemake/conda/<hash>.yaml
+    and conda runs pip on its pip entries (a requirements file) in that folder. Read with
+    pip's own parser, with XAIPIPE_ROOT as the Snakefile sets it, the entries are the pins of
+    pyproject.toml and an editable install of this checkout; no entry is a relative path."""
+    import tomllib
+
+    from pip._internal.network.session import PipSession
+    from pip._internal.req.req_file import parse_requirements
+
+    env = yaml.safe_load((ROOT / "envs" / "xaipipe.yaml").read_text())
+    (pip,) = [d["pip"] for d in env["dependencies"] if isinstance(d, dict)]
+    deployed = tmp_path / ".snakemake" / "conda"
+    deployed.mkdir(parents=True)
+    (deployed / "condaenv.requirements.txt").write_text("\n".join(pip))
+    monkeypatch.setenv("XAIPIPE_ROOT", str(ROOT))       # the Snakefile's os.environ entry
+    monkeypatch.chdir(deployed)                         # conda's pip_workdir
+    reqs = list(parse_requirements(str(deployed / "condaenv.requirements.txt"),
+                                   session=PipSession()))
+    editable = [r.requirement for r in reqs if r.is_editable]
+    assert len(editable) == 1 and Path(editable[0]).is_absolute(), editable
+    assert Path(editable[0]).resolve() == ROOT.resolve()
+    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert sorted(r.requirement for r in reqs if not r.is_editable) == sorted(pins)
+    assert "os.environ.update(XAIPIPE_ROOT=os.path.abspath(workflow.basedir))" in \
+        (ROOT / "Snakefile").read_text()
+
+
 def test_lint_is_clean():
     res = snakemake("--lint", cwd=ROOT, check=False)
     out = (res.stdout + res.stderr).strip()
