@@ -8,7 +8,7 @@ from snakemake.utils import min_version
 import os
 
 from xaipipe import repro
-from xaipipe.config import setup_workflow
+from xaipipe.config import setup_workflow, snakemake_targets
 from xaipipe.jobs import signature
 from xaipipe.parallel import allocator_environment
 from xaipipe.slurm import cap_status_interval, run_jobs_in_allocation, group_of, resources_of
@@ -19,10 +19,15 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+# the checks of data on disk cover the experiments asked for (the targets, read while this file
+# is parsed: xaipipe.config.snakemake_targets), in the process that plans the run; the job
+# processes (--target-jobs, SLURM or local subprocesses) do not repeat them
 plan = setup_workflow(
     config,
     files=["config.yaml", *workflow.overwrite_configfiles],
-    targets=getattr(workflow.dag_settings, "targets", ()),
+    targets=snakemake_targets(workflow),
+    check_data=workflow.is_main_process,
+    presets=os.path.join(workflow.basedir, "presets"),
 )
 P = plan.P
 
@@ -37,6 +42,9 @@ if config.get("reproducible"):
     os.environ.update(repro.environment())
 # the jobs' allocator (xaipipe.parallel.retain_freed_memory; read by each job's set-up)
 os.environ.update(allocator_environment(config.get("allocator", "retain")))
+# conda: envs/xaipipe.yaml installs this checkout from $XAIPIPE_ROOT (Snakemake copies the
+# env file to .snakemake/conda/, where a relative path would point elsewhere)
+os.environ.update(XAIPIPE_ROOT=os.path.abspath(workflow.basedir))
 
 
 wildcard_constraints:

@@ -6,9 +6,11 @@ import errno
 import glob
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
+import socket
 import uuid
 from pathlib import Path
 
@@ -16,6 +18,8 @@ import numpy as np
 import torch
 
 from .errors import OutputWriteError
+
+log = logging.getLogger("xaipipe")
 
 
 def derive_seed(*parts) -> int:
@@ -42,8 +46,16 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
+def _host() -> str:
+    """This machine's name as it goes into a temporary's name (characters other than letters,
+    digits, ``.``, ``_`` and ``-`` replaced by ``_``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "unknown"
+
+
 def _tmp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    """``.{name}.tmp-{pid}@{host}-{hex}``: a pid means something only on its own host (a file
+    system shared by cluster nodes sees the writers of every node)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}@{_host()}-{uuid.uuid4().hex[:8]}")
 
 
 def _remove(path: Path) -> None:
@@ -64,12 +76,25 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _remove_stale_tmps(path: Path) -> None:
-    """Remove ``.{name}.tmp-{pid}-{hex}`` siblings of ``path`` left by killed writers (their
-    pid is not running). Temporaries of live processes and of other targets are kept."""
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.tmp-(\d+)-[0-9a-f]+")
+    """Remove ``.{name}.tmp-{pid}@{host}-{hex}`` siblings of ``path`` left by killed writers:
+    made on this host by a pid that is not running. A temporary of another host is kept (its
+    pid cannot be checked from here; the writer may be alive on another node of a shared file
+    system), and so are temporaries of live processes and of other targets. The names written
+    before the host was recorded (``.{name}.tmp-{pid}-{hex}``) are judged by their pid, as
+    they were."""
+    pattern = re.compile(
+        rf"\.{re.escape(path.name)}\.tmp-(\d+)(?:@([A-Za-z0-9._-]+))?-[0-9a-f]+")
+    here = _host()
     for sib in path.parent.glob(glob.escape(f".{path.name}.tmp-") + "*"):
         m = pattern.fullmatch(sib.name)
-        if m and int(m[1]) != os.getpid() and not _pid_alive(int(m[1])):
+        if not m:
+            continue
+        pid, host = int(m[1]), m[2]
+        if host is not None and host != here:
+            log.info("keeping %s: a temporary of host %s (this is %s), whose writer may still "
+                     "run", sib, host, here)
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
             _remove(sib)
 
 

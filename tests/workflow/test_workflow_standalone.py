@@ -18,6 +18,7 @@ from helpers.workflow import (SNAKEMAKE, TINY, dry_run_jobs, imagenet_stand_in, 
 from xaipipe.config import ROOT
 from xaipipe.config import Plan, load_config
 from xaipipe.data.store import open_images
+from xaipipe.models.zoo import is_weights_path
 from xaipipe.store import open_saliency
 
 PRESETS = sorted((ROOT / "presets").glob("*.yaml"))     # the test overlays run for real
@@ -60,16 +61,57 @@ def test_config_errors_are_short_and_early(tmp_path, key, value, match):
     assert not (d / "results").exists()
 
 
+def test_missing_weights_stop_the_dry_run(tmp_path, monkeypatch):
+    """torchvision enum weights are not Snakemake inputs: without the file in torchvision's
+    cache they stop the dry run, before any job (naming the key and the place searched), as a
+    weights path that does not exist does; with the file there the run plans, and a model of
+    an experiment that does not run is not checked."""
+    d = workdir(tmp_path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    over = yaml.safe_load(TINY.read_text())
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    for weights, match in [
+            ("IMAGENET1K_V1", "ConfigError: models.tiny_resnet18.weights: model 'resnet18': "
+                              "weights ResNet18_Weights.IMAGENET1K_V1 are not available locally "
+                              f"and are never downloaded. Searched: {cached}. "),
+            (str(tmp_path / "none.pth"), "ConfigError: models.tiny_resnet18.weights: weights "
+                                         f"file '{tmp_path / 'none.pth'}' does not exist")]:
+        over["models"]["tiny_resnet18"] = {"arch": "resnet18", "weights": weights,
+                                           "dataset": "tiny_shapes"}
+        (d / "over.yaml").write_text(yaml.safe_dump(over))
+        res = snakemake("--configfile", "over.yaml", "-n", "tiny", cwd=d, check=False)
+        out = res.stdout + res.stderr
+        assert res.returncode != 0 and match in out, out
+        assert len(out.splitlines()) < 10, out
+        snakemake("--configfile", "over.yaml", "-n", "demo", cwd=d)     # tiny does not run
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"")                          # a dry run only looks for the file
+    over["models"]["tiny_resnet18"]["weights"] = "IMAGENET1K_V1"
+    (d / "over.yaml").write_text(yaml.safe_dump(over))
+    res = snakemake("--configfile", "over.yaml", "-n", "tiny", cwd=d)
+    assert planned_outputs(res)
+
+
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
-def test_preset_dry_run_plans_only_its_experiment(preset, tmp_path):
+def test_preset_dry_run_plans_only_its_experiment(preset, tmp_path, monkeypatch):
     """A preset is an overlay: its dry run contains no job of another experiment (no output
     of a model, data set or experiment that only other experiments use)."""
+    import torchvision
     d = workdir(tmp_path)
     over = yaml.safe_load(preset.read_text())
     for name, ds in (over.get("datasets") or {}).items():
         if ds.get("kind") in ("imagefolder", "imagenet"):          # stand-in folder: roots must exist
             (tmp_path / name / "val" / "n01").mkdir(parents=True)
             over["datasets"][name]["root"] = str(tmp_path / name)
+    # stand-in files for torchvision's cache: enum weights must be local (a dry run only looks)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    for m in (over.get("models") or {}).values():
+        w = m.get("weights")
+        if "train" not in m and w != "random" and not (w and is_weights_path(w)):
+            enum = torchvision.models.get_model_weights(m["arch"])
+            (cache / Path((enum.DEFAULT if w is None else enum[w]).url).name).write_bytes(b"")
     (d / "over.yaml").write_text(yaml.safe_dump(over))
     cfg = load_config(d / "config.yaml", d / "over.yaml")
     for exp in over.get("run") or []:
@@ -94,6 +136,91 @@ def test_preset_dry_run_plans_only_its_experiment(preset, tmp_path):
         if preset == PRESETS[0]:
             res = snakemake("--configfile", "over.yaml", "-n", cwd=d)
             assert sorted(planned_outputs(res)) == sorted(outputs)
+
+
+def _imagenet_without_data(d):
+    """presets/imagenet.yaml with its data set root pointed at a folder that does not exist."""
+    over = yaml.safe_load((ROOT / "presets/imagenet.yaml").read_text())
+    over["datasets"]["imagenet"]["root"] = str(d / "no-imagenet")
+    (d / "over.yaml").write_text(yaml.safe_dump(over))
+    return f"ConfigError: datasets.imagenet.root: folder '{d / 'no-imagenet'}' does not exist"
+
+
+@pytest.mark.parametrize("args,fails", [
+    (("demo", "-n", "--configfile", "over.yaml"), False),        # target before --configfile
+    (("--configfile", "over.yaml", "-n", "demo"), False),        # after it (an option between)
+    (("--configfile", "over.yaml", "-n", "--", "demo"), False),
+    (("-n", "demo", "--config", "seed=1", "--configfile", "over.yaml"), False),
+    (("--config", "seed=1", "-n", "--configfile", "over.yaml", "--",
+      "results/papers/demo/summary.csv"), False),                # an output of demo only
+    (("imagenet", "-n", "--configfile", "over.yaml"), True),
+    (("-n", "--configfile", "over.yaml"), True),                # no target: run (imagenet)
+    (("-n", "--configfile", "over.yaml", "--", "all"), True),
+    (("-n", "--configfile", "over.yaml", "--", "demo", "imagenet"), True),
+    (("-n", "--configfile", "over.yaml", "--",                  # an intermediate file: all
+      "results/selection/shapes/shapes_resnet18/correct/original.parquet"), True),
+])
+def test_data_checks_cover_the_experiments_asked_for(tmp_path, args, fails):
+    """With presets/imagenet.yaml loaded but no ImageNet on disk, the demo still plans: the
+    data are checked for the experiments named as targets (in any position on the command
+    line), for `run:` without a target, and for the experiment a file target belongs to."""
+    d = workdir(tmp_path)
+    message = _imagenet_without_data(d)
+    res = snakemake(*args, cwd=d, check=False)
+    out = res.stdout + res.stderr
+    if fails:
+        assert res.returncode != 0 and message in out, out
+    else:
+        assert res.returncode == 0, out
+        assert any("papers/demo/summary.csv" in o for o in planned_outputs(res)), out[-2000:]
+
+
+@pytest.mark.parametrize("target,match", [
+    ("dmeo", "ConfigError: target 'dmeo' is neither an experiment nor a workflow rule nor a "
+             "file path; experiments: demo; in presets not loaded: idgi_tmlr "),
+    ("idgi_tmlr", "ConfigError: target 'idgi_tmlr': no experiment of that name in the loaded "
+                  "config; it is defined in "),
+])
+def test_an_unknown_target_names_the_experiments_and_presets(tmp_path, target, match):
+    """A misspelt experiment gets the experiments (loaded, and in presets/) and the closest
+    name; a preset's experiment without its preset gets the file to add. Not Snakemake's
+    MissingRuleException after the config checks."""
+    d = workdir(tmp_path)
+    res = snakemake(target, "-n", cwd=d, check=False)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and match in out, out
+    preset = str(ROOT / "presets" / "idgi_tmlr.yaml")
+    tail = "did you mean 'demo'?" if target == "dmeo" else \
+        f"{preset}, which is not loaded: snakemake idgi_tmlr --configfile {preset} "
+    assert tail in out and "Exception" not in out and len(out.splitlines()) < 10, out
+
+
+def test_conda_env_installs_the_checkout_of_the_snakefile(tmp_path, monkeypatch):
+    """envs/xaipipe.yaml as conda deploys it: Snakemake copies it to .snakemake/conda/<hash>.yaml
+    and conda runs pip on its pip entries (a requirements file) in that folder. Read with
+    pip's own parser, with XAIPIPE_ROOT as the Snakefile sets it, the entries are the pins of
+    pyproject.toml and an editable install of this checkout; no entry is a relative path."""
+    import tomllib
+
+    from pip._internal.network.session import PipSession
+    from pip._internal.req.req_file import parse_requirements
+
+    env = yaml.safe_load((ROOT / "envs" / "xaipipe.yaml").read_text())
+    (pip,) = [d["pip"] for d in env["dependencies"] if isinstance(d, dict)]
+    deployed = tmp_path / ".snakemake" / "conda"
+    deployed.mkdir(parents=True)
+    (deployed / "condaenv.requirements.txt").write_text("\n".join(pip))
+    monkeypatch.setenv("XAIPIPE_ROOT", str(ROOT))       # the Snakefile's os.environ entry
+    monkeypatch.chdir(deployed)                         # conda's pip_workdir
+    reqs = list(parse_requirements(str(deployed / "condaenv.requirements.txt"),
+                                   session=PipSession()))
+    editable = [r.requirement for r in reqs if r.is_editable]
+    assert len(editable) == 1 and Path(editable[0]).is_absolute(), editable
+    assert Path(editable[0]).resolve() == ROOT.resolve()
+    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert sorted(r.requirement for r in reqs if not r.is_editable) == sorted(pins)
+    assert "os.environ.update(XAIPIPE_ROOT=os.path.abspath(workflow.basedir))" in \
+        (ROOT / "Snakefile").read_text()
 
 
 def test_lint_is_clean():

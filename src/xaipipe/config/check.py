@@ -6,18 +6,21 @@ Errors are :class:`ConfigError` naming the key (and both sides of a bad pair).
 """
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..data.datasets import make_source
 from ..data.filters import check_filter
 from ..data.preprocess import check_preprocess
 from ..data.variants import check_variant
-from ..errors import ConfigError
+from ..errors import ConfigError, WeightsNotFoundError
 from ..explain.base import Method, get_method
 from ..metrics.base import get_metric
 from ..models.meta import meta_model
 from ..models.train import TRAIN_PARAMS
-from ..models.zoo import _entry
+from ..models.zoo import _entry, is_weights_path, resolve_weights
 from ..params import check_params
 from ..registry import unknown_name
 
@@ -257,11 +260,42 @@ def check_config(config: dict) -> dict:
 
 
 def check_files(config: dict, experiments) -> None:
-    """The data of the given experiments are on disk (checked before any job starts)."""
-    seen = set()
+    """The data and the model weights of the given experiments are on disk (checked before any
+    job starts): see :func:`check_weights`."""
+    seen, models = set(), []
     for e in experiments:
         for m in config["experiments"][e]["models"]:
+            if m not in models:
+                models.append(m)
             d = config["models"][m]["dataset"]
             if d not in seen:
                 seen.add(d)
                 make_source(d, config["datasets"][d]).check_files()
+    for m in models:
+        check_weights(config, m)
+
+
+def check_weights(config: dict, name: str) -> None:
+    """Model ``name``'s weights can be loaded without a download: a weights file exists, or
+    torchvision's enum weights are in the local cache (:func:`~xaipipe.models.zoo.
+    resolve_weights`, whose error names every place searched). Weights the workflow makes
+    (``train:``, or the path of another model's trained weights) are not checked."""
+    from .paths import Paths
+
+    m = config["models"][name]
+    where = f"models.{name}.weights"
+    weights = m.get("weights")
+    if "train" in m or weights == "random":
+        return
+    if weights is not None and is_weights_path(weights):
+        trained = {os.path.abspath(Paths(config["results"]).fmt("weights", model=other))
+                   for other, o in config["models"].items() if "train" in o}
+        if os.path.abspath(weights) in trained:
+            return
+        if not Path(weights).expanduser().is_file():
+            raise ConfigError(f"{where}: weights file {str(weights)!r} does not exist")
+        return
+    try:
+        resolve_weights(m["arch"], weights)
+    except (WeightsNotFoundError, ConfigError) as e:
+        raise ConfigError(f"{where}: {e}") from None

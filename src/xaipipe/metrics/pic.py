@@ -36,7 +36,8 @@ of the signed channel-sum ranking (level 0 = the blurred image, the last = the o
 H = byte length of the PNG (Pillow defaults) of ``(x·255).to(uint8)`` (truncation, as the
 study's ``ToPILImage``); only the anchor (0, 0) is added; 100 grid points. An image is kept only
 if SIC and AIC both pass (the study computes both in one ``try``): ``sic_valid == aic_valid``,
-and the reason is SIC's first failure, else AIC's. ``compat="tmlr"`` ranks as the study did
+while each ``*_reason`` is that curve's own first failure ('' where the curve itself passes and
+the image is dropped for the other curve). ``compat="tmlr"`` ranks as the study did
 (float16 maps, non-stable argsort, `metrics.md` §1.2); the default ranks float32 stably.
 
 Aggregation (:meth:`Pic.aggregate`): SIC is the trapezoid AUC of the per-point **median** curve
@@ -239,15 +240,16 @@ class Pic(Metric):
         entropy = np.full((n, n_lv), np.nan)
         ends = [(i, k) for i in range(n) for k in (0, n_lv - 1)]
         self._measure(inputs, ends, build, probs, correct, entropy)
-        keep = self._reasons(probs, correct, entropy)
-        need = np.flatnonzero((keep["sic"] == "") | (keep["aic"] == ""))
+        reasons = self._reasons(probs, correct, entropy)
+        valid = self._valid(reasons)
+        need = np.flatnonzero(valid["sic"] | valid["aic"])
         middle = [(int(i), k) for i in need for k in range(1, n_lv - 1)]
         self._measure(inputs, middle, build, probs, correct, entropy)
         measured = np.zeros(probs.shape, bool)
         measured[:, [0, -1]] = True
         measured[need, 1:-1] = True
         # NaN model scores could hide behind an exclusion: flag them (Metric.run decides)
-        return {**self._curves(probs, correct, entropy, keep),
+        return {**self._curves(probs, correct, entropy, reasons, valid),
                 "nonfinite": (measured & ~np.isfinite(probs)).any(1)}
 
     def record_nonfinite(self, cols, bad):
@@ -342,21 +344,25 @@ class Pic(Metric):
             entropy[rows, cols] = sizes
 
     def _reasons(self, probs, correct, entropy) -> dict[str, np.ndarray]:
-        """Each image's exclusion reason per curve ('' = kept), from its two end levels;
-        TMLR: one reason for both (SIC's first failure, else AIC's)."""
-        out = {}
-        for name, pred in (("sic", probs), ("aic", correct)):
-            out[name] = np.array([failure(q[-1], q[0], e[-1], e[0],
-                                          self.hparams.min_pred_value)
-                                  for q, e in zip(pred, entropy)],
-                                 dtype=f"<U{max(map(len, REASONS))}")
-        if self.hparams.variant == "tmlr":            # one try for both curves (§5.2)
-            joint = np.where(out["sic"] != "", out["sic"], out["aic"])
-            out = {"sic": joint, "aic": joint.copy()}
-        return out
+        """Each image's first failure per curve ('' = the curve passes), from its two end
+        levels; each curve's own, in both variants."""
+        return {name: np.array([failure(q[-1], q[0], e[-1], e[0],
+                                        self.hparams.min_pred_value)
+                                for q, e in zip(pred, entropy)],
+                               dtype=f"<U{max(map(len, REASONS))}")
+                for name, pred in (("sic", probs), ("aic", correct))}
+
+    def _valid(self, reasons) -> dict[str, np.ndarray]:
+        """Which images each curve keeps: PAIR, those its own checks pass; TMLR, those both
+        curves' checks pass (the study computes SIC and AIC in one ``try``)."""
+        valid = {name: r == "" for name, r in reasons.items()}
+        if self.hparams.variant == "tmlr":
+            both = valid["sic"] & valid["aic"]
+            valid = {"sic": both, "aic": both.copy()}
+        return valid
 
     # -- curves -------------------------------------------------------------------------------
-    def _curves(self, probs, correct, entropy, reasons) -> dict[str, np.ndarray]:
+    def _curves(self, probs, correct, entropy, reasons, valid) -> dict[str, np.ndarray]:
         p = self.hparams
         pair = p.variant == "pair"
         n = probs.shape[0]
@@ -364,19 +370,19 @@ class Pic(Metric):
         grid = curve_grid(self.n_points)
         cols = {}
         for name, pred in (("sic", probs), ("aic", correct)):
-            valid = reasons[name] == ""
+            kept = valid[name]
             curves = np.full((n, len(grid)), np.nan)
-            for i in np.flatnonzero(valid):
+            for i in np.flatnonzero(kept):
                 x, y = normalise(entropy[i], pred[i])
                 if pair:                      # PAIR: the thresholds' levels only, TMLR: all
                     x, y = x[1:-1], y[1:-1]
                 curves[i] = interpolate_curve(x, y, anchors, self.n_points,
                                               p.keep_monotonous)
             auc = np.full(n, np.nan)
-            if valid.any():
-                auc[valid] = np.trapezoid(curves[valid], grid, axis=1)
-            cols.update({name: auc, f"{name}_curve": curves, f"{name}_valid": valid,
-                         f"{name}_excluded": ~valid, f"{name}_reason": reasons[name]})
+            if kept.any():
+                auc[kept] = np.trapezoid(curves[kept], grid, axis=1)
+            cols.update({name: auc, f"{name}_curve": curves, f"{name}_valid": kept,
+                         f"{name}_excluded": ~kept, f"{name}_reason": reasons[name]})
         return cols
 
     # -- aggregation --------------------------------------------------------------------------
@@ -387,10 +393,11 @@ class Pic(Metric):
         ``aic``: that of the mean curve. ``mean`` holds that AUC, ``ci_low``/``ci_high`` the
         percentile bootstrap interval (images resampled, the aggregated curve and its AUC
         recomputed; seeded by (seed, score)), ``n`` the valid images, ``excluded`` the others,
-        and ``excluded_<reason>`` the count per reason."""
+        ``excluded_<reason>`` the count per reason of the curve's own, and (TMLR)
+        ``excluded_other_curve`` those it passes but drops because the other curve fails."""
         rows = []
         for score, how in (("sic", np.median), ("aic", np.mean)):
-            curves, reasons = valid_curves(df, score)
+            curves, reasons, valid = valid_curves(df, score)
             n = curves.shape[0]
             grid = curve_grid(curves.shape[1] - 1) if n else None
             auc = lo = hi = np.nan
@@ -403,23 +410,25 @@ class Pic(Metric):
                     a = (1 - level) / 2
                     lo, hi = float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a))
             row = {"score": score, "n": n, "mean": auc, "ci_low": lo, "ci_high": hi,
-                   "direction": cls.direction, "excluded": int((reasons != "").sum())}
+                   "direction": cls.direction, "excluded": int((~valid).sum())}
             for r in REASONS[1:]:
-                row[f"excluded_{r}"] = int((reasons == r).sum())
+                row[f"excluded_{r}"] = int((~valid & (reasons == r)).sum())
+            row["excluded_other_curve"] = int((~valid & (reasons == "")).sum())
             rows.append(row)
         return rows
 
 
 def valid_curves(df: pd.DataFrame, score: str):
-    """(valid curves (n, K) float64, reasons (N,) str) of one score from a per-image table."""
+    """(valid curves (n, K) float64, reasons (N,) str, valid (N,) bool) of one score from a
+    per-image table."""
     if f"{score}_curve" not in df or len(df) == 0:
-        return np.zeros((0, 0)), np.zeros(0, str)
+        return np.zeros((0, 0)), np.zeros(0, str), np.zeros(0, bool)
     reasons = df[f"{score}_reason"].fillna("").astype(str).to_numpy()
     valid = (df[f"{score}_valid"].to_numpy(bool) if f"{score}_valid" in df
              else reasons == "")
     rows = [np.asarray(c, np.float64) for c, v in zip(df[f"{score}_curve"], valid) if v]
     curves = np.stack(rows) if rows else np.zeros((0, 0))
-    return curves, reasons
+    return curves, reasons, valid
 
 
 # -- the plain function -----------------------------------------------------------------------

@@ -160,6 +160,122 @@ def test_missing_dataset_root_stops_before_any_job(tmp_path):
         prepare(copy.deepcopy(c), targets=["f"])
 
 
+def test_data_checks_follow_the_targets(tmp_path):
+    """Named experiments (in any order, `all` = run), an experiment's own output file, and
+    any other file or rule (all experiments) decide whose data are checked."""
+    c = cfg(datasets__folder={"kind": "imagefolder", "root": str(tmp_path / "nope")},
+            models__folder_net={"arch": "resnet18", "weights": "random", "dataset": "folder"},
+            experiments__f={"models": ["folder_net"], "methods": ["saliency"]})
+    missing = r"datasets.folder.root: folder '.*nope' does not exist"
+    summary = "results/papers/demo/summary.csv"
+    for targets in (["demo"], ["all"], [], [summary], ["demo", "all", summary]):
+        prepare(copy.deepcopy(c), targets=targets)
+    for targets in (["demo", "f"], ["f", "demo"], ["demo", "results/papers/f/summary.csv"],
+                    [summary, "results/selection/folder/folder_net/correct/original.parquet"],
+                    ["explain"], None):
+        with pytest.raises(ConfigError, match=missing):
+            prepare(copy.deepcopy(c), targets=targets)
+    prepare(copy.deepcopy(c), targets=["f"], check_data=False)     # a job process: no check
+
+
+def test_snakemake_targets_while_the_snakefile_is_parsed(tmp_path, monkeypatch):
+    """The DAG settings when Snakemake has attached them; else those of the snakemake.api
+    DAGApi on the call stack (Snakemake 9 parses the Snakefile inside it); else sys.argv read
+    by Snakemake's own parser, targets before or after the options."""
+    from types import SimpleNamespace
+
+    from snakemake.settings.types import DAGSettings
+
+    from xaipipe.config import snakemake_targets
+    monkeypatch.chdir(tmp_path)
+    wf = SimpleNamespace(dag_settings=DAGSettings(targets={"demo"}))
+    assert snakemake_targets(wf) == ("demo",)
+
+    class DAGApiLike:                     # what DAGApi.__post_init__ holds while parsing
+        dag_settings = DAGSettings(targets={"idgi_tmlr"})
+
+        def parse(self, workflow):
+            return snakemake_targets(workflow)
+
+    none = SimpleNamespace(dag_settings=None)
+    assert DAGApiLike().parse(none) == ("idgi_tmlr",)
+    main = str(tmp_path / "snakemake" / "__main__.py")             # python -m snakemake
+    for argv, want in ([["--configfile", "a.yaml", "-n", "demo", "x"], ("demo", "x")],
+                       [["demo", "--config", "seed=1", "--configfile", "a.yaml"], ("demo",)],
+                       [["--configfile", "a.yaml", "--", "demo"], ("demo",)],
+                       [["--lint"], ()]):
+        monkeypatch.setattr("sys.argv", [main, *argv])
+        assert snakemake_targets(none) == want, argv
+    monkeypatch.setattr("sys.argv", ["pytest", "demo"])             # not a snakemake command
+    assert snakemake_targets(none) is None
+
+
+def test_unknown_targets_name_the_experiments_and_the_preset_that_defines_them(tmp_path,
+                                                                            monkeypatch):
+    from xaipipe.config import check_targets
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "a.yaml").write_text("experiments: {paper_a: {}, paper_b: {}}\n")
+    (presets / "b.yaml").write_text("experiments: {paper_b: {}}\nrun: [paper_b]\n")
+    (presets / "notes.yaml").write_text("- not a mapping\n")         # skipped
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "existing").write_text("")
+    c = check(cfg())
+    check_targets(c, ["demo", "all", "explain", "explain_sweep_x", "results/x.csv",
+                      "existing"], presets)                            # rules and files pass
+    with pytest.raises(ConfigError, match=r"^target 'paper_a': no experiment of that name in "
+                                          r"the loaded config; it is defined in presets/a.yaml, "
+                                          r"which is not loaded: snakemake paper_a --configfile "
+                                          r"presets/a.yaml "):
+        check_targets(c, ["demo", "paper_a"], presets)
+    with pytest.raises(ConfigError, match=r"defined in presets/a.yaml or presets/b.yaml, "):
+        check_targets(c, ["paper_b"], presets)
+    with pytest.raises(ConfigError, match=r"^target 'dmeo' is neither an experiment nor a "
+                                          r"workflow rule nor a file path; experiments: demo; "
+                                          r"in presets not loaded: paper_a \(presets/a.yaml\), "
+                                          r"paper_b \(presets/a.yaml\); did you mean 'demo'\?$"):
+        check_targets(c, ["dmeo"], presets)
+    with pytest.raises(ConfigError, match=r"did you mean 'paper_a' \(--configfile "
+                                          r"presets/a.yaml\)\?$"):
+        check_targets(c, ["papr_a"], presets)
+    with pytest.raises(ConfigError, match=r"experiments: demo; did you mean"):
+        check_targets(c, ["demoo"], tmp_path / "none")                   # no presets folder
+    with pytest.raises(ConfigError, match=r"experiments: demo$"):
+        check_targets(c, ["zzz"], None)
+
+
+def test_weights_are_checked_before_any_job(tmp_path, monkeypatch):
+    """Enum weights must be in torchvision's cache, a weights path must exist (unless the
+    workflow trains it), for the models of the experiments that run; errors name the key."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+
+    def with_weights(weights):
+        return cfg(models__net={"arch": "resnet18", "weights": weights, "dataset": "shapes"},
+                   experiments__f={"models": ["net"], "methods": ["saliency"]})
+    prepare(with_weights("IMAGENET1K_V1"), targets=["demo"])          # f does not run
+    with pytest.raises(ConfigError, match=rf"^models.net.weights: model 'resnet18': weights "
+                                          rf"ResNet18_Weights.IMAGENET1K_V1 are not available "
+                                          rf"locally and are never downloaded. Searched: "
+                                          rf"{cached}\. "):
+        prepare(with_weights("IMAGENET1K_V1"), targets=["f"])
+    with pytest.raises(ConfigError, match=r"^models.net.weights: model 'resnet18': unknown "
+                                          r"weights 'IMAGENET1K_V9'"):
+        prepare(with_weights("IMAGENET1K_V9"), targets=["f"])
+    missing = str(tmp_path / "w.pth")
+    with pytest.raises(ConfigError, match=rf"^models.net.weights: weights file '{missing}' "
+                                          rf"does not exist$"):
+        prepare(with_weights(missing), targets=["f"])
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"")
+    prepare(with_weights("IMAGENET1K_V1"), targets=["f"])
+    prepare(with_weights("random"), targets=["f"])
+    # the demo model's trained weights (an output of the workflow) are not looked for
+    prepare(with_weights("results/models/shapes_resnet18/weights.pt"), targets=["f"])
+    with pytest.raises(ConfigError, match=r"weights file 'results/models/other/weights.pt'"):
+        prepare(with_weights("results/models/other/weights.pt"), targets=["f"])
+
+
 def test_same_name_twice_with_different_contents_names_both_files(tmp_path):
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     a.write_text("methods: {ig: {method: integrated_gradients, steps: 8}}\n")

@@ -162,11 +162,30 @@ def test_each_exclusion_gives_its_reason(table, entropy, reason, monkeypatch):
 
 
 def test_tmlr_excludes_both_curves_pair_each_separately(monkeypatch):
-    # SIC passes (p 0.05 -> 0.98) but the blurred image is already classified correctly
-    # (z = 0.5 > 0): AIC fails with blur_pred, and TMLR drops the image from both.
+    # SIC passes (p 0.62 -> 0.98) but the blurred image is already classified correctly
+    # (z = 0.5 > 0): AIC fails with blur_pred, and TMLR drops the image from both. Each
+    # reason is the curve's own first failure (the study's code raises per curve): SIC's
+    # none, AIC's blur_pred.
     out = hand_case([-3.0 + 3.5, 0.0, 0.0, 0.0, 4.0], monkeypatch)
-    assert out["sic_reason"][0] == out["aic_reason"][0] == "blur_pred"
+    assert out["sic_reason"][0] == "" and out["aic_reason"][0] == "blur_pred"
     assert not out["sic_valid"][0] and not out["aic_valid"][0]
+    assert np.isnan(out["sic_auc"][0]) and np.isnan(out["aic_curve"][0]).all()
+    # the other way round: SIC fails (p_orig = 0.73 < 0.8), AIC passes (0 -> 1)
+    out2 = hand_case([-3.0, 0.0, 0.0, 0.0, 1.0], monkeypatch)
+    assert out2["sic_reason"][0] == "min_pred" and out2["aic_reason"][0] == ""
+    assert not out2["sic_valid"][0] and not out2["aic_valid"][0]
+    # the summary counts each curve's exclusions by its own reason, and those it passes but
+    # loses to the other curve apart
+    df = pd.DataFrame({k: [v[0] for v in (out[k], out2[k])] for k in
+                       ("sic_curve", "aic_curve", "sic_valid", "aic_valid", "sic_reason",
+                        "aic_reason")})
+    rows = {r["score"]: r for r in Pic.aggregate(df, n_boot=0)}
+    assert (rows["sic"]["n"], rows["sic"]["excluded"], rows["sic"]["excluded_min_pred"],
+            rows["sic"]["excluded_blur_pred"], rows["sic"]["excluded_other_curve"]) == \
+        (0, 2, 1, 0, 1)
+    assert (rows["aic"]["n"], rows["aic"]["excluded"], rows["aic"]["excluded_min_pred"],
+            rows["aic"]["excluded_blur_pred"], rows["aic"]["excluded_other_curve"]) == \
+        (0, 2, 0, 1, 1)
     # PAIR variant: the same situation excludes AIC only
     model = plain(Detail(gain=40.0, bias=-0.2))
     x = textured(2, 24)
@@ -310,6 +329,7 @@ def test_aggregate_median_and_mean_curves():
     assert (rows["aic"]["n"], rows["aic"]["excluded"]) == (2, 2)
     assert rows["sic"]["excluded_min_pred"] == 1 and rows["sic"]["excluded_blur_pred"] == 0
     assert rows["aic"]["excluded_blur_pred"] == 1 and rows["aic"]["excluded_blur_entropy"] == 0
+    assert rows["sic"]["excluded_other_curve"] == rows["aic"]["excluded_other_curve"] == 0
     for r in rows.values():
         assert r["ci_low"] <= r["mean"] <= r["ci_high"] and r["direction"] == "higher"
     # SIC bootstrap bounds: the median curve's middle value is one of 0.2, 0.6, 0.9
