@@ -56,8 +56,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_pic.py
 	$(PY) benchmarks/bench_dask.py
 
-# The wheels benchmarks/gpu_check.sh installs on a lent GPU machine (Python 3.12 there, torch
-# already installed; nothing can be fetched there): what xaipipe needs beyond that image.
+# The wheels benchmarks/gpu_check.sh installs on a GPU machine whose Python (3.12, torch
+# installed) cannot fetch packages: what xaipipe needs beyond torch, torchvision, NumPy,
+# pandas, pyarrow, SciPy, matplotlib and pytest.
 GPU_WHEELS := zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0 \
 	dask==2026.8.0 distributed==2026.8.0 partd==1.4.2 locket==1.0.0 tblib==3.2.2 \
 	zict==3.0.0 tornado==6.6.1 toolz==1.2.0 PyWavelets==1.9.0 pytorch-wavelets==1.3.0 \

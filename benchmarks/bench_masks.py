@@ -1,4 +1,4 @@
-"""Mask methods (issue 8's numbers): the transform's overhead per optimisation step, batching,
+"""Mask methods: the transform's overhead per optimisation step, batching,
 and StartGrad's speed-up on the demo model.
 
 1. **Step cost.** One optimisation step of ShearletX / WaveletX (S noisy samples pushed

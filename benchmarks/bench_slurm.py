@@ -19,7 +19,7 @@ of the local run.
 
 Default config: tests/configs/tiny.yaml (the 58-job tiny run of the workflow tests);
 tests/configs/slurm_tiny.yaml is the SLURM test's 11-job run. Starting a cluster needs root
-and Debian's slurm-wlm + munge (DEVELOPERS.md, "Local SLURM cluster"). About 6 minutes for
+and Debian's slurm-wlm + munge (docs/cluster.md, "A local SLURM cluster"). About 6 minutes for
 the tiny run on a 2-core VM (the cluster's start included); run it on an otherwise idle
 machine: the load average seen during each run is printed, since other work on the CPUs
 slows one run and not the other.

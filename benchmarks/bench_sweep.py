@@ -3,7 +3,7 @@ the cost of a step sweep against its largest count alone.
 
 For IG and Blur IG, plain and with IDGI, prints
 - images/s of the ``--steps`` run and of the fwd+bwd limit (steps x one forward+backward of
-  the same model, objective ``prob``, same points per chunk), and their ratio (the issue's goal
+  the same model, objective ``prob``, same points per chunk), and their ratio (the target
   for Blur IG: >= 0.8; the method also pays its blurs and one extra point per path);
 - the time of ``explain_sweep`` over ``--sweep`` (default 8, 16, 32, 64, 128) against the
   ``max(sweep)``-step run alone (goal: <= 1.1).

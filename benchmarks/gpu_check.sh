@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
-# One prepared device check: the CUDA cases of the tests and the GPU numbers issues 7 and 8
-# ask for, in one command that fits a lent GPU machine's time (DEVELOPERS.md, "GPU check").
+# The GPU check: the CUDA cases of the tests and the GPU benchmarks in one command
+# (CONTRIBUTING.md, "Environment"). On a machine with a CUDA GPU:
 #
-# On the device machine (python3 there holds torch; the packages it lacks travel as wheels in
-# the ignored folder .whl, made here with `make gpu-wheels`):
+#   bash benchmarks/gpu_check.sh
 #
-#   run(command="bash benchmarks/gpu_check.sh", carry=[".whl", "results/models"],
-#       timeout_s=600)
+# python3 there must hold torch; the packages it lacks are installed from wheels in the
+# ignored folder .whl (`make gpu-wheels` downloads them), or set WHEELS=none when that
+# Python has xaipipe's dependencies already. The benchmarks use the demo model trained by
+# `make demo` when results/models/ holds it (random weights otherwise).
 #
-# Here, to try the script itself on CPU (every CUDA case skips, short settings):
+# To try the script itself on CPU (every CUDA case skips, short settings):
 #
 #   PY=.venv/bin/python WHEELS=none QUICK=1 OUT=/tmp/gpu_check bash benchmarks/gpu_check.sh
 #
-# Each step has its own time limit (together 9.4 min at most, well under that on an H200), so
-# that one slow step cannot eat the others; everything printed goes to $OUT/gpu_check.log
-# (what comes back from the machine).
+# Each step has its own time limit (together 9.4 min at most), so that one slow step cannot
+# eat the others; everything printed goes to $OUT/gpu_check.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}
@@ -62,12 +62,12 @@ torch.cuda.get_device_name() if torch.cuda.is_available() else '-')"
 step 150 $PY -m pytest -q -ra -p no:cacheprovider \
     tests/unit/explain/test_contract.py tests/unit/metrics/test_metrics.py tests/unit/pipeline/test_precision.py tests/unit/pipeline/test_repro.py \
     tests/unit/explain/test_masks.py -k "cuda or tensors_of_any_kind"
-# issue 7, item 7: IG and insertion throughput against the model's own limits
+# IG and insertion throughput against the model's own limits
 step 60 $PY benchmarks/bench_ig.py --model resnet18 $IG
 step 45 $PY benchmarks/bench_ig.py --model demo $IG
 step 45 $PY benchmarks/bench_insertion.py --model resnet18 $INS
 step 45 $PY benchmarks/bench_precision.py $REP
-# issue 8: the mask step against the model (<= 1.3x) and batching (>= 4x per image)
+# the mask step against the model (target <= 1.3x) and batching (target >= 4x per image)
 step 45 $PY benchmarks/bench_transforms.py $REP
 step 90 $PY benchmarks/bench_masks.py --parts 1,2 --model resnet18 $MASK
 step 45 $PY benchmarks/bench_masks.py --parts 1 --model mobilenet_v3_small $MASK

@@ -40,7 +40,7 @@ def cnn():
 @pytest.fixture(scope="session")
 def smooth_cnn():
     """The demo ResNet-18 layout with SiLU instead of ReLU: smooth along any path, so Riemann
-    sums of IG converge fast (ReLU nets have kinks everywhere; see README for their gaps)."""
+    sums of IG converge fast (ReLU nets have kinks everywhere; see docs/methods.md for their gaps)."""
     torch.manual_seed(0)
     model = load_model("demo_resnet18", weights="random", num_classes=4, width=4)
     for mod in list(model.modules()):

@@ -6,7 +6,7 @@ before its first status check and after every check that saw a job end, and 10 s
 every check that saw none, up to 180 s. A job is therefore noticed as finished at 5, 20, 45,
 80, 125, ... s after the last noticed end: a 50 s job waits until 80 s, a 90 s one until 125 s,
 and its dependants are submitted only then. On the tiny run through a one-node cluster every
-job's end was noticed at exactly 45, 80 or 125 s, whatever the job took (DEVELOPERS.md).
+job's end was noticed at exactly 45, 80 or 125 s, whatever the job took (``docs/cluster.md``).
 
 :func:`cap_status_interval` clamps the interval the plugin sets (``next_seconds_between_status_
 checks``, a property of the executor-plugin interface's ``RemoteExecutor``) to ``seconds``.

@@ -1,4 +1,4 @@
-"""A throw-away one-node SLURM cluster for the `slurm` tests (and by hand: DEVELOPERS.md).
+"""A throw-away one-node SLURM cluster for the `slurm` tests (and by hand: docs/cluster.md).
 
 `one_node_cluster()` reuses a cluster that already answers `sinfo`; otherwise, as root, it
 starts munged (only if no munged answers on the default socket), slurmctld and slurmd on this

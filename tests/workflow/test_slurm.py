@@ -1,6 +1,6 @@
 """A tiny workflow through SLURM (`--profile profiles/slurm`) on a real one-node cluster
 (tests/helpers/slurm_cluster.py): same results as a local run of the same config, every request fits
-the node. The wall-time ratio is printed (a speed goal, not a test: README, Benchmarks).
+the node. The wall-time ratio is printed (a speed goal, not a test: docs/benchmarks.md).
 
 The run is tests/configs/slurm_tiny.yaml (every rule, 2 methods x 1 variant x 1 metric),
 not tiny.yaml's 43 jobs: each SLURM job costs 15-25 s of start-up on a 2-core CI machine,

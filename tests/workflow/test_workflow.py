@@ -105,8 +105,8 @@ IDGI = ROOT / "presets" / "idgi_tmlr.yaml"
 
 @pytest.mark.integration
 def test_idgi_preset_runs_on_a_small_model_with_one_override(run):
-    """presets/idgi_tmlr.yaml with the README's override pointed at the tiny model (the
-    README's is the demo model with 20 images): sweeps of one path per (model, variant),
+    """presets/idgi_tmlr.yaml with the documented override pointed at the tiny model (the
+    documented one is the demo model with 20 images): sweeps of one path per (model, variant),
     insertion and PIC on original only, stability on jpeg, the step tables and figure."""
     override = ["experiments={idgi_tmlr: {models: [tiny_resnet18], max_images: 3, "
                 # CI: one method of each family (IG with IDGI, Blur IG, Guided IG) and the

@@ -295,7 +295,7 @@ RESUME = ROOT / "tests" / "configs" / "resume_tiny.yaml"
 
 
 def make_resume(cwd, *args):
-    """The README's resume command, `make resume ARGS="..."`, for a run in ``cwd`` with this
+    """The documented resume command, `make resume ARGS="..."`, for a run in ``cwd`` with this
     interpreter's environment (its stamp file is not rebuilt: `-o`)."""
     venv = Path(sys.prefix)
     arg = " ".join(["-s", str(ROOT / "Snakefile"), "--directory", str(cwd), *args])

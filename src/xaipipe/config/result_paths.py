@@ -1,4 +1,4 @@
-"""Every result path, written once (`DESIGN.md`, "Result paths").
+"""Every result path, written once (the layout is listed in ``docs/results.md``).
 
 The rules use the templates with their wildcards (``Paths.saliency`` ->
 ``results/saliency/{dataset}/{model}/{method}/{variant}.zarr``); the plan formats the same

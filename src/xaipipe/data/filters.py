@@ -1,4 +1,5 @@
-"""Image selections from a model's predictions on one variant (`metrics.md` §2.3-2.4).
+"""Image selections from a model's predictions on one variant, as the TMLR study of IDGI
+(Singhi & Kumari; ``ShreeSinghi/TMLR-IDGI``: ``class_filterer.py``, ``proba_filterer.py``).
 
 - ``all``: every image
 - ``correct``: top-1 prediction equals the label (the IDGI study's "predictions set")

@@ -1,4 +1,5 @@
-"""Preprocessing of a decoded image to a model's input resolution (`metrics.md` §2.2).
+"""Preprocessing of a decoded image to a model's input resolution (torchvision's
+``ToTensor`` -> ``Resize`` -> ``CenterCrop``, as the papers' reference code).
 
 A named entry of the config's ``preprocess`` catalog; every model names one, and image stores
 are keyed by (dataset, preprocess, variant), so models with different input sizes share

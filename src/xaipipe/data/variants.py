@@ -2,9 +2,9 @@
 
 - ``original``: unchanged
 - ``jpeg``: a JPEG round trip at ``quality`` (Pillow defaults otherwise, e.g. chroma
-  subsampling), as the IDGI study's lossy set (`metrics.md` §2.5)
+  subsampling), as the IDGI study's lossy set (``ShreeSinghi/TMLR-IDGI``: ``lossy.py``)
 - ``blur``: ``PIL.ImageFilter.GaussianBlur(radius)`` (Pillow's radius is the Gaussian σ), as the
-  IDGI study's blurred PIC references (`metrics.md` §2.6); stored losslessly
+  IDGI study's blurred PIC references (``ShreeSinghi/TMLR-IDGI``: ``blur.py``); stored losslessly
 
 A variant is a function registered in :data:`VARIANTS` with its declared ``params``.
 """

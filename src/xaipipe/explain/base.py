@@ -3,7 +3,7 @@ registry (timm style: ``@register_method`` on a class in a module of one of the 
 ``xaipipe/explain/{gradients,paths,cams,masks,controls}/``; :data:`METHODS` imports them all
 the first time it is asked for a name).
 
-Conventions (`attribution-methods.md` §1): methods receive pixel images in [0, 1] and a model
+Conventions (``docs/methods.md``): methods receive pixel images in [0, 1] and a model
 whose first module is its normalisation; they return *raw* maps (no abs, no channel reduction,
 no normalisation) as float32 on the images' device: (N, C, H, W) for pixel attributions,
 (N, 1, H, W) for single-channel maps.
@@ -134,7 +134,7 @@ class Method:
         out.maps = out.maps.float()
         return out
 
-    # -- step sweeps (`attribution-methods.md` §4.2) ---------------------------------------
+    # -- step sweeps (sub-paths of one path, as the TMLR study of IDGI) ---------------------
     #: True where one path evaluation serves every step count of a nested sweep
     #: (:meth:`sweep_attribute` is overridden); otherwise a sweep runs each count on its own.
     sweepable: ClassVar[bool] = False

@@ -64,7 +64,7 @@ def blur_matrix(side: int, sigma: float, mode: str, device, dtype) -> torch.Tens
 
 
 def reduce_channels(maps: torch.Tensor, reduction: str) -> torch.Tensor:
-    """(N, C, H, W) -> (N, H, W) by a named reduction (`attribution-methods.md` §1.3):
+    """(N, C, H, W) -> (N, H, W) by a named reduction (``docs/metrics.md``):
     ``sum`` (signed), ``abs_sum``, ``abs_of_sum``, ``max`` (signed), ``max_abs``, ``mean``."""
     if reduction == "sum":
         return maps.sum(1)

@@ -1,4 +1,5 @@
-"""The explained scalar f of a model output (`attribution-methods.md` §2)."""
+"""The explained scalar f of a model output: logit, probability, log-probability, or the
+class-contrastive potential (Wang & Wang, NeurIPS 2022)."""
 from __future__ import annotations
 
 import torch

@@ -1,10 +1,10 @@
-"""Shared base of the metrics and their registry (DESIGN.md "Contracts inside the package").
+"""Shared base of the metrics and their registry (the contract: ``docs/metrics.md``).
 
 A metric is a class with declared ``params``, the inputs it ``needs`` (a subset of
 :data:`NEEDS`), the ``direction`` that is better, and a :meth:`Metric.compute` that scores a
 batch given as :class:`MetricInputs`, returning per-image columns (scalars (N,) or curves
 (N, K)). :meth:`Metric.__call__` checks the inputs, runs the model in eval mode and leaves it
-as it found it (`metrics.md` §1). :meth:`Metric.aggregate` turns a table of per-image columns
+as it found it. :meth:`Metric.aggregate` turns a table of per-image columns
 into summary rows (default: mean with a seeded percentile bootstrap interval).
 
 Each metric file also exposes a plain function (``insertion(model, images, maps, target, ...)``)

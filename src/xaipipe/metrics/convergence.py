@@ -1,4 +1,4 @@
-"""Per-iteration curves of a mask method (`metrics.md` §10.1): the histories a mask method
+"""Per-iteration curves of a mask method (Uendes et al., StartGrad): the histories a mask method
 records with ``history_every=k`` (:mod:`xaipipe.explain.masks.base`), passed through from the
 saliency store's extras to the per-image score table, so that the StartGrad report (curves,
 speed-up, Wilcoxon tests: :mod:`xaipipe.metrics.curves`, :mod:`xaipipe.report.startgrad`)

@@ -1,6 +1,6 @@
 """CoShREM edge measure (complex shearlet-based edge measure), FFT-based and batched.
 
-The Hallucination Score (`metrics.md` §9) binarises the CoShREM edge measure of Reisenhofer,
+The Hallucination Score (Kolek et al., CVPR 2023) binarises the CoShREM edge measure of Reisenhofer,
 King and Kutyniok. The reference pipeline (``skmda37/ShearletX:code/shearlet_edge_detector.py``)
 calls the PyPI package ``pycoshrem`` 0.0.2, ``coshrem.shearletsystem.EdgeSystem(rows, cols)``
 with its defaults and ``detect(img, min_contrast=3)``. That package needs NumPy < 2 (it uses

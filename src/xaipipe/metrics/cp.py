@@ -1,4 +1,4 @@
-"""CP scores, Conciseness–Preciseness (`metrics.md` §8; Kolek et al., CVPR 2023).
+"""CP scores, Conciseness–Preciseness (Kolek et al., CVPR 2023; ``skmda37/ShearletX``).
 
 CP = retained class probability / retained information,
 
@@ -15,11 +15,11 @@ smooth mask: the stored map, (N, 3, H, W) in [0, 1]) and three information measu
   channels, bands and positions (:func:`entropy`); the retained information is the plain
   ratio H(m ⊙ c)/H(c), as the reference code. ``cp_entropy_exp`` (only with
   ``entropy_exp=True``) uses exp(H(x_E))/exp(H(x̃)) instead, the "effective number of
-  coefficients" variant that §8 asks to label separately.
+  coefficients" variant, labelled separately because the paper does not use it.
 
 Sources: `skmda37/ShearletX:code/scatterplot.py` (the per-method blocks that divide x_E by its
 max, take ``softmax(model(x_E)).max`` as fidelity and compute the ℓ1 and entropy statistics;
-L183-190, L204-219, L263-281, L397-415 of the revision cited in §8) and `code/shearletx.py`
+L183-190, L204-219, L263-281, L397-415) and `code/shearletx.py`
 L219-239 (the representation statistics). No code is copied.
 
 Clean form (the default):
@@ -111,9 +111,9 @@ def _as_parts(coeffs, mask) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def retained_information(coeffs, mask, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """The representation statistics of §8 for images with coefficients ``coeffs`` and mask
-    ``mask``: one tensor (N, C, ...) or a list of parts (e.g. wavelet yl and the detail levels),
-    the mask(s) broadcasting against them (a mask shared across colour has C = 1).
+    """The representation statistics of the CP scores for images with coefficients ``coeffs``
+    and mask ``mask``: one tensor (N, C, ...) or a list of parts (e.g. wavelet yl and the detail
+    levels), the mask(s) broadcasting against them (a mask shared across colour has C = 1).
 
     Returns (N,) float64 arrays: ``retained_l1`` = Σ|m ⊙ c| / Σ|c| and ``retained_entropy`` =
     H(m ⊙ c)/H(c), both jointly over all parts, channels, bands and positions (NaN where the
@@ -156,7 +156,7 @@ def _cp(rcp: np.ndarray, retained: np.ndarray):
 
 @register_metric
 class CPScores(Metric):
-    """CP scores of mask explanations (see the module docstring; `metrics.md` §8).
+    """CP scores of mask explanations (see the module docstring; Kolek et al., CVPR 2023).
 
     Per image: ``cp_l1_pixel``, ``cp_l1``, ``cp_entropy`` (the summary scalars), their parts
     ``retained_probability``, ``retained_l1_pixel``, ``retained_l1``, ``retained_entropy``,
@@ -176,7 +176,7 @@ class CPScores(Metric):
     """
     name = "cp"
     params = {
-        "normalize": Param(True, bool, doc="divide each x_E by its max before scoring (§8; "
+        "normalize": Param(True, bool, doc="divide each x_E by its max before scoring ("
                                            "under compat not the smooth mask's, as the "
                                            "reference)"),
         "compat": Param(False, (bool, str, type(None)), COMPAT,
@@ -250,7 +250,7 @@ class CPScores(Metric):
 def cp_scores(model, images, explanations, target, *, coeffs=None, mask=None,
               normalize: bool = True, compat=False, entropy_exp: bool = False,
               batch_size: int = 64, on_nonfinite: str = "raise") -> dict[str, np.ndarray]:
-    """Per-image CP scores (`metrics.md` §8) of the explanation images ``explanations`` (x_E,
+    """Per-image CP scores (Kolek et al.) of the explanation images ``explanations`` (x_E,
     (N, 3, H, W), or (N, 1, H, W) gray) of ``images`` (x̃, (N, 3, H, W) in [0, 1]) for the
     fixed class ``target`` ((N,) or one class for all), with ``model`` any module taking such
     images and returning logits (run in eval mode, without gradients, its training flags

@@ -1,30 +1,30 @@
-"""Per-iteration curves of the mask methods and the StartGrad statistics (`metrics.md` §10).
+"""Per-iteration curves of the mask methods and the StartGrad statistics (Uendes et al., ICLR 2025).
 
 The mask methods record, with ``history_every``, per-image histories (N_img, T) such as the
-retained class probability or CP-ℓ1_t (§10.1; extras of ``xaipipe.explain.masks.base``). This module
+retained class probability or CP-ℓ1_t (extras of ``xaipipe.explain.masks``). This module
 turns them into what the StartGrad paper reports:
 
-- :func:`iqm` / :func:`step_curve`: the per-step statistic over images (§10.2): the
+- :func:`iqm` / :func:`step_curve`: the per-step statistic over images: the
   interquartile mean (values with Q25 ≤ v ≤ Q75, linear-interpolation quantiles, inclusive
   bounds, then their mean), the median, the mean, or the 1 %/99 % trimmed mean that the
   reference calls "mean";
 - :func:`step_curve_ci`: that statistic per step with paired bootstrap confidence
   intervals, for each init and for the difference of one init to the others;
 - :func:`speedup`: the convergence speed-up of one initialisation over another with a paired
-  bootstrap over images (§10.3);
-- :func:`wilcoxon_per_step`: the one-sided Wilcoxon signed-rank test at every step (§10.4);
+  bootstrap over images;
+- :func:`wilcoxon_per_step`: the one-sided Wilcoxon signed-rank test at every step;
 - :func:`histories_from_long`: a long table (``step``, ``lineKey``, ``lineVal``, the layout of
   the StartGrad CSVs) as an (N_img, T) array.
 
 Sources: `BuelentUendes/StartGrad:experiments/vision/convergence_calculations.py` (the per-step
 statistics, the bootstrap over image columns seeded by the replicate index, the reference
-step, the first step reaching it, the speed-up and its verification; §10.3 cites L242-303) and
+step, the first step reaching it, the speed-up and its verification; L242-303) and
 `experiments/vision/run_statistical_analysis.py` (Wilcoxon on the paired per-image
 differences, ``alternative='greater'``, ``correction=True``). No code is copied.
 
 Differences from the reference, on purpose: the reference's per-step statistic is itself the
-mean of 500 unseeded bootstrap means of the filtered values; that is about the plain statistic
-(§10.2), which is what :func:`step_curve` computes, so results are deterministic. The clean
+mean of 500 unseeded bootstrap means of the filtered values; that is about the plain statistic,
+which is what :func:`step_curve` computes, so results are deterministic. The clean
 speed-up is the ratio of iteration counts (t_ref + 1)/(t* + 1); ``compat=True`` gives the
 reference's t_ref/t* (infinite when t* = 0, NaN when both are 0) and its bootstrap indices.
 """
@@ -73,7 +73,7 @@ def quantile_mean(values, lower: float, upper: float, axis=0) -> np.ndarray:
 
 
 def iqm(values, axis=0) -> np.ndarray:
-    """Interquartile mean along ``axis`` (`metrics.md` §10.2): the mean of the values with
+    """Interquartile mean along ``axis``: the mean of the values with
     Q25 ≤ v ≤ Q75 (linear-interpolation quantiles, inclusive). NaN-safe (NaN values are
     dropped first). A 1-D input gives a 0-d array (use ``float()``)."""
     return quantile_mean(values, 0.25, 0.75, axis)
@@ -81,7 +81,7 @@ def iqm(values, axis=0) -> np.ndarray:
 
 def trimmed_mean(values, axis=0, lower: float = TRIM[0], upper: float = TRIM[1]) -> np.ndarray:
     """The mean of the values between the ``lower`` and ``upper`` quantiles (inclusive): the
-    statistic the StartGrad scripts call "mean" (1 %/99 % trimming, §10.2)."""
+    statistic the StartGrad scripts call "mean" (1 %/99 % trimming)."""
     return quantile_mean(values, lower, upper, axis)
 
 
@@ -108,7 +108,7 @@ def step_curve(histories, stat: str = "iqm") -> np.ndarray:
 def bootstrap_indices(n_images: int, b: int, *, seed: int = 0,
                       compat: bool = False) -> np.ndarray:
     """The image indices (n_images,) of bootstrap replicate ``b``, drawn with replacement and
-    shared by every initialisation (§10.3, paired bootstrap).
+    shared by every initialisation (paired bootstrap).
 
     Clean: ``np.random.default_rng([seed, b])``. ``compat=True``: the reference's draw,
     ``np.random.seed(b)`` then ``np.random.randint(0, n, n)`` (through a private
@@ -132,7 +132,7 @@ def paired_resample(curves: dict, b: int, *, seed: int = 0,
 
 def step_curve_ci(curves: dict, *, stat: str = "iqm", n_boot: int = 250, level: float = 0.95,
                   candidate: str | None = None, seed: int = 0, compat: bool = False) -> dict:
-    """Per-step statistic over images with paired bootstrap confidence intervals (§10.2-10.3).
+    """Per-step statistic over images with paired bootstrap confidence intervals.
 
     ``curves``: init name -> (N_img, T) histories of the same images in the same order. Each
     replicate b = 0..n_boot−1 resamples the images with the indices of
@@ -182,7 +182,7 @@ def reference_point(curve, reference_step: float = 1.0,
                     use_reference_step_max: bool = False) -> tuple[int, float]:
     """(t_ref, v_ref) of a reference curve (T,): t_ref = max(0, int(ρ·T) − 1) with ρ =
     ``reference_step`` (ρ = 1: the last step), or the first arg-max of the curve with
-    ``use_reference_step_max``; v_ref = curve[t_ref] (§10.3 step 3)."""
+    ``use_reference_step_max``; v_ref = curve[t_ref]."""
     c = np.asarray(curve, np.float64)
     if use_reference_step_max:
         if not np.isfinite(c).any():
@@ -196,8 +196,8 @@ def reference_point(curve, reference_step: float = 1.0,
 
 
 def first_reaching(curve, value: float) -> int:
-    """The first step at which ``curve`` ≥ ``value``, or T − 1 if it never does (§10.3,
-    step 4)."""
+    """The first step at which ``curve`` ≥ ``value``, or T − 1 if it never does (as
+    ``convergence_calculations.py``)."""
     c = np.asarray(curve, np.float64)
     hit = np.flatnonzero(c >= value)
     return int(hit[0]) if hit.size else len(c) - 1
@@ -228,7 +228,7 @@ def speedup(curves: dict, *, reference: str = "ones", candidate: str = "startgra
             reference_step: float = 1.0, use_reference_step_max: bool = False,
             n_boot: int = 250, stat: str = "iqm", compat: bool = False, seed: int = 0,
             every: int = 1) -> dict:
-    """Convergence speed-up of ``candidate`` over ``reference`` (`metrics.md` §10.3).
+    """Convergence speed-up of ``candidate`` over ``reference`` (StartGrad's statistic).
 
     ``curves``: init name -> (N_img, T) per-image histories of the same images in the same
     order (e.g. CP-ℓ1_t for ``ones``, ``uniform`` and ``startgrad``). For each replicate
@@ -312,7 +312,7 @@ def wilcoxon_per_step(candidate, baseline, alternative: str = "greater", *,
                       correction: bool = True, zero_method: str = "wilcox") -> np.ndarray:
     """(T,) p-values of the Wilcoxon signed-rank test at every step on the paired per-image
     differences candidate − baseline (both (N_img, T), same images in the same order), with
-    H1 "candidate − baseline > 0" by default (`metrics.md` §10.4;
+    H1 "candidate − baseline > 0" by default (as StartGrad;
     ``run_statistical_analysis.py`` uses ``alternative='greater'``, ``correction=True``).
 
     Pairs with a NaN are dropped per step. A step where every remaining difference is 0 has

@@ -1,5 +1,6 @@
-"""Deletion (`metrics.md` §3.1): replace the most important pixels by the fill, in order; a good
-map makes the target score fall fast (lower AUC is better). q = 0 is the intact image."""
+"""Deletion (Petsiuk, Das, Saenko, RISE, BMVC 2018): replace the most important pixels by the
+fill, in order; a good map makes the target score fall fast (lower AUC is better). q = 0 is
+the intact image."""
 from .base import register_metric
 from .insertion import Insertion, run_perturbation
 

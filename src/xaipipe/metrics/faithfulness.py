@@ -1,5 +1,5 @@
-"""StartGrad faithfulness: randomisation in the mask's domain (`metrics.md` §3.4; Uendes et
-al., ICLR 2025; `BuelentUendes/StartGrad:experiments/vision/main_vision.py` L594-703 and
+"""StartGrad faithfulness: randomisation in the mask's domain (Uendes et al., ICLR 2025;
+`BuelentUendes/StartGrad:experiments/vision/main_vision.py` L594-703 and
 `utils/vision/helper.py` L257-580 @318bc36, read, not copied).
 
 The units of a representation (shearlet or wavelet coefficient positions of a mask method,
@@ -15,7 +15,7 @@ AUC(d_keep) (trapezoid over p ∈ [0, 1]); higher is better (removing the top un
 keeping them alone does not). d_keep(1) = 0 and d_remove(0) = 0 always.
 
 Clean form (the default):
-- a stable descending sort over all units jointly (ties: lower flat index first, §1.2); a unit
+- a stable descending sort over all units jointly (ties: lower flat index first); a unit
   is a position shared by the colour channels (masks are shared across RGB);
 - u ~ U[μ − σ, μ + σ] with the statistics the representation's method uses (ShearletX: per
   band from the gray image, one draw for the three channels; WaveletX: per coefficient array;
@@ -36,9 +36,9 @@ Where it runs:
   (:meth:`xaipipe.explain.masks.base.MaskMethod.attribute`), as extras ``faithfulness`` and
   ``faithfulness_step`` (N, T);
 - the metric ``faithfulness`` passes those through, and scores any other map (IG, GradCAM, the
-  baselines of §11.8) in the pixel domain: channel ``max`` (the reference's reduction; its
-  min–max scaling does not change the order), bilinear upsampling of coarse maps, pixel noise
-  as above.
+  baselines of the paper's faithfulness table) in the pixel domain: channel ``max`` (the
+  reference's reduction; its min–max scaling does not change the order), bilinear upsampling of
+  coarse maps, pixel noise as above.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hallucination Score of explanation images (`metrics.md` §9; Kolek et al., CVPR 2023).
+"""Hallucination Score of explanation images (Kolek et al., CVPR 2023; ``skmda37/ShearletX``).
 
 HS measures the edges an explanation image x_E adds that the original image x̃ does not have:
 
@@ -28,13 +28,13 @@ images and explanations must have the same H×W).
 - **clean** (default): x_E is scaled so that its max equals its image's max
   (``normalize=True``, i.e. ``"image"``; an x_E without a positive value, e.g. all zeros, is
   left as it is) at its native size, before both are resized the same way; the detector sees
-  gray = mean over RGB × 255 as float64 in [0, 255]. §9 says "divided by its max"
-  (``normalize="max"``, the reference's); the two agree for an image whose max is 1, as
+  gray = mean over RGB × 255 as float64 in [0, 255]. The reference divides x_E "by its
+  max" (``normalize="max"``); the two agree for an image whose max is 1, as
   nearly every [0, 1] ImageNet image's is, but CoShREM's ``min_contrast`` is an absolute
   intensity, so for a darker image (a dim photograph, a crop without a bright pixel) dividing
   by the max brightens x_E past x̃ and finds edges x̃ does not have: HS(x̃, x̃) was 0.04-0.06
-  for an image of max 0.8 and 0.47 at max 0.5. Scaling to the image's max keeps §9's first
-  property, HS(x̃, x̃) = 0, for every image (a decision: README, "Decisions").
+  for an image of max 0.8 and 0.47 at max 0.5. Scaling to the image's max keeps the score's
+  first property, HS(x̃, x̃) = 0, for every image (a decision: ``docs/decisions.md``).
 - **compat** (``compat=True`` or ``"shearletx"``): the reference pipeline's input, in float32
   as there: (R+G+B)/3 divided by 3 again, × 255, cast to int8 by truncation, so the detector sees
   integers in [0, 85] (``min_contrast`` = 3 is absolute, so the edge maps differ from the clean
@@ -60,7 +60,7 @@ from .cp import compat_normalize
 __all__ = ["HallucinationScore", "dilate3x3", "edge_maps", "hallucination_score"]
 
 COMPAT = ("shearletx",)
-THRESHOLD = 0.1          # binarisation of the edge measure (§9)
+THRESHOLD = 0.1          # binarisation of the edge measure (the reference's)
 MIN_CONTRAST = 3.0       # CoShREM's absolute contrast cut-off of the reference script
 SIZE = 256               # side the reference scores at (ShearletX ``imagenet/data.py``)
 
@@ -164,7 +164,7 @@ def hallucination_score(images, explanations, *, compat=False, threshold: float 
                         size: int | None = SIZE, normalize: bool | str = True,
                         min_contrast: float = MIN_CONTRAST,
                         on_nonfinite: str = "raise") -> np.ndarray:
-    """Per-image Hallucination Score (`metrics.md` §9) of the explanation images
+    """Per-image Hallucination Score (Kolek et al.) of the explanation images
     ``explanations`` (x_E, (N, 3, H, W) or (N, 1, H, W)) of ``images`` (x̃, (N, 3, H, W) in
     [0, 1]): an (N,) float64 array, NaN where x̃ has no edges (see the module docstring for
     ``compat``, ``size`` and ``normalize``). No model is needed."""
@@ -196,9 +196,9 @@ class HallucinationScore(Metric):
                           "edge detection; null: native size"),
         "normalize": Param(True, (bool, str), NORMALIZE,
                            doc="scale each x_E: true = 'image' (its max becomes the image's "
-                               "max; under compat 'max'), 'max' (divided by its max, §9), "
-                               "false (as it is); under compat true leaves the smooth "
-                               "mask's as it is, as the reference"),
+                               "max; under compat 'max'), 'max' (divided by its max, the "
+                               "reference's), false (as it is); under compat true leaves "
+                               "the smooth mask's as it is, as the reference"),
         "min_contrast": Param(MIN_CONTRAST, float, min=0.0,
                               doc="CoShREM's absolute contrast cut-off (intensities 0-255)"),
         "on_nonfinite": NONFINITE_PARAM,

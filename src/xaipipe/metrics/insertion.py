@@ -1,5 +1,5 @@
-"""Insertion (`metrics.md` §3.1): reveal the most important pixels of x̃ on the fill, in order;
-a good map makes the target score rise fast (higher AUC is better)."""
+"""Insertion (Petsiuk, Das, Saenko, RISE, BMVC 2018): reveal the most important pixels of x̃ on
+the fill, in order; a good map makes the target score rise fast (higher AUC is better)."""
 from __future__ import annotations
 
 import numpy as np

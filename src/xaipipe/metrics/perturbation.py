@@ -1,4 +1,4 @@
-"""Insertion and deletion curves (`metrics.md` §3.1), shared by the two metrics.
+"""Insertion and deletion curves (Petsiuk et al., RISE, BMVC 2018), shared by the two metrics.
 
 π ranks the H·W pixels of the reduced map, most important first, with a stable descending sort
 (ties: lower flat index first). For a fraction q, n(q) = ⌊q·H·W⌋ pixels (all channels) are
@@ -61,7 +61,7 @@ COMPATS = (None, "tmlr")
 
 
 def pixel_order(scores: torch.Tensor, compat: str | None = None) -> torch.Tensor:
-    """Flat pixel indices (N, H·W), most important first (`metrics.md` §1.2).
+    """Flat pixel indices (N, H·W), most important first (ties: the lower index first).
 
     Clean: a stable descending sort of the float32 scores (ties: lower flat index first).
     ``compat="tmlr"``: the TMLR code's order, i.e. the scores rounded to float16 and

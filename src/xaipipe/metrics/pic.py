@@ -1,7 +1,7 @@
 """PIC metrics: the Softmax and Accuracy Information Curves, SIC and AIC (Kapishnikov et al.,
-XRAI; `metrics.md` §5), in the two published variants.
+XRAI, ICCV 2019), in the two published variants.
 
-Common structure (§5.1). The most salient pixels of x̃ are revealed on top of a "fully blurred"
+Common structure. The most salient pixels of x̃ are revealed on top of a "fully blurred"
 image, giving bokeh images at increasing levels. For each bokeh image b the information
 content H(b) (the byte length of a lossless encoding) and the model score p(b) are measured,
 and normalised to the blurred image and the original:
@@ -17,7 +17,7 @@ An image is excluded from a curve (its per-image columns are NaN, ``*_valid`` Fa
 ``blur_entropy``: H_blur ≥ H_orig. (PAIR's own code checks the entropy before ``blur_pred``;
 only the reported reason can differ, never whether the image is excluded.)
 
-``variant="pair"`` (§5.3, PAIR ``saliency.metrics.pic``, notebook settings):
+``variant="pair"`` (``PAIR-code/saliency``: ``saliency.metrics.pic``, notebook settings):
   images are uint8 (round(255·x)) and the model sees uint8/255. The blurred image is a linear
   interpolation (``scipy.interpolate.griddata`` semantics: Delaunay triangulation of the known
   pixels, the four corners always known, the image's mean colour outside the hull) from a
@@ -30,15 +30,15 @@ only the reported reason can differ, never whether the image is excluded.)
   The interpolation uses one triangulation per bokeh image for all three channels, with the
   same points in the same order as ``griddata``, so the images equal PAIR's bit for bit.
 
-``variant="tmlr"`` (§5.2, ``ShreeSinghi/TMLR-IDGI``): the fill is the precomputed blurred image
-(§2.6, ``fill_images``); level k reveals the ``linspace(0, H·W, 25).astype(int)[k]`` first pixels
+``variant="tmlr"`` (``ShreeSinghi/TMLR-IDGI``): the fill is the precomputed blurred image
+(``fill_images``); level k reveals the ``linspace(0, H·W, 25).astype(int)[k]`` first pixels
 of the signed channel-sum ranking (level 0 = the blurred image, the last = the original);
 H = byte length of the PNG (Pillow defaults) of ``(x·255).to(uint8)`` (truncation, as the
 study's ``ToPILImage``); only the anchor (0, 0) is added; 100 grid points. An image is kept only
 if SIC and AIC both pass (the study computes both in one ``try``): ``sic_valid == aic_valid``,
 while each ``*_reason`` is that curve's own first failure ('' where the curve itself passes and
 the image is dropped for the other curve). ``compat="tmlr"`` ranks as the study did
-(float16 maps, non-stable argsort, `metrics.md` §1.2); the default ranks float32 stably.
+(float16 maps, non-stable argsort); the default ranks float32 stably.
 
 Aggregation (:meth:`Pic.aggregate`): SIC is the trapezoid AUC of the per-point **median** curve
 over the valid images, AIC that of the **mean** curve, each with a percentile bootstrap
@@ -167,7 +167,7 @@ def failure(p_orig: float, p_blur: float, h_orig: float, h_blur: float,
 # -- the metric -------------------------------------------------------------------------------
 @register_metric
 class Pic(Metric):
-    """SIC and AIC (§5). Per image: ``sic``, ``aic`` (the image's own curve AUC, NaN where
+    """SIC and AIC. Per image: ``sic``, ``aic`` (the image's own curve AUC, NaN where
     excluded), ``sic_curve``, ``aic_curve`` (N, K) on :func:`curve_grid` (NaN rows where
     excluded), ``sic_valid``, ``aic_valid``, ``sic_excluded``, ``aic_excluded`` (bool) and
     ``sic_reason``, ``aic_reason`` (str: '', 'min_pred', 'blur_pred', 'blur_entropy').
@@ -434,7 +434,7 @@ def valid_curves(df: pd.DataFrame, score: str):
 # -- the plain function -----------------------------------------------------------------------
 def pic(model, images, maps, target, variant: str = "pair", seed: int = 0, random_mask=None,
         fill_images=None, compat=None, *, ids=None, batch_size: int = 256, **params) -> dict:
-    """Per-image SIC and AIC (§5); aggregation is :meth:`Pic.aggregate`'s job.
+    """Per-image SIC and AIC; aggregation is :meth:`Pic.aggregate`'s job.
 
     ``images``: (N, 3, H, W) in [0, 1] (the model normalises); ``maps``: raw (N, C, h, w)
     attributions; ``target``: (N,) or one class. ``variant="pair"``: ``random_mask`` (N, H, W)

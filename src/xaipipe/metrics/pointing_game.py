@@ -1,4 +1,4 @@
-"""Pointing Game (`metrics.md` §7; Zhang et al., TorchRay ``benchmark/pointing_game.py``).
+"""Pointing Game (Zhang et al., Excitation Backprop; TorchRay ``benchmark/pointing_game.py``).
 
 The point P of an image is the arg-max of its map, reduced over channels (``abs_sum`` for
 signed maps) and, when coarser than the ground-truth mask, upsampled bilinearly to the mask's
@@ -46,7 +46,7 @@ def tolerance_px(tolerance: float, size: tuple[int, int], reference_size: int | 
 
 def pointing_game(maps: torch.Tensor, masks: torch.Tensor, tolerance: float = 15,
                   reference_size: int | None = 224, reduction: str = "abs_sum") -> dict:
-    """Per-image Pointing Game (§7): ``hit`` (N,) float 1/0 (NaN where the mask is empty),
+    """Per-image Pointing Game: ``hit`` (N,) float 1/0 (NaN where the mask is empty),
     ``mask_empty`` (N,) bool, and the point ``point_y``, ``point_x`` at mask resolution.
     ``masks``: (N, H, W) bool ground-truth regions."""
     masks = torch.as_tensor(masks)

@@ -1,4 +1,5 @@
-"""JPEG-stability MSE (`metrics.md` §6, TMLR ``script_lossy.py``), clean form.
+"""JPEG-stability MSE (the TMLR study of IDGI, ``ShreeSinghi/TMLR-IDGI:script_lossy.py``), clean
+form.
 
 s is the map of an image in the reference variant (``original``) and s′ the map of the same
 method recomputed on another variant (``jpeg``), for the same target. Both are reduced with
@@ -20,7 +21,7 @@ from ..maths.imageops import REDUCTIONS, reduce_channels
 from ..params import Param
 from .base import NONFINITE_PARAM, Metric, MetricInputs, register_metric
 
-ILL_CONDITIONED = 1e-3   # flag |Σs| < ILL_CONDITIONED · Σ|s| (`metrics.md` §6)
+ILL_CONDITIONED = 1e-3   # flag |Σs| < ILL_CONDITIONED · Σ|s| (docs/metrics.md, Stability)
 
 
 def _normalised(maps: torch.Tensor, reduction: str):
@@ -36,7 +37,7 @@ def _normalised(maps: torch.Tensor, reduction: str):
 
 def stability(maps_a: torch.Tensor, maps_b: torch.Tensor, reduction: str = "sum",
               on_nonfinite: str = "raise") -> dict:
-    """Per-image JPEG-stability MSE between two sets of maps of the same images (§6).
+    """Per-image JPEG-stability MSE between two sets of maps of the same images.
 
     Returns ``mse`` (N,), ``ill_conditioned`` (N,) bool and ``mse_well_conditioned`` (the MSE,
     NaN where flagged). Maps may differ in channels but not in H×W; the score is symmetric.
@@ -69,7 +70,8 @@ class Stability(Metric):
     name = "stability"
     params = {
         "reference": Param("original", str, doc="variant whose maps are the reference s"),
-        "reduction": Param("sum", str, REDUCTIONS, doc="channel reduction (§6: signed sum)"),
+        "reduction": Param("sum", str, REDUCTIONS,
+                           doc="channel reduction (the TMLR study: signed sum)"),
         "on_nonfinite": NONFINITE_PARAM,
     }
     scalars = ("mse", "mse_well_conditioned")

@@ -1,6 +1,6 @@
 """Report builders of the mask-method papers, registered by name.
 
-ShearletX (`metrics.md` §8-9): figure ``cp_hs_scatter``, the paper's 3 CP measures × 3
+ShearletX (Kolek et al., CVPR 2023): figure ``cp_hs_scatter``, the paper's 3 CP measures × 3
 smooth-mask areas × 3 models = 27 scatter panels in one figure. Rows: model × smooth-mask run
 (registered method ``smooth_mask``, ordered by target area a, read from the saliency stores'
 parameters where available, and labelled with it); columns: CP measure (``cp_l1_pixel``,
@@ -17,7 +17,7 @@ the edge without its CP interval (the KDEs use all values). 1e-10 is added befor
 (as the reference plots). The per-method means with CIs are also in the ``summary`` table.
 The figure is 3.7 inches high per row (33.9 for the preset's 9 rows), the legend below it.
 
-StartGrad (`metrics.md` §10): figure ``convergence_curves``: rows = host method
+StartGrad (Uendes et al., ICLR 2025): figure ``convergence_curves``: rows = host method
 (``method_name``), columns = retained probability, retained ℓ1 information, CP-ℓ1, CP-pixel;
 per init (``ones``, ``uniform``, ``startgrad``) the median over images and the interquartile
 band at every recorded step (x = step, from ``history_every``). Tables ``startgrad_speedup``,
@@ -44,7 +44,7 @@ CURVES = (("retained_probability", "retained probability"),
           ("cp_l1", "CP-ℓ1"), ("cp_pixel", "CP-pixel"))
 INIT_ORDER = ("ones", "uniform", "startgrad")
 EPS = 1e-10
-CP_LIMITS = (0.1, 2000.0)   # metrics.md §8: the CP axis of the ShearletX plots
+CP_LIMITS = (0.1, 2000.0)   # the CP axis of the ShearletX plots (code/scatterplot.py)
 SMOOTH = "smooth_mask"
 
 

@@ -1,4 +1,4 @@
-"""StartGrad tables (`metrics.md` §10.3-10.4), registered by name; the convergence figure is
+"""StartGrad tables (Uendes et al., ICLR 2025), registered by name; the convergence figure is
 in :mod:`xaipipe.report.masks`. Both read the per-image histories of the ``convergence``
 metric, paired by image id across the inits of one host method (the images every init has).
 
@@ -23,10 +23,10 @@ one-sided Wilcoxon signed-rank p-value (H1: StartGrad − baseline > 0, per imag
 steps with p < 0.05.
 
 ``startgrad_faithfulness``: one row per (model, variant, method as configured): the StartGrad
-faithfulness (`metrics.md` §3.4) at each recorded iteration as mean and IQM over images
-(``mean_it_<k>``, ``iqm_it_<k>``), as §11.8 reports it. Mask methods record it with
-``faithfulness_at``; pixel maps (the IG and GradCAM baselines) have one value, repeated in
-every iteration column (they do not iterate).
+faithfulness at each recorded iteration as mean and IQM over images (``mean_it_<k>``,
+``iqm_it_<k>``), as the paper's faithfulness table reports it. Mask methods record it with
+``faithfulness_at``; pixel maps (the IG and GradCAM baselines) have one value, repeated in every
+iteration column (they do not iterate).
 
 Formats: csv (the rows), md, tex, html; every file written atomically once all are rendered.
 """
@@ -43,7 +43,7 @@ from .tables import TABLES, _write_text
 
 QUANTITIES = ("cp_l1", "cp_pixel", "retained_probability")
 REFERENCES = ("ones", "uniform")
-#: the startgrad_iqm table's rows: every history (`metrics.md` §10.1), those recorded
+#: the startgrad_iqm table's rows: every history of the mask methods, those recorded
 IQM_QUANTITIES = (*QUANTITIES, "cp_entropy", "retained_l1", "retained_entropy",
                   "retained_pixel", "clean_retained_probability", "clean_cp_l1_pixel",
                   "clean_cp_l1", "clean_cp_entropy")
@@ -250,6 +250,7 @@ def startgrad_wilcoxon(summary: pd.DataFrame, out: dict[str, str], per_image=Non
 def startgrad_faithfulness(summary: pd.DataFrame, out: dict[str, str], per_image=None) -> None:
     """StartGrad faithfulness per recorded iteration, mean and IQM over images."""
     write_frame(faithfulness_frame(read_per_image(per_image)), out,
-                "StartGrad faithfulness AUC(d_remove) − AUC(d_keep) (metrics.md §3.4) at the "
-                "masks of each recorded iteration (0: the initial mask); mean and IQM over "
-                "images. Pixel maps (IG, GradCAM) do not iterate: one value, repeated.")
+                "StartGrad faithfulness AUC(d_remove) − AUC(d_keep) (Uendes et al., ICLR "
+                "2025) at the masks of each recorded iteration (0: the initial mask); "
+                "mean and IQM over images. Pixel maps (IG, GradCAM) do not iterate: one "
+                "value, repeated.")

@@ -1,4 +1,6 @@
-"""Image representations the mask methods optimise over (`mask-methods.md` §3, §5).
+"""Image representations the mask methods optimise over: the digital shearlet transform of
+ShearletX and the wavelet transform of WaveletX/CartoonX (Kolek et al., CVPR 2023 and ECCV
+2022; ``skmda37/ShearletX``).
 
 >>> from xaipipe.transforms import ShearletTransform, WaveletTransform
 >>> T = ShearletTransform(256, 256, scales=4)     # T.decompose(x) -> (N, C, 49, H, W)

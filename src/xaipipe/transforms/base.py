@@ -1,6 +1,6 @@
 """The common interface of the image representations the mask methods optimise over
-(`mask-methods.md` §2): a linear transform T applied per colour channel, with
-``decompose`` (x -> coefficients) and ``reconstruct`` (coefficients -> x).
+(Kolek et al., CVPR 2023; ``skmda37/ShearletX``): a linear transform T applied per colour
+channel, with ``decompose`` (x -> coefficients) and ``reconstruct`` (coefficients -> x).
 
 Both work on torch tensors on the input's device and dtype, are differentiable (autograd)
 and batched over images and channels; the coefficient layout is the transform's own (one

@@ -1,13 +1,14 @@
-"""Digital shearlet transform (DST) in torch, `mask-methods.md` §3.
+"""Digital shearlet transform (DST) in torch, as ShearletX uses it (Kolek et al., CVPR 2023;
+``skmda37/ShearletX``).
 
-The shearlet system (§3.1) comes from pyShearLab-MIND, the PyPI fork of
+The shearlet system comes from pyShearLab-MIND, the PyPI fork of
 ``stefanloock/pyshearlab`` (``pyshearlab/pyShearLab2D.py``: ``SLgetShearletSystem2D`` with
 its defaults). It is built once per (rows, cols, scales, library version), cast to real
 float32 (the imaginary parts are ~1e-15) and cached as an ``.npz`` file, by default under
 ``$XAIPIPE_CACHE/shearlets/`` or else ``~/.cache/xaipipe/shearlets/``; a process also keeps
 the systems it has loaded in memory (:func:`clear_memory_cache` drops them).
 
-The transform (§3.2) follows ``skmda37/ShearletX:code/shearletx.py`` (``torchsheardec2D``,
+The transform follows ``skmda37/ShearletX:code/shearletx.py`` (``torchsheardec2D``,
 ``torchshearrec2D``) and pyShearLab's ``SLsheardec2D``/``SLshearrec2D``, in a form that
 needs no shift at run time and half the FFT work:
 
@@ -192,7 +193,7 @@ def _build_system(rows: int, cols: int, scales: int):
         raise ValueError(
             f"{LIBRARY} cannot build a shearlet system of {scales} scales at {rows}x{cols} "
             f"({type(e).__name__}: {e}); use 256x256 with 4 scales, or 3 scales at 224x224 "
-            f"(mask-methods.md §3.1)") from e
+            f"(pyShearLab's SLgetShearletSystem2D builds 4 scales from 256 px on)") from e
     shearlets = np.asarray(system["shearlets"])                 # (H, W, K) complex, centred
     imag = float(np.abs(np.imag(shearlets)).max())
     if imag > 1e-8 * float(np.abs(np.real(shearlets)).max()):
@@ -304,7 +305,7 @@ class ShearletTransform(Transform):
             raise ValueError(
                 f"ShearletTransform: {rows}x{cols} has an odd side; pyShearLab's shearlets at "
                 "odd sizes are complex (imaginary parts up to ~0.5, not ~1e-15), and this "
-                "transform keeps real filters as the reference does (mask-methods.md §3.1). "
+                "transform keeps real filters as skmda37/ShearletX does. "
                 "Use even sizes (256x256 with 4 scales, 224x224 with 3), or from_filters() "
                 "for a real bank of any size")
         version = library_version()

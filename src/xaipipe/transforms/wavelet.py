@@ -1,4 +1,4 @@
-"""The 2-D discrete wavelet transform of WaveletX and CartoonX, `mask-methods.md` §5: a thin
+"""The 2-D discrete wavelet transform of WaveletX and CartoonX (Kolek et al.): a thin
 wrapper of pytorch_wavelets' ``DWTForward(J, wave, mode)`` and ``DWTInverse(wave, mode)``,
 as ``skmda37/ShearletX:code/waveletx.py`` uses them (``DWT_DEFAULT_PARAMS``: J=5, db3,
 zero padding).

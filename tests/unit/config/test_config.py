@@ -477,10 +477,12 @@ def test_init_labels_name_startgrad_variants():
 
 
 
-def _readme_block(marker: str) -> list[list[str]]:
-    """The shell words of each command of the README's bash block that follows ``marker``."""
+def _doc_block(page: str, marker: str) -> list[list[str]]:
+    """The shell words of each command of the bash block that follows ``marker`` in the
+    documentation page ``page`` (relative to the repository root)."""
     import shlex
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / page).read_text()
+    assert marker in text, f"{page} no longer holds {marker!r}"
     block = text[text.index(marker):]
     block = block[block.index("```bash\n") + 8:]
     words = shlex.split(block[:block.index("```")].replace("\\\n", " "), comments=True)
@@ -498,16 +500,18 @@ def _overrides(words: list[str]) -> dict:
     return out
 
 
-def test_the_readmes_demo_overrides_of_the_mask_presets_plan_on_the_demo_model():
-    """The README's one documented override per mask preset (and the λ grid's), read from the
-    README itself, plan the demo model only, 8 images; the compat recipe's override on top of
-    the shearletx one plans the reference's settings."""
+def test_the_documented_demo_overrides_of_the_mask_presets_plan_on_the_demo_model():
+    """The one documented override per mask preset (and the λ grid's), read from the study
+    pages themselves, plan the demo model only, 8 images; the compat recipe's override on top
+    of the shearletx one plans the reference's settings."""
     from xaipipe.config import deep_update
     cmds = [(w[1], w[w.index("--configfile") + 1], _overrides(w))
-            for w in _readme_block("the one documented override each")
+            for page in ("docs/studies/shearletx.md", "docs/studies/startgrad.md")
+            for w in _doc_block(page, "On the offline demo")
             if w[0].endswith("snakemake")]
     assert [c[0] for c in cmds] == ["shearletx", "startgrad", "startgrad_lambda"]
-    (compat_words,) = _readme_block("The closest reproduction of the ShearletX")
+    (compat_words,) = _doc_block("docs/studies/shearletx.md",
+                                 "The closest reproduction of the ShearletX")
     compat = _overrides(compat_words)
     for target, preset, overrides in cmds:
         for extra in ([{}, compat] if target == "shearletx" else [{}]):

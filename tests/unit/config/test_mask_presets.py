@@ -1,4 +1,4 @@
-"""The ShearletX and StartGrad presets end to end on a tiny 64x64 model, with the README's
+"""The ShearletX and StartGrad presets end to end on a tiny 64x64 model, with the documented
 one override pointed at it (plus CI-sized optimisation settings)."""
 import numpy as np
 import pandas as pd

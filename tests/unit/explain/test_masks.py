@@ -793,7 +793,7 @@ def test_a_mask_gone_to_zero_has_undefined_cp_and_the_metric_keeps_it(cnn, x32):
     assert np.isnan(out["final_cp_l1"]).all()
     np.testing.assert_array_equal(np.isnan(out["cp_l1"]), zero.numpy())
     old = {k: v.clone() for k, v in ex.items()}
-    old["cp_l1"][zero] = float("inf")                   # what stores of session 18 hold
+    old["cp_l1"][zero] = float("inf")                   # what older stores hold
     np.testing.assert_array_equal(np.isnan(convergence(old)["cp_l1"]), zero.numpy())
     broken = {k: v.clone() for k, v in ex.items()}
     broken["retained_probability"][0, 3] = float("nan")

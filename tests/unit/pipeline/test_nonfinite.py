@@ -1,4 +1,4 @@
-"""Non-finite values never pass silently, and failed writes name the output (issue 7, item 5).
+"""Non-finite values never pass silently, and failed writes name the output.
 
 - ``explain`` / ``explain_sweep`` / ``run_method``: maps with NaN/Inf raise NonFiniteError
   naming the batch positions (and image ids); ``on_nonfinite="record"`` keeps them, flagged in

@@ -1,7 +1,7 @@
 """Mixed precision, an opt-in (`precision: bfloat16 | float16`, torch.autocast): the model runs
 in the lower dtype, maps and scores stay float32 and close to the float32 ones; float32 leaves
 the arithmetic alone. The sizes of the differences are reported by benchmarks/bench_precision.py
-(README, Benchmarks)."""
+(docs/benchmarks.md)."""
 import numpy as np
 import pytest
 import torch

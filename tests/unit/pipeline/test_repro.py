@@ -46,8 +46,8 @@ def test_reproducible_mode_is_bit_identical_across_allocations_and_within_tolera
     assert one == every                       # 1 CPU or all: the same bits
     within(every, REFERENCE, repro.TOLERANCE)
     # the mode's promise: the same bits on every x86 CPU. Seen on the recording VM (ATen's AVX2
-    # kernels in default mode) and on an AMD EPYC with AVX-512 (session 17, where default mode
-    # is 3e-5 relative off the recording)
+    # kernels in default mode) and on an AMD EPYC with AVX-512 (where default mode is 3e-5
+    # relative off the recording)
     if platform.machine() in ("x86_64", "AMD64"):
         assert every == REFERENCE, ("reproducible mode does not give the recorded bits on this "
                                     f"CPU ({platform.processor() or platform.machine()})")

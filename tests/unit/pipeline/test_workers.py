@@ -86,7 +86,7 @@ def _torch_state():
 
 
 def test_external_workers_use_one_torch_thread(scored, tmp_path):
-    """README: a worker process uses one torch thread, also the workers of a scheduler the
+    """docs/cluster.md: a worker process uses one torch thread, also the workers of a scheduler the
     user started (their own environment said 2 here)."""
     own = {"OMP_NUM_THREADS": 2, "MKL_NUM_THREADS": 2}
     with external_cluster(own) as (address, client):

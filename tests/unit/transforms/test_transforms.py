@@ -322,7 +322,7 @@ def test_wavelet_round_trip(dwt):
     x = images(2, 3, seed=7)
     r = dwt.reconstruct(dwt.decompose(x))
     assert r.shape == x.shape and r.dtype == torch.float32
-    # the round-trip bound (1e-5); float32 kernels differ by CPU (1.07e-6 on an AVX-512
+    # the round-trip bound (1e-5); float32 kernels differ by CPU (1.07e-6 on an AVX-512
     # EPYC, under 1e-6 elsewhere), float64 shows the transform itself is exact
     assert (r - x).abs().max() <= 1e-5 * x.abs().max()
     x64 = x.double()

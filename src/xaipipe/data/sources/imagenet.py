@@ -1,5 +1,6 @@
 """The ``imagenet`` data set kind: an ILSVRC2012 validation folder and its labels
-(`metrics.md` §2.1, §2.8).
+(ILSVRC2012; the label formats of the TMLR study ``ShreeSinghi/TMLR-IDGI``, the devkit and
+Kaggle's localisation challenge).
 
 Images: ``root/<split folder>/`` either flat (``val/ILSVRC2012_val_00000001.JPEG``) or one
 sub-folder per class (``val/<wnid>/*.JPEG``); ``layout: auto`` takes flat when image files lie

@@ -1,4 +1,4 @@
-"""Grad-CAM (Selvaraju et al. 2017), `attribution-methods.md` §3.5.
+"""Grad-CAM (Selvaraju et al., ICCV 2017).
 
 A = activation of the target layer, G = ∂f/∂A, α_k = mean_{u,v} G_k,
 CAM = ReLU(Σ_k α_k A_k), bilinearly upsampled to the input size (align_corners=False).

@@ -1,5 +1,5 @@
-"""Random control map (`attribution-methods.md` §3.1): φ ~ U[0, 1) i.i.d. per element, drawn
-per image. The floor every method should beat.
+"""Random control map (as ``ypeiyu/attribution_recalibration``'s random baseline):
+φ ~ U[0, 1) i.i.d. per element, drawn per image. The floor every method should beat.
 
 ``seed_by="content"`` (default) seeds each draw from (seed, image id, hash of the image's
 pixels): the same image always gets the same map, whatever its batch, but a variant of it (its

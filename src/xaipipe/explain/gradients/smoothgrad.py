@@ -1,4 +1,4 @@
-"""SmoothGrad (Smilkov et al. 2017), `attribution-methods.md` §3.4.
+"""SmoothGrad (Smilkov, Thorat, Kim, Viégas, Wattenberg 2017).
 
 φ = (1/N) Σ_n ∇f(x̃ + ε_n), ε_n ~ N(0, (s·(max x̃ − min x̃))² I) with the range taken per image;
 ``squared=True`` averages ∇f^2 (SmoothGrad-squared). Noisy inputs are not clipped. Each noise

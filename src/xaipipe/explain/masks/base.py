@@ -1,6 +1,7 @@
 """The mask-optimisation framework shared by ShearletX, WaveletX, CartoonX and the pixel mask
-(`mask-methods.md` §2), with the three initialisations (§9: ``ones``, ``uniform``,
-``startgrad``) and the per-iteration histories (`metrics.md` §10.1).
+(Kolek et al., CVPR 2023; ``skmda37/ShearletX``), with the three initialisations (``ones``,
+``uniform``, ``startgrad``) and the per-iteration histories of StartGrad (Uendes et al.,
+ICLR 2025; ``BuelentUendes/StartGrad``).
 
 A host method describes its representation as a list of *parts* (ShearletX: one part, the
 (N, C, K, H, W) shearlet coefficients; WaveletX: yl and the J detail levels; the pixel mask:
@@ -160,7 +161,7 @@ def init_label(params: dict | ParamSet, declared: dict) -> str:
 
 @torch.no_grad()
 def clean_cp(model, images, x_e, target, logp_clean, l1, ent, chunk: int | None = None) -> dict:
-    """The CP scores of ``metrics.md`` §8 (clean form) for the current explanation x_E of a
+    """The CP scores of Kolek et al. (clean form) for the current explanation x_E of a
     mask method, as the ``cp`` metric computes them on the final one: RCP = p_c(x_E/max x_E) /
     p_c(x̃) for the fixed class c = ``target`` (``logp_clean``: log p_c(x̃), :func:`log_prob`),
     over the retained pixel ℓ1 of x_E/max (``clean_cp_l1_pixel``), the representation's
@@ -215,7 +216,7 @@ class MaskMethod(Method):
     #: parameters left out of the seeds while at their default: options added after a
     #: method's first release, so that its runs without them draw what they drew before
     SEED_OMIT_DEFAULT: tuple[str, ...] = ()
-    #: noisy copies of the smoothgrad ablation when ``startgrad_samples`` is None (§9.1)
+    #: noisy copies of the smoothgrad ablation when ``startgrad_samples`` is None (StartGrad paper)
     smoothgrad_samples = 10
 
     @classmethod
@@ -586,7 +587,7 @@ class MaskMethod(Method):
         return self.startgrad_masks(state, target, image_ids)
 
     def startgrad_masks(self, state: State, target, image_ids=None) -> list[torch.Tensor]:
-        """§9.1: z = T(x̃) as a leaf, x′ = T⁻¹(z), a = |∂s/∂z|, max over colour, QTF per
+        """StartGrad: z = T(x̃) as a leaf, x′ = T⁻¹(z), a = |∂s/∂z|, max over colour, QTF per
         block. The gradient runs through the inverse transform (no clipping). The ablations
         (``startgrad_ablation``, ``startgrad_transform``) change one step each; their draws
         are seeded per image id."""
@@ -654,7 +655,7 @@ class MaskMethod(Method):
         return None
 
     def _coefficient_gradients(self, state: State, target) -> list[torch.Tensor]:
-        """∂s/∂z per part for z = T(x̃) as a leaf, through x′ = T⁻¹(z) (§9.1 steps 2-3)."""
+        """∂s/∂z per part for z = T(x̃) as a leaf, through x′ = T⁻¹(z) (StartGrad)."""
         z = [c.detach().clone().requires_grad_(True) for c in state.coeffs]
         with torch.enable_grad():
             chunk = self.chunk_size(state.images.shape[1:], state.images.device)
@@ -689,7 +690,7 @@ class MaskMethod(Method):
             p.startgrad_ablation in ("noisy", "smoothgrad") or p.startgrad_transform == "log")
 
     def _smoothgrad_gradients(self, state: State, target, ids: list[int]) -> list[torch.Tensor]:
-        """The smoothgrad ablation (§9.1): |∂s/∂z| averaged over S copies x̃ + ε of each image
+        """StartGrad's smoothgrad ablation: |∂s/∂z| averaged over S copies x̃ + ε of each image
         (the absolute value of each copy's gradient, as the StartGrad repository averages it),
         ε ~ N(0, σ²) per pixel with σ = 0.15·(max − min) of that image, z = T(x̃ + ε); each
         image's draws seeded by its id and the copy's index (so copies do not depend on the
@@ -810,7 +811,7 @@ def normalize_gradients(params: list[torch.Tensor]) -> None:
 
 def gray(images: torch.Tensor, kind: str = "mean") -> torch.Tensor:
     """``mean``: (R+G+B)/3, as the ShearletX repository; ``luminance``: 0.299R + 0.587G +
-    0.114B, as the StartGrad repository (`mask-methods.md` §1). (N, 1, H, W)."""
+    0.114B, as the StartGrad repository (``BuelentUendes/StartGrad``). (N, 1, H, W)."""
     if kind == "luminance":
         w = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype, device=images.device)
         return (images * w.view(1, 3, 1, 1)).sum(1, keepdim=True)

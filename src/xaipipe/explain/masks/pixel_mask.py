@@ -1,13 +1,13 @@
-"""Pixel mask, the unregularised baseline of the ShearletX paper (`mask-methods.md` §7,
-`skmda37/ShearletX:code/pixelmask.py`): one mask value per pixel, shared across RGB.
+"""Pixel mask, the unregularised baseline of the ShearletX paper (Kolek et al., CVPR 2023;
+``skmda37/ShearletX:code/pixelmask.py``): one mask value per pixel, shared across RGB.
 
 Noise U[μ − σ, μ + σ] with μ, σ scalars over the whole image, drawn independently per
 colour channel; x̃_s = clip(m ⊙ x̃ + (1 − m) ⊙ u_s); loss D + λ_1·mean|m| +
 λ_TV·(Σ(Δ_h m)² + Σ(Δ_w m)²)/N_mask; explanation x_E = m ⊙ x̃. The framework (Adam, clamp,
 StartGrad, histories) is :mod:`xaipipe.explain.masks.base`.
 
-``compat="startgrad"``: the StartGrad repository's PixelRDE (`mask-methods.md` §9.2,
-``BuelentUendes/StartGrad:src/vision/pixel_RDE.py``): x̃_s = m ⊙ x̃ + (1 − m) ⊙ u_s is **not
+``compat="startgrad"``: the StartGrad repository's PixelRDE
+(``BuelentUendes/StartGrad:src/vision/pixel_RDE.py``): x̃_s = m ⊙ x̃ + (1 − m) ⊙ u_s is **not
 clipped**, the explanation is the luminance gray image 0.299R + 0.587G + 0.114B of m ⊙ x̃
 (given to the model and stored as R = G = B, 3 channels as every map), and StartGrad's QTF is
 scikit-learn's with n_quantiles = H·W and no subsample (the clean QTF up to float rounding,
@@ -47,7 +47,7 @@ class PixelMask(MaskMethod):
     }
     LOSS_TERMS = ("distortion", "sparsity", "tv")
     SEED_OMIT_DEFAULT = ("compat",)
-    smoothgrad_samples = 250              # §9.1: the smoothgrad ablation's pixel-mask copies
+    smoothgrad_samples = 250              # StartGrad: the smoothgrad ablation's pixel-mask copies
 
     def prepare(self, images):
         flat = images.flatten(1)

@@ -1,4 +1,4 @@
-"""ShearletX (Kolek et al., CVPR 2023), `mask-methods.md` §4, `skmda37/ShearletX:code/shearletx.py`.
+"""ShearletX (Kolek et al., CVPR 2023), ``skmda37/ShearletX:code/shearletx.py``.
 
 A mask on the digital shearlet coefficients (49 bands at 256×256 with 4 scales), one value per
 (band, position), shared across RGB. Noise per band from the gray image's coefficients
@@ -11,9 +11,10 @@ DSH⁻¹(clip(m ⊙ c + (1 − m) ⊙ u_s)) (the reference clips the coefficient
 paper experiment's (λ_1 = 1, λ_2 = 2, lr 0.1, 300 steps, S = 16, uniform noise, ones); the
 number of scales follows the image size (:func:`auto_scales`) unless given.
 
-``compat="startgrad"``: the StartGrad repository's ShearletX (`mask-methods.md` §9.2): the
-luminance gray image for the noise statistics and the spatial term, coefficient clipping,
-the mask gradient divided by its L2 norm before each Adam step, and the ``ones``/``uniform``
+``compat="startgrad"``: the StartGrad repository's ShearletX
+(``BuelentUendes/StartGrad:src/vision/shearletX.py``): the luminance gray image for the noise
+statistics and the spatial term, coefficient clipping, the mask gradient divided by its L2
+norm before each Adam step, and the ``ones``/``uniform``
 masks of shape (1, H, W) broadcast over the bands while StartGrad's is (K, H, W) (the
 discrepancy that confounds the repository's ShearletX speed-ups; clean: (K, H, W) for all).
 ``lp_p`` is its ``lp`` sparsity (p unpublished). StartGrad's QTF is then scikit-learn's
@@ -26,7 +27,7 @@ from .base import COMMON_PARAMS, MaskMethod, State, gray, sparsity
 
 def auto_scales(h: int, w: int) -> int:
     """Scales when none are given: 4 (49 bands) from 256 px on, the paper's setting; 3 from
-    128 px (pyShearLab builds no 4-scale system at 224: `mask-methods.md` §3.1, the StartGrad
+    128 px (pyShearLab builds no 4-scale system at 224; the StartGrad
     repository's choice for 224-px ViTs); 2 from 64 px (the demo images); else 1."""
     s = min(h, w)
     return 4 if s >= 256 else 3 if s >= 128 else 2 if s >= 64 else 1

@@ -1,6 +1,6 @@
-"""Smooth mask: extremal perturbations (Fong, Patrick, Vedaldi, ICCV 2019), `mask-methods.md` §8.
+"""Smooth mask: extremal perturbations (Fong, Patrick, Vedaldi, ICCV 2019).
 
-Written here from the formulas of the spec and of TorchRay's documentation
+Written here from the paper's formulas and TorchRay's documentation
 (``facebookresearch/TorchRay:torchray/attribution/extremal_perturbation.py``: ``Perturbation``,
 ``MaskGenerator``, ``contrastive_reward``, ``extremal_perturbation``; the blur is
 ``torchray/utils.py:imsmooth``); TorchRay is not imported. With its defaults the method is
@@ -53,7 +53,7 @@ Extras (leading dim N), named as in the shared mask framework (:mod:`xaipipe.exp
 channels and positions, and its two entropies ``final_entropy_explanation`` H(x_E) and
 ``final_entropy_image`` H(x̃) (CP's ``entropy_exp``); ``area`` the mean of the returned (cropped, H×W) mask; ``area_full`` the
 mean of the full mask with its margin, the quantity the area constraint acts on; ``mask`` (N, 1,
-H, W) with ``return_mask=True`` or ``steps=0``. With ``history_every=k`` (`metrics.md` §10.1),
+H, W) with ``return_mask=True`` or ``steps=0``. With ``history_every=k`` (as StartGrad),
 entries at iterations t = 0, k, 2k, … < ``steps`` (T = ⌈steps/k⌉; entry 0 is the initial mask,
 before any update), each from the forward pass of that iteration (so on even t the jittered,
 flipped image): ``retained_probability`` p_c(perturbed)/p_c(x̃), ``retained_l1`` Σ|m ⊙ x̃|/Σ|x̃|
@@ -68,7 +68,7 @@ area_penalty).
 Initialisation (``init``): ``ones`` (TorchRay); ``uniform`` U(0,1) per parameter, drawn per
 image from ``generator(*seed_parts(image_id, "init"))`` (the seed leaves out the parameters that
 do not shape the optimisation: ``steps``, ``history_every``, ``return_mask``, ``compat``);
-``startgrad`` (`mask-methods.md` §9.1): a = |∂s/∂x̃| of the StartGrad score s
+``startgrad`` (Uendes et al., ICLR 2025): a = |∂s/∂x̃| of the StartGrad score s
 (``startgrad_score``: prob, nll, logit; the gradient is taken of
 :func:`~xaipipe.explain.masks.startgrad.ranking_score`, one score for prob and nll, whose gradients
 differ by the factor p_c > 0 only, so their masks are identical) at the clean image, max over
@@ -83,7 +83,7 @@ Notes:
   fixed at 20 there). TorchRay's own ``smooth`` argument, a Gaussian smoothing of the returned
   mask, is 0 by default and in every call of the sources; it is not offered here.
 - TorchRay's ``contrastive_reward`` broadcasts (K,) − (K, 1) to K×K when one call holds K > 1
-  areas; §8 makes one call per area, which is what this method computes.
+  areas; the ShearletX code makes one call per area, which is what this method computes.
 - Matching TorchRay: with the same model and input the pieces agree bitwise and whole runs to
   ~1e-6 (800 steps at 64 px: 3e-7). Late in a run λ_t has grown ×16; where that makes SGD
   unstable (tiny images: the 5×5 grid of a 32 px image) rounding differences of 1e-7, such as
@@ -163,7 +163,7 @@ def perturb(pyramid: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 # -- mask generator ----------------------------------------------------------------------------
 class SmoothMaskGenerator:
-    """Smooth-max mask generator (TorchRay ``MaskGenerator``, softmax pooling, §8).
+    """Smooth-max mask generator (TorchRay ``MaskGenerator``, softmax pooling; Fong et al.).
 
     Geometry for an H×W image, step s, sigma σ (margin = σ):
     ``shape_in`` = (⌈H/s⌉, ⌈W/s⌉) parameters; padding p = 1 + ⌈2σ/s⌉; radius r = 1 + ⌈σ/s⌉;

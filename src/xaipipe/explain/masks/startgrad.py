@@ -1,5 +1,5 @@
-"""StartGrad initialisation (Uendes et al., ICLR 2025), `mask-methods.md` §9.1: the shared
-pieces every mask method uses for ``init="startgrad"``.
+"""StartGrad initialisation (Uendes, Yu, Hoogendoorn, ICLR 2025; ``BuelentUendes/StartGrad``):
+the shared pieces every mask method uses for ``init="startgrad"``.
 
 - :func:`quantile_transform`: the clean QTF, the exact tie-averaged empirical CDF per block,
   m₀(i) = (R̄_i − 1)/(n − 1) with R̄_i the average 1-based rank (ties share the mean rank).
@@ -26,9 +26,9 @@ import torch
 from ...maths.objectives import objective
 
 SCORES = ("prob", "nll", "logit")
-#: what maps |gradient| to the initial mask per block (§9.1 step 5 and its ablations)
+#: what maps |gradient| to the initial mask per block (the paper's QTF and its ablations)
 TRANSFORMS = ("qtf", "minmax", "sqrt", "log")
-#: the gradient ablations of §9.1 (`create_visuals_bootstrapped.py` L370-530)
+#: the paper's gradient ablations (its ``create_visuals_bootstrapped.py`` L370-530)
 ABLATIONS = ("none", "adversarial", "shuffle", "noisy", "grad_x_input", "smoothgrad")
 #: the SmoothGrad ablation's noise: N(0, σ²) per pixel with σ = this × (max − min) of the image
 SMOOTHGRAD_SPREAD = 0.15
@@ -58,8 +58,8 @@ def sampled_quantile_transform(a: torch.Tensor, block_dims: int, n_quantiles: in
                                subsample: int | None = None, seeds=None) -> torch.Tensor:
     """scikit-learn's ``QuantileTransformer(output_distribution="uniform", n_quantiles=...,
     subsample=...).fit_transform`` of every block (the last ``block_dims`` dims of ``a``,
-    flattened to one column), in float64 (`mask-methods.md` §9.1 step 5, compat
-    ``startgrad``). Per block of n values: q = the linear percentiles at
+    flattened to one column), in float64 (the StartGrad repository's quantile transform,
+    compat ``startgrad``). Per block of n values: q = the linear percentiles at
     r = linspace(0, 1, min(n_quantiles, n)) of the block, or of ``subsample`` of its values
     drawn without replacement (``RandomState(seed).shuffle`` of the indices, as
     ``sklearn.utils.resample``) when subsample < n; then

@@ -1,4 +1,4 @@
-"""WaveletX (Kolek et al., CVPR 2023), `mask-methods.md` §5, `skmda37/ShearletX:code/waveletx.py`.
+"""WaveletX (Kolek et al., CVPR 2023), ``skmda37/ShearletX:code/waveletx.py``.
 
 A mask on the DWT coefficients (J = 5, db3, zero padding: yl and 3 orientations per level),
 shared across RGB. Noise U[μ − σ, μ + σ] with one (μ, σ) over all entries of yl and one per
@@ -10,8 +10,8 @@ Loss (no distortion weight in the reference; ``lambda_d`` stays 1)
 
 Defaults: the paper experiment (λ_1 = 2, λ_2 = 10, λ_3 = 0, lr 0.1, 300 steps, S = 16).
 
-``compat="startgrad"``: the StartGrad repository's WaveletX (`mask-methods.md` §9.2,
-``BuelentUendes/StartGrad:src/vision/waveletX.py``): the spatial terms read the **RGB**
+``compat="startgrad"``: the StartGrad repository's WaveletX
+(``BuelentUendes/StartGrad:src/vision/waveletX.py``): the spatial terms read the **RGB**
 reconstruction clip(IDWT(m ⊙ y)) (its ``compression="pixel"``) instead of the gray one, and
 StartGrad's QTF is scikit-learn's with n_quantiles = subsample = min(10⁴, n) per block, the
 subsample seeded per (image id, part, block) (the reference drew it from NumPy's global
@@ -95,8 +95,9 @@ class WaveletX(_Wavelet):
 
 @register_method
 class CartoonX(_Wavelet):
-    """CartoonX (Kolek et al., ECCV 2022; `mask-methods.md` §6): WaveletX without the spatial
-    terms. Its own default λ_1 is not published; we keep WaveletX's λ_1 = 2 (assumed)."""
+    """CartoonX (Kolek et al., ECCV 2022; ``skmda37/ShearletX:code/cartoonx.py``): WaveletX
+    without the spatial terms. Its own default λ_1 is not published; we keep WaveletX's
+    λ_1 = 2 (assumed)."""
     name = "cartoonx"
     params = {
         **COMMON_PARAMS, **_DWT,

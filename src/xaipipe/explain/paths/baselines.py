@@ -1,4 +1,4 @@
-"""Named baselines, all in pixel space (`attribution-methods.md` §1.1)."""
+"""Named baselines, all in pixel space (the model's normalisation is its first module)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -22,7 +22,8 @@ def make_baseline(kind, images: torch.Tensor, model: nn.Module | None = None, *,
     - ``uniform``: U[0, 1] per pixel, drawn per image from ``seed_parts(image_id)``
     - ``image_noise``: μ̂ + σ̂·U[0, 1) per pixel, μ̂ and σ̂ the scalar mean and unbiased std
       of the image, drawn like ``uniform`` (the StartGrad faithfulness IG baseline,
-      `attribution-methods.md` §5; uniform on [μ̂, μ̂ + σ̂), not centred on μ̂)
+      ``BuelentUendes/StartGrad:src/vision/saliency_methods.py``; uniform on [μ̂, μ̂ + σ̂), not
+      centred on μ̂)
     - ``blurred``: Gaussian blur of the image with σ = ``blur_sigma`` pixels (reflect padding)
     - a tensor broadcastable to ``images`` is used as given
     """

@@ -1,5 +1,5 @@
-"""Blur IG (Xu, Venugopalan, Sundararajan, CVPR 2020), `attribution-methods.md` §10, with IDGI
-(§11) and step sweeps from one path (§4.2).
+"""Blur IG (Xu, Venugopalan, Sundararajan, CVPR 2020; ``PAIR-code/saliency``), with IDGI (Yang,
+Wang, Bilgic, CVPR 2023) and step sweeps from one path (as ``ShreeSinghi/TMLR-IDGI``).
 
 The path runs from the fully blurred image G_{σ_max} * x̃ (the baseline end) to x̃ through
 Gaussian blurs on the grid σ_i = i·σ_max/m (√ of it with ``sqrt``):

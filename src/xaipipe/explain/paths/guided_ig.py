@@ -1,5 +1,5 @@
-"""Guided Integrated Gradients (Kapishnikov et al., CVPR 2021), `attribution-methods.md` §9,
-with IDGI (§11). The algorithm follows the prose of PAIR's ``saliency/core/guided_ig.py``.
+"""Guided Integrated Gradients (Kapishnikov et al., CVPR 2021), with IDGI (Yang, Wang, Bilgic,
+CVPR 2023). The algorithm follows the prose of PAIR's ``saliency/core/guided_ig.py``.
 
 Guided IG walks from the baseline x̃′ to x̃ in S steps. At each step it takes the gradient g
 once at the current point x_c, then moves the features with the smallest |g| (the

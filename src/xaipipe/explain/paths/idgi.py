@@ -1,4 +1,4 @@
-"""IDGI (Yang, Wang, Bilgic, CVPR 2023), `attribution-methods.md` §11.
+"""IDGI (Yang, Wang, Bilgic, CVPR 2023; ``yangruo1226/IDGI``).
 
 On a path p_0 (baseline) … p_m (input) with outputs f_j and, for each segment j, a gradient g_j
 taken at one end of it (by default the baseline side, p_j, as ``yangruo1226/IDGI:idgi.py``),

@@ -1,5 +1,6 @@
-"""Integrated Gradients (Sundararajan et al. 2017), `attribution-methods.md` §4–§5, with IDGI
-(§11) and step sweeps from one path (§4.2).
+"""Integrated Gradients (Sundararajan, Taly, Yan, ICML 2017), with IDGI (Yang, Wang, Bilgic,
+CVPR 2023; ``yangruo1226/IDGI``) and step sweeps from one path (as the TMLR study,
+``ShreeSinghi/TMLR-IDGI``).
 
 φ = (x̃ − x̃′) ⊙ Σ_j w_j ∇f(x̃′ + α_j (x̃ − x̃′)) with a Riemann rule over ``steps`` segments.
 With ``idgi=True`` the map is IDGI over the m segments α = j/m (whatever ``rule`` says), the

@@ -1,4 +1,4 @@
-"""Path-integral machinery shared by the IG family (`attribution-methods.md` §4).
+"""Path-integral machinery shared by the IG family (Sundararajan, Taly, Yan, ICML 2017).
 
 A straight path from baseline x' to input x is sampled at coefficients α_j with quadrature
 weights w_j (the Riemann rule, :func:`riemann`); the path gradient is
@@ -47,7 +47,7 @@ def riemann(rule: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     raise ValueError(f"unknown rule {rule!r}; allowed: {', '.join(RULES)}")
 
 
-# -- one path evaluation, several step counts (`attribution-methods.md` §4.2, §11) -------------
+# -- one path evaluation, several step counts (the TMLR study's sweeps, ShreeSinghi/TMLR-IDGI) --
 
 class Grid:
     """One sub-path of an evaluated path: its point indices ``idx`` (baseline → input order,
