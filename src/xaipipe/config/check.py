@@ -280,7 +280,7 @@ def check_weights(config: dict, name: str) -> None:
     torchvision's enum weights are in the local cache (:func:`~xaipipe.models.zoo.
     resolve_weights`, whose error names every place searched). Weights the workflow makes
     (``train:``, or the path of another model's trained weights) are not checked."""
-    from .paths import Paths
+    from .result_paths import Paths
 
     m = config["models"][name]
     where = f"models.{name}.weights"

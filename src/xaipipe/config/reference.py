@@ -25,7 +25,6 @@ COMMAND = "python -m xaipipe.config.reference --write docs/configuration.md"
 def _sources() -> dict[str, tuple[str, dict[str, dict]]]:
     """Every declaration the page lists: config section -> (title, {entry: {name: Param}}).
     The one place that knows where the registries and parameter sets live."""
-    from .. import metrics as _metrics  # noqa: F401 -- importing the package registers them
     from ..data.datasets import DATASETS
     from ..data.filters import FILTERS
     from ..data.preprocess import PREPROCESS_PARAMS
