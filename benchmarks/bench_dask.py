@@ -35,7 +35,7 @@ from benchcommon import (DEMO_WEIGHTS, add_allocator, header, ratio, speed, time
 from xaipipe.jobs import ModelSpec, ScoreJob
 from xaipipe.data.datasets import build_image_store
 from xaipipe.data.predictions import predict
-from xaipipe.data.store import open_images
+from xaipipe.data.image_store import open_images
 from xaipipe.explain import explain
 from xaipipe.models import load_model
 from xaipipe.store import write_saliency

@@ -11,7 +11,7 @@ and StartGrad's speed-up on the demo model.
 3. **StartGrad speed-up** on the demo model (trained weights when ``make demo`` made them):
    per method, the ``ones`` and ``startgrad`` inits' histories (retained probability and
    CP-ℓ1, every step) on the same images, and the first step at which StartGrad's per-step
-   IQM reaches the ones run's final IQM (:func:`xaipipe.metrics.curves.speedup`, no bootstrap
+   IQM reaches the ones run's final IQM (:func:`xaipipe.metrics.statistics.speedup`, no bootstrap
    here); speed-up (t_ref + 1)/(t* + 1).
 
     .venv/bin/python benchmarks/bench_masks.py [--model resnet18|vgg19|mobilenet_v3_small
@@ -28,7 +28,7 @@ import torch
 from benchcommon import (TORCHVISION, add_allocator, bench_model, header,
                          ratio, timed, use_allocator)
 from xaipipe.explain import get_method, run_method
-from xaipipe.metrics.curves import speedup
+from xaipipe.metrics.statistics import speedup
 from xaipipe.utils import resolve_device
 
 
@@ -93,7 +93,7 @@ def startgrad_speedup(device, steps, n_images, samples):
     model, size, source = bench_model("demo", device)
     g = torch.Generator().manual_seed(2)
     try:
-        from xaipipe.data.store import open_images
+        from xaipipe.data.image_store import open_images
         import numpy as np
         imgs = open_images("results/data/shapes/native/original.zarr", "val")
         x = imgs.tensor(np.arange(n_images), device)

@@ -48,7 +48,7 @@ def store_bytes(path: Path) -> int:
 def bench_images(kind, n, size, device):
     """(images, where they come from)."""
     if kind == "shapes" and DEMO_IMAGES.exists() and DEMO_WEIGHTS.exists():
-        from xaipipe.data.store import open_images
+        from xaipipe.data.image_store import open_images
         images = open_images(DEMO_IMAGES, "val")
         n = min(n, len(images))
         return images.tensor(np.arange(n), device), f"first {n} val images of {DEMO_IMAGES}"

@@ -17,7 +17,7 @@ from helpers.workflow import (SNAKEMAKE, TINY, dry_run_jobs, imagenet_stand_in, 
                               snakemake, workdir)
 from xaipipe.config import ROOT
 from xaipipe.config import Plan, load_config
-from xaipipe.data.store import open_images
+from xaipipe.data.image_store import open_images
 from xaipipe.models.zoo import is_weights_path
 from xaipipe.store import open_saliency
 

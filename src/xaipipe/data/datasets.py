@@ -30,7 +30,7 @@ from ..errors import ConfigError, DataError
 from .preprocess import check_preprocess, preprocess
 from .sources.base import DATASETS, Source, UnreadableImage, read_image, to_rgb
 from .sources.shapes import SPLITS
-from .store import ImageStoreWriter
+from .image_store import ImageStoreWriter
 from .variants import apply_variant
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .store import ImageSet
+from .image_store import ImageSet
 
 PREDICTION_COLUMNS = ["image_id", "label", "pred", "prob_label", "prob_pred", "logit_label",
                       "top5"]

@@ -24,7 +24,7 @@ from ..errors import ON_NONFINITE, NonFiniteError
 from ..params import Param, ParamSet, check_params, params_class
 from ..registry import Registry
 from ..utils import eval_mode, nonfinite_rows
-from .aggregate import bootstrap_ci, column_seed
+from .statistics import bootstrap_ci, column_seed
 
 NEEDS = ("model", "images", "other_images", "other_maps", "masks", "boxes", "extras")
 DIRECTIONS = ("higher", "lower")

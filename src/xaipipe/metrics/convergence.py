@@ -1,7 +1,7 @@
 """Per-iteration curves of a mask method (Uendes et al., StartGrad): the histories a mask method
 records with ``history_every=k`` (:mod:`xaipipe.explain.masks.base`), passed through from the
 saliency store's extras to the per-image score table, so that the StartGrad report (curves,
-speed-up, Wilcoxon tests: :mod:`xaipipe.metrics.curves`, :mod:`xaipipe.report.startgrad`)
+speed-up, Wilcoxon tests: :mod:`xaipipe.metrics.statistics`, :mod:`xaipipe.report.startgrad`)
 reads them like any other metric output.
 
 Per image: the curves ``retained_probability``, ``retained_l1``, ``retained_entropy``,

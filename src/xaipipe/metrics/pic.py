@@ -56,7 +56,7 @@ from PIL import Image
 from ..maths.imageops import REDUCTIONS
 from ..params import Param
 from ..utils import generator
-from .aggregate import column_seed
+from .statistics import column_seed
 from .base import NONFINITE_PARAM, Metric, MetricInputs, as_target, register_metric
 from .perturbation import pixel_ranks, rankable
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..maths.imageops import REDUCTIONS, reduce_channels
 from ..params import Param
-from .aggregate import column_seed
+from .statistics import column_seed
 from .base import Metric, MetricInputs, register_metric, summary_row
 
 

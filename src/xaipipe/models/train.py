@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.store import open_images
+from ..data.image_store import open_images
 from ..params import Param, check_params
 from ..utils import atomic_path
 from .zoo import load_model

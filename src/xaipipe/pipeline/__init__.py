@@ -18,7 +18,7 @@ from ..jobs import (ExplainJob, FigureJob, ImageStoreJob, PredictJob, ScoreJob,
 from ..data.datasets import build_image_store
 from ..data.filters import select
 from ..data.predictions import predict
-from ..data.store import open_images
+from ..data.image_store import open_images
 from .attribution import explain_to_store
 from .scoring import score_store
 from .summary import per_image_frame, summarize_experiment

@@ -9,7 +9,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.filters import requested_images
-from ..data.store import open_images
+from ..data.image_store import open_images
 from ..models.spec import load_spec
 from .. import shards
 from ..jobs import signature

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 
 from ..data.filters import requested_images
-from ..data.store import open_images
+from ..data.image_store import open_images
 from .. import repro, shards
 from ..jobs import ModelSpec, signature
 from ..models.spec import load_spec

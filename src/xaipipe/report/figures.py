@@ -30,7 +30,7 @@ __all__ = ["FIGURES", "FigureInputs", "auc_bars_figure", "bar_panels",
            "display_map", "saliency_grid", "saliency_grid_figure"]
 
 
-def _save(fig, paths) -> None:
+def save_figure(fig, paths) -> None:
     try:
         for p in paths:
             fmt = str(p).rsplit(".", 1)[-1].lower()
@@ -81,7 +81,7 @@ def saliency_grid(images: np.ndarray | None, maps: dict[str, np.ndarray], paths,
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)
     fig.tight_layout()
-    _save(fig, paths)
+    save_figure(fig, paths)
 
 
 _BAR_COLUMNS = ["model", "metric", "score", "method", "variant", "mean", "ci_low", "ci_high"]
@@ -152,7 +152,7 @@ def bar_panels(summary: pd.DataFrame, paths, *, suptitle: str | None = None) -> 
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
-    _save(fig, paths)
+    save_figure(fig, paths)
 
 
 @FIGURES.register(name="auc_bars")
@@ -163,7 +163,7 @@ def auc_bars_figure(inputs: FigureInputs, paths: list[str]) -> None:
 
 def _grid_data(inputs: FigureInputs):
     """(images, maps, masks, titles) of the first ``n_images`` ids that every store has."""
-    from ..data.store import open_images
+    from ..data.image_store import open_images
     from ..store import open_saliency
 
     if not inputs.stores:

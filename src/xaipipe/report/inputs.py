@@ -82,3 +82,8 @@ class FigureInputs:
     n_images: int = 6
     experiment: str = ""
     per_image: str | None = None   # the experiment's per-image scores (read_per_image)
+
+
+def metric_rows(df: pd.DataFrame, metric_name: str) -> pd.DataFrame:
+    """The rows of a per-image frame scored by the registered metric ``metric_name``."""
+    return df[df["metric_name"] == metric_name] if "metric_name" in df else df.iloc[:0]

@@ -62,7 +62,8 @@ class Heading:
 @dataclass(frozen=True)
 class Column:
     heading: Heading
-    align: str = "r"                      # l, c or r (Markdown and HTML)
+    align: str = "r"                      # l, c or r (Markdown)
+    tex_align: str | None = None          # LaTeX: default l for l, c for the others
 
 
 @dataclass
@@ -144,12 +145,12 @@ def to_latex(t: Table) -> str:
     if not t.blocks:
         return "\n".join(out + [r"\begin{tabular}{l}", "(no results)", r"\end{tabular}", ""])
     k = len(t.columns)
-    spec = "".join("l" if c.align == "l" else "c" for c in t.columns)
+    spec = "".join(c.tex_align or ("l" if c.align == "l" else "c") for c in t.columns)
     out += [r"\begin{tabular}{" + spec + "}", r"\toprule"]
     if t.group is not None:
         label, a, b = t.group
-        out += [" & " * a + rf"\multicolumn{{{b - a}}}{{c}}{{{tex_text(label)}}}"
-                + " & " * (k - b) + r" \\", rf"\cmidrule(lr){{{a + 1}-{b}}}"]
+        out += [" &" * a + " " + rf"\multicolumn{{{b - a}}}{{c}}{{{tex_text(label)}}}"
+                + " &" * (k - b) + r" \\", rf"\cmidrule(lr){{{a + 1}-{b}}}"]
     out.append(" & ".join(heading_text(c.heading, "tex") for c in t.columns) + r" \\")
     for b in t.blocks:
         out.append(r"\midrule")
@@ -232,12 +233,13 @@ def write_text(path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_table(table: Table | None, out: dict[str, str], *, csv: pd.DataFrame | None = None,
-                name: str = "table", style: bool = True) -> None:
+def write_table(table: Table | dict | None, out: dict[str, str], *,
+                csv: pd.DataFrame | None = None, name: str = "table",
+                style: bool = True) -> None:
     """Write ``out`` (format -> path; formats among csv, md, tex, html): ``csv`` the frame
-    given, the others ``table`` rendered. Every text is rendered before anything is written,
-    so a table that cannot be rendered leaves no file behind; each file is written
-    atomically."""
+    given, the others ``table`` rendered (or ``table[fmt]``, a table per format). Every text is
+    rendered before anything is written, so a table that cannot be rendered leaves no file
+    behind; each file is written atomically."""
     unknown = sorted(set(out) - set(FORMATS))
     if unknown:
         raise ValueError(f"{name} table: unknown output format(s) {unknown}; "
@@ -248,9 +250,8 @@ def write_table(table: Table | None, out: dict[str, str], *, csv: pd.DataFrame |
             if csv is None:
                 raise ValueError(f"{name} table: no CSV frame given")
             texts[fmt] = csv.to_csv(index=False)
-        elif fmt == "html":
-            texts[fmt] = to_html(table, style=style)
         else:
-            texts[fmt] = RENDERERS[fmt](table)
+            t = table[fmt] if isinstance(table, dict) else table
+            texts[fmt] = to_html(t, style=style) if fmt == "html" else RENDERERS[fmt](t)
     for fmt, text in texts.items():
         write_text(out[fmt], text)

@@ -1,11 +1,16 @@
-"""StartGrad tables (Uendes et al., ICLR 2025), registered by name; the convergence figure is
-in :mod:`xaipipe.report.masks`. Both read the per-image histories of the ``convergence``
-metric, paired by image id across the inits of one host method (the images every init has).
+"""The StartGrad study's report (Uendes et al., ICLR 2025): tables and the convergence figure,
+registered by name. All read the per-image histories of the ``convergence`` metric, paired by
+image id across the inits of one host method (the images every init has).
+
+Figure ``convergence_curves``: rows = host method (``method_name``), columns = retained
+probability, retained ℓ1 information, CP-ℓ1, CP-pixel; per init (``ones``, ``uniform``,
+``startgrad``) the median over images and the interquartile band at every recorded step
+(x = step, from ``history_every``).
 
 ``startgrad_speedup``: one row per (model, variant, method, quantity, reference init):
 the reference curve's value at its last step (v_ref, the per-step IQM), the first step t* at
 which StartGrad's IQM curve reaches it, and the speed-up (t_ref + 1)/(t* + 1) (clean form),
-each as mean ± std over 250 paired bootstrap replicates (:func:`xaipipe.metrics.curves.speedup`),
+each as mean ± std over 250 paired bootstrap replicates (:func:`xaipipe.metrics.statistics.speedup`),
 with the fraction of replicates where StartGrad stays above v_ref from t* on (``verified``)
 and the fraction whose v_ref is undefined (``undefined``: the reference's CP NaN at its last
 step in every resampled image, a mask gone to zero; left out of the other columns).
@@ -14,7 +19,7 @@ Steps are optimisation steps (recorded index × ``history_every``), and so is th
 ``startgrad_iqm``: one row per (model, variant, method, quantity, init) and per paired
 difference ``startgrad - <init>``: the per-step IQM over images at steps 0, 1, 10, 50, 100 and
 the last recorded step (those recorded), with the 95 % percentile interval over 250 paired
-bootstrap replicates of the images (:func:`xaipipe.metrics.curves.step_curve_ci`; the same
+bootstrap replicates of the images (:func:`xaipipe.metrics.statistics.step_curve_ci`; the same
 resampled images for every init, so the differences' intervals are paired ones).
 
 ``startgrad_wilcoxon``: one row per (model, variant, method, quantity, baseline init): the
@@ -36,11 +41,17 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
-from ..metrics.curves import iqm, speedup, step_curve_ci, wilcoxon_per_step
-from .inputs import read_per_image
-from .masks import history_curves
-from .tables import TABLES, _write_text
+from ..metrics.convergence import CURVES as HISTORIES, OPTIONAL_CURVES
+from ..metrics.statistics import iqm, speedup, step_curve_ci, wilcoxon_per_step
+from .figures import FIGURES, FigureInputs, plt, save_figure
+from .inputs import metric_rows, read_per_image
+from .render import flat_table, write_table
+from .tables import TABLES
 
+CURVES = (("retained_probability", "retained probability"),
+          ("retained_l1", "retained ℓ1 information"),
+          ("cp_l1", "CP-ℓ1"), ("cp_pixel", "CP-pixel"))
+INIT_ORDER = ("ones", "uniform", "startgrad")
 QUANTITIES = ("cp_l1", "cp_pixel", "retained_probability")
 REFERENCES = ("ones", "uniform")
 #: the startgrad_iqm table's rows: every history of the mask methods, those recorded
@@ -194,28 +205,10 @@ def faithfulness_frame(per_image: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _fmt(v) -> str:
-    if isinstance(v, (float, np.floating)):
-        return "–" if not np.isfinite(v) else f"{v:.3g}"
-    return str(v)
-
-
 def write_frame(df: pd.DataFrame, out: dict[str, str], caption: str) -> None:
-    """csv, md, tex and html of one flat table; all rendered first, then each written
-    atomically."""
-    shown = df.map(_fmt) if len(df) else df
-    texts = {
-        "csv": df.to_csv(index=False),
-        "md": f"{caption}\n\n" + (shown.to_markdown(index=False) if len(df) else "(no rows)")
-        + "\n",
-        "tex": "% " + caption + "\n" + (shown.to_latex(index=False) if len(df) else "") + "\n",
-        "html": f"<p>{caption}</p>\n" + (shown.to_html(index=False) if len(df) else "") + "\n",
-    }
-    for ext, path in out.items():
-        if ext not in texts:
-            raise ValueError(f"{path}: a table is written as csv, md, tex or html")
-    for ext, path in out.items():
-        _write_text(path, texts[ext])
+    """csv (the rows), md, tex and html (:mod:`xaipipe.report.render`) of one flat table."""
+    write_table(flat_table(df, caption, name="startgrad"), out, csv=df, name="startgrad",
+                style=False)
 
 
 @TABLES.register(name="startgrad_speedup")
@@ -254,3 +247,102 @@ def startgrad_faithfulness(summary: pd.DataFrame, out: dict[str, str], per_image
                 "2025) at the masks of each recorded iteration (0: the initial mask); "
                 "mean and IQM over images. Pixel maps (IG, GradCAM) do not iterate: one "
                 "value, repeated.")
+
+
+# -- the convergence figure ----------------------------------------------------------------
+def setting_labels(frame: pd.DataFrame) -> pd.Series:
+    """Per row, the host label of its run: ``method_name`` where the experiment has one
+    setting of that method (per model and variant), else ``method_name (k=v, ...)`` with the
+    parameters that differ between its settings (the ``setting`` column,
+    :func:`xaipipe.explain.masks.base.run_setting`; a λ grid gives ``shearletx (lambda_1=0.1,
+    lambda_2=0.2)``). Without a ``setting`` column: ``method_name``."""
+    import json
+    label = frame["method_name"].astype(str)
+    if "setting" not in frame or frame["setting"].isna().all():
+        return label
+    label = label.copy()
+    for _, d in frame.groupby(["model", "variant", "method_name"], sort=False):
+        settings = list(dict.fromkeys(d["setting"].dropna()))
+        if len(settings) < 2:
+            continue
+        parsed = {st: json.loads(st) for st in settings}
+        keys = sorted({k for v in parsed.values() for k in v}, key=str)
+        varying = [k for k in keys if len({json.dumps(v.get(k), sort_keys=True)
+                                           for v in parsed.values()}) > 1]
+        for st, v in parsed.items():
+            rows = d.index[d["setting"] == st]
+            desc = ", ".join(f"{k}={v.get(k)}" for k in varying)
+            label.loc[rows] = f"{d['method_name'].iloc[0]} ({desc})"
+    return label
+
+
+def history_curves(per_image: pd.DataFrame) -> dict:
+    """{(model, variant, host, init): {quantity: (images, T) array, "image_id": ids,
+    "every": history_every}} from the ``convergence`` metric's rows, images sorted by id.
+    ``host`` is the method's label (:func:`setting_labels`: ``method_name``, or with the
+    parameters of its setting where the experiment runs several, e.g. a λ grid); ``init`` is
+    the init's label (``startgrad[ablation=adversarial]`` for an ablation). Two runs with one
+    key (the same setting and init twice) are an error naming them."""
+    conv = metric_rows(per_image, "convergence")
+    if conv.empty:
+        raise DataError("the StartGrad report needs the metric 'convergence' (the histories of "
+                        "mask methods run with history_every) in the experiment")
+    conv = conv.assign(_host=setting_labels(conv))
+    out = {}
+    for key, d in conv.groupby(["model", "variant", "_host", "init"], sort=False):
+        if "method" in d and d["method"].nunique() > 1:
+            raise DataError(f"the runs {sorted(d['method'].unique())} of {key[0]} / {key[2]} "
+                            f"share the init {key[3]!r} and every other parameter: the "
+                            "StartGrad tables compare one run per init and setting")
+        d = d.sort_values("image_id")
+        entry = {q: np.stack([np.asarray(v, np.float64) for v in d[q]])
+                 for q in (*HISTORIES, *OPTIONAL_CURVES)
+                 if q in d and d[q].map(lambda v: isinstance(v, np.ndarray)).all()}
+        entry["image_id"] = d["image_id"].to_numpy()
+        every = d["history_every"].iloc[0] if "history_every" in d else 1
+        entry["every"] = int(every) if pd.notna(every) and every else 1
+        out[key] = entry
+    return out
+
+
+def convergence_figure(curves: dict, paths, *, suptitle: str | None = None) -> None:
+    """Median and interquartile band over images per init (module docstring)."""
+    rows = list(dict.fromkeys((m, v, h) for m, v, h, _ in curves))
+    fig, axes = plt.subplots(len(rows), len(CURVES), figsize=(3.6 * len(CURVES),
+                                                            2.8 * len(rows)), squeeze=False)
+    colors = {"ones": "tab:blue", "uniform": "tab:orange", "startgrad": "tab:green"}
+    for r, (model, variant, host) in enumerate(rows):
+        inits = [i for i in INIT_ORDER if (model, variant, host, i) in curves] + \
+            [i for (m, v, h, i) in curves if (m, v, h) == (model, variant, host)
+             and i not in INIT_ORDER]
+        for c, (q, label) in enumerate(CURVES):
+            ax = axes[r, c]
+            for init in inits:
+                e = curves[(model, variant, host, init)]
+                if q not in e:
+                    continue
+                a = e[q]
+                x = np.arange(a.shape[1]) * e["every"]
+                lo, med, hi = np.nanpercentile(a, [25, 50, 75], axis=0)
+                ax.plot(x, med, color=colors.get(init), label=init, lw=1.2)
+                ax.fill_between(x, lo, hi, color=colors.get(init), alpha=0.2, lw=0)
+            ax.set_title(f"{host}\n{model}: {label}", fontsize=7.5)
+            ax.set_xlabel("step", fontsize=7)
+            ax.tick_params(labelsize=7)
+            if q.startswith("cp_"):
+                ax.set_yscale("log")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8,
+               bbox_to_anchor=(0.5, -0.03), title="init (median, IQR band over images)",
+               title_fontsize=8)
+    fig.tight_layout()
+    if suptitle:                # above the panels (the saved figure's box is tight)
+        fig.suptitle(suptitle, fontsize=10, y=1.0 + 0.25 / fig.get_figheight())
+    save_figure(fig, paths)
+
+
+@FIGURES.register(name="convergence_curves")
+def convergence_curves_figure(inputs: FigureInputs, paths: list[str]) -> None:
+    """Convergence curves of ones / uniform / StartGrad inits per mask method."""
+    convergence_figure(history_curves(read_per_image(inputs.per_image)), paths,
+                       suptitle=inputs.experiment or None)

@@ -14,16 +14,15 @@ out of an aggregate (``excluded`` > 0) are listed in a footnote.
 """
 from __future__ import annotations
 
-import html as _html
-import math
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from ..errors import DataError
 from ..registry import Registry
-from ..utils import atomic_path
+from . import render
 from .inputs import check_summary
+from .render import ARROW, LEGEND, MISSING, ci_cell
 
 TABLES = Registry("table", package="xaipipe.report")
 
@@ -38,12 +37,8 @@ def build_table(builder, summary: pd.DataFrame, out: dict[str, str], per_image=N
     else:
         builder(summary, out)
 
-FORMATS = ("csv", "md", "tex", "html")
-DIGITS = 3
-ARROW = {"higher": "↑", "lower": "↓"}
-TEX_ARROW = {"higher": r"$\uparrow$", "lower": r"$\downarrow$"}
-HTML_ARROW = {"higher": "&uarr;", "lower": "&darr;"}
-LEGEND = "↑ higher is better, ↓ lower is better"
+
+FORMATS = render.FORMATS
 
 
 # -- the pivot (format independent) -------------------------------------------------------------
@@ -89,25 +84,6 @@ class Pivot:
         return "Images excluded (left out of the mean): " + "; ".join(self.excluded) + "."
 
 
-def _num(x: float, small: bool = False) -> str:
-    return f"{x:.{DIGITS - 1}e}" if small else f"{x:.{DIGITS}f}"
-
-
-def _cell(mean: float, lo: float, hi: float) -> str:
-    """``mean [lo, hi]`` with DIGITS decimals, or DIGITS significant digits when every value
-    is below 0.01 (e.g. stability MSEs of maps divided by their sums), so nothing shows as 0."""
-    if not math.isfinite(mean):
-        return "n/a"
-    vals = [v for v in (mean, lo, hi) if math.isfinite(v)]
-    small = 0 < max(abs(v) for v in vals) < 0.01
-    if math.isfinite(lo) and math.isfinite(hi):
-        return f"{_num(mean, small)} [{_num(lo, small)}, {_num(hi, small)}]"
-    return _num(mean, small)
-
-
-MISSING = "–"
-
-
 def pivot(summary: pd.DataFrame) -> Pivot:
     """The methods x metrics pivot of a long-form summary."""
     df = check_summary(summary)
@@ -146,7 +122,7 @@ def pivot(summary: pd.DataFrame) -> Pivot:
                 if r is None:
                     row.append(MISSING)
                     continue
-                text = _cell(float(r.mean), float(r.ci_low), float(r.ci_high))
+                text = ci_cell(float(r.mean), float(r.ci_low), float(r.ci_high))
                 if block.n is None and len(ns[c]) > 1:
                     text += f" (n={int(r.n)})"
                 row.append(text)
@@ -171,135 +147,50 @@ def _title(p: Pivot) -> str:
     return f"{exp}mean [CI] per method and metric ({LEGEND})"
 
 
-# -- Markdown ---------------------------------------------------------------------------------
-def _md(text: str) -> str:
-    return str(text).replace("|", r"\|")
+def pivot_table(summary: pd.DataFrame) -> render.Table:
+    """The pivot as a :class:`~xaipipe.report.render.Table`: a block per (model, variant),
+    an ``n`` row where the block's n differs between columns, the footnote of exclusions."""
+    p = pivot(summary)
+    cols = [render.Column(render.Heading("method"), "l")] + [
+        render.Column(render.Heading(f"{c.metric} {c.score}", c.direction)) for c in p.columns]
+    blocks = []
+    for b in p.blocks:
+        rows = [[m, *cells] for m, cells in b.rows]
+        if b.n_row is not None:
+            rows.append(["n", *b.n_row])
+        note = f"(n = {b.n})" if b.n is not None else ""
+        blocks.append(render.Block(render.Heading(b.title, note=note), rows))
+    return render.Table("summary", _title(p), cols, blocks, p.footnote, p.experiment)
 
 
 def to_markdown(summary: pd.DataFrame) -> str:
     """The pivot as Markdown: a bold heading and a table per (model, variant)."""
-    p = pivot(summary)
-    if not p.blocks:
-        return "(no results)\n"
-    out = [f"**{_md(_title(p))}**", ""]
-    header = "| method | " + " | ".join(_md(c.label()) for c in p.columns) + " |"
-    rule = "| :--- | " + " | ".join("---:" for _ in p.columns) + " |"
-    for b in p.blocks:
-        out += [f"**{_md(b.heading)}**", "", header, rule]
-        out += ["| " + " | ".join(_md(x) for x in [m, *cells]) + " |" for m, cells in b.rows]
-        if b.n_row is not None:
-            out.append("| n | " + " | ".join(b.n_row) + " |")
-        out.append("")
-    if p.footnote:
-        out += [p.footnote, ""]
-    return "\n".join(out)
-
-
-# -- LaTeX --------------------------------------------------------------------------------------
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-        MISSING: "--"}
-
-
-def _tex(text: str) -> str:
-    return "".join(_TEX.get(ch, ch) for ch in str(text))
+    return render.to_markdown(pivot_table(summary))
 
 
 def to_latex(summary: pd.DataFrame) -> str:
     """The pivot as a booktabs ``tabular`` (needs ``\\usepackage{booktabs}``): a
     ``\\multicolumn`` heading row per (model, variant); the footnote follows the tabular."""
-    p = pivot(summary)
-    k = len(p.columns) + 1
-    out = [f"% xaipipe summary table{': ' + p.experiment if p.experiment else ''} "
-           r"(needs \usepackage{booktabs})",
-           f"% {_title(p).replace(LEGEND, 'arrows: which direction is better')}"]
-    if not p.blocks:
-        return "\n".join(out + [r"\begin{tabular}{l}", "(no results)", r"\end{tabular}", ""])
-    out += [r"\begin{tabular}{l" + "c" * len(p.columns) + "}", r"\toprule",
-            "method & " + " & ".join(_tex(f"{c.metric} {c.score}") + " "
-                                     + TEX_ARROW.get(c.direction, "") for c in p.columns)
-            + r" \\"]
-    for b in p.blocks:
-        out += [r"\midrule", rf"\multicolumn{{{k}}}{{l}}{{\textit{{{_tex(b.heading)}}}}} \\"]
-        out += [" & ".join(_tex(x) for x in [m, *cells]) + r" \\" for m, cells in b.rows]
-        if b.n_row is not None:
-            out.append("$n$ & " + " & ".join(_tex(x) for x in b.n_row) + r" \\")
-    out += [r"\bottomrule", r"\end{tabular}"]
-    if p.footnote:
-        out += [r"\par\smallskip{\footnotesize " + _tex(p.footnote) + r"\par}"]
-    return "\n".join(out) + "\n"
-
-
-# -- HTML ----------------------------------------------------------------------------------------
-_STYLE = """<style>
-div.xaipipe-table { max-width: 100%; overflow-x: auto; }
-table.xaipipe-summary { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0; }
-table.xaipipe-summary th, table.xaipipe-summary td { padding: 0.2rem 0.6rem; }
-table.xaipipe-summary thead th { border-bottom: 2px solid currentColor; text-align: center; }
-table.xaipipe-summary tbody th { text-align: left; font-style: italic; padding-top: 0.5rem;
-  border-bottom: 1px solid currentColor; }
-table.xaipipe-summary td { text-align: right; font-variant-numeric: tabular-nums;
-  white-space: nowrap; }
-table.xaipipe-summary td:first-child { text-align: left; }
-table.xaipipe-summary caption { caption-side: top; text-align: left; font-size: 0.8rem; }
-p.xaipipe-note { font-size: 0.8rem; }
-</style>"""
-
-
-def _h(text: str) -> str:
-    """HTML-escaped and pure ASCII (non-ASCII as character references), so the table reads
-    the same in any encoding: a data: URI, a JSON string, a docutils ``raw`` block."""
-    return _html.escape(str(text)).encode("ascii", "xmlcharrefreplace").decode("ascii")
+    return render.to_latex(pivot_table(summary))
 
 
 def to_html(summary: pd.DataFrame, style: bool = True) -> str:
     """The pivot as one HTML ``<table class="xaipipe-summary">`` (a ``<tbody>`` per
     (model, variant)) with the footnote below it; ASCII only (arrows as ``&uarr;``/
     ``&darr;``). ``style``: prepend a small ``<style>`` scoped to that class."""
-    p = pivot(summary)
-    out = ['<div class="xaipipe-table">'] + ([_STYLE] if style else [])
-    if not p.blocks:
-        return "\n".join(out + ["<p>(no results)</p>", "</div>", ""])
-    k = len(p.columns) + 1
-    out += ['<table class="xaipipe-summary">', f"<caption>{_h(_title(p))}</caption>",
-            "<thead><tr><th>method</th>"
-            + "".join(f"<th>{_h(c.metric + ' ' + c.score)} {HTML_ARROW.get(c.direction, '')}"
-                      "</th>" for c in p.columns)
-            + "</tr></thead>"]
-    for b in p.blocks:
-        out.append(f'<tbody><tr><th colspan="{k}">{_h(b.heading)}</th></tr>')
-        out += ["<tr>" + "".join(f"<td>{_h(x)}</td>" for x in [m, *cells]) + "</tr>"
-                for m, cells in b.rows]
-        if b.n_row is not None:
-            out.append("<tr><td>n</td>" + "".join(f"<td>{_h(x)}</td>" for x in b.n_row)
-                       + "</tr>")
-        out.append("</tbody>")
-    out.append("</table>")
-    if p.footnote:
-        out.append(f'<p class="xaipipe-note">{_h(p.footnote)}</p>')
-    out.append("</div>")
-    return "\n".join(out) + "\n"
-
-
-# -- writing -------------------------------------------------------------------------------------
-def _write_text(path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    return render.to_html(pivot_table(summary), style=style)
 
 
 def write(summary: pd.DataFrame, out: dict[str, str], name: str = "table") -> None:
+    """csv (the long form as given) and the pivot as md, tex and html (:func:`pivot_table`),
+    every format rendered before any file is written."""
     unknown = sorted(set(out) - set(FORMATS))
     if unknown:
         raise ValueError(f"{name} table: unknown output format(s) {unknown}; "
                          f"known: {list(FORMATS)}")
     check_summary(summary, where=f"{name} table")
-    if "csv" in out:
-        with atomic_path(out["csv"]) as tmp:
-            summary.to_csv(tmp, index=False)
-    render = {"md": to_markdown, "tex": to_latex, "html": to_html}
-    for fmt, fn in render.items():
-        if fmt in out:
-            _write_text(out[fmt], fn(summary))
+    table = pivot_table(summary) if set(out) - {"csv"} else None
+    render.write_table(table, out, csv=summary, name=name)
 
 
 @TABLES.register(name="summary")

@@ -56,7 +56,7 @@ def test_shearletx_preset_on_a_tiny_model(wd):
     sx = cp[cp["method"] == "shearletx"]
     assert not np.allclose(sx["cp_l1"], sx["cp_l1_pixel"])
     # the figure: one row (the one model, the one smooth-mask area) of 3 CP measures
-    from xaipipe.report.masks import cp_hs_frame, cp_hs_rows
+    from xaipipe.report.shearletx import cp_hs_frame, cp_hs_rows
     assert cp_hs_rows(cp_hs_frame(per)) == [("tiny64_resnet18", "original", "smooth_mask_a01")]
 
     # ShearletX at the preset's settings (the paper's y_ref = 1 objective), on the demo model
@@ -65,7 +65,7 @@ def test_shearletx_preset_on_a_tiny_model(wd):
     import torch
     import yaml
 
-    from xaipipe.data.store import open_images
+    from xaipipe.data.image_store import open_images
     from xaipipe.explain import run_method
     from xaipipe.models import load_model
     params = yaml.safe_load(SHEARLETX.read_text())["methods"]["shearletx"]

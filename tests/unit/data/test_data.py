@@ -10,7 +10,7 @@ from xaipipe.data.datasets import build_image_store, make_source
 from xaipipe.data.filters import select
 from xaipipe.data.predictions import predict
 from xaipipe.data.sources.shapes import ShapesConfig, generate, render
-from xaipipe.data.store import open_images
+from xaipipe.data.image_store import open_images
 from xaipipe.data.variants import apply_variant
 from xaipipe.errors import ConfigError, DataError
 from xaipipe.models import NormalizedModel

@@ -8,7 +8,7 @@ from PIL import Image
 
 from xaipipe.data.datasets import build_image_store, make_source, read_image, to_rgb
 from xaipipe.data.sources.imagenet import boxes_mask, detect_format, map_boxes
-from xaipipe.data.store import open_images
+from xaipipe.data.image_store import open_images
 from xaipipe.errors import ConfigError, DataError
 
 W, H = 40, 30                                    # every stand-in image is 40 x 30

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from xaipipe.metrics.curves import (bootstrap_indices, first_reaching, histories_from_long,
+from xaipipe.metrics.statistics import (bootstrap_indices, first_reaching, histories_from_long,
                                     iqm, nanquantiles, paired_resample, reference_point,
                                     speedup, step_curve, step_curve_ci, trimmed_mean,
                                     wilcoxon_per_step)

@@ -7,7 +7,7 @@ from torch import nn
 from xaipipe.errors import ConfigError
 from xaipipe.metrics import (MetricInputs, available_metrics, deletion, get_metric, insertion,
                              pointing_game, stability)
-from xaipipe.metrics.aggregate import bootstrap_ci, column_seed
+from xaipipe.metrics.statistics import bootstrap_ci, column_seed
 from xaipipe.metrics.base import get_metric
 from xaipipe.utils import derive_seed
 from xaipipe.metrics.deletion import Deletion

@@ -260,7 +260,7 @@ def test_disk_full_during_a_store_write_names_the_path_and_leaves_nothing(tmp_pa
 
 
 def test_disk_full_in_the_image_store_writer(tmp_path, monkeypatch):
-    from xaipipe.data.store import ImageStoreWriter
+    from xaipipe.data.image_store import ImageStoreWriter
     _disk_full_on_chunks(monkeypatch)
     out = tmp_path / "data" / "original.zarr"
     with pytest.raises(OutputWriteError, match=f"no space left on device writing {out}$"):

@@ -14,7 +14,7 @@ from helpers.jobs import SPEC, explain_job, score_job
 from xaipipe.jobs import Entry, SummaryJob
 from xaipipe.data.datasets import build_image_store
 from xaipipe.data.predictions import predict
-from xaipipe.data.store import open_images
+from xaipipe.data.image_store import open_images
 from xaipipe.data.filters import requested_images
 from xaipipe.pipeline.attribution import explain_to_store
 from xaipipe.metrics import pointing_game, stability

@@ -14,7 +14,7 @@ import torch
 from xaipipe import repro
 from xaipipe.data.datasets import build_image_store
 from xaipipe.data.predictions import predict
-from xaipipe.data.store import open_images
+from xaipipe.data.image_store import open_images
 from xaipipe.errors import ConfigError
 from xaipipe.pipeline.attribution import explain_to_store
 from xaipipe.pipeline.scoring import score_store

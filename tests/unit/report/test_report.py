@@ -136,13 +136,13 @@ def test_summary_errors(tmp_path):
 def titles(monkeypatch):
     """Panel titles of every figure saved while the test runs."""
     seen = []
-    save = figures_mod._save
+    save = figures_mod.save_figure
 
     def spy(fig, paths):
         seen.append([ax.get_title() for ax in fig.axes])
         save(fig, paths)
 
-    monkeypatch.setattr(figures_mod, "_save", spy)
+    monkeypatch.setattr(figures_mod, "save_figure", spy)
     return seen
 
 
@@ -171,7 +171,7 @@ def test_auc_bars_one_row_per_model(tmp_path, titles):
 
 
 def test_saliency_grid_from_stores(tmp_path, titles):
-    from xaipipe.data.store import ImageStoreWriter
+    from xaipipe.data.image_store import ImageStoreWriter
     from xaipipe.store import write_saliency
 
     rng = np.random.default_rng(0)
@@ -256,7 +256,7 @@ def assert_report_shows_summary(html: str) -> None:
 
 
 def test_small_values_keep_significant_digits():
-    from xaipipe.report.tables import _cell
+    from xaipipe.report.render import ci_cell as _cell
     assert _cell(2.41e-5, 1.5e-5, 3.333e-5) == "2.41e-05 [1.50e-05, 3.33e-05]"
     assert _cell(0.0, 0.0, 0.0) == "0.000 [0.000, 0.000]"
     assert _cell(0.5, 0.004, 0.9) == "0.500 [0.004, 0.900]"

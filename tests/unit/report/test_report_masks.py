@@ -32,7 +32,7 @@ def cp_hs_per_image(models=("m_a", "m_b"), runs=SX_RUNS, n=6, seed=0):
 
 
 def cp_hs_summary(frame):
-    from xaipipe.report.masks import CP_MEASURES
+    from xaipipe.report.shearletx import CP_MEASURES
     rows = []
     for (model, run), d in frame.groupby(["model", "method"]):
         for score in (*CP_MEASURES, "hs"):
@@ -57,7 +57,7 @@ def drawn_runs(ax):
 
 
 def test_cp_hs_scatter_has_a_row_per_model_and_smooth_mask_area(tmp_path):
-    from xaipipe.report.masks import cp_hs_frame, cp_hs_scatter
+    from xaipipe.report.shearletx import cp_hs_frame, cp_hs_scatter
     frame = cp_hs_frame(cp_hs_per_image())
     areas = {"smooth_mask_a005": 0.05, "smooth_mask_a02": 0.2}
     fig = cp_hs_scatter(frame, [tmp_path / "f.png"], summary=cp_hs_summary(frame),
@@ -92,7 +92,7 @@ def test_cp_hs_scatter_has_a_row_per_model_and_smooth_mask_area(tmp_path):
 
 
 def test_cp_hs_scatter_with_one_area_or_none(tmp_path):
-    from xaipipe.report.masks import cp_hs_frame, cp_hs_scatter
+    from xaipipe.report.shearletx import cp_hs_frame, cp_hs_scatter
     one = {k: v for k, v in SX_RUNS.items() if k != "smooth_mask_a005"}
     fig = cp_hs_scatter(cp_hs_frame(cp_hs_per_image(models=("m_a",), runs=one)),
                         [tmp_path / "one.png"])
@@ -111,7 +111,7 @@ def test_cp_hs_scatter_figure_reads_the_areas_from_the_stores(tmp_path):
     """The registered builder: per_image.parquet in, PNG and PDF out; the smooth masks'
     target areas come from their stores' parameters (and a missing store is no error)."""
     from xaipipe.report.figures import FIGURES, FigureInputs
-    from xaipipe.report.masks import cp_hs_frame, smooth_mask_areas
+    from xaipipe.report.shearletx import cp_hs_frame, smooth_mask_areas
     from xaipipe.store import write_saliency
     stores = {}
     for run, a in (("smooth_mask_a02", 0.2), ("shearletx", None)):

@@ -12,7 +12,7 @@ import pytest
 from xaipipe.errors import DataError
 from xaipipe.report import FIGURES, TABLES, FigureInputs, read_summary
 from xaipipe.report import figures as figures_mod
-from xaipipe.report.steps import steps_figure, steps_panels, to_html, to_latex, to_markdown
+from xaipipe.report.idgi import steps_figure, steps_panels, to_html, to_latex, to_markdown
 
 STEPS = (8, 16, 32)
 FORMATS = ("csv", "md", "tex", "html")
@@ -204,8 +204,8 @@ def test_errors_name_the_problem(tmp_path):
 # -- the figure ------------------------------------------------------------------------------
 def test_vs_steps_figure_files_and_panels(tmp_path, monkeypatch):
     saved = []
-    save = figures_mod._save
-    monkeypatch.setattr(figures_mod, "_save",
+    save = figures_mod.save_figure
+    monkeypatch.setattr(figures_mod, "save_figure",
                         lambda fig, paths: (saved.append(len(fig.axes)), save(fig, paths)))
     paths = [str(tmp_path / "figures" / f"vs_steps.{ext}") for ext in ("png", "pdf")]
     FIGURES.get("vs_steps")(FigureInputs(sweep_summary(), {}, None, experiment="idgi"), paths)

@@ -20,7 +20,7 @@ from xaipipe import shards
 from xaipipe.jobs import ExplainJob, ModelSpec, ScoreJob
 from xaipipe.data.datasets import build_image_store
 from xaipipe.data.predictions import predict
-from xaipipe.data.store import open_images
+from xaipipe.data.image_store import open_images
 from xaipipe.pipeline.attribution import explain_to_store
 from xaipipe.pipeline.scoring import score_store
 from xaipipe.models import load_model

@@ -9,7 +9,7 @@ import zarr
 from xaipipe.jobs import ExplainJob, ModelSpec
 from xaipipe.data.datasets import build_image_store
 from xaipipe.data.predictions import predict
-from xaipipe.data.store import open_images
+from xaipipe.data.image_store import open_images
 from xaipipe.explain import explain
 from xaipipe.explain.cams.gradcam import GradCAM
 from xaipipe.pipeline.attribution import explain_to_store

@@ -51,12 +51,12 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import NullLocator
 
 from ..errors import DataError
-from ..utils import atomic_path
 from . import figures as _figures
+from . import render
 from .figures import FIGURES, FigureInputs, plt
 from .inputs import check_summary
-from .tables import (_STYLE, ARROW, FORMATS, HTML_ARROW, LEGEND, MISSING, TABLES, TEX_ARROW,
-                     _cell, _h, _md, _tex, _write_text)
+from .render import ARROW, LEGEND, MISSING, ci_cell
+from .tables import TABLES
 
 __all__ = ["StepsBlock", "StepsFigure", "StepsTable", "by_steps", "steps_figure",
            "steps_frame", "steps_panels", "steps_table", "to_html", "to_latex", "to_markdown",
@@ -233,7 +233,7 @@ def steps_table(summary: pd.DataFrame, where: str = "by_steps") -> StepsTable:
                     if r is None:
                         cells.append(MISSING)
                         continue
-                    text = _cell(float(r["mean"]), float(r["ci_low"]), float(r["ci_high"]))
+                    text = ci_cell(float(r["mean"]), float(r["ci_low"]), float(r["ci_high"]))
                     cells.append(text + (f" (n={int(r['n'])})" if b.n is None else ""))
                 flags = set(dr["idgi"])
                 idgi = "mixed" if len(flags) > 1 else ("yes" if flags.pop() else "no")
@@ -249,75 +249,44 @@ def _caption(t: StepsTable, legend: str = LEGEND) -> str:
             "a control does not depend on steps)")
 
 
-# -- Markdown --------------------------------------------------------------------------------
+def render_table(summary: pd.DataFrame) -> render.Table:
+    """The ``by_steps`` blocks as a :class:`~xaipipe.report.render.Table`: columns method
+    run, IDGI and one per step count under a ``steps`` heading."""
+    t = steps_table(summary)
+    cols = [render.Column(render.Heading("method run"), "l"),
+            render.Column(render.Heading("IDGI"), "c", tex_align="l")]
+    cols += [render.Column(render.Heading(str(k))) for k in t.steps]
+    blocks = []
+    for b in t.blocks:
+        n = f"(n = {b.n})" if b.n is not None else ""
+        heading = render.Heading(f"{b.model} / {b.variant}: {b.metric} {b.score}", b.direction, n)
+        blocks.append(render.Block(heading, [[m, i, *c] for m, i, c in b.rows]))
+    return render.Table("by_steps", _caption(t), cols, blocks, t.footnote, t.experiment,
+                        group=("steps", 2, 2 + len(t.steps)))
+
+
 def to_markdown(summary: pd.DataFrame) -> str:
     """A bold heading and a table per (model, variant, metric, score), then the footnote."""
-    t = steps_table(summary)
-    if not t.blocks:
-        return "(no results)\n"
-    out = [f"**{_md(_caption(t))}**", ""]
-    header = "| method run | IDGI | " + " | ".join(f"{k} steps" for k in t.steps) + " |"
-    rule = "| :--- | :---: | " + " | ".join("---:" for _ in t.steps) + " |"
-    for b in t.blocks:
-        out += [f"**{_md(b.title())}**", "", header, rule]
-        out += ["| " + " | ".join(_md(x) for x in [m, i, *c]) + " |" for m, i, c in b.rows]
-        out.append("")
-    if t.footnote:
-        out += [_md(t.footnote), ""]
-    return "\n".join(out)
+    return render.to_markdown(_markdown_steps(render_table(summary)))
 
 
-# -- LaTeX -----------------------------------------------------------------------------------
+def _markdown_steps(t: render.Table) -> render.Table:
+    """Markdown has no spanning heading: its step columns say ``<k> steps``."""
+    cols = t.columns[:2] + [render.Column(render.Heading(f"{c.heading.text} steps"))
+                            for c in t.columns[2:]]
+    return render.Table(t.name, t.caption, cols, t.blocks, t.footnote, t.experiment)
+
+
 def to_latex(summary: pd.DataFrame) -> str:
     """One booktabs ``tabular`` (needs ``\\usepackage{booktabs}``): a ``steps`` heading over
     the step columns, a ``\\multicolumn`` heading row per block; the footnote follows."""
-    t = steps_table(summary)
-    out = [f"% xaipipe by_steps table{': ' + t.experiment if t.experiment else ''} "
-           r"(needs \usepackage{booktabs})",
-           "% " + _caption(t, "arrows: which direction is better")]
-    if not t.blocks:
-        return "\n".join(out + [r"\begin{tabular}{l}", "(no results)", r"\end{tabular}", ""])
-    k = len(t.steps) + 2
-    out += [r"\begin{tabular}{ll" + "c" * len(t.steps) + "}", r"\toprule",
-            rf" & & \multicolumn{{{len(t.steps)}}}{{c}}{{steps}} \\",
-            rf"\cmidrule(lr){{3-{k}}}",
-            "method run & IDGI & " + " & ".join(str(s) for s in t.steps) + r" \\"]
-    for b in t.blocks:
-        text, arrow, n = b.heading(TEX_ARROW)
-        head = " ".join(x for x in (_tex(text), arrow, _tex(n)) if x)
-        out += [r"\midrule", rf"\multicolumn{{{k}}}{{l}}{{\textit{{{head}}}}} \\"]
-        out += [" & ".join(_tex(x) for x in [m, i, *c]) + r" \\" for m, i, c in b.rows]
-    out += [r"\bottomrule", r"\end{tabular}"]
-    if t.footnote:
-        out.append(r"\par\smallskip{\footnotesize " + _tex(t.footnote) + r"\par}")
-    return "\n".join(out) + "\n"
+    return render.to_latex(render_table(summary))
 
 
-# -- HTML ------------------------------------------------------------------------------------
 def to_html(summary: pd.DataFrame, style: bool = True) -> str:
     """One ``<table class="xaipipe-summary">`` (a ``<tbody>`` per block) and the footnote;
     ASCII only. ``style``: prepend the summary table's small ``<style>``."""
-    t = steps_table(summary)
-    out = ['<div class="xaipipe-table">'] + ([_STYLE] if style else [])
-    if not t.blocks:
-        return "\n".join(out + ["<p>(no results)</p>", "</div>", ""])
-    k = len(t.steps) + 2
-    out += ['<table class="xaipipe-summary">', f"<caption>{_h(_caption(t))}</caption>",
-            '<thead><tr><th rowspan="2">method run</th><th rowspan="2">IDGI</th>'
-            f'<th colspan="{len(t.steps)}">steps</th></tr>',
-            "<tr>" + "".join(f"<th>{s}</th>" for s in t.steps) + "</tr></thead>"]
-    for b in t.blocks:
-        text, arrow, n = b.heading(HTML_ARROW)
-        head = " ".join(x for x in (_h(text), arrow, _h(n)) if x)
-        out.append(f'<tbody><tr><th colspan="{k}">{head}</th></tr>')
-        out += ["<tr>" + "".join(f"<td>{_h(x)}</td>" for x in [m, i, *c]) + "</tr>"
-                for m, i, c in b.rows]
-        out.append("</tbody>")
-    out.append("</table>")
-    if t.footnote:
-        out.append(f'<p class="xaipipe-note">{_h(t.footnote)}</p>')
-    out.append("</div>")
-    return "\n".join(out) + "\n"
+    return render.to_html(render_table(summary), style=style)
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -340,18 +309,10 @@ def by_steps(summary: pd.DataFrame, out: dict[str, str]) -> None:
     """``out``: format -> path, formats among csv (the long form in table order), md, tex and
     html (the per step count blocks); see the module docstring. Nothing is written when the
     summary cannot be tabulated."""
-    unknown = sorted(set(out) - set(FORMATS))
-    if unknown:
-        raise ValueError(f"by_steps table: unknown output format(s) {unknown}; "
-                         f"known: {list(FORMATS)}")
-    render = {"md": to_markdown, "tex": to_latex, "html": to_html}
-    texts = {fmt: fn(summary) for fmt, fn in render.items() if fmt in out}
-    long = _long_form(summary) if "csv" in out else None
-    if long is not None:
-        with atomic_path(out["csv"]) as tmp:
-            long.to_csv(tmp, index=False)
-    for fmt, text in texts.items():
-        _write_text(out[fmt], text)
+    table = render_table(summary) if set(out) - {"csv"} else None
+    tables = {"md": _markdown_steps(table), "tex": table, "html": table} if table else None
+    render.write_table(tables, out, csv=_long_form(summary) if "csv" in out else None,
+                       name="by_steps")
 
 
 # -- the figure ------------------------------------------------------------------------------
@@ -465,7 +426,7 @@ def steps_panels(summary: pd.DataFrame, paths, *, suptitle: str | None = None) -
     """Draw the ``vs_steps`` figure (:func:`steps_figure`) and save it to every path (``.png``,
     ``.pdf``, ``.svg``), each atomically; returns what was drawn."""
     fig, info = steps_figure(summary, suptitle=suptitle)
-    _figures._save(fig, paths)          # through the module, so a test can spy on it
+    _figures.save_figure(fig, paths)    # through the module, so a test can spy on it
     return info
 
 

@@ -1,6 +1,4 @@
-"""Report builders of the mask-method papers, registered by name.
-
-ShearletX (Kolek et al., CVPR 2023): figure ``cp_hs_scatter``, the paper's 3 CP measures × 3
+"""The ShearletX study's report (Kolek et al., CVPR 2023): figure ``cp_hs_scatter``, the paper's 3 CP measures × 3
 smooth-mask areas × 3 models = 27 scatter panels in one figure. Rows: model × smooth-mask run
 (registered method ``smooth_mask``, ordered by target area a, read from the saliency stores'
 parameters where available, and labelled with it); columns: CP measure (``cp_l1_pixel``,
@@ -17,14 +15,8 @@ the edge without its CP interval (the KDEs use all values). 1e-10 is added befor
 (as the reference plots). The per-method means with CIs are also in the ``summary`` table.
 The figure is 3.7 inches high per row (33.9 for the preset's 9 rows), the legend below it.
 
-StartGrad (Uendes et al., ICLR 2025): figure ``convergence_curves``: rows = host method
-(``method_name``), columns = retained probability, retained ℓ1 information, CP-ℓ1, CP-pixel;
-per init (``ones``, ``uniform``, ``startgrad``) the median over images and the interquartile
-band at every recorded step (x = step, from ``history_every``). Tables ``startgrad_speedup``,
-``startgrad_iqm`` and ``startgrad_wilcoxon`` are in :mod:`xaipipe.report.startgrad`.
-
-All read the experiment's per-image scores (``per_image.parquet``; the metrics ``cp``,
-``hallucination_score`` and ``convergence``).
+It reads the experiment's per-image scores (``per_image.parquet``; the metrics ``cp`` and
+``hallucination_score``).
 """
 from __future__ import annotations
 
@@ -34,29 +26,20 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
-from ..metrics.convergence import CURVES as HISTORIES, OPTIONAL_CURVES
-from .figures import FIGURES, FigureInputs, _save, plt
-from .inputs import read_per_image
+from .figures import FIGURES, FigureInputs, plt, save_figure
+from .inputs import metric_rows, read_per_image
 
 CP_MEASURES = ("cp_l1_pixel", "cp_l1", "cp_entropy")
-CURVES = (("retained_probability", "retained probability"),
-          ("retained_l1", "retained ℓ1 information"),
-          ("cp_l1", "CP-ℓ1"), ("cp_pixel", "CP-pixel"))
-INIT_ORDER = ("ones", "uniform", "startgrad")
 EPS = 1e-10
 CP_LIMITS = (0.1, 2000.0)   # the CP axis of the ShearletX plots (code/scatterplot.py)
 SMOOTH = "smooth_mask"
 
 
-def _metric_rows(df: pd.DataFrame, metric_name: str) -> pd.DataFrame:
-    return df[df["metric_name"] == metric_name] if "metric_name" in df else df.iloc[:0]
-
-
 def cp_hs_frame(per_image: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, variant, method, image) with the CP measures and ``hs``, plus
     ``method_name`` (the registered method; the run name where the per-image scores lack it)."""
-    cp = _metric_rows(per_image, "cp")
-    hs = _metric_rows(per_image, "hallucination_score")
+    cp = metric_rows(per_image, "cp")
+    hs = metric_rows(per_image, "hallucination_score")
     if cp.empty or hs.empty:
         raise DataError("cp_hs_scatter needs the metrics 'cp' and 'hallucination_score' in "
                         f"the experiment (per-image metrics found: "
@@ -187,7 +170,7 @@ def cp_hs_scatter(frame: pd.DataFrame, paths, *, summary: pd.DataFrame | None = 
                bbox_to_anchor=(0.5, 0.0))
     if suptitle:
         fig.suptitle(suptitle, fontsize=10, y=1 - 0.15 / height, va="top")
-    _save(fig, paths)
+    save_figure(fig, paths)
     return fig
 
 
@@ -247,102 +230,3 @@ def cp_hs_scatter_figure(inputs: FigureInputs, paths: list[str]) -> None:
     frame = cp_hs_frame(read_per_image(inputs.per_image))
     cp_hs_scatter(frame, paths, summary=inputs.summary, suptitle=inputs.experiment or None,
                   areas=smooth_mask_areas(inputs.stores))
-
-
-# -- StartGrad ---------------------------------------------------------------------------
-def setting_labels(frame: pd.DataFrame) -> pd.Series:
-    """Per row, the host label of its run: ``method_name`` where the experiment has one
-    setting of that method (per model and variant), else ``method_name (k=v, ...)`` with the
-    parameters that differ between its settings (the ``setting`` column,
-    :func:`xaipipe.explain.masks.base.run_setting`; a λ grid gives ``shearletx (lambda_1=0.1,
-    lambda_2=0.2)``). Without a ``setting`` column: ``method_name``."""
-    import json
-    label = frame["method_name"].astype(str)
-    if "setting" not in frame or frame["setting"].isna().all():
-        return label
-    label = label.copy()
-    for _, d in frame.groupby(["model", "variant", "method_name"], sort=False):
-        settings = list(dict.fromkeys(d["setting"].dropna()))
-        if len(settings) < 2:
-            continue
-        parsed = {st: json.loads(st) for st in settings}
-        keys = sorted({k for v in parsed.values() for k in v}, key=str)
-        varying = [k for k in keys if len({json.dumps(v.get(k), sort_keys=True)
-                                           for v in parsed.values()}) > 1]
-        for st, v in parsed.items():
-            rows = d.index[d["setting"] == st]
-            desc = ", ".join(f"{k}={v.get(k)}" for k in varying)
-            label.loc[rows] = f"{d['method_name'].iloc[0]} ({desc})"
-    return label
-
-
-def history_curves(per_image: pd.DataFrame) -> dict:
-    """{(model, variant, host, init): {quantity: (images, T) array, "image_id": ids,
-    "every": history_every}} from the ``convergence`` metric's rows, images sorted by id.
-    ``host`` is the method's label (:func:`setting_labels`: ``method_name``, or with the
-    parameters of its setting where the experiment runs several, e.g. a λ grid); ``init`` is
-    the init's label (``startgrad[ablation=adversarial]`` for an ablation). Two runs with one
-    key (the same setting and init twice) are an error naming them."""
-    conv = _metric_rows(per_image, "convergence")
-    if conv.empty:
-        raise DataError("the StartGrad report needs the metric 'convergence' (the histories of "
-                        "mask methods run with history_every) in the experiment")
-    conv = conv.assign(_host=setting_labels(conv))
-    out = {}
-    for key, d in conv.groupby(["model", "variant", "_host", "init"], sort=False):
-        if "method" in d and d["method"].nunique() > 1:
-            raise DataError(f"the runs {sorted(d['method'].unique())} of {key[0]} / {key[2]} "
-                            f"share the init {key[3]!r} and every other parameter: the "
-                            "StartGrad tables compare one run per init and setting")
-        d = d.sort_values("image_id")
-        entry = {q: np.stack([np.asarray(v, np.float64) for v in d[q]])
-                 for q in (*HISTORIES, *OPTIONAL_CURVES)
-                 if q in d and d[q].map(lambda v: isinstance(v, np.ndarray)).all()}
-        entry["image_id"] = d["image_id"].to_numpy()
-        every = d["history_every"].iloc[0] if "history_every" in d else 1
-        entry["every"] = int(every) if pd.notna(every) and every else 1
-        out[key] = entry
-    return out
-
-
-def convergence_figure(curves: dict, paths, *, suptitle: str | None = None) -> None:
-    """Median and interquartile band over images per init (module docstring)."""
-    rows = list(dict.fromkeys((m, v, h) for m, v, h, _ in curves))
-    fig, axes = plt.subplots(len(rows), len(CURVES), figsize=(3.6 * len(CURVES),
-                                                            2.8 * len(rows)), squeeze=False)
-    colors = {"ones": "tab:blue", "uniform": "tab:orange", "startgrad": "tab:green"}
-    for r, (model, variant, host) in enumerate(rows):
-        inits = [i for i in INIT_ORDER if (model, variant, host, i) in curves] + \
-            [i for (m, v, h, i) in curves if (m, v, h) == (model, variant, host)
-             and i not in INIT_ORDER]
-        for c, (q, label) in enumerate(CURVES):
-            ax = axes[r, c]
-            for init in inits:
-                e = curves[(model, variant, host, init)]
-                if q not in e:
-                    continue
-                a = e[q]
-                x = np.arange(a.shape[1]) * e["every"]
-                lo, med, hi = np.nanpercentile(a, [25, 50, 75], axis=0)
-                ax.plot(x, med, color=colors.get(init), label=init, lw=1.2)
-                ax.fill_between(x, lo, hi, color=colors.get(init), alpha=0.2, lw=0)
-            ax.set_title(f"{host}\n{model}: {label}", fontsize=7.5)
-            ax.set_xlabel("step", fontsize=7)
-            ax.tick_params(labelsize=7)
-            if q.startswith("cp_"):
-                ax.set_yscale("log")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8,
-               bbox_to_anchor=(0.5, -0.03), title="init (median, IQR band over images)",
-               title_fontsize=8)
-    fig.tight_layout()
-    if suptitle:                # above the panels (the saved figure's box is tight)
-        fig.suptitle(suptitle, fontsize=10, y=1.0 + 0.25 / fig.get_figheight())
-    _save(fig, paths)
-
-
-@FIGURES.register(name="convergence_curves")
-def convergence_curves_figure(inputs: FigureInputs, paths: list[str]) -> None:
-    """Convergence curves of ones / uniform / StartGrad inits per mask method."""
-    convergence_figure(history_curves(read_per_image(inputs.per_image)), paths,
-                       suptitle=inputs.experiment or None)
