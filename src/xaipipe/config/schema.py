@@ -1,4 +1,5 @@
-"""The JSON schema of the config (``schemas/config.schema.yaml``), with short errors."""
+"""The JSON schema of the config (``config.schema.yaml``, shipped with the package), with short
+errors."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +7,12 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..params import cli_scalar
 
+#: the checkout this package runs from (its config.yaml, presets/, Snakefile); only meaningful
+#: in a source checkout
 ROOT = Path(__file__).resolve().parents[3]
-SCHEMA = ROOT / "schemas" / "config.schema.yaml"
+#: the JSON schema of the config, shipped with the package (``schemas/config.schema.yaml`` in
+#: the checkout links to it, where the Snakemake workflow template keeps schemas)
+SCHEMA = Path(__file__).resolve().parent / "config.schema.yaml"
 
 
 def validate_schema(config: dict, schema_path=SCHEMA) -> dict:
