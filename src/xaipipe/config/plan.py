@@ -275,7 +275,7 @@ class Plan:
         from ..explain import get_method
         declared = get_method(name).params
         if "init" in declared:          # mask methods: the StartGrad report groups by them
-            from ..explain.masks.base import init_label, run_setting
+            from ..explain.masks.params import init_label, run_setting
             out["init"] = init_label(params, declared)
             out["setting"] = run_setting(params, declared)
             out["history_every"] = params.history_every

@@ -254,7 +254,7 @@ def setting_labels(frame: pd.DataFrame) -> pd.Series:
     """Per row, the host label of its run: ``method_name`` where the experiment has one
     setting of that method (per model and variant), else ``method_name (k=v, ...)`` with the
     parameters that differ between its settings (the ``setting`` column,
-    :func:`xaipipe.explain.masks.base.run_setting`; a λ grid gives ``shearletx (lambda_1=0.1,
+    :func:`xaipipe.explain.masks.params.run_setting`; a λ grid gives ``shearletx (lambda_1=0.1,
     lambda_2=0.2)``). Without a ``setting`` column: ``method_name``."""
     import json
     label = frame["method_name"].astype(str)

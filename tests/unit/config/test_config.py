@@ -460,7 +460,7 @@ def test_startgrad_lambda_grid_plans_one_setting_per_lambda_pair():
 
 def test_init_labels_name_startgrad_variants():
     from xaipipe.explain import get_method
-    from xaipipe.explain.masks.base import init_label, run_setting
+    from xaipipe.explain.masks.params import init_label, run_setting
     declared = get_method("pixel_mask").params
     assert init_label({"init": "ones"}, declared) == "ones"
     assert init_label({"init": "startgrad"}, declared) == "startgrad"

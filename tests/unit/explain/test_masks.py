@@ -436,7 +436,7 @@ def test_prob_score_uses_the_gradient_of_p_where_its_size_matters(cnn, x32):
 
 
 def test_normalize_gradient_and_lp_sparsity(cnn, x32):
-    from xaipipe.explain.masks.base import normalize_gradients
+    from xaipipe.explain.masks.schedules import normalize_gradients
     from xaipipe.explain.masks.pixel_mask import PixelMask
     params = [torch.rand(2, 1, 4, 4).requires_grad_(True), torch.rand(2, 5).requires_grad_(True)]
     for m in params:
@@ -482,7 +482,7 @@ def test_shearletx_startgrad_compat_baselines_are_pixel_shaped(cnn, x64):
     ("exponential", {"gamma": 0.9})])
 def test_lr_schedules_equal_torchs_schedulers(schedule, kw):
     """lr_at's closed forms against torch's own schedulers, stepped once per iteration."""
-    from xaipipe.explain.masks.base import lr_at
+    from xaipipe.explain.masks.schedules import lr_at
     steps, lr = 12, 0.1
     opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=lr)
     sched = {"cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps),
@@ -498,7 +498,7 @@ def test_lr_schedules_equal_torchs_schedulers(schedule, kw):
 
 
 def test_adaptive_lambda_factor_grows_to_one():
-    from xaipipe.explain.masks.base import lambda_factor
+    from xaipipe.explain.masks.schedules import lambda_factor
     f = [lambda_factor(s, "adaptive", 0.1) for s in range(200)]
     assert f[0] == pytest.approx(0.1) and f[1] == pytest.approx(0.1 ** 0.5)
     assert all(b > a for a, b in zip(f, f[1:])) and f[-1] == pytest.approx(0.1 ** (1 / 200))
@@ -533,7 +533,7 @@ def test_schedules_change_the_run_not_the_draws(cnn, x32):
 def test_smoothgrad_ablation(cnn, x32):
     """The gradient averaged over noisy copies: one copy equals StartGrad on that noisy image
     (the same seeded draw); the copies do not depend on the batch; more copies differ."""
-    from xaipipe.explain.masks.base import SMOOTHGRAD_SPREAD
+    from xaipipe.explain.masks.startgrad import SMOOTHGRAD_SPREAD
     from xaipipe.explain.masks.pixel_mask import PixelMask
     from xaipipe.utils import derive_seed
     x, t = x32[:2], torch.tensor([0, 1])

@@ -24,7 +24,9 @@ import torch
 
 from ...params import Param
 from ..base import register_method
-from .base import COMMON_PARAMS, MaskMethod, State, gray, sparsity
+from .base import MaskMethod, gray, sparsity
+from .params import COMMON_PARAMS
+from .state import State
 
 
 @register_method

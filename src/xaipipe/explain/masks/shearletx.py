@@ -22,7 +22,9 @@ QuantileTransformer with n_quantiles = min(10⁴, H·W) per band and no subsampl
 """
 from ...params import Param
 from ..base import register_method
-from .base import COMMON_PARAMS, MaskMethod, State, gray, sparsity
+from .base import MaskMethod, gray, sparsity
+from .params import COMMON_PARAMS
+from .state import State
 
 
 def auto_scales(h: int, w: int) -> int:

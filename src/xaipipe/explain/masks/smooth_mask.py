@@ -62,7 +62,7 @@ flipped image): ``retained_probability`` p_c(perturbed)/p_c(x̃), ``retained_l1`
 ``cp_l1``, ``cp_pixel`` and ``cp_entropy`` (retained probability over ``retained_l1`` /
 ``retained_pixel`` / ``retained_entropy``), the clean explanation's CP at the same iteration
 (``clean_retained_probability``, ``clean_cp_l1_pixel``, ``clean_cp_l1``, ``clean_cp_entropy``;
-:func:`xaipipe.explain.masks.base.clean_cp`), and ``loss_terms`` (N, T, K) in the order of :data:`LOSS_TERMS` (the loss minimised is −reward +
+:func:`xaipipe.explain.masks.history.clean_cp`), and ``loss_terms`` (N, T, K) in the order of :data:`LOSS_TERMS` (the loss minimised is −reward +
 area_penalty).
 
 Initialisation (``init``): ``ones`` (TorchRay); ``uniform`` U(0,1) per parameter, drawn per
@@ -103,7 +103,7 @@ from ...utils import full_precision, generator
 from ..base import Attribution, Method, estimate_point_bytes, default_memory_mb, \
     register_method
 from ...maths.information import CLEAN_HISTORY, entropy, target_log_prob   # H: float64
-from .base import clean_cp
+from .history import clean_cp
 from .startgrad import SCORES, quantile_transform, ranking_score
 
 #: order of the last axis of ``extras["loss_terms"]`` (N, T, K); loss = −reward + area_penalty

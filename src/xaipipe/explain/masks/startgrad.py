@@ -20,10 +20,15 @@ transform), reduces colour by max and calls :func:`quantile_transform` with its 
 """
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import numpy as np
 import torch
 
 from ...maths.objectives import objective
+from ...utils import derive_seed
+from .state import State
 
 SCORES = ("prob", "nll", "logit")
 #: what maps |gradient| to the initial mask per block (the paper's QTF and its ablations)
@@ -136,3 +141,155 @@ def shuffle_blocks(m: torch.Tensor, block_dims: int, generator: torch.Generator)
     perm = torch.stack([torch.randperm(flat.shape[1], generator=generator)
                         for _ in range(flat.shape[0])]).to(m.device)
     return torch.gather(flat, 1, perm).reshape(m.shape)
+
+
+class StartGradInit:
+    """The initial masks: all ones, U(0, 1), or StartGrad's (the gradient of the score with
+    respect to the coefficients, through the inverse transform, |·| and max over colour, then
+    the QTF per block), with the paper's ablations. A part of
+    :class:`~xaipipe.explain.masks.base.MaskMethod` (``self`` is the mask method)."""
+
+    def initial_masks(self, state: State, target, image_ids) -> list[torch.Tensor]:
+        p = self.hparams
+        n, dev = state.images.shape[0], state.images.device
+        shapes = self.mask_shapes(state)
+        if p.init == "ones":
+            return [torch.ones((n, *sh), device=dev) for sh in shapes]
+        if p.init == "uniform":
+            out = []
+            for k, sh in enumerate(shapes):
+                out.append(torch.stack([torch.rand(sh, generator=self._generator(i, "init", k))
+                                        for i in image_ids]).to(dev))
+            return out
+        return self.startgrad_masks(state, target, image_ids)
+
+    def startgrad_masks(self, state: State, target, image_ids=None) -> list[torch.Tensor]:
+        """StartGrad: z = T(x̃) as a leaf, x′ = T⁻¹(z), a = |∂s/∂z|, max over colour, QTF per
+        block. The gradient runs through the inverse transform (no clipping). The ablations
+        (``startgrad_ablation``, ``startgrad_transform``) change one step each; their draws
+        are seeded per image id."""
+        p = self.hparams
+        ablation = p.startgrad_ablation
+        ids = (list(range(state.images.shape[0])) if image_ids is None
+               else [int(i) for i in image_ids])
+        if ablation == "smoothgrad":
+            grads = self._smoothgrad_gradients(state, target, ids)
+        else:
+            grads = self._coefficient_gradients(state, target)
+        # the reference's order: noise, then the rescaling, then × input (one ablation at a
+        # time, so only the rescaling's place matters)
+        if ablation == "noisy":
+            sd = math.sqrt(p.startgrad_noise)
+            grads = [g + sd * torch.stack([torch.randn(
+                g.shape[1:], generator=self._generator(i, "startgrad_noise", k), dtype=g.dtype)
+                for i in ids]).to(g.device) for k, g in enumerate(grads)]
+        scale = self.gradient_scale(state)
+        if scale is not None:
+            grads = [g * scale.to(g.device, g.dtype) for g in grads]
+        if ablation == "grad_x_input":
+            grads = [g * c for g, c in zip(grads, state.coeffs)]
+        out = []
+        for k, (g, sh, bd) in enumerate(zip(grads, self.startgrad_shapes(state),
+                                            self.qtf_block_dims)):
+            a = g.abs().amax(1, keepdim=True)              # max over colour → (N, 1, ...)
+            a = a.expand(a.shape[0], *sh) if a.shape[1:] != sh else a
+            m0 = self._block_transform(a, bd, k, ids).to(g.device)
+            if ablation == "adversarial":
+                m0 = 1.0 - m0
+            elif ablation == "shuffle":
+                m0 = torch.stack([shuffle_blocks(m0[j], bd,
+                                                 self._generator(i, "startgrad_shuffle", k))
+                                  for j, i in enumerate(ids)])
+            out.append(m0)
+        return out
+
+    def compat_qtf(self, part: int, n: int) -> tuple[int, int | None] | None:
+        """(n_quantiles, subsample) of the scikit-learn QuantileTransformer that the StartGrad
+        repository fits to each block of ``n`` values of ``part`` (``compat: startgrad``,
+        :func:`~xaipipe.explain.masks.startgrad.sampled_quantile_transform`); None: the clean QTF."""
+        return None
+
+    def _block_transform(self, a: torch.Tensor, block_dims: int, part: int,
+                         ids: list[int]) -> torch.Tensor:
+        """|gradient| (N, ...) of one part → its initial mask, block by block: the
+        ``startgrad_transform``, or for ``qtf`` under a compat profile the sampled QTF, whose
+        subsample draws are seeded per (image id, part, block)."""
+        kind = self.hparams.startgrad_transform
+        n = math.prod(a.shape[a.ndim - block_dims:])
+        sk = self.compat_qtf(part, n) if kind == "qtf" else None
+        if sk is None:
+            return block_transform(a, block_dims, kind)
+        seeds = None
+        if sk[1] is not None and sk[1] < n:          # subsampled: one seed per block
+            per_image = math.prod(a.shape[1:a.ndim - block_dims])
+            seeds = [derive_seed(*self.seed_parts(i, "startgrad_qtf", part, b))
+                     for i in ids for b in range(per_image)]
+        return sampled_quantile_transform(a, block_dims, sk[0], sk[1], seeds)
+
+    def gradient_scale(self, state: State) -> torch.Tensor | None:
+        """A factor the StartGrad gradients of every part are multiplied by before the
+        absolute value (the pixel mask's ``rescaling_gradient``); None: none."""
+        return None
+
+    def _coefficient_gradients(self, state: State, target) -> list[torch.Tensor]:
+        """∂s/∂z per part for z = T(x̃) as a leaf, through x′ = T⁻¹(z) (StartGrad)."""
+        z = [c.detach().clone().requires_grad_(True) for c in state.coeffs]
+        with torch.enable_grad():
+            chunk = self.chunk_size(state.images.shape[1:], state.images.device)
+            grads = [torch.zeros_like(c) for c in z]
+            for s in range(0, state.images.shape[0], chunk):
+                zs = [c[s:s + chunk] for c in z]
+                x = self.synthesize(state, zs)
+                logits = self.model(x).float()
+                sc = ranking_score(logits, target[s:s + chunk], self.hparams.startgrad_score)
+                gs = torch.autograd.grad(sc.sum(), zs)
+                if self._prob_magnitude():
+                    # ∂p_c/∂z = p_c·∂log p_c/∂z: the gradient of p_c itself where its size,
+                    # not only its ranking, reaches the mask
+                    pc = torch.softmax(logits.detach().double(), 1).gather(
+                        1, target[s:s + chunk].view(-1, 1).to(logits.device)).squeeze(1)
+                    gs = [gi * pc.to(gi.dtype).view(-1, *[1] * (gi.ndim - 1)) for gi in gs]
+                for g, gi in zip(grads, gs):
+                    g[s:s + chunk] = gi
+        return grads
+
+    def _prob_magnitude(self) -> bool:
+        """Whether ``startgrad_score: prob`` needs the gradient of p_c rather than that of
+        log p_c, which :func:`ranking_score` takes for ``prob`` and ``nll`` alike. The
+        per-block QTF, min–max and sqrt transforms of |∂s/∂z| (and the adversarial, shuffle and
+        grad_x_input ablations of them) do not change when an image's gradient is scaled by
+        p_c > 0, so there one gradient keeps the two scores' masks identical bit for bit.
+        The ``noisy`` ablation (σ² added to the gradient), the ``smoothgrad`` one (an average
+        over copies with different p_c) and the ``log`` transform (log(a + 1e-12)) see the
+        size: there ``prob`` is ∂p_c/∂z."""
+        p = self.hparams
+        return p.startgrad_score == "prob" and (
+            p.startgrad_ablation in ("noisy", "smoothgrad") or p.startgrad_transform == "log")
+
+    def _smoothgrad_gradients(self, state: State, target, ids: list[int]) -> list[torch.Tensor]:
+        """StartGrad's smoothgrad ablation: |∂s/∂z| averaged over S copies x̃ + ε of each image
+        (the absolute value of each copy's gradient, as the StartGrad repository averages it),
+        ε ~ N(0, σ²) per pixel with σ = 0.15·(max − min) of that image, z = T(x̃ + ε); each
+        image's draws seeded by its id and the copy's index (so copies do not depend on the
+        batch, and more copies extend the same sequence)."""
+        images = state.images
+        n_copies = self.hparams.startgrad_samples or self.smoothgrad_samples
+        flat = images.flatten(1)
+        sd = (SMOOTHGRAD_SPREAD * (flat.amax(1) - flat.amin(1))).view(-1, 1, 1, 1)
+        total = None
+        for s in range(n_copies):
+            eps = torch.stack([torch.randn(images.shape[1:],
+                                           generator=self._generator(i, "startgrad_smoothgrad",
+                                                                     s))
+                               for i in ids]).to(images.device)
+            noisy = images + sd * eps
+            grads = self._coefficient_gradients(
+                replace(state, images=noisy, coeffs=self.coefficients(state, noisy)), target)
+            grads = [g.abs() for g in grads]
+            total = grads if total is None else [t + g for t, g in zip(total, grads)]
+        return [t / n_copies for t in total]
+
+    def startgrad_shapes(self, state: State) -> list[tuple]:
+        """The StartGrad mask's shape per part (the same as every init's, unless a compat
+        option makes the baselines smaller: ShearletX ``compat: startgrad``)."""
+        return self.mask_shapes(state)

@@ -20,7 +20,9 @@ state). Its per-level statistics, masks and clipping are the clean ones already;
 """
 from ...params import Param
 from ..base import register_method
-from .base import COMMON_PARAMS, MaskMethod, State, gray
+from .base import MaskMethod, gray
+from .params import COMMON_PARAMS
+from .state import State
 
 
 class _Wavelet(MaskMethod):
