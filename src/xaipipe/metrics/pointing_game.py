@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..maths.imageops import REDUCTIONS, reduce_channels
 from ..params import Param
-from .statistics import column_seed
+from .statistics import bootstrap_index_blocks, column_seed
 from .base import Metric, MetricInputs, register_metric, summary_row
 
 
@@ -134,13 +134,15 @@ def class_mean_ci(hit: np.ndarray, classes: np.ndarray, n_boot: int = 1000,
         return np.nan, np.nan, np.nan
     _, codes = np.unique(classes, return_inverse=True)
     k = int(codes.max()) + 1
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, hit.size, size=(n_boot, hit.size))
-    flat = (np.arange(n_boot)[:, None] * k + codes[idx]).ravel()
-    sums = np.bincount(flat, weights=hit[idx].ravel(), minlength=n_boot * k).reshape(n_boot, k)
-    counts = np.bincount(flat, minlength=n_boot * k).reshape(n_boot, k)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.nanmean(np.where(counts > 0, sums / counts, np.nan), axis=1)
+    means = np.empty(n_boot, np.float64)
+    for start, idx in bootstrap_index_blocks(hit.size, n_boot, np.random.default_rng(seed)):
+        b = len(idx)                                  # resamples in this block
+        flat = (np.arange(b)[:, None] * k + codes[idx]).ravel()
+        sums = np.bincount(flat, weights=hit[idx].ravel(), minlength=b * k).reshape(b, k)
+        counts = np.bincount(flat, minlength=b * k).reshape(b, k)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means[start:start + b] = np.nanmean(np.where(counts > 0, sums / counts, np.nan),
+                                                axis=1)
     a = (1 - level) / 2
     return (class_mean(hit, classes), float(np.quantile(means, a)),
             float(np.quantile(means, 1 - a)))

@@ -48,18 +48,22 @@ from ..utils import derive_seed
 BLOCK_ELEMENTS = 1 << 20
 
 
-def bootstrap_means(v: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """The means of ``n_boot`` resamples (with replacement, n of n) of ``v``, drawn from
-    ``rng`` in blocks of replicates. NumPy's ``Generator.integers`` draws the same stream of
-    indices whether a (n_boot, n) array is asked for at once or in consecutive blocks of rows,
-    and each row's mean does not depend on the other rows, so the result is bit for bit that
-    of one (n_boot, n) draw, with at most :data:`BLOCK_ELEMENTS` indices in memory."""
-    n = v.size
-    means = np.empty(n_boot, np.float64)
+def bootstrap_index_blocks(n: int, n_boot: int, rng: np.random.Generator):
+    """(start, indices) of consecutive blocks of the ``n_boot`` resamples (with replacement,
+    n of n): ``indices`` is (rows, n), drawn from ``rng``. NumPy's ``Generator.integers``
+    draws the same stream whether a (n_boot, n) array is asked for at once or in consecutive
+    blocks of rows, so a statistic computed per row is bit for bit that of one (n_boot, n)
+    draw, with at most :data:`BLOCK_ELEMENTS` indices in memory."""
     rows = max(1, BLOCK_ELEMENTS // max(n, 1))
     for start in range(0, n_boot, rows):
-        b = min(rows, n_boot - start)
-        means[start:start + b] = v[rng.integers(0, n, size=(b, n))].mean(1)
+        yield start, rng.integers(0, n, size=(min(rows, n_boot - start), n))
+
+
+def bootstrap_means(v: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """The means of ``n_boot`` resamples of ``v`` (:func:`bootstrap_index_blocks`)."""
+    means = np.empty(n_boot, np.float64)
+    for start, idx in bootstrap_index_blocks(v.size, n_boot, rng):
+        means[start:start + len(idx)] = v[idx].mean(1)
     return means
 
 

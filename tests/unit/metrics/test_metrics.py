@@ -266,9 +266,9 @@ def reference_bootstrap_ci(values, n_boot=1000, level=0.95, seed=0):
 def test_bootstrap_in_blocks_equals_one_draw(monkeypatch, block):
     """Drawing the replicates in blocks (default size, and forced tiny blocks that leave a
     ragged last block) gives exactly the numbers of one (n_boot, n) draw."""
-    from xaipipe.metrics import aggregate
+    from xaipipe.metrics import statistics
     if block is not None:
-        monkeypatch.setattr(aggregate, "BLOCK_ELEMENTS", block)
+        monkeypatch.setattr(statistics, "BLOCK_ELEMENTS", block)
     for n in (1, 2, 17, 1000, 3001):
         v = np.random.default_rng(n).normal(size=n)
         if n > 7:
@@ -660,3 +660,51 @@ def test_tmlr_ranking_is_float16_unstable_argsort_and_clean_is_stable():
     assert tmlr[0, 0] == 4 and set(tmlr[0, 1:4].tolist()) == {0, 1, 3}
     with pytest.raises(ValueError, match="unknown compat"):
         pixel_order(scores, compat="pair")
+
+
+def _class_mean_ci_one_draw(hit, classes, n_boot, level, seed):
+    """The pointing game's class-mean interval as one (n_boot, n) draw: the reference the
+    blocked implementation must equal bit for bit."""
+    from xaipipe.metrics.pointing_game import class_mean
+    hit = np.asarray(hit, np.float64)
+    _, codes = np.unique(classes, return_inverse=True)
+    k = int(codes.max()) + 1
+    idx = np.random.default_rng(seed).integers(0, hit.size, size=(n_boot, hit.size))
+    flat = (np.arange(n_boot)[:, None] * k + codes[idx]).ravel()
+    sums = np.bincount(flat, weights=hit[idx].ravel(), minlength=n_boot * k).reshape(n_boot, k)
+    counts = np.bincount(flat, minlength=n_boot * k).reshape(n_boot, k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.nanmean(np.where(counts > 0, sums / counts, np.nan), axis=1)
+    a = (1 - level) / 2
+    return class_mean(hit, classes), float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
+@pytest.mark.parametrize("n,k,n_boot,block", [(7, 3, 50, None), (200, 10, 300, 1000),
+                                               (33, 2, 101, 40)])
+def test_pointing_game_class_interval_in_blocks_equals_one_draw(monkeypatch, n, k, n_boot,
+                                                                block):
+    from xaipipe.metrics import statistics
+    from xaipipe.metrics.pointing_game import class_mean_ci
+    rng = np.random.default_rng(n)
+    hit, classes = rng.random(n) < 0.6, rng.integers(0, k, n)
+    if block is not None:                # several blocks, one of them partial
+        monkeypatch.setattr(statistics, "BLOCK_ELEMENTS", block)
+    assert class_mean_ci(hit, classes, n_boot, 0.9, seed=5) == \
+        _class_mean_ci_one_draw(hit, classes, n_boot, 0.9, 5)
+
+
+def test_pointing_game_class_interval_memory_is_bounded():
+    """50,000 images x 1000 replicates in bounded blocks (traced NumPy allocations)."""
+    import tracemalloc
+    from xaipipe.metrics.pointing_game import class_mean_ci
+    rng = np.random.default_rng(0)
+    hit, classes = rng.random(50_000) < 0.5, rng.integers(0, 1000, 50_000)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        m, lo, hi = class_mean_ci(hit, classes, 1000, 0.95, seed=1)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert lo <= m <= hi
+    assert peak < 200e6, f"class bootstrap peak {peak / 1e6:.0f} MB"
