@@ -120,3 +120,46 @@ def params_class(owner: type, spec: dict[str, Param]) -> type[ParamSet]:
               for k, p in spec.items()]
     cls.__doc__ = "\n".join(lines)
     return cls
+
+
+class Parametrised:
+    """What methods and metrics share about their parameters: they declare ``params`` (name ->
+    :class:`Param`) and get ``Params`` (:func:`params_class`), built for every subclass;
+    :meth:`check` turns a mapping into a validated ``Params``; :meth:`set_params` takes them
+    as a ``Params``, a mapping, or keyword arguments, into ``self.hparams``. ``kind`` names
+    the component in messages (``method 'x'``)."""
+
+    kind: ClassVar[str] = "component"
+    name: ClassVar[str] = ""
+    params: ClassVar[dict[str, Param]] = {}
+    Params: ClassVar[type[ParamSet]]      # built from ``params`` for every subclass
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        cls.Params = params_class(cls, cls.params)
+
+    @classmethod
+    def check(cls, params: "ParamSet | dict", where: str | None = None) -> ParamSet:
+        """The validated ``Params`` of a mapping (defaults filled in; a :class:`ConfigError`
+        naming ``where`` and the key otherwise). A ``Params`` of this class is returned as
+        it is: it was checked when it was made."""
+        if isinstance(params, cls.Params):
+            return params
+        if isinstance(params, ParamSet):
+            params = params.as_dict()
+        where = where or f"{cls.kind} {cls.name!r}"
+        return cls.Params(**cls.validate(check_params(cls.params, params, where), where))
+
+    @classmethod
+    def validate(cls, values: dict, where: str) -> dict:
+        """Checks across parameters, after each was checked on its own (``values``: every
+        declared parameter); returns the values, possibly normalised. Default: none."""
+        return values
+
+    def set_params(self, params: "ParamSet | dict | None", kwargs: dict) -> None:
+        """``self.hparams`` from ``params`` (a checked ``Params``, what a job carries, or a
+        mapping) or the keyword arguments ``kwargs``, not both."""
+        if params is not None and kwargs:
+            raise TypeError(f"{self.kind} {self.name!r}: give the parameters as params= or "
+                            f"as keywords, not both ({sorted(kwargs)})")
+        self.hparams = self.check(kwargs if params is None else params)

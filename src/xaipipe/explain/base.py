@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import ON_NONFINITE, ConfigError, NonFiniteError
 from ..registry import Registry
 from ..utils import PRECISIONS, autocast, eval_mode, full_precision, nonfinite_rows
-from ..params import Param, ParamSet, check_params, params_class
+from ..params import Param, Parametrised, ParamSet, params_class
 from ..maths.objectives import OBJECTIVES, objective
 
 OBJECTIVE_PARAM = Param("logit", str, OBJECTIVES, doc="explained scalar f of the logits")
@@ -45,7 +45,7 @@ class Attribution:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-class Method:
+class Method(Parametrised):
     """Base class. Subclasses set ``name``, ``params`` and implement :meth:`attribute`.
 
     Hyper-parameters: ``params`` declares them (:class:`~xaipipe.params.Param`: default,
@@ -61,14 +61,8 @@ class Method:
     and ``max_batch`` (a hard cap on points per chunk).
     """
 
-    name: ClassVar[str] = ""
-    params: ClassVar[dict[str, Param]] = {}
-    Params: ClassVar[type[ParamSet]]     # built from ``params`` for every subclass
+    kind = "method"
     channels: ClassVar[str] = "input"   # "input": C of the image; "single": 1
-
-    def __init_subclass__(cls, **kw):
-        super().__init_subclass__(**kw)
-        cls.Params = params_class(cls, cls.params)
 
     def __init__(self, model: nn.Module, params: ParamSet | dict | None = None, *,
                  seed: int = 0, memory_mb: float | None = None, max_batch: int | None = None,
@@ -83,29 +77,7 @@ class Method:
             raise ConfigError(f"method {self.name!r}: precision {precision!r} is not one of "
                               f"{', '.join(map(repr, PRECISIONS))}")
         self.precision = precision
-        if params is not None and kwargs:
-            raise TypeError(f"method {self.name!r}: give the parameters as params= or as "
-                            f"keywords, not both ({sorted(kwargs)})")
-        self.hparams = self.check(kwargs if params is None else params)
-
-    @classmethod
-    def check(cls, params: ParamSet | dict, where: str | None = None) -> ParamSet:
-        """The validated ``Params`` of a mapping (defaults filled in; a :class:`ConfigError`
-        naming ``where`` and the key otherwise). A ``Params`` of this class is returned as
-        it is: it was checked when it was made."""
-        if isinstance(params, cls.Params):
-            return params
-        if isinstance(params, ParamSet):
-            params = params.as_dict()
-        where = where or f"method {cls.name!r}"
-        values = cls.validate(check_params(cls.params, params, where), where)
-        return cls.Params(**values)
-
-    @classmethod
-    def validate(cls, values: dict, where: str) -> dict:
-        """Checks across parameters, after each was checked on its own (``values``: every
-        declared parameter); returns the values, possibly normalised. Default: none."""
-        return values
+        self.set_params(params, kwargs)
 
     @classmethod
     def check_model(cls, params: ParamSet, model: nn.Module, where: str) -> None:

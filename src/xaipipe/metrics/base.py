@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import ON_NONFINITE, NonFiniteError
-from ..params import Param, ParamSet, check_params, params_class
+from ..params import Param, Parametrised, ParamSet, params_class
 from ..registry import Registry
 from ..utils import eval_mode, nonfinite_rows
 from .statistics import bootstrap_ci, column_seed
@@ -113,7 +113,7 @@ def as_target(target, n: int, device=None) -> torch.Tensor:
     return t
 
 
-class Metric:
+class Metric(Parametrised):
     """Base class. Subclasses set ``name``, ``params``, ``scalars`` (the per-image columns the
     summary aggregates), ``needs``, ``direction`` and implement :meth:`compute`.
 
@@ -123,9 +123,7 @@ class Metric:
     An instance may widen ``needs`` (insertion with ``fill: blur`` needs the other images).
     """
 
-    name: ClassVar[str] = ""
-    params: ClassVar[dict[str, Param]] = {}
-    Params: ClassVar[type[ParamSet]]     # built from ``params`` (see Method.Params)
+    kind = "metric"
     scalars: ClassVar[tuple[str, ...]] = ()
     needs: ClassVar[frozenset[str]] = frozenset({"model", "images"})
     direction: ClassVar[str] = "higher"
@@ -133,7 +131,6 @@ class Metric:
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
-        cls.Params = params_class(cls, cls.params)
         bad = set(cls.needs) - set(NEEDS)
         if bad:
             raise TypeError(f"metric {cls.name!r}: unknown needs {sorted(bad)}; allowed: {NEEDS}")
@@ -143,20 +140,7 @@ class Metric:
     def __init__(self, params: ParamSet | dict | None = None, **kwargs):
         """``params``: the checked ``Params`` (what a job carries) or a mapping; or the
         parameters as keyword arguments, not both."""
-        if params is not None and kwargs:
-            raise TypeError(f"metric {self.name!r}: give the parameters as params= or as "
-                            f"keywords, not both ({sorted(kwargs)})")
-        self.hparams = self.check(kwargs if params is None else params)
-
-    @classmethod
-    def check(cls, params: ParamSet | dict, where: str | None = None) -> ParamSet:
-        """The validated ``Params`` of a mapping (defaults filled in); a ``Params`` of this
-        class is returned as it is."""
-        if isinstance(params, cls.Params):
-            return params
-        if isinstance(params, ParamSet):
-            params = params.as_dict()
-        return cls.Params(**check_params(cls.params, params, where or f"metric {cls.name!r}"))
+        self.set_params(params, kwargs)
 
     def other_variant(self) -> str | None:
         """The variant of ``other_images`` / ``other_maps``, if the metric needs one."""
