@@ -35,10 +35,6 @@ import importlib.util
 import logging
 import os
 
-import dask
-import dask.local
-import dask.threaded
-
 from .errors import ConfigError
 
 log = logging.getLogger("xaipipe")
@@ -176,7 +172,11 @@ def _environ_restored():
 @contextlib.contextmanager
 def dask_client(scheduler: str | None = "local", workers: int = 1, dashboard: bool = False):
     """A context in which ``dask.compute`` runs on ``scheduler`` (module docstring); yields
-    the distributed ``Client`` or None."""
+    the distributed ``Client`` or None. Dask is imported here, not with the module: the jobs
+    that only set up their threads (every job) do not pay for it."""
+    import dask
+    import dask.local
+    import dask.threaded
     workers = max(1, int(workers))
     # Dask's local schedulers are given as functions, not names: a name makes every compute
     # check for `distributed` (an import of 0.5 s in each score job)

@@ -2,7 +2,11 @@
 
 The Snakemake scripts only unpack ``snakemake.*`` and call these; everything here can be called
 (and is tested) without Snakemake. The work itself lives where its name says: data/, models/,
-explain/runner.py, metrics/runner.py, report/.
+:mod:`.attribution` (the attribution loop), :mod:`.scoring` (a metric on Dask),
+:mod:`.summary` (an experiment's summary), report/. Each function imports what its work needs
+when it runs: every job is a fresh Python process, and one that selects images or renders a
+table should not pay for importing the attribution and scoring stacks (Dask, Zarr, every
+method and metric).
 """
 from __future__ import annotations
 
@@ -10,23 +14,14 @@ import contextlib
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from ..jobs import (ExplainJob, FigureJob, ImageStoreJob, PredictJob, ScoreJob,
-                          SelectJob, SummaryJob, TrainJob)
-from ..data.datasets import build_image_store
-from ..data.filters import select
-from ..data.predictions import predict
-from ..data.image_store import open_images
-from .attribution import explain_to_store
-from .scoring import score_store
-from .summary import per_image_frame, summarize_experiment
-from ..models.spec import load_spec
-from ..models.train import train_demo_model
 from .. import repro
 from ..parallel import allocator_requested, retain_freed_memory, set_torch_threads
-from ..utils import as_list, atomic_path, resolve_device
+
+if TYPE_CHECKING:
+    from ..jobs import (ExplainJob, FigureJob, ImageStoreJob, PredictJob, ScoreJob, SelectJob,
+                        SummaryJob, TrainJob)
 
 log = logging.getLogger("xaipipe")
 
@@ -76,12 +71,15 @@ def setup_job(threads: int | None) -> int:
 
 # -- data --------------------------------------------------------------------------------
 def image_store(out, job: ImageStoreJob):
+    from ..data.datasets import build_image_store
     build_image_store(job.dataset, job.source, job.variant, job.variant_params, out,
                       list(job.splits) if job.splits else None,
                       preprocess_params=job.preprocess)
 
 
 def train_model(weights_out, info_out, images, job: TrainJob):
+    from ..models.train import train_demo_model
+    from ..utils import resolve_device
     result = train_demo_model(job.arch, images, weights_out, info_out,
                               device=resolve_device(job.device), log=log.info, **job.params)
     log.info("val accuracy %.4f in %.0f s", result["val_accuracy"], result["seconds"])
@@ -89,6 +87,10 @@ def train_model(weights_out, info_out, images, job: TrainJob):
 
 
 def predictions(out, images, model_files, job: PredictJob):
+    from ..data.image_store import open_images
+    from ..data.predictions import predict
+    from ..models.spec import load_spec
+    from ..utils import atomic_path
     model = load_spec(job.model, model_files, job.device)
     df = predict(model, open_images(images, job.split), job.batch_size,
                  next(model.parameters()).device)
@@ -99,6 +101,10 @@ def predictions(out, images, model_files, job: PredictJob):
 
 
 def selection(out, predictions_path, job: SelectJob):
+    import pandas as pd
+
+    from ..data.filters import select
+    from ..utils import atomic_path
     df = select(pd.read_parquet(predictions_path), job.filter, **job.params)
     with atomic_path(out) as tmp:
         df.to_parquet(tmp, index=False)
@@ -107,18 +113,23 @@ def selection(out, predictions_path, job: SelectJob):
 
 # -- attribution -------------------------------------------------------------------------
 def explain_store(out, images, selections, model_files, job: ExplainJob, progress=True):
+    from ..utils import as_list
+    from .attribution import explain_to_store
     explain_to_store(out, images, as_list(selections), as_list(model_files), job,
                      progress=progress)
 
 
 # -- metrics -----------------------------------------------------------------------------
 def score(out, inputs: dict, job: ScoreJob, threads: int = 1):
+    from .scoring import score_store
     return score_store(out, inputs, job, threads=threads)
 
 
 def summary(out, scores, selections, job: SummaryJob, per_image=None):
     """The experiment's summary CSV and, with ``per_image``, its per-image scores (parquet,
     long form: :func:`xaipipe.pipeline.summary.per_image_frame`)."""
+    from ..utils import as_list, atomic_path
+    from .summary import per_image_frame, summarize_experiment
     df = summarize_experiment(as_list(scores), as_list(selections), job)
     if per_image is not None:
         frame = per_image_frame(as_list(scores), as_list(selections), job)
@@ -139,6 +150,7 @@ def table(outputs: dict, summary_csv, name: str, per_image=None):
 def figure(outputs: dict, summary_csv, stores, images, job: FigureJob, per_image=None):
     from ..report import read_summary
     from ..report.figures import FIGURES, FigureInputs
+    from ..utils import as_list
     inputs = FigureInputs(summary=read_summary(summary_csv),
                           stores=dict(zip(job.methods, as_list(stores))), images=images,
                           split=job.split, n_images=job.n_images, experiment=job.experiment,

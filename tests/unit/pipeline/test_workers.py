@@ -262,3 +262,18 @@ def test_deterministic_algorithms_are_strict_on_cpu_and_warn_only_on_cuda():
                      [True, False], [True, False]]
     assert len(records) == 1 and "bit identity is not promised on CUDA" in records[0]
     assert repro.deterministic_warn_only("cuda:1") and not repro.deterministic_warn_only("cpu")
+
+
+def test_importing_the_pipeline_imports_no_rule_s_work():
+    """Every job is a fresh Python that imports xaipipe.pipeline; the module itself must not
+    import the attribution, scoring or report stacks (each rule's function imports its own),
+    nor Dask (only score jobs use it)."""
+    import subprocess
+    import sys
+    heavy = ("torch", "pandas", "zarr", "dask", "xaipipe.explain", "xaipipe.metrics",
+             "xaipipe.report", "matplotlib")
+    code = (f"import sys; import xaipipe.pipeline; "
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]", out.stdout
