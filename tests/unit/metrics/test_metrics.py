@@ -8,8 +8,6 @@ from xaipipe.errors import ConfigError
 from xaipipe.metrics import (MetricInputs, available_metrics, deletion, get_metric, insertion,
                              pointing_game, stability)
 from xaipipe.metrics.statistics import bootstrap_ci, column_seed
-from xaipipe.metrics.base import get_metric
-from xaipipe.utils import derive_seed
 from xaipipe.metrics.deletion import Deletion
 from xaipipe.metrics.insertion import Insertion
 from xaipipe.metrics.perturbation import pixel_counts, pixel_ranks
