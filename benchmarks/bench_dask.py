@@ -27,7 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from benchcommon import (DEMO_WEIGHTS, add_allocator, header, ratio, speed, timed,
