@@ -34,7 +34,7 @@ from xaipipe.metrics.pic import PAIR_THRESHOLDS, random_mask
 from xaipipe.utils import resolve_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from pair_oracle import pair_pic  # noqa: E402  (PAIR under the NumPy shims it needs)
+from helpers.pair_oracle import pair_pic  # noqa: E402  (PAIR under the NumPy shims it needs)
 
 
 def inputs(name, model, n, size, device):
