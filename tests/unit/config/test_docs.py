@@ -7,12 +7,6 @@ import pytest
 
 from xaipipe.config import ROOT
 
-#: files a page may link to before they are in the repository, with the reason
-NOT_YET_ADDED = {
-    "docs/img/demo_saliency_grid.png":
-        "the demo's saliency-grid image, made by `make demo`, is committed separately",
-}
-
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)|!\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^(```|~~~)")
 
@@ -79,8 +73,7 @@ def broken_links() -> list[str]:
                 bad.append(f"{where} (outside the repository)")
                 continue
             if not target.exists():
-                if rel not in NOT_YET_ADDED:
-                    bad.append(f"{where} (no such file)")
+                bad.append(f"{where} ({rel}: no such file)")
                 continue
             if anchor and target.suffix == ".md" and anchor not in anchors(target):
                 bad.append(f"{where} (no heading with that anchor)")
@@ -95,17 +88,6 @@ def test_every_page_exists_and_links():
 def test_every_relative_link_resolves():
     bad = broken_links()
     assert not bad, "broken links:\n" + "\n".join(bad)
-
-
-@pytest.mark.parametrize("path", sorted(NOT_YET_ADDED))
-def test_files_not_yet_added_are_linked(path):
-    """A file may be missing only while a page links it; once it exists the link is checked
-    like every other."""
-    if (ROOT / path).exists():
-        pytest.skip(f"{path} is in the repository; its links are checked as all others")
-    assert any(path in {(p.parent / l.partition("#")[0]).resolve().relative_to(ROOT).as_posix()
-                        for l in links(p) if not re.match(r"[a-z][a-z0-9+.-]*:", l)}
-               for p in pages()), f"{path} is listed as not yet added but no page links it"
 
 
 def test_the_checks_find_a_broken_link_and_anchor(tmp_path, monkeypatch):
