@@ -3,7 +3,6 @@ points to a file that exists, and every #anchor to a heading of that file."""
 import re
 from pathlib import Path
 
-import pytest
 
 from xaipipe.config import ROOT
 
@@ -73,7 +72,7 @@ def broken_links() -> list[str]:
                 bad.append(f"{where} (outside the repository)")
                 continue
             if not target.exists():
-                bad.append(f"{where} ({rel}: no such file)")
+                bad.append(f"{where} (no such file)")
                 continue
             if anchor and target.suffix == ".md" and anchor not in anchors(target):
                 bad.append(f"{where} (no heading with that anchor)")
