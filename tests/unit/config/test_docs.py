@@ -67,7 +67,7 @@ def broken_links() -> list[str]:
             target = (page.parent / path).resolve() if path else page
             where = f"{page.relative_to(ROOT)}: {link}"
             try:
-                rel = target.relative_to(ROOT).as_posix()
+                target.relative_to(ROOT)
             except ValueError:
                 bad.append(f"{where} (outside the repository)")
                 continue
