@@ -1,0 +1,61 @@
+"""Attribution re-calibration (Yang, Akhtar, Wen, Shah, Mian, *Re-calibrating Feature
+Attributions for Model Interpretation*, ICLR 2023; code ``ypeiyu/attribution_recalibration``
+@5b745d4, ``IG_SG.shap_values`` and the classes that inherit it, read, not copied).
+
+For an evaluation point r the product m = (x̃ − r) ⊙ ∇f(r) is *valid* for feature i when
+m_i ≥ 0: to first order, moving from r toward x̃ along feature i increases f. Each feature then
+averages only its valid products, so every feature integrates over its own subset of points.
+
+- ``none``: the method's own estimator;
+- ``valid_ref``: per reference b, m_b = (x̃ − r_b) ⊙ ḡ_b (ḡ_b the mean gradient on its path);
+  φ_i = Σ_b m_{b,i}·1[m_{b,i} ≥ 0] / max(1, #{b : m_{b,i} ≥ 0});
+- ``valid_ip`` (the paper's default): every interpolation point is a reference,
+  m_{b,j} = (x̃ − p_{b,j}) ⊙ g_{b,j} / k; φ_i = Σ m·1[m ≥ 0] / max(1, #{(b, j) : m ≥ 0}).
+
+Zero products count as valid (they add nothing and increment the count). IG-SQ squares the
+kept products (``square=True``); the count is unchanged. The result is never negative.
+
+:class:`ValidMean` accumulates the kept sums and counts per feature as products arrive (one
+chunk of points at a time), so an estimator never holds all B·k products of an image.
+"""
+from __future__ import annotations
+
+import torch
+
+RECALIBRATIONS = ("none", "valid_ref", "valid_ip")
+
+
+class ValidMean:
+    """Per image and feature: the sum of the valid (≥ 0) products fed so far, and their count.
+
+    ``shape``: the shape of one image's products, e.g. (3, H, W); ``n``: the number of images.
+    :meth:`feed` takes products of some of the images (``rows``: their positions), in any
+    order and any number of times; :meth:`result` is (n, *shape) Σ kept / max(1, #kept)."""
+
+    def __init__(self, n: int, shape, device, dtype=torch.float64, square: bool = False):
+        self.sums = torch.zeros((n, *shape), device=device, dtype=dtype)
+        self.counts = torch.zeros((n, *shape), device=device, dtype=torch.int32)
+        self.square = square
+
+    def feed(self, rows: torch.Tensor, products: torch.Tensor) -> None:
+        """Add ``products`` (m, *shape), the products of images ``rows`` (m,) (repeats allowed:
+        several points of one image)."""
+        products = products.to(self.sums.dtype)
+        keep = products >= 0
+        kept = torch.where(keep, products * products if self.square else products,
+                           torch.zeros_like(products))
+        rows = rows.to(self.sums.device)
+        self.sums.index_add_(0, rows, kept)
+        self.counts.index_add_(0, rows, keep.to(torch.int32))
+
+    def result(self) -> torch.Tensor:
+        return self.sums / self.counts.clamp_min(1).to(self.sums.dtype)
+
+
+def valid_mean(products: torch.Tensor, square: bool = False) -> torch.Tensor:
+    """The valid mean over the leading "point" dimension of ``products`` (P, *shape) of one
+    image: Σ m·1[m ≥ 0] / max(1, #{m ≥ 0}) per feature (the kept products squared if
+    ``square``). A convenience for small inputs and tests; estimators use :class:`ValidMean`."""
+    acc = ValidMean(1, products.shape[1:], products.device, torch.float64, square)
+    acc.feed(torch.zeros(products.shape[0], dtype=torch.long), products)
+    return acc.result()[0]
