@@ -28,6 +28,8 @@ def signature(job) -> dict:
 
 
 def _plain(v):
+    if isinstance(v, ParamSet):
+        return v.signature()
     if hasattr(v, "__dataclass_fields__"):
         return asdict(v)
     if isinstance(v, tuple):

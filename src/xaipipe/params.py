@@ -21,6 +21,10 @@ class Param:
     min: float | None = None
     max: float | None = None
     doc: str = ""
+    #: a parameter added after its component's first release: while it is at its default it is
+    #: left out of the random seeds and of the job signatures (:meth:`ParamSet.signature`), so
+    #: runs that do not use it draw, and are keyed, as before it existed
+    omit_default: bool = False
 
     def check(self, value, where: str):
         types = self.type if isinstance(self.type, tuple) else (self.type,)
@@ -84,6 +88,12 @@ class ParamSet:
     def as_dict(self) -> dict:
         """The values by name, in declaration order (plain data: JSON, Snakemake params)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def signature(self) -> dict:
+        """:meth:`as_dict` without the parameters declared ``omit_default`` that are at their
+        default: what random draws are seeded by and what decides whether a job reruns."""
+        return {k: v for k, v in self.as_dict().items()
+                if not (self.spec[k].omit_default and v == self.spec[k].default)}
 
     def replace(self, **changes) -> "ParamSet":
         """A copy with ``changes`` (not re-validated: callers pass checked values)."""

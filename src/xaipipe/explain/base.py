@@ -153,7 +153,7 @@ class Method(Parametrised):
     # -- shared helpers -------------------------------------------------------------------
     def seed_parts(self, image_id: int, *extra) -> tuple:
         """What a random draw for one image depends on (never the batch)."""
-        hp = {k: v for k, v in self.hparams.as_dict().items()
+        hp = {k: v for k, v in self.hparams.signature().items()
               if not isinstance(v, torch.Tensor)}
         return (self.seed, int(image_id), self.name, hp, *extra)
 

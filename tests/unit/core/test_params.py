@@ -82,3 +82,18 @@ def test_metric_params_are_typed_too():
     assert m.hparams.steps == 11 and type(m.hparams).__qualname__ == "Insertion.Params"
     with pytest.raises(TypeError, match="not both"):
         get_metric("insertion")({"steps": 11}, fill="black")
+
+
+def test_a_parameter_added_later_is_left_out_of_seeds_and_signatures_at_its_default():
+    from xaipipe.jobs import signature
+    from helpers.jobs import explain_job
+
+    class Owner:
+        pass
+    P = params_class(Owner, {"steps": Param(8, int), "extra": Param("none", str, omit_default=True)})
+    assert P().signature() == {"steps": 8}
+    assert P(extra="x").signature() == {"steps": 8, "extra": "x"}
+    assert P().as_dict() == {"steps": 8, "extra": "none"}          # provenance keeps it all
+    job = explain_job(params=P())
+    assert signature(job)["params"] == {"steps": 8}
+    assert signature(explain_job(params=P(extra="x")))["params"] == {"steps": 8, "extra": "x"}

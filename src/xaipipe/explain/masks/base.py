@@ -103,7 +103,7 @@ class MaskMethod(StartGradInit, Obfuscation, Histories, Method):
         return out
 
     def seed_parts(self, image_id: int, *extra) -> tuple:
-        hp = {k: v for k, v in self.hparams.as_dict().items()
+        hp = {k: v for k, v in self.hparams.signature().items()
               if k not in self.UNSEEDED and not isinstance(v, torch.Tensor)
               and not (k in self.SEED_OMIT_DEFAULT and v == self.params[k].default)}
         return (self.seed, int(image_id), self.name, hp, *extra)
