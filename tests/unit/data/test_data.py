@@ -150,6 +150,34 @@ def test_seeded_random_subsets(tmp_path):
         make_source("f", {**cfg, "subset": {"classes": 0, "per_class": 1, "seed": 0}})
 
 
+def test_a_subset_per_split_and_a_split_folder_elsewhere(tmp_path):
+    """``subset: {train: draw}`` draws from the training split only (a seeded pool of training
+    images for references) and keeps every validation image; a split's folder may be an
+    absolute path outside ``root`` (a training folder elsewhere)."""
+    from xaipipe.data.datasets import make_source
+    from xaipipe.errors import ConfigError
+    for split, root in (("val", tmp_path / "r" / "val"), ("train", tmp_path / "elsewhere")):
+        for c in range(3):
+            (root / f"n{c:02d}").mkdir(parents=True)
+            for i in range(5):
+                Image.new("RGB", (8, 8)).save(root / f"n{c:02d}" / f"{split}{i}.png")
+    cfg = {"kind": "imagefolder", "root": str(tmp_path / "r"),
+           "splits": {"val": "val", "train": str(tmp_path / "elsewhere")}}
+    full = make_source("f", cfg)
+    assert full.split_sizes() == {"val": 15, "train": 15}
+    assert all(p.parent.parent == tmp_path / "elsewhere" for p, _ in full.files("train"))
+    src = make_source("f", {**cfg, "subset": {"train": {"images": 4, "seed": 1}}})
+    assert src.split_sizes() == {"val": 15, "train": 4}
+    assert set(src.files("train")) <= set(full.files("train")) and src.files("val") == \
+        full.files("val")
+    same = make_source("f", {**cfg, "subset": {"images": 4, "seed": 1}})   # every split
+    assert same.files("train") == src.files("train") and len(same.files("val")) == 4
+    with pytest.raises(ConfigError, match=r"datasets\.f\.subset\.train: give"):
+        make_source("f", {**cfg, "subset": {"train": {"images": 4}}})
+    with pytest.raises(ConfigError, match=r"per split \(val, train\)"):
+        make_source("f", {**cfg, "subset": {"test": {"images": 4, "seed": 0}}})
+
+
 class Fixed(torch.nn.Module):
     def __init__(self, logits):
         super().__init__()

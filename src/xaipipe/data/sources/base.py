@@ -124,16 +124,27 @@ class Source:
         return f"datasets.{self.dataset} split {split!r}"
 
 
-def check_subset(spec, where: str) -> dict | None:
-    """``subset``: None, {images, seed} or {classes, per_class, seed}, non-negative integers
-    (a seed) or positive ones; integers written as text (``--config`` gives text) are read
-    as such. Returns the checked dict."""
+SUBSET_FORMS = ({"images", "seed"}, {"classes", "per_class", "seed"})
+
+
+def check_subset(spec, where: str, splits=None) -> dict | None:
+    """``subset``: None; one draw for every split, {images, seed} or {classes, per_class,
+    seed}; or a draw per split, {split: draw or None} (e.g. ``{train: {images: 10000, seed:
+    0}}``: a seeded pool of training images, every validation image). Non-negative integers
+    (a seed) or positive ones; integers written as text (``--config`` gives text) are read as
+    such. ``splits``: the data set's split names, to check the per-split keys. Returns the
+    checked dict."""
     if spec is None:
         return None
-    forms = ({"images", "seed"}, {"classes", "per_class", "seed"})
-    if set(spec) not in forms:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: a mapping, got {spec!r}")
+    if splits is not None and spec and set(spec) <= set(splits) and \
+            not set(spec) & {"images", "classes", "per_class", "seed"}:
+        return {s: check_subset(v, f"{where}.{s}") for s, v in spec.items()}
+    if set(spec) not in SUBSET_FORMS:
+        per = f"; or per split ({', '.join(splits)}): {{split: draw}}" if splits else ""
         raise ConfigError(f"{where}: give {{images: N, seed: S}} or {{classes: K, per_class: "
-                          f"M, seed: S}}, got keys {sorted(spec)}")
+                          f"M, seed: S}}{per}, got keys {sorted(spec)}")
     out = {}
     for k, v in spec.items():
         if isinstance(v, str) and v.strip().isdigit():
@@ -143,5 +154,14 @@ def check_subset(spec, where: str) -> dict | None:
                               f"integer, got {v!r}")
         out[k] = v
     return out
+
+
+def subset_of(spec: dict | None, split: str) -> dict | None:
+    """The draw of ``split`` in a checked ``subset`` (the same for every split, or its own)."""
+    if not spec:
+        return None
+    if set(spec) in SUBSET_FORMS:
+        return spec
+    return spec.get(split)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ...errors import ConfigError, DataError
 from ...params import Param
-from .base import DATASETS, Source, check_subset, parse_background, read_image
+from .base import DATASETS, Source, check_subset, parse_background, read_image, subset_of
 
 
 @DATASETS.register
@@ -18,11 +18,14 @@ class FolderSource(Source):
     params = {
         "kind": Param("imagefolder", str),
         "root": Param(None, str, doc="folder with one sub-folder per split"),
-        "splits": Param({"val": "val"}, dict, doc="split name -> sub-folder of root"),
+        "splits": Param({"val": "val"}, dict,
+                        doc="split name -> sub-folder of root, or an absolute path (e.g. a "
+                            "training folder elsewhere: {val: val, train: /data/train})"),
         "limit": Param(None, int, min=1, doc="use only the first N images (sorted) per split"),
         "subset": Param(None, dict,
-                        doc="a seeded random subset per split: {images: N, seed: S} or "
-                            "{classes: K, per_class: M, seed: S}; kept in path order"),
+                        doc="a seeded random subset of every split: {images: N, seed: S} or "
+                            "{classes: K, per_class: M, seed: S}; or per split, e.g. "
+                            "{train: {images: 10000, seed: 0}}; kept in path order"),
         "background": Param("white", (str, int, list),
                             doc="colour that transparent pixels are composited over"),
         "unreadable": Param("skip", str, ("skip", "error"),
@@ -35,7 +38,8 @@ class FolderSource(Source):
         if not self.p["root"]:
             raise ConfigError(f"datasets.{name}.root: required for kind {self.name!r}")
         self.root = Path(self.p["root"]).expanduser()
-        self.p["subset"] = check_subset(self.p["subset"], f"datasets.{name}.subset")
+        self.p["subset"] = check_subset(self.p["subset"], f"datasets.{name}.subset",
+                                        list(self.p["splits"]))
         self.background = parse_background(self.p["background"], f"datasets.{name}.background")
         self._files: dict[str, list[tuple[Path, int]]] = {}
 
@@ -95,7 +99,7 @@ class FolderSource(Source):
         per_class: M, seed: S}`` draws K of the classes present, then M files of each
         (the ShearletX paper's 20 classes × 5 images). ``numpy.random.default_rng(S)``; the
         draw depends only on the listed files, so it is the same on every machine."""
-        spec = self.p.get("subset")
+        spec = subset_of(self.p.get("subset"), split)
         if not spec:
             return files
         where = f"datasets.{self.dataset}.subset"
