@@ -267,7 +267,8 @@ class Plan:
 
     def method_info(self, store_run: str) -> dict:
         """What the tables need to know of a store run: its method run, registered method,
-        step count (None where it has none) and whether it is IDGI."""
+        step count (None where it has none) and whether it is IDGI; for mask methods the init
+        and setting, for methods with re-calibration its estimator."""
         run, _ = split_store_run(store_run)
         name, params = self.methods[store_run]
         out = {"method_run": run, "method_name": name, "steps": getattr(params, "steps", None),
@@ -279,6 +280,8 @@ class Plan:
             out["init"] = init_label(params, declared)
             out["setting"] = run_setting(params, declared)
             out["history_every"] = params.history_every
+        if "recalibrate" in declared:   # the re-calibration table pairs runs by it
+            out["recalibrate"] = params.recalibrate
         return out
 
     # -- metrics -------------------------------------------------------------------------
