@@ -16,6 +16,7 @@ Maps with NaN/Inf raise :class:`~xaipipe.errors.NonFiniteError` naming the batch
 """
 from .base import (Attribution, Method, available_methods, check_finite, explain, explain_sweep,
                    get_method, register_method, run_method)
+from .paths.lpi_references import lpi_references
 
 __all__ = ["Attribution", "Method", "available_methods", "check_finite", "explain",
-           "explain_sweep", "get_method", "register_method", "run_method"]
+           "explain_sweep", "get_method", "lpi_references", "register_method", "run_method"]
