@@ -62,13 +62,14 @@ re-calibration: ``pan``, ``ypeiyu_lpi``):
   ``ypeiyu``'s ``select_id``, k steps with no early stop. ``LPI``'s code also pairs each
   displacement with the gradient at the previous iterate and explains its prediction: those two
   are not reproduced here (the ``target`` given is explained, at x^i).
-- ``pan`` (``pd90506/AGI``): targets the fixed ids ``range(0, K − 1, K // B)`` (``AGI_main.py``'s
-  ``range(0, 999, int(1000/topk))``; the step is at least 1), skipping the predicted class ŷ;
+- ``pan`` (``pd90506/AGI``): targets the fixed ids ``range(0, K − 1, max(1, K // B))``
+  (``AGI_main.py``'s ``range(0, 999, int(1000/topk))``), skipping the predicted class ŷ;
   s_t and f are softmax probabilities (``target_score`` and ``objective`` are not used) and f
   explains ŷ whatever ``target`` says; each walk makes at most k = ``steps`` iterations and
   stops before iteration i when argmax(x^{i−1}) = t; the contribution takes the gradient at the
-  previous iterate: c_{t,i} = ∇p_ŷ(x^{i−1}) ⊙ (x̃ − x^i). ``samples: 20, steps: 50`` give the
-  20 ids range(0, 999, 50) and the 50 iterations of the AGI paper's setting on ImageNet.
+  previous iterate: c_{t,i} = ∇p_ŷ(x^{i−1}) ⊙ (x̃ − x^i). ``AGI_main.py``'s defaults at
+  41488431, ``--topk 20 --iter 50`` (the 20 ids range(0, 999, 50), at most 50 iterations), are
+  ``samples: 20, steps: 50`` here (later commits default to 15 and 15).
 """
 from __future__ import annotations
 
@@ -154,8 +155,8 @@ class AGI(Method):
         "eps": Param(0.05, float, min=0.0, doc="step size ε of each sign step"),
         "steps": Param(5, int, min=1, doc="iterations k per target (pan: at most k)"),
         "samples": Param(10, int, min=1,
-                         doc="number of target classes B (min(B, K−1) where the model has K "
-                             "classes; pan: the id step K // B)"),
+                         doc="number of target classes B (at most K−1 for a model of K "
+                             "classes; pan: the ids 0, K // B, 2·(K // B), … below K−1)"),
         "target_score": Param("logit", str, TARGET_SCORES,
                               doc="score s_t whose gradient sign steps towards class t"),
         "objective": OBJECTIVE_PARAM,
@@ -165,8 +166,9 @@ class AGI(Method):
         "adv_targets": Param(None, (torch.Tensor, type(None)),
                              doc="fixed target classes: int tensor (B,) or (N, B); null: drawn"),
         "compat": Param(None, (str, type(None)), COMPATS,
-                        doc="ypeiyu / ypeiyu_lpi / pan: a reference code's quirks (see the "
-                            "module docstring)"),
+                        doc="the quirks of a reference code: ypeiyu "
+                            "(attribution_recalibration), ypeiyu_lpi (LPI), pan (pd90506/AGI); "
+                            "see docs/methods.md"),
     }
 
     @classmethod
