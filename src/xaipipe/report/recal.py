@@ -1,0 +1,105 @@
+"""The attribution re-calibration study's table (Yang et al., ICLR 2023): every method with and
+without re-calibration, side by side.
+
+Table ``by_recalibration`` reads the experiment's long-form summary with the column the plan
+adds for methods that have the option (:meth:`xaipipe.config.plan.Plan.method_info`):
+``recalibrate`` (``none``, ``valid_ref`` or ``valid_ip``; empty for a method without it).
+One block per (model, variant, metric, score), headed ``model / variant: metric score ↑`` (or
+``↓``) with ``(n = …)`` when every cell has the same number of images; one row per method
+(``method_name``, in order of first appearance); one column per estimator present anywhere in
+the summary, in the order none, valid_ref, valid_ip; cells ``mean [ci_low, ci_high]``. A
+method without the option (the random control, Grad-CAM, FullGrad) has one value, shown under
+``none``, and its row says ``(no re-calibration)``; the random map's row says ``(control)``.
+Two runs of one method with the same estimator in one block are an error naming them.
+
+Formats: csv (the summary rows of the table, in table order), md, tex, html
+(:mod:`xaipipe.report.render`), every format rendered before any file is written.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from ..errors import DataError
+from . import render
+from .inputs import check_summary
+from .render import MISSING, ci_cell
+from .tables import TABLES
+
+ESTIMATORS = ("none", "valid_ref", "valid_ip")
+CONTROLS = ("random",)
+
+
+def recal_frame(summary: pd.DataFrame, where: str = "by_recalibration") -> pd.DataFrame:
+    """The summary checked, with ``recalibrate`` as str ('' for a method without it) and
+    ``method_name`` filled in from ``method`` where absent."""
+    df = check_summary(summary, where=where)
+    if "recalibrate" not in df:
+        df["recalibrate"] = ""
+    rc = df["recalibrate"].astype(object)
+    df["recalibrate"] = rc.where(rc.notna(), "").astype(str).replace({"nan": "", "None": ""})
+    bad = sorted(set(df["recalibrate"]) - set(ESTIMATORS) - {""})
+    if bad:
+        raise DataError(f"{where}: column 'recalibrate' holds {bad}; allowed: "
+                        f"{', '.join(ESTIMATORS)} or empty")
+    if "method_name" not in df:
+        df["method_name"] = df["method"]
+    name = df["method_name"].astype(object)
+    df["method_name"] = name.where(name.notna() & (name.astype(str) != ""), df["method"])
+    return df
+
+
+def recal_table(summary: pd.DataFrame) -> render.Table:
+    """The ``by_recalibration`` blocks (module docstring) as a render table."""
+    df = recal_frame(summary)
+    present = [e for e in ESTIMATORS if (df["recalibrate"] == e).any()]
+    columns = present or ["none"]
+    if "none" not in columns and (df["recalibrate"] == "").any():
+        columns = ["none", *columns]
+    methods = list(dict.fromkeys(df["method_name"]))
+    blocks = []
+    for (model, variant, metric, score), d in df.groupby(
+            ["model", "variant", "metric", "score"], sort=False):
+        dirs = list(dict.fromkeys(d["direction"]))
+        ns = sorted({int(v) for v in d["n"]})
+        rows = []
+        for m in methods:
+            dm = d[d["method_name"] == m]
+            if dm.empty:
+                continue
+            dup = dm[dm.duplicated("recalibrate", keep=False)]
+            if len(dup):
+                raise DataError(f"by_recalibration: runs {sorted(dup['method'])} of method "
+                                f"{m!r} have the same estimator in {model} / {variant}, "
+                                f"{metric} {score}; give one experiment one run per estimator")
+            without = (dm["recalibrate"] == "").all()
+            cells = []
+            for e in columns:
+                r = dm[dm["recalibrate"] == ("" if without and e == "none" else e)]
+                if r.empty:
+                    cells.append(MISSING)
+                    continue
+                r = r.iloc[0]
+                text = ci_cell(float(r["mean"]), float(r["ci_low"]), float(r["ci_high"]))
+                cells.append(text + (f" (n={int(r['n'])})" if len(ns) > 1 else ""))
+            label = m + (" (control)" if m in CONTROLS else
+                         " (no re-calibration)" if without else "")
+            rows.append([label, *cells])
+        heading = render.Heading(f"{model} / {variant}: {metric} {score}",
+                                 dirs[0] if len(dirs) == 1 else "",
+                                 f"(n = {ns[0]})" if len(ns) == 1 else "")
+        blocks.append(render.Block(heading, rows))
+    cols = [render.Column(render.Heading("method"), "l")] + \
+        [render.Column(render.Heading(e)) for e in columns]
+    experiment = ", ".join(dict.fromkeys(df["experiment"]))
+    caption = (f"{experiment + ': ' if experiment else ''}mean [CI] per method and "
+               f"re-calibration estimator ({render.LEGEND})")
+    return render.Table("by_recalibration", caption, cols, blocks, "", experiment,
+                        group=("re-calibration", 1, 1 + len(columns)))
+
+
+@TABLES.register(name="by_recalibration")
+def by_recalibration(summary: pd.DataFrame, out: dict[str, str]) -> None:
+    """``out``: format -> path among csv (the summary rows), md, tex and html."""
+    table = recal_table(summary) if set(out) - {"csv"} else None
+    frame = recal_frame(summary) if "csv" in out else None
+    render.write_table(table, out, csv=frame, name="by_recalibration")
