@@ -26,7 +26,10 @@ not related in general. Two exact relations remain:
    channel, one channel per spatial layer, no stride. Then pytorch-grad-cam's output is
    xaipipe's map min–max normalised per image, up to the two epsilons: a term of range r
    (after the absolute value) differs by less than (1e-6 − 1e-7)/r between the two scalings;
-   the test bounds the difference by these amounts, from the raw terms.
+   the test bounds the difference by these amounts, from the raw terms. P is invariant to
+   a term's scale, so with one channel per layer the bias *values* drop out of the map: this
+   case checks the absolute value, the scaling, the sum and the choice of layers, case 1 the
+   values (a wrong BN bias fails case 1 only).
 """
 import numpy as np
 import torch
