@@ -9,8 +9,8 @@ that are not plain imports, such as TorchRay's sources, through :func:`missing`)
 
 - ``captum.attr`` (IG, Grad-CAM, StartGrad's IG baseline), ``saliency.core`` (PAIR: Guided IG,
   Blur IG, PIC), ``coshrem.shearletsystem`` (pycoshrem: the Hallucination Score's edges),
-  ``pyshearlab_mind`` (the shearlet transform), ``pytorch_grad_cam`` (Grad-CAM), TorchRay's
-  ``extremal_perturbation`` (the smooth mask).
+  ``pyshearlab_mind`` (the shearlet transform), ``pytorch_grad_cam`` (Grad-CAM, FullGrad's
+  terms), TorchRay's ``extremal_perturbation`` (the smooth mask).
 """
 from __future__ import annotations
 
