@@ -166,15 +166,15 @@ class SensitivityN(Metric):
                   seed: int = 0) -> list[dict]:
         """``correlation_mean``: the mean over images of their mean correlation; then, per q,
         ``correlation@<q>``: the mean over the images whose correlation at q is defined, with
-        ``std`` their population std (the reference's ``np.std``). Each with a percentile
-        bootstrap interval (images resampled, seeded by (seed, score)); ``excluded`` counts
-        the images without a value."""
+        ``std_over_images`` their population std (the reference's ``np.std``). Each with a
+        percentile bootstrap interval (images resampled, seeded by (seed, score));
+        ``excluded`` counts the images without a value."""
         def row(score, values):
             r = summary_row(cls, score, values, n_boot=n_boot, level=level,
                             seed=column_seed(seed, score))
             v = np.asarray(values, np.float64)
             v = v[np.isfinite(v)]
-            return {**r, "std": float(v.std()) if v.size else np.nan}
+            return {**r, "std_over_images": float(v.std()) if v.size else np.nan}
 
         mean = df["correlation_mean"] if "correlation_mean" in df else np.zeros(0)
         rows = [row("correlation_mean", mean)]

@@ -160,10 +160,10 @@ def test_aggregate_mean_and_std_over_images_dropping_nan():
     rows = {r["score"]: r for r in SensitivityN.aggregate(df, n_boot=100, seed=2)}
     assert list(rows) == ["correlation_mean", "correlation@0.25", "correlation@0.75"]
     assert rows["correlation@0.25"]["mean"] == pytest.approx(0.3)
-    assert rows["correlation@0.25"]["std"] == pytest.approx(np.std([0.5, 0.3, 0.1]))
+    assert rows["correlation@0.25"]["std_over_images"] == pytest.approx(np.std([0.5, 0.3, 0.1]))
     assert (rows["correlation@0.25"]["n"], rows["correlation@0.25"]["excluded"]) == (3, 1)
     assert rows["correlation@0.75"]["mean"] == pytest.approx(0.4)
-    assert rows["correlation@0.75"]["std"] == pytest.approx(0.3)
+    assert rows["correlation@0.75"]["std_over_images"] == pytest.approx(0.3)
     assert rows["correlation_mean"]["mean"] == pytest.approx(1 / 3)
     for r in rows.values():
         assert r["ci_low"] <= r["mean"] <= r["ci_high"] and r["direction"] == "higher"
