@@ -9,13 +9,15 @@ from .base import (METRICS, NEEDS, Metric, MetricInputs, available_metrics, get_
 from .convergence import convergence
 from .cp import cp_scores
 from .deletion import deletion
+from .diffid import diffid
 from .faithfulness import faithfulness
 from .hallucination import hallucination_score
 from .insertion import insertion
 from .pic import pic
 from .pointing_game import pointing_game
+from .sensitivity_n import sensitivity_n
 from .stability import stability
 
 __all__ = ["METRICS", "NEEDS", "Metric", "MetricInputs", "available_metrics", "convergence",
-           "cp_scores", "deletion", "faithfulness", "get_metric", "hallucination_score", "insertion", "pic",
-           "pointing_game", "register_metric", "stability"]
+           "cp_scores", "deletion", "diffid", "faithfulness", "get_metric", "hallucination_score", "insertion", "pic",
+           "pointing_game", "register_metric", "sensitivity_n", "stability"]
