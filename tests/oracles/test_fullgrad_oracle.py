@@ -31,7 +31,6 @@ not related in general. Two exact relations remain:
    case checks the absolute value, the scaling, the sum and the choice of layers, case 1 the
    values (a wrong BN bias fails case 1 only).
 """
-import numpy as np
 import torch
 from torch import nn
 
