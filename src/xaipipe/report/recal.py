@@ -12,15 +12,26 @@ method without the option (the random control, Grad-CAM, FullGrad) has one value
 ``none``, and its row says ``(no re-calibration)``; the random map's row says ``(control)``.
 Two runs of one method with the same estimator in one block are an error naming them.
 
+Scores of one ratio (DiffID's ``diffid_logit@0.3``: a point of a curve) are left out of the
+table: figure ``diffid_curves`` draws them.
+
 Formats: csv (the summary rows of the table, in table order), md, tex, html
 (:mod:`xaipipe.report.render`), every format rendered before any file is written.
+
+Figure ``diffid_curves``: DiffID(r) = INS(r) − DEL(r) against the ratio r (the
+``diffid_{logit,acc}@r`` rows of the summary), one panel per (model, variant) and kind
+(logit ratio, top-1 accuracy), one line per method run with its CI as a band; solid for runs
+with re-calibration, dashed without, dotted for a method without the option.
 """
 from __future__ import annotations
 
 import pandas as pd
 
+import numpy as np
+
 from ..errors import DataError
 from . import render
+from .figures import FIGURES, FigureInputs, plt, save_figure
 from .inputs import check_summary
 from .render import MISSING, ci_cell
 from .tables import TABLES
@@ -51,6 +62,7 @@ def recal_frame(summary: pd.DataFrame, where: str = "by_recalibration") -> pd.Da
 def recal_table(summary: pd.DataFrame) -> render.Table:
     """The ``by_recalibration`` blocks (module docstring) as a render table."""
     df = recal_frame(summary)
+    df = df[~df["score"].astype(str).str.contains("@", regex=False)]
     present = [e for e in ESTIMATORS if (df["recalibrate"] == e).any()]
     columns = present or ["none"]
     if "none" not in columns and (df["recalibrate"] == "").any():
@@ -103,3 +115,63 @@ def by_recalibration(summary: pd.DataFrame, out: dict[str, str]) -> None:
     table = recal_table(summary) if set(out) - {"csv"} else None
     frame = recal_frame(summary) if "csv" in out else None
     render.write_table(table, out, csv=frame, name="by_recalibration")
+
+
+def curve_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """The per-ratio rows of a summary (score ``<name>@<r>``) with ``curve`` (the name) and
+    ``ratio`` (r) columns."""
+    df = recal_frame(summary, where="diffid_curves")
+    df = df[df["score"].astype(str).str.contains("@", regex=False)].copy()
+    parts = df["score"].astype(str).str.rsplit("@", n=1)
+    df["curve"] = parts.str[0]
+    df["ratio"] = pd.to_numeric(parts.str[1], errors="coerce")
+    if df["ratio"].isna().any():
+        raise DataError("diffid_curves: per-ratio scores must end in @<ratio>, got "
+                        f"{sorted(set(df.loc[df['ratio'].isna(), 'score']))[:3]}")
+    return df
+
+
+def diffid_curves(summary: pd.DataFrame, paths, *, suptitle: str | None = None) -> None:
+    """The figure ``diffid_curves`` (module docstring) of a long-form summary."""
+    df = curve_rows(summary)
+    if df.empty:
+        raise DataError("diffid_curves: the summary has no per-ratio scores (the metric "
+                        "diffid's diffid_logit@r rows)")
+    panels = list(dict.fromkeys(zip(df["model"], df["variant"])))
+    curves = list(dict.fromkeys(df["curve"]))
+    fig, axes = plt.subplots(len(panels), len(curves), squeeze=False,
+                             figsize=(4.6 * len(curves), 3.4 * len(panels)))
+    runs = list(dict.fromkeys(df["method"]))
+    colours = {m: f"C{k % 10}" for k, m in enumerate(runs)}
+    for i, (model, variant) in enumerate(panels):
+        for j, curve in enumerate(curves):
+            ax = axes[i, j]
+            d = df[(df["model"] == model) & (df["variant"] == variant) & (df["curve"] == curve)]
+            for run in runs:
+                dr = d[d["method"] == run].sort_values("ratio")
+                if dr.empty:
+                    continue
+                rc = dr["recalibrate"].iloc[0]
+                style = ":" if rc == "" else "--" if rc == "none" else "-"
+                x = dr["ratio"].to_numpy(float)
+                ax.plot(x, dr["mean"].to_numpy(float), style, color=colours[run], label=run,
+                        linewidth=1.2)
+                ax.fill_between(x, dr["ci_low"].to_numpy(float), dr["ci_high"].to_numpy(float),
+                                color=colours[run], alpha=0.15, linewidth=0)
+            ax.axhline(0, color="black", linewidth=0.5)
+            ax.set_xlabel("ratio r", fontsize=8)
+            ax.set_title(f"{model} / {variant}: {curve} (higher is better)", fontsize=9)
+            ax.tick_params(labelsize=7)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))),
+               fontsize=7, bbox_to_anchor=(0.5, -0.02 - 0.02 * np.ceil(len(labels) / 4)))
+    fig.tight_layout()
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10, y=1.0 + 0.25 / fig.get_figheight())
+    save_figure(fig, paths)
+
+
+@FIGURES.register(name="diffid_curves")
+def diffid_curves_figure(inputs: FigureInputs, paths: list[str]) -> None:
+    """DiffID against the ratio per method run (module docstring)."""
+    diffid_curves(inputs.summary, paths, suptitle=inputs.experiment or None)

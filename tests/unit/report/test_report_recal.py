@@ -51,3 +51,33 @@ def test_all_formats_written(tmp_path):
     tex = (tmp_path / "t.tex").read_text()
     assert r"\multicolumn{2}{c}{re-calibration}" in tex and "valid\\_ip" in tex
     assert len(pd.read_csv(out["csv"])) == len(summary())
+
+
+def curve_summary():
+    rows = []
+    for method, rc, base in [("eg", "none", 0.2), ("eg_recal", "valid_ip", 0.4),
+                             ("random", None, 0.0)]:
+        for r in (0.1, 0.5, 0.9):
+            for kind in ("logit", "acc"):
+                rows.append({"experiment": "x", "dataset": "d", "model": "m", "metric": "diffid",
+                             "method": method, "variant": "original",
+                             "score": f"diffid_{kind}@{r:g}", "n": 10, "mean": base + r,
+                             "ci_low": base + r - 0.1, "ci_high": base + r + 0.1,
+                             "direction": "higher", "excluded": 0,
+                             "method_name": method.split("_")[0], "recalibrate": rc})
+    return pd.DataFrame(rows)
+
+
+def test_per_ratio_scores_go_to_the_figure_not_the_table(tmp_path):
+    from xaipipe.report.recal import curve_rows, diffid_curves
+    df = pd.concat([summary(), curve_summary()], ignore_index=True)
+    t = recal_table(df)
+    assert all("@" not in b.heading.text for b in t.blocks) and len(t.blocks) == 2
+    c = curve_rows(df)
+    assert sorted(set(c["curve"])) == ["diffid_acc", "diffid_logit"]
+    assert sorted(set(c["ratio"])) == [0.1, 0.5, 0.9]
+    paths = [str(tmp_path / "f.png"), str(tmp_path / "f.pdf")]
+    diffid_curves(curve_summary(), paths)
+    assert all((tmp_path / p).stat().st_size > 0 for p in ("f.png", "f.pdf"))
+    with pytest.raises(DataError, match="no per-ratio scores"):
+        diffid_curves(summary(), paths)
