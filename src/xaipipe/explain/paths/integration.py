@@ -88,7 +88,7 @@ def nested_grids(steps, m: int | None = None) -> tuple[int, dict[int, int]]:
 
 def evaluate_path(method, images: torch.Tensor, target: torch.Tensor, n_points: int,
                   make_points, grids: dict, grad_space: str = "pixel",
-                  idgi_space: str = "pixel", directions=None):
+                  idgi_space: str = "pixel", directions=None, valid_directions=None):
     """Evaluate one path per image and accumulate every grid's sums in a single pass.
 
     ``make_points(img_idx, pt_idx) -> (P, C, H, W)`` builds path points (baseline → input
@@ -99,13 +99,19 @@ def evaluate_path(method, images: torch.Tensor, target: torch.Tensor, n_points: 
     are in ``idgi_space`` (``normalized``: σ_c · ∇_pixel f); those of the Riemann sums in
     ``grad_space``.
 
+    ``valid_directions(img_idx, pt_idx)``, when given, also feeds every grid's products
+    coef_j · vdir_j ⊙ g_j to a :class:`~.recalibration.ValidMean` (attribution
+    re-calibration, Yang et al., ICLR 2023: ``valid`` = the mean of the products ≥ 0 per
+    feature); ``acc`` is unchanged by it.
+
     The operations an image's sums go through depend only on its own points, so a grid's sums
     are the same whether it is evaluated alone or inside a sweep (up to the last bits that the
     backend's kernels may change with the chunk's composition).
 
     Returns {key: dict(acc, idgi, idgi_skipped, f)} with ``f`` (N, len(idx)) the outputs at the
-    grid's points."""
+    grid's points (and ``valid``, the ValidMean, with ``valid_directions``)."""
     from .idgi import IDGIAccumulator
+    from .recalibration import ValidMean
 
     n, shape = images.shape[0], images.shape[1:]
     device, dtype = images.device, images.dtype
@@ -117,7 +123,9 @@ def evaluate_path(method, images: torch.Tensor, target: torch.Tensor, n_points: 
             "acc": torch.zeros_like(images) if g.coef else None,
             "idgi": (IDGIAccumulator(n, shape, len(g.idx) - 1, device, dtype, g.idgi)
                      if g.idgi else None),
-            "f": torch.empty((n, len(g.idx)), device=device, dtype=torch.float64)}
+            "f": torch.empty((n, len(g.idx)), device=device, dtype=torch.float64),
+            "valid": (ValidMean(n, shape, device)
+                      if valid_directions is not None and g.coef else None)}
     std = None
     if "normalized" in (grad_space, idgi_space):
         std = getattr(getattr(method.model, "normalize", None), "std", None)
@@ -142,6 +150,7 @@ def evaluate_path(method, images: torch.Tensor, target: torch.Tensor, n_points: 
             sel = (~needs).nonzero().flatten()
             outs[sel] = method.outputs(pts[sel], target[img_i[sel]]).to(dtype)
         dirs = directions(img_i, pt_i) if directions is not None else None
+        vdirs = valid_directions(img_i, pt_i) if valid_directions is not None else None
         for k, (i, j) in enumerate(part):
             g_pix = grads[k]
             for key, g in grids.items():
@@ -154,6 +163,8 @@ def evaluate_path(method, images: torch.Tensor, target: torch.Tensor, n_points: 
                     gg = g_pix * std.view(-1, 1, 1) if grad_space == "normalized" else g_pix
                     term = gg if dirs is None else dirs[k] * gg
                     st["acc"][i] += g.coef[j] * term
+                    if st["valid"] is not None:
+                        st["valid"].feed(torch.tensor([i]), (g.coef[j] * vdirs[k] * gg)[None])
                 if st["idgi"] is not None:
                     gi = g_pix * std.view(-1, 1, 1) if idgi_space == "normalized" else g_pix
                     st["idgi"].feed(torch.tensor([i]), torch.tensor([pos]), gi[None],
@@ -161,6 +172,8 @@ def evaluate_path(method, images: torch.Tensor, target: torch.Tensor, n_points: 
     out = {}
     for key, st in state.items():
         res = {"acc": st["acc"], "f": st["f"], "idgi": None, "idgi_skipped": None}
+        if st["valid"] is not None:
+            res["valid"] = st["valid"]
         if st["idgi"] is not None:
             phi, _, _, skipped = st["idgi"].result()
             res["idgi"], res["idgi_skipped"] = phi, skipped
