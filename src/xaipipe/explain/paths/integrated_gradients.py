@@ -102,7 +102,8 @@ class IntegratedGradients(Method):
         tmlr = p.compat == "tmlr"
         res = evaluate_path(self, images, target, len(alphas), points, grids,
                             idgi_space="normalized" if tmlr else p.idgi_space,
-                            valid_directions=valid_directions)
+                            valid_directions=valid_directions,
+                            sums=p.recalibrate != "valid_ip")
         out, f_x, f_b = {}, None, None
         for n, g in grids.items():
             r = res[n]
