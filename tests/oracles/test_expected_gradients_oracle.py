@@ -4,10 +4,11 @@ same estimator) given the same references and coefficients.
 ``GradientShap.attribute(x, baselines=pool, n_samples=S, stdevs=0)`` draws, for the S samples
 of every input (inputs repeated S times, input-major), a pool row with ``np.random.choice``
 and a coefficient with ``np.random.uniform``, and averages (x − r_s) ⊙ ∇f(α_s x + (1 − α_s) r_s)
-over s. xaipipe's vanilla estimator is (1/(Bk)) Σ_{b,j} (x − r_b) ⊙ ∇f(α_{b,j} x + (1 − α_{b,j}) r_b),
-so with S = B·k and sample s = b·k + j given reference r_b and α_{b,j} the two must agree. The
-test hands Captum xaipipe's draws by replacing those two NumPy calls inside Captum's modules
-for the duration of the call.
+over s. xaipipe's vanilla estimator is
+(1/(Bk)) Σ_{b,j} (x − r_b) ⊙ ∇f(α_{b,j} x + (1 − α_{b,j}) r_b), so with S = B·k and sample
+s = b·k + j given reference r_b and α_{b,j} the two must agree. The test hands Captum
+xaipipe's draws by replacing those two NumPy calls inside Captum's modules for the duration of
+the call.
 """
 import types
 

@@ -12,10 +12,11 @@ default estimator (``none``: Erion et al.'s estimator, (1/(Bk)) Σ_{b,j} (x̃ �
 which is Captum's ``GradientShap`` with n_samples = B·k over the same draws). The estimator
 and shared parameters: :class:`~.multiref.MultiReferenceMethod`.
 
-``compat="ypeiyu"`` / ``"ypeiyu_lpi"`` (``ypeiyu/LPI`` @6ff4785, ``saliency_methods/expected_grad.py``):
-the sample pairing of :mod:`.multiref`. The reference codes draw references from a shuffled
-training loader with batch size B·batch (whose last, shorter validation batch cannot be
-reshaped); per-image draws avoid that, so it is not reproduced.
+``compat="ypeiyu"`` / ``"ypeiyu_lpi"`` (``ypeiyu/LPI`` @6ff4785,
+``saliency_methods/expected_grad.py``): the sample pairing of :mod:`.multiref`. The reference
+codes draw references from a shuffled training loader with batch size B·batch (whose last,
+shorter validation batch cannot be reshaped); per-image draws avoid that, so it is not
+reproduced.
 
 A config cannot give a tensor yet, so the config check stops on ``expected_gradients``
 without ``references`` (:meth:`ExpectedGradients.check_model`).

@@ -18,7 +18,8 @@ The estimator, per image x̃ (pixel space):
   gradient ḡ_b = (1/k) Σ_j g_{b,j};
 - ``recalibrate="none"``: φ = (1/B) Σ_b (x̃ − r_b) ⊙ ḡ_b (IG-SQ: (1/B) Σ_b ((x̃ − r_b) ⊙ ḡ_b)²,
   squaring each reference's attribution as SmoothGrad-squared squares each sample);
-- ``valid_ref``: m_b = (x̃ − r_b) ⊙ ḡ_b, φ_i = Σ_b m_{b,i}·1[m_{b,i} ≥ 0] / max(1, #{b : m_{b,i} ≥ 0});
+- ``valid_ref``: m_b = (x̃ − r_b) ⊙ ḡ_b,
+  φ_i = Σ_b m_{b,i}·1[m_{b,i} ≥ 0] / max(1, #{b : m_{b,i} ≥ 0});
 - ``valid_ip`` (the re-calibration paper's default estimator, ``utils/settings.py``
   ``est_method='valid_ip'``): every point is a reference, m_{b,j} = (x̃ − p_{b,j}) ⊙ g_{b,j} / k
   = (1 − α_{b,j})(x̃ − r_b) ⊙ g_{b,j} / k and φ is their valid mean over (b, j).
