@@ -7,10 +7,11 @@ SLURM tests: an oracle it is meant to run that cannot be imported is then a fail
 silent skip. Every oracle import in the tests goes through :func:`require` (or, for oracles
 that are not plain imports, such as TorchRay's sources, through :func:`missing`):
 
-- ``captum.attr`` (IG, Grad-CAM, StartGrad's IG baseline), ``saliency.core`` (PAIR: Guided IG,
-  Blur IG, PIC), ``coshrem.shearletsystem`` (pycoshrem: the Hallucination Score's edges),
-  ``pyshearlab_mind`` (the shearlet transform), ``pytorch_grad_cam`` (Grad-CAM, FullGrad's
-  terms), TorchRay's ``extremal_perturbation`` (the smooth mask).
+- ``captum.attr`` (IG, Grad-CAM, StartGrad's IG baseline, Expected Gradients),
+  ``saliency.core`` (PAIR: Guided IG, Blur IG, PIC), ``coshrem.shearletsystem`` (pycoshrem: the
+  Hallucination Score's edges), ``pyshearlab_mind`` (the shearlet transform),
+  ``pytorch_grad_cam`` (Grad-CAM, FullGrad's terms), TorchRay's ``extremal_perturbation`` (the
+  smooth mask).
 """
 from __future__ import annotations
 

@@ -174,19 +174,25 @@ class Method(Parametrised):
                                                 grad_space)
         return out
 
+    @property
+    def objective_name(self) -> str:
+        """The objective :meth:`outputs` and :meth:`gradient` explain: the ``objective``
+        parameter (``logit`` without one). A method whose compat profile changes the objective
+        overrides this (:func:`~xaipipe.maths.objectives.objective_for`)."""
+        return getattr(self.hparams, "objective", "logit")
+
     def outputs(self, points: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """f at a batch of points (no gradient), in memory-bounded chunks."""
         chunk = self.chunk_size(points.shape[1:], points.device)
         return torch.cat([
             forward_objective(self.model, points[s:s + chunk], target[s:s + chunk],
-                              getattr(self.hparams, "objective", "logit"))
+                              self.objective_name)
             for s in range(0, points.shape[0], chunk)])
 
     def gradient(self, points: torch.Tensor, target: torch.Tensor,
                  grad_space: str = "pixel") -> tuple[torch.Tensor, torch.Tensor]:
         """(∇f, f) at a batch of points for the configured objective."""
-        return gradient(self.model, points, target, getattr(self.hparams, "objective", "logit"),
-                        grad_space)
+        return gradient(self.model, points, target, self.objective_name, grad_space)
 
 
 Method.Params = params_class(Method, {})

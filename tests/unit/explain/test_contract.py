@@ -23,6 +23,9 @@ LIGHT = {
     "waveletx": {"steps": 2, "samples": 2, "levels": 2, "history_every": 1},
     "cartoonx": {"steps": 2, "samples": 2, "levels": 2},
     "pixel_mask": {"steps": 2, "samples": 2, "history_every": 1},
+    # Expected Gradients needs a pool of references (training images)
+    "expected_gradients": {"samples": 3, "steps": 4, "references": torch.rand(
+        6, 3, 32, 32, generator=torch.Generator().manual_seed(11))},
 }
 #: Optimisation methods: a gradient summed over another chunk composition differs in its last
 #: bits (the backend's convolution kernels depend on the batch), and Adam's normalised steps

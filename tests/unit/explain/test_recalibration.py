@@ -29,3 +29,11 @@ def test_streamed_in_any_order_equals_all_at_once():
     for i in range(2):
         assert torch.allclose(out[i], valid_mean(m[i]), atol=1e-12)
     assert (out >= 0).all()
+
+
+def test_a_nan_product_is_reported_not_dropped():
+    """A NaN product (a broken gradient) makes its feature's result NaN, so the non-finite
+    check of the maps reports it, instead of counting as an invalid product."""
+    m = torch.tensor([[1.0, 2.0], [float("nan"), 4.0]])
+    out = valid_mean(m)
+    assert torch.isnan(out[0]) and out[1] == 3.0

@@ -15,14 +15,27 @@ sub-path takes the points 0, s, …, (n−1)s (s = M/n), so it stops at α = (n�
 n < M; IG is the right rule over its n−1 segments and IDGI is taken over the same points with
 gradients w.r.t. the normalised input. ``rule`` is ignored there.
 
+``recalibrate`` (Yang, Akhtar, Wen, Shah, Mian, *Re-calibrating Feature Attributions for Model
+Interpretation*, ICLR 2023; ``ypeiyu/attribution_recalibration`` @5b745d4, whose own IG class
+has no estimator): re-calibrated IG is the paper's ``valid_ip`` estimator with one reference,
+the baseline, over IG's own points: each point p_j = x̃′ + α_j (x̃ − x̃′) with a gradient
+gives the product m_j = w_j (x̃ − p_j) ⊙ ∇f(p_j) = w_j (1 − α_j)(x̃ − x̃′) ⊙ ∇f(p_j), with w_j
+the rule's weight (1/k for the rules with equal weights over k points, the paper's 1/k), and
+φ_i = Σ_j m_{j,i}·1[m_{j,i} ≥ 0] / max(1, #{j : m_{j,i} ≥ 0}). ``valid_ref`` with one reference
+keeps the IG map where it is ≥ 0 (0 elsewhere). Both are ≥ 0; IDGI has no re-calibrated form
+(``idgi`` with ``recalibrate`` is a config error). The parameter is left out of seeds and job
+signatures at its default (``none``), so plain IG runs are keyed as before it existed.
+
 Diagnostics per image: ``completeness_gap`` = Σφ − (f(x̃) − f(x̃′)), ``f_input``, ``f_baseline``.
 """
 import torch
 
+from ...errors import ConfigError
 from ...params import Param
 from ..base import OBJECTIVE_PARAM, Attribution, Method, register_method
 from .baselines import BASELINES, make_baseline
 from .integration import OFF_GRID, RULES, Grid, evaluate_path, nested_grids, riemann
+from .recalibration import RECALIBRATIONS
 
 COMPATS = (None, "tmlr")
 IDGI_SPACES = ("pixel", "normalized")
@@ -42,8 +55,20 @@ class IntegratedGradients(Method):
                             doc="space of the gradients IDGI weighs (pixel or normalized)"),
         "compat": Param(None, (str, type(None)), COMPATS,
                         doc="tmlr: the TMLR-IDGI code's sub-paths (see module docstring)"),
+        "recalibrate": Param("none", str, RECALIBRATIONS, omit_default=True,
+                             doc="attribution re-calibration (ICLR 2023): valid_ip averages the "
+                                 "products (x̃ − p_j) ⊙ ∇f(p_j) ≥ 0 of the path points per "
+                                 "feature, valid_ref keeps the map where ≥ 0"),
     }
     sweepable = True
+
+    @classmethod
+    def validate(cls, values, where):
+        if values["idgi"] and values["recalibrate"] != "none":
+            raise ConfigError(f"{where}.recalibrate: {values['recalibrate']!r} does not apply "
+                              "with idgi: true (IDGI has no re-calibrated form); use "
+                              "recalibrate: none or idgi: false")
+        return values
 
     @classmethod
     def shares_path(cls, params, steps):
@@ -69,13 +94,27 @@ class IntegratedGradients(Method):
         def points(img_i, pt_i):
             return base[img_i] + a[pt_i].view(-1, 1, 1, 1) * delta[img_i]
 
+        valid_directions = None
+        if p.recalibrate == "valid_ip":
+            def valid_directions(img_i, pt_i):          # x̃ − p_j = (1 − α_j)(x̃ − x̃′)
+                return (1 - a[pt_i]).view(-1, 1, 1, 1) * delta[img_i]
+
         tmlr = p.compat == "tmlr"
         res = evaluate_path(self, images, target, len(alphas), points, grids,
-                            idgi_space="normalized" if tmlr else p.idgi_space)
+                            idgi_space="normalized" if tmlr else p.idgi_space,
+                            valid_directions=valid_directions,
+                            sums=p.recalibrate != "valid_ip")
         out, f_x, f_b = {}, None, None
         for n, g in grids.items():
             r = res[n]
-            maps = r["idgi"] if p.idgi else delta * r["acc"]
+            if p.idgi:
+                maps = r["idgi"]
+            elif p.recalibrate == "valid_ip":
+                maps = r["valid"].result().to(images.dtype)
+            elif p.recalibrate == "valid_ref":
+                maps = (delta * r["acc"]).clamp_min(0)
+            else:
+                maps = delta * r["acc"]
             if f_b is None:
                 f_b = (r["f"][:, 0] if alphas[g.idx[0]] == 0
                        else self.outputs(base, target).double())

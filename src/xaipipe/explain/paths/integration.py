@@ -88,7 +88,8 @@ def nested_grids(steps, m: int | None = None) -> tuple[int, dict[int, int]]:
 
 def evaluate_path(method, images: torch.Tensor, target: torch.Tensor, n_points: int,
                   make_points, grids: dict, grad_space: str = "pixel",
-                  idgi_space: str = "pixel", directions=None):
+                  idgi_space: str = "pixel", directions=None, valid_directions=None,
+                  sums: bool = True):
     """Evaluate one path per image and accumulate every grid's sums in a single pass.
 
     ``make_points(img_idx, pt_idx) -> (P, C, H, W)`` builds path points (baseline → input
@@ -99,13 +100,20 @@ def evaluate_path(method, images: torch.Tensor, target: torch.Tensor, n_points: 
     are in ``idgi_space`` (``normalized``: σ_c · ∇_pixel f); those of the Riemann sums in
     ``grad_space``.
 
+    ``valid_directions(img_idx, pt_idx)``, when given, also feeds every grid's products
+    coef_j · vdir_j ⊙ g_j to a :class:`~.recalibration.ValidMean` (attribution
+    re-calibration, Yang et al., ICLR 2023: ``valid`` = the mean of the products ≥ 0 per
+    feature); ``acc`` is unchanged by it. ``sums=False`` skips ``acc`` (None: where only the
+    valid mean is wanted).
+
     The operations an image's sums go through depend only on its own points, so a grid's sums
     are the same whether it is evaluated alone or inside a sweep (up to the last bits that the
     backend's kernels may change with the chunk's composition).
 
     Returns {key: dict(acc, idgi, idgi_skipped, f)} with ``f`` (N, len(idx)) the outputs at the
-    grid's points."""
+    grid's points (and ``valid``, the ValidMean, with ``valid_directions``)."""
     from .idgi import IDGIAccumulator
+    from .recalibration import ValidMean
 
     n, shape = images.shape[0], images.shape[1:]
     device, dtype = images.device, images.dtype
@@ -114,10 +122,12 @@ def evaluate_path(method, images: torch.Tensor, target: torch.Tensor, n_points: 
     state = {}
     for key, g in grids.items():
         state[key] = {
-            "acc": torch.zeros_like(images) if g.coef else None,
+            "acc": torch.zeros_like(images) if g.coef and sums else None,
             "idgi": (IDGIAccumulator(n, shape, len(g.idx) - 1, device, dtype, g.idgi)
                      if g.idgi else None),
-            "f": torch.empty((n, len(g.idx)), device=device, dtype=torch.float64)}
+            "f": torch.empty((n, len(g.idx)), device=device, dtype=torch.float64),
+            "valid": (ValidMean(n, shape, device)
+                      if valid_directions is not None and g.coef else None)}
     std = None
     if "normalized" in (grad_space, idgi_space):
         std = getattr(getattr(method.model, "normalize", None), "std", None)
@@ -142,6 +152,19 @@ def evaluate_path(method, images: torch.Tensor, target: torch.Tensor, n_points: 
             sel = (~needs).nonzero().flatten()
             outs[sel] = method.outputs(pts[sel], target[img_i[sel]]).to(dtype)
         dirs = directions(img_i, pt_i) if directions is not None else None
+        if valid_directions is not None:           # one feed per grid and chunk
+            vdirs = valid_directions(img_i, pt_i)
+            gv = grads * std.view(1, -1, 1, 1) if grad_space == "normalized" else grads
+            for key, g in grids.items():
+                if state[key]["valid"] is None:
+                    continue
+                sel = [k for k, (_, j) in enumerate(part) if j in g.coef]
+                if not sel:
+                    continue
+                coef = torch.tensor([g.coef[part[k][1]] for k in sel], device=device,
+                                    dtype=dtype).view(-1, 1, 1, 1)
+                sel = torch.tensor(sel, device=device)
+                state[key]["valid"].feed(img_i[sel], coef * vdirs[sel] * gv[sel])
         for k, (i, j) in enumerate(part):
             g_pix = grads[k]
             for key, g in grids.items():
@@ -150,7 +173,7 @@ def evaluate_path(method, images: torch.Tensor, target: torch.Tensor, n_points: 
                     continue
                 st = state[key]
                 st["f"][i, pos] = outs[k].double()
-                if j in g.coef:
+                if j in g.coef and st["acc"] is not None:
                     gg = g_pix * std.view(-1, 1, 1) if grad_space == "normalized" else g_pix
                     term = gg if dirs is None else dirs[k] * gg
                     st["acc"][i] += g.coef[j] * term
@@ -161,6 +184,8 @@ def evaluate_path(method, images: torch.Tensor, target: torch.Tensor, n_points: 
     out = {}
     for key, st in state.items():
         res = {"acc": st["acc"], "f": st["f"], "idgi": None, "idgi_skipped": None}
+        if st["valid"] is not None:
+            res["valid"] = st["valid"]
         if st["idgi"] is not None:
             phi, _, _, skipped = st["idgi"].result()
             res["idgi"], res["idgi_skipped"] = phi, skipped

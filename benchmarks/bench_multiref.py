@@ -1,0 +1,106 @@
+"""Multi-reference path estimators' throughput (IG-Uniform, IG-SG, IG-SQ, Expected Gradients,
+and IG as the one-reference case) against the model's raw forward+backward limit for the
+same number of points (images x references x steps), in chunks of the same size.
+
+Prints images/s of each method and estimator and the ratio method/limit (median, best and
+paired median over interleaved repeats). A ratio near 1.0 means the estimator costs what the
+model costs: drawing the references, building the points and streaming the products (vanilla,
+valid_ref, valid_ip) add little. Run:
+
+    .venv/bin/python benchmarks/bench_multiref.py [--model demo|resnet18] [--images 8]
+        [--samples 10] [--steps 5] [--recalibrate none valid_ip]
+
+``demo`` uses the demo model trained by ``make demo`` when it exists (random weights otherwise)
+on 64x64 images; ``resnet18`` is torchvision's ResNet-18 (random weights) at 224x224. Expected
+Gradients draws its references from a pool of 4 x samples random images. IG runs with ``steps``
+x ``samples`` points on its path (rule ``right``), the same number of points as the others.
+
+The limit pushes the same number of points through forward + backward of the same model
+(gradient of the target logit w.r.t. the input), in chunks of the same size, on one pre-built
+random chunk: no references, no path points, no products. Nothing is asserted; the numbers are
+printed.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from benchcommon import add_allocator, bench_model, header, ratio, speed, timed, use_allocator
+from xaipipe.explain import explain
+from xaipipe.explain.base import default_memory_mb, get_method
+from xaipipe.utils import resolve_device
+
+METHODS = ("ig_uniform", "ig_sg", "ig_sq", "expected_gradients", "integrated_gradients")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="demo", choices=["demo", "resnet18"])
+    ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--samples", type=int, default=10, help="references B per image")
+    ap.add_argument("--steps", type=int, default=5, help="points k per reference")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--recalibrate", nargs="+", default=["none", "valid_ip"],
+                    choices=["none", "valid_ref", "valid_ip"])
+    ap.add_argument("--memory-mb", type=float, default=None,
+                    help="chunk budget (default: xaipipe's default for the device)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="auto")
+    add_allocator(ap)
+    a = ap.parse_args()
+    use_allocator(a.allocator)
+
+    device = resolve_device(a.device)
+    model, size, source = bench_model(a.model, device)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(a.images, 3, size, size, generator=gen).to(device)
+    pool = torch.rand(4 * a.samples, 3, size, size, generator=gen).to(device)
+    ids = torch.arange(a.images)
+    with torch.no_grad():
+        target = model(x).argmax(1)
+
+    budget = a.memory_mb or default_memory_mb(device)
+    chunk = get_method("ig_uniform")(model, memory_mb=budget).chunk_size(x.shape[1:], device)
+    n_points = a.images * a.samples * a.steps
+    lim_x = torch.rand(min(chunk, n_points), *x.shape[1:], device=device)
+    lim_t = target[torch.arange(lim_x.shape[0], device=device) % a.images].view(-1, 1)
+
+    def limit():
+        g = None
+        for s in range(0, n_points, chunk):
+            b = min(chunk, n_points - s)
+            pts = lim_x[:b].detach().requires_grad_(True)
+            with torch.enable_grad():
+                f = model(pts).gather(1, lim_t[:b]).sum()
+                (g,) = torch.autograd.grad(f, pts)
+        return g
+
+    def runner(name, mode):
+        if name == "integrated_gradients":
+            kw = {"steps": a.samples * a.steps, "recalibrate": mode}
+        else:
+            kw = {"samples": a.samples, "steps": a.steps, "recalibrate": mode}
+            if name == "expected_gradients":
+                kw["references"] = pool
+        return lambda: explain(name, model, x, target, image_ids=ids, max_batch=chunk, **kw)
+
+    runs = [(f"{n} {m}", runner(n, m)) for n in a.methods for m in a.recalibrate]
+    for _, fn in runs:
+        fn()                                                     # warm-up
+    limit()
+    results = timed([fn for _, fn in runs] + [limit], a.repeats)
+    t_lim = results[-1][0]
+    print(header(device))
+    print(f"model {a.model} ({source}), {a.images} images {size}x{size}, B = {a.samples} "
+          f"references x k = {a.steps} steps = {n_points} points, {chunk} points per "
+          f"forward/backward (budget {budget:.0f} MB)")
+    print(f"{'fwd+bwd limit':32s}: {speed(a.images, t_lim)}")
+    for (label, _), (t, _) in zip(runs, results):
+        print(f"{label:32s}: {speed(a.images, t)}")
+    for (label, _), (t, _) in zip(runs, results):
+        print(f"speed ratio {label:26s}/limit: {ratio(t_lim, t)}")
+
+
+if __name__ == "__main__":
+    main()
