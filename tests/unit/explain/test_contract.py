@@ -26,6 +26,10 @@ LIGHT = {
     # Expected Gradients needs a pool of references (training images)
     "expected_gradients": {"samples": 3, "steps": 4, "references": torch.rand(
         6, 3, 32, 32, generator=torch.Generator().manual_seed(11))},
+    # LPI needs its reference set (references and their density; one cluster)
+    "lpi": {"samples": 3, "steps": 4, "references": torch.rand(
+        3, 3, 32, 32, generator=torch.Generator().manual_seed(12)),
+        "density": torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)},
 }
 #: Optimisation methods: a gradient summed over another chunk composition differs in its last
 #: bits (the backend's convolution kernels depend on the batch), and Adam's normalised steps

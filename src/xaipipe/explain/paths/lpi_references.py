@@ -45,14 +45,19 @@ def _kmeans(x: np.ndarray, k: int, seed: int):
 
 
 def lpi_references(model, images, n_references: int = 20, n_clusters: int = 1, seed: int = 0,
-                   batch_size: int = 200, logits: torch.Tensor | None = None) -> dict:
+                   batch_size: int = 200, logits: torch.Tensor | None = None,
+                   offset: int = 0) -> dict:
     """The LPI reference set of ``images`` (the training images: a tensor (N, 3, H, W) in
     [0, 1], or an image store's split, see :func:`training_logits`) for ``model``.
 
     Returns a dict: ``references`` (C, R, 3, H, W) float32 images, ``density`` (C, R) float64
     (each row sums to 1), ``index`` (C, R) int64 positions in ``images``, ``centres`` (C, K)
     float64 (the global centres in logit space; :func:`assign_clusters`), ``counts`` (C,) the
-    training images of each cluster. ``logits``: the training logits if already computed."""
+    training images of each cluster. ``logits``: the training logits if already computed.
+    ``offset``: store the training image ``offset`` positions after each representative
+    (modulo N) instead of the representative itself, as ``ypeiyu/LPI``'s stored reference sets
+    do with 200 (one loader batch off; ``compat="ypeiyu_lpi"``); ``index`` holds the positions
+    of the images stored."""
     z = training_logits(model, images, batch_size) if logits is None else logits
     z = z.double().numpy()
     n = z.shape[0]
@@ -78,6 +83,7 @@ def lpi_references(model, images, n_references: int = 20, n_clusters: int = 1, s
         d = ((z[members][:, None, :] - sub.cluster_centers_[None]) ** 2).sum(-1)
         index[c] = members[d.argmin(0)]
         density[c] = np.bincount(sub.labels_, minlength=n_references) / len(members)
+    index = (index + offset) % n
     flat = index.reshape(-1)
     if isinstance(images, torch.Tensor):
         refs = images[torch.as_tensor(flat)].float().cpu()

@@ -60,6 +60,11 @@ squared mean gradient) and the class-contrastive objective of that code
 ``compat="ypeiyu_lpi"`` (Expected Gradients only: ``ypeiyu/LPI`` has no IG-Uniform, IG-SG or
 IG-SQ) is the same pairing; that code explains the logit only, so ``contrast`` stays clean.
 
+Weights: a method may weight its references (:meth:`MultiReferenceMethod.reference_weights`,
+LPI's density ρ_b): the vanilla map is then Σ_b ρ_b (x̃ − r_b) ⊙ ḡ_b and the valid means are
+weighted by each product's reference (:class:`~.recalibration.ValidMean`); without weights the
+code path and its numbers are those above.
+
 Diagnostics per image (``Attribution.extras``):
 
 - ``completeness_gap`` = Σφ − (f(x̃) − (1/B) Σ_b f(r_b)), ``f_input``, ``f_references`` (the
@@ -84,6 +89,26 @@ from .recalibration import RECALIBRATIONS, ValidMean
 ALPHAS = ("linspace", "uniform")
 
 
+class ReferencePool:
+    """A pool of references read on demand (a training split that does not fit in memory):
+    ``shape`` (R, C, H, W) and ``take(rows)`` -> the images of ``rows`` (a long tensor) as a
+    float tensor (len(rows), C, H, W) in [0, 1]. Where ``references`` is a pool it may be one
+    of these instead of a tensor (the workflow gives Expected Gradients the training split of
+    the model's image store this way); only the B rows an image draws are read."""
+
+    ndim = 4
+
+    @property
+    def shape(self) -> tuple:
+        raise NotImplementedError
+
+    def take(self, rows: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+REFERENCE_TYPES = (torch.Tensor, ReferencePool, type(None))
+
+
 def multiref_params(alphas: str = "linspace", compats=(None, "ypeiyu"),
                     references_doc: str = "") -> dict:
     """The declared parameters every multi-reference method shares (``alphas``: its default
@@ -98,10 +123,10 @@ def multiref_params(alphas: str = "linspace", compats=(None, "ypeiyu"),
                         doc="path coefficients: linspace (j/(k-1), both ends), uniform "
                             "(U(0, 1) per reference and step), or a tensor (k,), (B, k) or "
                             "(N, B, k)"),
-        "references": Param(None, (torch.Tensor, type(None)),
+        "references": Param(None, REFERENCE_TYPES,
                             doc=references_doc or "references: None (the method's own draw), "
                             "a pool (R, C, H, W) drawn from per image without replacement, or "
-                            "(N, B, C, H, W) used in order"),
+                            "(N, B, C, H, W) used in order (Python only)"),
         "objective": OBJECTIVE_PARAM,
         "compat": Param(None, (str, type(None)), tuple(compats),
                         doc="ypeiyu: the reference code's sample pairing and its method "
@@ -135,6 +160,12 @@ class MultiReferenceMethod(Method):
 
     #: square each reference's attribution (IG-SQ)
     squared: bool = False
+    #: the interval of ``alphas="uniform"`` (LPI: (0.01, 0.99))
+    alpha_range: tuple = (0.0, 1.0)
+    #: where the workflow finds references for a config (which cannot hold a tensor):
+    #: None (the method draws its own), ``"train"`` (the training split of the model's image
+    #: store, as a :class:`ReferencePool`) or ``"lpi"`` (the LPI reference store of the model)
+    needs_references: str | None = None
 
     # -- parameters ------------------------------------------------------------------------
     @classmethod
@@ -177,7 +208,8 @@ class MultiReferenceMethod(Method):
         how the draws are used does not change them, so the vanilla, re-calibrated and compat
         maps of an image share their references and coefficients (paired comparisons)."""
         seed, iid, name, hp, *rest = super().seed_parts(image_id, *extra)
-        hp = {k: v for k, v in hp.items() if k not in ("recalibrate", "objective", "compat")}
+        hp = {k: v for k, v in hp.items() if k not in ("recalibrate", "objective", "compat")
+              and not isinstance(v, ReferencePool)}
         return (seed, iid, name, hp, *rest)
 
     def begin(self, images: torch.Tensor, image_ids: torch.Tensor) -> None:
@@ -204,7 +236,9 @@ class MultiReferenceMethod(Method):
                 raise ValueError(f"method {self.name!r}: references have images of shape "
                                  f"{tuple(ref.shape[-3:])}, the inputs "
                                  f"{tuple(images.shape[1:])}")
-            if ref.ndim == 4:
+            if isinstance(ref, ReferencePool):
+                out = ref.take(self.pool_indices(int(image_ids[i]), ref.shape[0]))
+            elif ref.ndim == 4:
                 idx = self.pool_indices(int(image_ids[i]), ref.shape[0])
                 out = ref[idx.to(ref.device)]
             else:
@@ -243,7 +277,17 @@ class MultiReferenceMethod(Method):
         else:
             out = torch.stack([torch.rand((b, k), dtype=torch.float64, generator=generator(
                 *self.seed_parts(int(image_ids[i]), "alphas"))) for i in range(n)])
+            lo, hi = self.alpha_range
+            if (lo, hi) != (0.0, 1.0):
+                out = lo + (hi - lo) * out
         return out.to(images.device, images.dtype)
+
+    def reference_weights(self, images: torch.Tensor,
+                          image_ids: torch.Tensor) -> torch.Tensor | None:
+        """(N, B) float64 weights of each image's references in the estimator (LPI: the
+        density ρ), or None: equal weights 1/B (the vanilla mean and the unweighted valid
+        mean). Called after :meth:`begin`."""
+        return None
 
     def reports_gap(self) -> bool:
         """Whether the completeness gap comes for free: vanilla, not squared, ``linspace``
@@ -267,11 +311,15 @@ class MultiReferenceMethod(Method):
         alphas = self.alpha_grid(images, image_ids)
         slots = reference_slots(big_b, k, p.compat).to(dev)
         mode = p.recalibrate
-        valid = ValidMean(n, shape, dev, square=self.squared) if mode != "none" else None
+        self.begin(images, image_ids)
+        weights = self.reference_weights(images, image_ids)
+        if weights is not None:
+            weights = weights.to(dev, torch.float64)
+        valid = ValidMean(n, shape, dev, square=self.squared, weighted=weights is not None) \
+            if mode != "none" else None
         acc = torch.zeros((n, *shape), device=dev, dtype=torch.float64) \
             if mode == "none" else None
         gap = self.reports_gap()
-        self.begin(images, image_ids)
         f_ref = torch.zeros(n, device=dev, dtype=torch.float64)
         f_x = torch.zeros(n, device=dev, dtype=torch.float64)
 
@@ -303,10 +351,14 @@ class MultiReferenceMethod(Method):
             grads, f = self.gradient(pts, target[img])
             if gap:
                 at0, at1 = j == 0, (j == k - 1) & (grp == 0)
-                f_ref.index_add_(0, img[at0], f[at0].double())
+                f0 = f[at0].double()
+                if weights is not None:
+                    f0 = f0 * weights[img[at0], grp[at0]]
+                f_ref.index_add_(0, img[at0], f0)
                 f_x[img[at1]] = f[at1].double()
             if mode == "valid_ip":
-                valid.feed(img, (1 - a) * (x - r_pt) * grads / k)
+                valid.feed(img, (1 - a) * (x - r_pt) * grads / k,
+                           None if weights is None else weights[img, slots[grp, j]])
                 continue
             # per-reference gradient sums; groups (image, reference) are contiguous in q
             g0, g1 = s // k, (e - 1) // k
@@ -322,16 +374,20 @@ class MultiReferenceMethod(Method):
             gi, gb = grp_ids // big_b, grp_ids % big_b
             r_g = refs[(gi - i0) * big_b + gb]
             gbar = sums[:done] / k
+            w_g = None if weights is None else weights[gi, gb]
             if mode == "valid_ref":
-                valid.feed(gi, (images[gi] - r_g) * gbar)
-            else:
+                valid.feed(gi, (images[gi] - r_g) * gbar, w_g)
+            elif w_g is None:
                 acc.index_add_(0, gi, self.group_term(images[gi], r_g, gbar).double())
+            else:
+                acc.index_add_(0, gi, self.group_term(images[gi], r_g, gbar).double()
+                               * w_g.view(-1, *[1] * len(shape)))
 
         extras = {}
         if mode == "none":
-            maps = (acc / big_b).to(images.dtype)
+            maps = (acc / big_b if weights is None else acc).to(images.dtype)
             if gap:
-                f_r = f_ref / big_b
+                f_r = f_ref / big_b if weights is None else f_ref
                 extras = {"completeness_gap": (maps.flatten(1).double().sum(1)
                                                - (f_x - f_r)).float(),
                           "f_input": f_x.float(), "f_references": f_r.float()}
