@@ -1,3 +1,25 @@
+rule lpi_references:
+    """LPI's reference set of a model: k-means representatives of its logits over the
+    training split, with density weights (once per model and settings)."""
+    input:
+        images=lambda w: plan.model_images(w.model, "original"),
+        model=lambda w: plan.model_inputs(w.model),
+    output:
+        directory(P.lpi_references),
+    threads: config["threads"]["explain"]
+    log:
+        P.log("references/{dataset}/{model}/{refset}"),
+    resources:
+        gpu=config["explain"]["gpu"],
+    params:
+        job=lambda w: plan.reference_set_job(w.dataset, w.model, w.refset),
+        signature=lambda w: signature(plan.reference_set_job(w.dataset, w.model, w.refset)),
+    conda:
+        "../envs/xaipipe.yaml"
+    script:
+        "../scripts/lpi_references.py"
+
+
 rule explain:
     """Attribution maps of the selected images: one Zarr store per
     (dataset, model, method, variant)."""
@@ -5,6 +27,7 @@ rule explain:
         images=lambda w: plan.model_images(w.model, w.variant),
         selections=lambda w: plan.explain_selections(w.dataset, w.model, w.method, w.variant),
         model=lambda w: plan.model_inputs(w.model),
+        references=lambda w: plan.explain_references(w.dataset, w.model, w.method, w.variant),
     output:
         directory(P.saliency),
     wildcard_constraints:
@@ -39,6 +62,9 @@ for _run in plan.sweeps:
                 w.dataset, w.model, run, w.variant
             ),
             model=lambda w: plan.model_inputs(w.model),
+            references=lambda w, run=_run: plan.explain_references(
+                w.dataset, w.model, run, w.variant
+            ),
         output:
             [directory(p) for p in plan.sweep_stores(_run)],
         threads: config["threads"]["explain"]

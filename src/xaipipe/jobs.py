@@ -110,6 +110,20 @@ class ExplainJob:
 
 
 @dataclass(frozen=True)
+class ReferenceSetJob:
+    """LPI's reference set of one model from its data set's training split
+    (:func:`xaipipe.explain.lpi_references`)."""
+    model: ModelSpec
+    n_references: int
+    n_clusters: int
+    seed: int
+    offset: int = 0                  # compat ypeiyu_lpi: 200 (the reference code's sets)
+    split: str = "train"
+    device: str = execution("auto")
+    batch_size: int = execution(200)
+
+
+@dataclass(frozen=True)
 class ScoreJob:
     """Per-image scores of one saliency store by one metric; the images scored are the union
     of the requested selections (aligned with the rule's ``selections`` input) present in the

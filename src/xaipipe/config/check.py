@@ -223,6 +223,12 @@ def check_experiment(config: dict, e: Experiment) -> None:
         model = None
         for run in e.methods:
             name, params = method_of(config, run)
+            needs = getattr(get_method(name), "needs_references", None)
+            if needs and "train" not in source.split_names():
+                raise ConfigError(
+                    f"{where}: method {run!r} draws its references from the training images, "
+                    f"which data set {dataset!r} (of model {m!r}) does not have: give it a "
+                    f"'train' split (datasets.{dataset}.splits)")
             check_model = get_method(name).check_model
             # build the architecture only for methods that inspect it (not the default no-op)
             if check_model.__func__ is not Method.check_model.__func__:

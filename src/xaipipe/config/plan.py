@@ -21,7 +21,7 @@ from ..params import check_params
 from ..explain.base import get_method
 from .check import Experiment, method_of, metric_of, split_store_run, store_runs, sweep_of
 from ..jobs import (Entry, ExplainJob, FigureJob, ImageStoreJob, ModelSpec, PredictJob,
-                   ScoreJob, SelectJob, SummaryJob, TrainJob)
+                   ReferenceSetJob, ScoreJob, SelectJob, SummaryJob, TrainJob)
 from .result_paths import FIGURE_EXTS, TABLE_EXTS, Paths
 
 
@@ -110,6 +110,7 @@ class Plan:
                     "metric": "metrics", "experiment": "experiments"}
         out = {w: alt(self.c[s]) for w, s in sections.items()}
         out["method"] = alt(self.methods)
+        out["refset"] = alt(self.reference_sets() or ["lpi_none"])
         out["table"] = alt(TABLES.names())
         out["figure"] = alt(FIGURES.names())
         return out
@@ -240,6 +241,47 @@ class Plan:
                     reqs[sel] = _merge_max(reqs[sel], mx) if sel in reqs else mx
             return reqs
         return self._explain[(dataset, model, method, variant)]
+
+    # -- references (Expected Gradients, LPI) ---------------------------------------------
+    def references_kind(self, method: str) -> str | None:
+        """Where a store run's references come from (``needs_references`` of its method)."""
+        if method in self.sweeps:
+            method = store_runs(self.c, method)[0]
+        return getattr(get_method(self.methods[method][0]), "needs_references", None)
+
+    def refset(self, method: str) -> str:
+        """The name of an LPI run's reference set: its settings (runs with the same R,
+        clusters and compat share one set)."""
+        p = self.methods[method][1]
+        return f"lpi_r{p.samples}_c{p.clusters}" + \
+            ("_ypeiyu" if p.compat == "ypeiyu_lpi" else "")
+
+    def reference_sets(self) -> list[str]:
+        return sorted({self.refset(sr) for sr in self.methods
+                       if self.references_kind(sr) == "lpi"})
+
+    def explain_references(self, dataset, model, method, variant) -> list[str]:
+        """The explain rule's ``references`` input: the model's original image store (its
+        training split is Expected Gradients' pool), the model's LPI reference set, or none."""
+        kind = self.references_kind(method)
+        if kind == "train":
+            return [self.model_images(model, "original")]
+        if kind == "lpi":
+            return [self.P.fmt("lpi_references", dataset=dataset, model=model,
+                               refset=self.refset(method))]
+        return []
+
+    def reference_set_job(self, dataset, model, refset) -> ReferenceSetJob:
+        runs = [sr for sr in self.methods
+                if self.references_kind(sr) == "lpi" and self.refset(sr) == refset]
+        p = self.methods[runs[0]][1] if runs else None      # the name fixes what is used
+        if p is None:
+            raise ConfigError(f"no LPI method run uses the reference set {refset!r}")
+        return ReferenceSetJob(self.model_spec(model), n_references=p.samples,
+                               n_clusters=p.clusters, seed=self.c["seed"],
+                               offset=200 if p.compat == "ypeiyu_lpi" else 0,
+                               device=self.c["device"],
+                               batch_size=self.c["score"]["batch_size"])
 
     def explain_selections(self, dataset, model, method, variant) -> list[str]:
         reqs = self._requests(dataset, model, method, variant)

@@ -3,7 +3,7 @@
 The rules use the templates with their wildcards (``Paths.saliency`` ->
 ``results/saliency/{dataset}/{model}/{method}/{variant}.zarr``); the plan formats the same
 templates. Wildcards are exactly: dataset, preprocess, model, method, variant, filter, metric,
-experiment (and, for tables and figures, table / figure).
+experiment (and, for tables and figures, table / figure; for LPI's reference sets, refset).
 """
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ TEMPLATES = {
     # `selection/{dataset}/{model}/{filter}.parquet` with the variant as a last level
     "selection": "{R}/selection/{dataset}/{model}/{filter}/{variant}.parquet",
     "saliency": "{R}/saliency/{dataset}/{model}/{method}/{variant}.zarr",
+    # LPI's reference set of a model, from its training images; {refset} names the settings
+    # (lpi_r<R>_c<clusters>[_ypeiyu]), so method runs that differ otherwise share it
+    "lpi_references": "{R}/references/{dataset}/{model}/{refset}.zarr",
     "scores": "{R}/metrics/{dataset}/{model}/{metric}/{method}/{variant}.parquet",
     "summary": "{R}/papers/{experiment}/summary.csv",
     # every per-image score of the experiment's own images, long form (the summary's input)

@@ -20,8 +20,8 @@ from .. import repro
 from ..parallel import allocator_requested, retain_freed_memory, set_torch_threads
 
 if TYPE_CHECKING:
-    from ..jobs import (ExplainJob, FigureJob, ImageStoreJob, PredictJob, ScoreJob, SelectJob,
-                        SummaryJob, TrainJob)
+    from ..jobs import (ExplainJob, FigureJob, ImageStoreJob, PredictJob, ReferenceSetJob,
+                        ScoreJob, SelectJob, SummaryJob, TrainJob)
 
 log = logging.getLogger("xaipipe")
 
@@ -112,11 +112,22 @@ def selection(out, predictions_path, job: SelectJob):
 
 
 # -- attribution -------------------------------------------------------------------------
-def explain_store(out, images, selections, model_files, job: ExplainJob, progress=True):
+def explain_store(out, images, selections, model_files, job: ExplainJob, progress=True,
+                  references=None):
+    """``references``: the explain rule's ``references`` input (a path, or an empty list
+    for methods that draw their own)."""
     from ..utils import as_list
     from .attribution import explain_to_store
+    refs = as_list(references) if references is not None else []
     explain_to_store(out, images, as_list(selections), as_list(model_files), job,
-                     progress=progress)
+                     progress=progress, references=refs[0] if refs else None)
+
+
+def lpi_reference_set(out, images, model_files, job: ReferenceSetJob):
+    """LPI's reference set of a model from the training split of ``images``."""
+    from ..utils import as_list
+    from .references import build_lpi_references
+    build_lpi_references(out, images, as_list(model_files), job)
 
 
 # -- metrics -----------------------------------------------------------------------------

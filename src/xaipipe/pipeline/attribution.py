@@ -20,7 +20,8 @@ from ..explain.base import get_method
 log = logging.getLogger("xaipipe")
 
 
-def explain_to_store(out, images_path, selections, model_files, job, progress=True):
+def explain_to_store(out, images_path, selections, model_files, job, progress=True,
+                     references=None):
     """Write the store ``out`` of one method run, or, for a one-path sweep (``job.sweep``),
     the stores ``out`` (a list aligned with ``job.sweep``), one per step count, from one
     evaluation of each image's path. Every store is complete or absent. With more images than
@@ -31,15 +32,25 @@ def explain_to_store(out, images_path, selections, model_files, job, progress=Tr
     shards: dtype, keepbits, native resolution with ``image_size`` and ``upsample``, ...);
     otherwise it is recomputed (logged, with the attributes that differ). Settings that leave
     the attributes alone (batch size, memory budget, device) keep the finished shards.
-    Returns ``{"shards", "reused"}``."""
+    ``references``: the path a method with ``needs_references`` takes its references from
+    (:func:`~.references.reference_params`: an image store's training split, an LPI reference
+    set). Returns ``{"shards", "reused"}``."""
     cls = get_method(job.method)
     model = load_spec(job.model, model_files, job.device)
     dev = next(model.parameters()).device
     images = open_images(images_path, job.split)
     ids, targets = requested_images(selections, job.max_images, job.target)
     pos = images.positions(ids)
+    params, extra = job.params, {}
+    if getattr(cls, "needs_references", None):
+        if not references:
+            raise ValueError(f"method {job.method!r} needs references "
+                             f"({cls.needs_references}); none were given")
+        from .references import reference_params
+        params = params.replace(**reference_params(cls.needs_references, references, dev))
+        extra = {"references": str(references)}
     algo = cls(model, seed=job.seed, memory_mb=job.memory_mb,
-               precision=job.precision, params=job.params)
+               precision=job.precision, params=params)
     # Methods with a coarser native map (GradCAM) store it as computed; readers upsample it.
     upsample = getattr(cls, "native_upsample", None)
     if upsample and getattr(job, "native_resolution", True):
@@ -51,13 +62,14 @@ def explain_to_store(out, images_path, selections, model_files, job, progress=Tr
     if sweep and len(outs) != len(sweep):
         raise ValueError(f"a sweep over {sweep} writes {len(sweep)} stores, got {len(outs)}")
     base = {**job.provenance, "method_name": job.method, "model_spec": job.model.load_args(),
-            "target_kind": job.target, "seed": job.seed, "split": job.split}
+            "target_kind": job.target, "seed": job.seed, "split": job.split, **extra}
 
+    # the configured parameters (plain data; references read from files are named in extra)
     def attrs(n):
         if n is None:
-            return {**base, "parameters": algo.hparams.as_dict()}
+            return {**base, "parameters": job.params.as_dict()}
         return {**base, "method": f"{job.provenance['method']}@{n}", "sweep": sweep,
-                "parameters": {**algo.hparams.as_dict(), "steps": n}}
+                "parameters": {**job.params.as_dict(), "steps": n}}
 
     parts = shards.bounds(len(ids), getattr(job, "shard_size", None))
     log.info("%s%s on %d images (%s) in %d shard(s), device %s", job.method,

@@ -1,5 +1,8 @@
-"""The LPI reference store: the reference set of one (model, training images) built once
-(:func:`xaipipe.explain.lpi_references`) and read by every LPI job of that model.
+"""References of the multi-reference methods in the workflow: Expected Gradients' pool (the
+training split of the model's image store, read lazily: :class:`TrainingPool`) and the LPI
+reference store: the reference set of one (model, training images) built once
+(:func:`xaipipe.explain.lpi_references`, :func:`build_lpi_references`) and read by every LPI
+job of that model (:func:`reference_params` gives either to a method).
 
 A Zarr v3 group written atomically (complete or absent): ``references`` (C, R, 3, H, W)
 uint8, the training images themselves, stored losslessly; ``density`` (C, R) float64;
@@ -14,6 +17,7 @@ import logging
 import numpy as np
 import torch
 
+from ..explain.paths.multiref import ReferencePool
 from ..zarrio import GroupWriter, create, open_group, provenance
 
 log = logging.getLogger("xaipipe")
@@ -65,3 +69,51 @@ def read_lpi_references(path, device="cpu") -> dict:
         out[name] = torch.from_numpy(np.asarray(g[name][...]))
     out["attrs"] = dict(g.attrs)
     return out
+
+
+class TrainingPool(ReferencePool):
+    """A split of an image store as a pool of references: only the rows drawn are read."""
+
+    def __init__(self, images, device="cpu"):
+        self.images, self.device = images, device
+
+    @property
+    def shape(self) -> tuple:
+        return (len(self.images), *self.images.images.shape[1:])
+
+    def take(self, rows):
+        return self.images.tensor(np.asarray(rows.cpu(), dtype=np.int64), self.device)
+
+
+def reference_params(kind: str, path, device="cpu") -> dict:
+    """The method parameters that carry references read from ``path``: ``kind`` ``"train"``
+    (an image store: its training split as a :class:`TrainingPool`) or ``"lpi"`` (an LPI
+    reference store: ``references``, ``density``, ``centres``)."""
+    if kind == "train":
+        from ..data.image_store import open_images
+        return {"references": TrainingPool(open_images(path, "train"), device)}
+    if kind == "lpi":
+        ref = read_lpi_references(path, device)
+        return {"references": ref["references"], "density": ref["density"],
+                "centres": ref["centres"]}
+    raise ValueError(f"unknown reference kind {kind!r}")
+
+
+def build_lpi_references(out, images_path, model_files, job) -> dict:
+    """Build LPI's reference set of ``job.model`` from the ``job.split`` split of the image
+    store ``images_path`` and write it to ``out`` (``index``: the training images' ids)."""
+    from ..data.image_store import open_images
+    from ..explain.paths.lpi_references import lpi_references
+    from ..models.spec import load_spec
+    model = load_spec(job.model, model_files, job.device)
+    train = open_images(images_path, job.split)
+    log.info("LPI reference set: %d references x %d cluster(s) from %d %s images of %s",
+             job.n_references, job.n_clusters, len(train), job.split, images_path)
+    ref = lpi_references(model, train, job.n_references, job.n_clusters, job.seed,
+                         job.batch_size, offset=job.offset)
+    ref["index"] = torch.from_numpy(train.index[ref["index"].numpy()])
+    write_lpi_references(out, ref, {
+        "n_references": job.n_references, "n_clusters": job.n_clusters, "seed": job.seed,
+        "offset": job.offset, "model_spec": job.model.load_args(), "images": str(images_path),
+        "split": job.split, "n_training_images": len(train)})
+    return ref

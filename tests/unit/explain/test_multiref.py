@@ -294,9 +294,6 @@ def test_bad_parameters_are_named(cnn, images):
         get_method("ig_sg").check({"compat": "ypeiyu_lpi"})
     with pytest.raises(ValueError, match="expected_gradients' needs references"):
         explain("expected_gradients", cnn, images, 0)
-    with pytest.raises(ConfigError, match="where: method 'expected_gradients' needs references"):
-        get_method("expected_gradients").check_model({}, cnn, "where")
-    get_method("expected_gradients").check_model({"references": pool()}, cnn, "where")
     with pytest.raises(ValueError, match="references hold 2 images' references for a batch of 3"):
         explain("ig_uniform", cnn, images, 0, samples=10, references=torch.zeros(2, 10, 3, 32, 32))
     with pytest.raises(ValueError, match="references have images of shape"):

@@ -108,6 +108,12 @@ class Source:
     def split_sizes(self) -> dict[str, int]:
         raise NotImplementedError
 
+    def split_names(self) -> list[str]:
+        """The splits this data set has, without listing any files (config checks)."""
+        if "splits" in self.p:
+            return list(self.p["splits"])
+        return [s for s, n in self.split_sizes().items() if n]
+
     def classes(self) -> list[str]:
         raise NotImplementedError
 

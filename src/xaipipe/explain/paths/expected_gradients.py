@@ -18,10 +18,10 @@ codes draw references from a shuffled training loader with batch size B·batch (
 shorter validation batch cannot be reshaped); per-image draws avoid that, so it is not
 reproduced.
 
-A config cannot give a tensor yet, so the config check stops on ``expected_gradients``
-without ``references`` (:meth:`ExpectedGradients.check_model`).
+In the workflow (where a config cannot hold a tensor) the pool is the training split of the
+model's image store (``needs_references = "train"``), read lazily: each image reads only its B
+references.
 """
-from ...errors import ConfigError
 from ..base import register_method
 from .multiref import MultiReferenceMethod, multiref_params
 
@@ -32,15 +32,11 @@ NEEDS_REFERENCES = ("needs references: a pool of training images (R, C, H, W), p
 @register_method
 class ExpectedGradients(MultiReferenceMethod):
     name = "expected_gradients"
+    needs_references = "train"
     params = multiref_params(
         "uniform", (None, "ypeiyu", "ypeiyu_lpi"),
         references_doc="training images: a pool (R, C, H, W), B drawn per image without "
                        "replacement, or (N, B, C, H, W) used in order (required)")
-
-    @classmethod
-    def check_model(cls, params, model, where):
-        if cls.check(params).references is None:
-            raise ConfigError(f"{where}: method 'expected_gradients' {NEEDS_REFERENCES}")
 
     def draw_references(self, images, image_ids, i):
         raise ValueError(f"method 'expected_gradients' {NEEDS_REFERENCES}")
