@@ -44,21 +44,24 @@ def dry_run_jobs(stdout: str) -> list[tuple[str, str]]:
     return list(zip(parts[1::2], parts[2::2]))
 
 
-def imagenet_stand_in(root, per_class: int = 1):
+def imagenet_stand_in(root, per_class: int = 1, train_per_class: int = 0):
     """A tiny ImageNet val folder under ``root / "imagenet"`` (two wnids, ``per_class``
-    random 300x260 JPEGs each) and ``root / "resnet18-stand-in.pth"``, the weights of a random
-    torchvision ResNet-18 (1000 classes): (imagenet root, weights path)."""
+    random 300x260 JPEGs each; with ``train_per_class``, a train folder of the same layout)
+    and ``root / "resnet18-stand-in.pth"``, the weights of a random torchvision ResNet-18
+    (1000 classes): (imagenet root, weights path)."""
     import torch
     from PIL import Image
 
     from xaipipe.models import load_model
 
     rng = np.random.default_rng(0)
-    for c in ("n01440764", "n01443537"):
-        (root / "imagenet" / "val" / c).mkdir(parents=True)
-        for i in range(per_class):
-            Image.fromarray(rng.integers(0, 255, (300, 260, 3), dtype=np.uint8)).save(
-                root / "imagenet" / "val" / c / f"ILSVRC2012_val_{c}_{i}.JPEG")
+    for split, n in (("val", per_class), ("train", train_per_class)):
+        for c in ("n01440764", "n01443537") if n else ():
+            (root / "imagenet" / split / c).mkdir(parents=True)
+            for i in range(n):
+                name = f"ILSVRC2012_val_{c}_{i}" if split == "val" else f"{c}_{i}"
+                Image.fromarray(rng.integers(0, 255, (300, 260, 3), dtype=np.uint8)).save(
+                    root / "imagenet" / split / c / f"{name}.JPEG")
     weights = root / "resnet18-stand-in.pth"
     torch.save(load_model("resnet18", weights="random").net.state_dict(), weights)
     return root / "imagenet", weights

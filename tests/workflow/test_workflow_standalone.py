@@ -101,7 +101,8 @@ def test_preset_dry_run_plans_only_its_experiment(preset, tmp_path, monkeypatch)
     over = yaml.safe_load(preset.read_text())
     for name, ds in (over.get("datasets") or {}).items():
         if ds.get("kind") in ("imagefolder", "imagenet"):          # stand-in folder: roots must exist
-            (tmp_path / name / "val" / "n01").mkdir(parents=True)
+            for sub in (ds.get("splits") or {"val": "val"}).values():
+                (tmp_path / name / sub / "n01").mkdir(parents=True)
             over["datasets"][name]["root"] = str(tmp_path / name)
     # stand-in files for torchvision's cache: enum weights must be local (a dry run only looks)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))

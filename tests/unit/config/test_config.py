@@ -500,16 +500,17 @@ def _overrides(words: list[str]) -> dict:
     return out
 
 
-def test_the_documented_demo_overrides_of_the_mask_presets_plan_on_the_demo_model():
-    """The one documented override per mask preset (and the λ grid's), read from the study
+def test_the_documented_demo_overrides_of_the_presets_plan_on_the_demo_model():
+    """The one documented override per preset (and the λ grid's), read from the study
     pages themselves, plan the demo model only, 8 images; the compat recipe's override on top
     of the shearletx one plans the reference's settings."""
     from xaipipe.config import deep_update
     cmds = [(w[1], w[w.index("--configfile") + 1], _overrides(w))
-            for page in ("docs/studies/shearletx.md", "docs/studies/startgrad.md")
+            for page in ("docs/studies/shearletx.md", "docs/studies/startgrad.md",
+                         "docs/studies/recal_lpi.md")
             for w in _doc_block(page, "On the offline demo")
             if w[0].endswith("snakemake")]
-    assert [c[0] for c in cmds] == ["shearletx", "startgrad", "startgrad_lambda"]
+    assert [c[0] for c in cmds] == ["shearletx", "startgrad", "startgrad_lambda", "recal_lpi"]
     (compat_words,) = _doc_block("docs/studies/shearletx.md",
                                  "The closest reproduction of the ShearletX")
     compat = _overrides(compat_words)
@@ -519,8 +520,38 @@ def test_the_documented_demo_overrides_of_the_mask_presets_plan_on_the_demo_mode
                             overrides=deep_update(overrides, extra), targets=[target])
             exp = c["experiments"][target]
             assert exp["models"] == ["shapes_resnet18"] and exp["max_images"] == 8
-            keys = Plan(c).explain_keys(target)
+            plan = Plan(c)
+            keys = plan.explain_keys(target)
             assert keys and {k[1] for k in keys} == {"shapes_resnet18"}
+            if target == "recal_lpi":       # references: the demo's training split
+                assert plan.reference_sets() == ["lpi_r20_c1"]
+                assert plan.explain_references("shapes", "shapes_resnet18", "eg_recal",
+                                               "original") == \
+                    [plan.model_images("shapes_resnet18", "original")]
             if extra:
                 assert all(c["methods"][m]["compat"] == "shearletx" for m in extra["methods"])
                 assert c["metrics"]["hallucination_score"]["compat"] == "shearletx"
+
+
+def test_reference_sets_are_shared_by_settings_and_need_a_training_split():
+    """LPI runs with the same R, clusters and compat share one reference set (the compat one
+    offset by 200 images); methods drawing references stop on a data set without training
+    images, naming the run, model and data set."""
+    from xaipipe.config import deep_update
+    preset = ROOT / "presets" / "recal_lpi.yaml"
+    demo = {"experiments": {"recal_lpi": {"models": ["shapes_resnet18"], "max_images": 8}}}
+    over = deep_update(demo, {"methods": {"lpi_recal": {"compat": "ypeiyu_lpi"},
+                                          "lpi_k5": {"samples": 12}}})
+    c = load_config(ROOT / "config.yaml", preset, overrides=over, targets=["recal_lpi"])
+    plan = Plan(c)
+    assert plan.reference_sets() == ["lpi_r12_c1", "lpi_r20_c1_ypeiyu"]
+    job = plan.reference_set_job("shapes", "shapes_resnet18", "lpi_r20_c1_ypeiyu")
+    assert (job.n_references, job.n_clusters, job.offset) == (20, 1, 200)
+    assert plan.reference_set_job("shapes", "shapes_resnet18", "lpi_r12_c1").offset == 0
+    assert plan.explain_references("shapes", "shapes_resnet18", "lpi_k5", "original") == \
+        [f"{c['results']}/references/shapes/shapes_resnet18/lpi_r12_c1.zarr"]
+    assert plan.explain_references("shapes", "shapes_resnet18", "ig_k5", "original") == []
+    no_train = deep_update(demo, {"datasets": {"shapes": {"train": 0}}})
+    with pytest.raises(ConfigError, match=r"method 'eg_k5' draws its references from the "
+                                          r"training images, which data set 'shapes'"):
+        load_config(ROOT / "config.yaml", preset, overrides=no_train, targets=["recal_lpi"])
