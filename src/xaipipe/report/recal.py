@@ -20,8 +20,9 @@ Formats: csv (the summary rows of the table, in table order), md, tex, html
 
 Figure ``diffid_curves``: DiffID(r) = INS(r) − DEL(r) against the ratio r (the
 ``diffid_{logit,acc}@r`` rows of the summary), one panel per (model, variant) and kind
-(logit ratio, top-1 accuracy), one line per method run with its CI as a band; solid for runs
-with re-calibration, dashed without, dotted for a method without the option.
+(logit ratio, top-1 accuracy), one line per method run with its CI as a band; one colour per
+method, solid for runs with re-calibration, dashed without, dotted for a method without the
+option; the legend on the right.
 """
 from __future__ import annotations
 
@@ -142,7 +143,12 @@ def diffid_curves(summary: pd.DataFrame, paths, *, suptitle: str | None = None) 
     fig, axes = plt.subplots(len(panels), len(curves), squeeze=False,
                              figsize=(4.6 * len(curves), 3.4 * len(panels)))
     runs = list(dict.fromkeys(df["method"]))
-    colours = {m: f"C{k % 10}" for k, m in enumerate(runs)}
+    # one colour per method (its vanilla and re-calibrated runs share it, told apart by the
+    # line style); tab20 past 10 methods
+    names = list(dict.fromkeys(df["method_name"]))
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    first = df.drop_duplicates("method").set_index("method")["method_name"]
+    colours = {m: cmap(names.index(first[m]) % cmap.N) for m in runs}
     for i, (model, variant) in enumerate(panels):
         for j, curve in enumerate(curves):
             ax = axes[i, j]
@@ -157,15 +163,17 @@ def diffid_curves(summary: pd.DataFrame, paths, *, suptitle: str | None = None) 
                 ax.plot(x, dr["mean"].to_numpy(float), style, color=colours[run], label=run,
                         linewidth=1.2)
                 ax.fill_between(x, dr["ci_low"].to_numpy(float), dr["ci_high"].to_numpy(float),
-                                color=colours[run], alpha=0.15, linewidth=0)
+                                color=colours[run], alpha=0.15 if len(runs) <= 6 else 0.06,
+                                linewidth=0)
             ax.axhline(0, color="black", linewidth=0.5)
             ax.set_xlabel("ratio r", fontsize=8)
             ax.set_title(f"{model} / {variant}: {curve} (higher is better)", fontsize=9)
             ax.tick_params(labelsize=7)
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))),
-               fontsize=7, bbox_to_anchor=(0.5, -0.02 - 0.02 * np.ceil(len(labels) / 4)))
     fig.tight_layout()
+    # to the right of the panels, one column per 12 runs (bbox_inches="tight" keeps it)
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7,
+               ncol=int(np.ceil(len(labels) / 12)), frameon=False)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10, y=1.0 + 0.25 / fig.get_figheight())
     save_figure(fig, paths)
