@@ -341,6 +341,10 @@ class Plan:
             out["other_maps"] = self.saliency(dataset, model, method, other)
         if "model" in mt.needs:
             out["model"] = self.model_inputs(model)
+        if "attribute" in mt.needs:     # the method reruns: its references (if any) too
+            refs = self.explain_references(dataset, model, method, variant)
+            if refs:
+                out["references"] = refs
         return out
 
     def score_job(self, dataset, model, metric, method, variant) -> ScoreJob:

@@ -5,6 +5,8 @@
 - ``correct``: top-1 prediction equals the label (the IDGI study's "predictions set")
 - ``confident``: correct **and** label probability strictly above ``threshold`` (0.8: the
   "probas set"; the reference code uses >, not >=)
+- ``first``: the first ``images`` images by id (a small fixed set for an expensive metric:
+  the model-randomisation check's 20 images, with a per-metric ``filter``)
 
 A filter is a function ``keep(predictions, **params) -> bool array`` registered in
 :data:`FILTERS` with its declared ``params``.
@@ -42,6 +44,12 @@ def correct(predictions: pd.DataFrame) -> np.ndarray:
                              doc="label probability must be strictly above this")})
 def confident(predictions: pd.DataFrame, threshold: float) -> np.ndarray:
     return correct(predictions) & (predictions["prob_label"] > threshold).to_numpy()
+
+
+@_filter({"images": Param(20, int, min=1, doc="how many images, the first by id")})
+def first(predictions: pd.DataFrame, images: int) -> np.ndarray:
+    ids = predictions["image_id"].to_numpy()
+    return np.isin(ids, np.sort(ids)[:images])
 
 
 def check_filter(name: str, params: dict | None = None, where: str | None = None) -> dict:

@@ -13,11 +13,13 @@ from .diffid import diffid
 from .faithfulness import faithfulness
 from .hallucination import hallucination_score
 from .insertion import insertion
+from .model_randomisation import model_randomisation
 from .pic import pic
 from .pointing_game import pointing_game
 from .sensitivity_n import sensitivity_n
 from .stability import stability
 
 __all__ = ["METRICS", "NEEDS", "Metric", "MetricInputs", "available_metrics", "convergence",
-           "cp_scores", "deletion", "diffid", "faithfulness", "get_metric", "hallucination_score", "insertion", "pic",
-           "pointing_game", "register_metric", "sensitivity_n", "stability"]
+           "cp_scores", "deletion", "diffid", "faithfulness", "get_metric",
+           "hallucination_score", "insertion", "model_randomisation", "pic", "pointing_game",
+           "register_metric", "sensitivity_n", "stability"]

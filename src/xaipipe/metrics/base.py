@@ -26,7 +26,8 @@ from ..registry import Registry
 from ..utils import eval_mode, nonfinite_rows
 from .statistics import bootstrap_ci, column_seed
 
-NEEDS = ("model", "images", "other_images", "other_maps", "masks", "boxes", "extras")
+NEEDS = ("model", "images", "other_images", "other_maps", "masks", "boxes", "extras",
+         "attribute")
 DIRECTIONS = ("higher", "lower")
 
 #: Declared by the metrics that take it (``params = {..., "on_nonfinite": NONFINITE_PARAM}``);
@@ -75,6 +76,10 @@ class MetricInputs:
     batch_size: int = 256                        # model inputs per forward
     method: str | None = None                    # registered name of the method that made the
     #                                              maps (store attribute ``method_name``)
+    #: ``attribute(model, images, target, ids) -> maps``: the method that made the maps, with
+    #: its parameters and seed, to run on another model (the model-randomisation check); the
+    #: runner builds it from the store, so a metric never imports a method
+    attribute: object | None = None
 
     def __post_init__(self):
         # extras straight from a method (``Attribution.extras``) may be tensors on its device
@@ -89,7 +94,7 @@ class MetricInputs:
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ("model", "batch_size", "method") or v is None:
+            if f.name in ("model", "batch_size", "method", "attribute") or v is None:
                 out[f.name] = v
             elif f.name == "extras":
                 out[f.name] = {k: np.asarray(a)[rows] for k, a in v.items()}

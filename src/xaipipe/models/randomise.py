@@ -115,6 +115,23 @@ def check_kinds(kinds) -> tuple[str, ...]:
     return kinds
 
 
+def default_cascade(model: nn.Module) -> tuple[str, ...]:
+    """The cascade of a model when none is given: the reference's
+    :data:`INCEPTION_V3_CASCADE` for torchvision's Inception-v3; otherwise the network's
+    top-level layers that hold a convolution, batch norm or linear layer, a ``Sequential``
+    opened one level (ResNet's ``layer4.2`` … ``layer1.0``, VGG's ``classifier.6`` …
+    ``features.0``), from the output down to the input."""
+    net = model.net if isinstance(getattr(model, "net", None), nn.Module) else model
+    if type(net).__name__ == "Inception3":
+        return INCEPTION_V3_CASCADE
+    names = []
+    for name, child in net.named_children():
+        subs = [(f"{name}.{n}", c) for n, c in child.named_children()] \
+            if isinstance(child, nn.Sequential) else [(name, child)]
+        names += [n for n, c in subs if any(module_kind(m) for m in c.modules())]
+    return tuple(reversed(names))
+
+
 def cascade(model: nn.Module, layers: Sequence[str] = INCEPTION_V3_CASCADE, seed: int = 0,
             kinds: Sequence[str] = DEFAULT_KINDS,
             include_original: bool = True) -> Iterator[tuple[str, nn.Module]]:

@@ -93,6 +93,29 @@ class ScoreTask:
     torch_threads: int | None
     precision: str
     method: str | None
+    #: the method that made the maps, for a metric that needs ``attribute``: (registered
+    #: name, its parameters as JSON, seed, the references path or None), from the store
+    explainer: tuple | None = None
+
+
+def _attribute_fn(explainer: tuple, device):
+    """``attribute(model, images, target, ids) -> maps``: the store's method, parameters and
+    seed (and references, read once) on any model (:attr:`MetricInputs.attribute`)."""
+    from ..explain.base import get_method
+    name, params_json, seed, references = explainer
+    cls = get_method(name)
+    params = cls.check(json.loads(params_json), f"the store's method {name!r}")
+    kind = getattr(cls, "needs_references", None)
+    if kind:
+        if not references:
+            raise ValueError(f"method {name!r} needs references; the store names none")
+        from .references import reference_params
+        params = params.replace(**reference_params(kind, references, device))
+
+    def attribute(model, images, target, ids):
+        method = cls(model, params=params, seed=seed)
+        return method.run(images, target, torch.as_tensor(np.asarray(ids, np.int64))).maps
+    return attribute
 
 
 def _score_chunk(task: ScoreTask, ids, targets, extras, maps, images=None, other_images=None,
@@ -113,7 +136,8 @@ def _score_chunk(task: ScoreTask, ids, targets, extras, maps, images=None, other
         maps=on(_tensor(maps)), model=model, images=on(_tensor(images, 255)),
         other_images=on(_tensor(other_images, 255)), other_maps=on(_tensor(other_maps)),
         masks=on(_tensor(masks)), extras=extras, batch_size=task.batch_size,
-        method=task.method)
+        method=task.method,
+        attribute=_attribute_fn(task.explainer, dev) if task.explainer else None)
     with autocast(dev, task.precision):
         out = metric(inputs)
     out.pop("fractions", None)
@@ -197,9 +221,14 @@ def score_store(out, inputs: dict, job, *, threads: int = 1) -> pd.DataFrame:
     model_files = as_list(inputs.get("model"))
     cuda = job.model is not None and resolve_device(job.device).type == "cuda"
     workers, torch_threads = _workers(job.scheduler, job_threads(threads), cuda)
+    explainer = None
+    if "attribute" in metric.needs:
+        explainer = (sal.attrs.get("method_name"),
+                     json.dumps(sal.attrs.get("parameters") or {}, sort_keys=True),
+                     int(sal.attrs.get("seed", 0)), sal.attrs.get("references"))
     score_task = ScoreTask(job.metric, metric.hparams, job.model, tuple(model_files),
                            job.device, job.batch_size, repro.requested(), torch_threads,
-                           job.precision, sal.attrs.get("method_name"))
+                           job.precision, sal.attrs.get("method_name"), explainer)
     chunk = dask.delayed(_score_chunk, pure=True)
     tasks = [chunk(score_task, ids[a:b], targets[a:b], {k: v[a:b] for k, v in extras.items()},
                    **{k: blocks[k][i] for k in ("maps", "images", "other_images",

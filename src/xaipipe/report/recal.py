@@ -23,6 +23,12 @@ Figure ``diffid_curves``: DiffID(r) = INS(r) − DEL(r) against the ratio r (the
 (logit ratio, top-1 accuracy), one line per method run with its CI as a band; one colour per
 method, solid for runs with re-calibration, dashed without, dotted for a method without the
 option; the legend on the right.
+
+Figure ``randomisation_curves``: the model-randomisation check (metric
+``model_randomisation``): the similarity of each method run's maps to its maps on the trained
+model against the cascade's stages (the ``similarity@<layer>`` rows, in cascade order, the
+layers re-initialised cumulatively from the output down), drawn as ``diffid_curves``; a
+method passes when its curve falls.
 """
 from __future__ import annotations
 
@@ -118,26 +124,28 @@ def by_recalibration(summary: pd.DataFrame, out: dict[str, str]) -> None:
     render.write_table(table, out, csv=frame, name="by_recalibration")
 
 
-def curve_rows(summary: pd.DataFrame) -> pd.DataFrame:
-    """The per-ratio rows of a summary (score ``<name>@<r>``) with ``curve`` (the name) and
-    ``ratio`` (r) columns."""
-    df = recal_frame(summary, where="diffid_curves")
-    df = df[df["score"].astype(str).str.contains("@", regex=False)].copy()
+def curve_rows(summary: pd.DataFrame, prefix: str = "diffid_",
+               where: str = "diffid_curves") -> pd.DataFrame:
+    """The per-point rows of a summary whose score is ``<name>@<x>`` with ``<name>`` starting
+    with ``prefix`` (DiffID's ``diffid_logit@0.3``; other metrics' per-fraction rows,
+    Sensitivity-n's ``correlation@q``, are left out), with ``curve`` (the name) and ``x``
+    columns (the text after ``@``) and, where ``x`` is numeric, ``ratio`` (it as a float)."""
+    df = recal_frame(summary, where=where)
+    score = df["score"].astype(str)
+    df = df[score.str.startswith(prefix) & score.str.contains("@", regex=False)].copy()
     parts = df["score"].astype(str).str.rsplit("@", n=1)
     df["curve"] = parts.str[0]
-    df["ratio"] = pd.to_numeric(parts.str[1], errors="coerce")
-    if df["ratio"].isna().any():
-        raise DataError("diffid_curves: per-ratio scores must end in @<ratio>, got "
-                        f"{sorted(set(df.loc[df['ratio'].isna(), 'score']))[:3]}")
+    df["x"] = parts.str[1]
+    df["ratio"] = pd.to_numeric(df["x"], errors="coerce")
     return df
 
 
-def diffid_curves(summary: pd.DataFrame, paths, *, suptitle: str | None = None) -> None:
-    """The figure ``diffid_curves`` (module docstring) of a long-form summary."""
-    df = curve_rows(summary)
-    if df.empty:
-        raise DataError("diffid_curves: the summary has no per-ratio scores (the metric "
-                        "diffid's diffid_logit@r rows)")
+def curve_figure(df: pd.DataFrame, paths, *, xlabel: str, numeric: bool,
+                 suptitle: str | None = None) -> None:
+    """One panel per (model, variant) and curve, one line per method run with its CI as a
+    band (one colour per method, solid with re-calibration, dashed without, dotted without
+    the option), the legend on the right. ``numeric``: x is ``ratio``; otherwise the points
+    are the ``x`` labels in their order of first appearance (a cascade's layers)."""
     panels = list(dict.fromkeys(zip(df["model"], df["variant"])))
     curves = list(dict.fromkeys(df["curve"]))
     fig, axes = plt.subplots(len(panels), len(curves), squeeze=False,
@@ -153,21 +161,30 @@ def diffid_curves(summary: pd.DataFrame, paths, *, suptitle: str | None = None) 
         for j, curve in enumerate(curves):
             ax = axes[i, j]
             d = df[(df["model"] == model) & (df["variant"] == variant) & (df["curve"] == curve)]
+            labels = list(dict.fromkeys(d["x"]))
             for run in runs:
-                dr = d[d["method"] == run].sort_values("ratio")
+                dr = d[d["method"] == run]
                 if dr.empty:
                     continue
+                if numeric:
+                    dr = dr.sort_values("ratio")
+                    x = dr["ratio"].to_numpy(float)
+                else:
+                    x = np.array([labels.index(v) for v in dr["x"]], float)
                 rc = dr["recalibrate"].iloc[0]
                 style = ":" if rc == "" else "--" if rc == "none" else "-"
-                x = dr["ratio"].to_numpy(float)
                 ax.plot(x, dr["mean"].to_numpy(float), style, color=colours[run], label=run,
                         linewidth=1.2)
                 ax.fill_between(x, dr["ci_low"].to_numpy(float), dr["ci_high"].to_numpy(float),
                                 color=colours[run], alpha=0.15 if len(runs) <= 6 else 0.06,
                                 linewidth=0)
+            if not numeric:
+                ax.set_xticks(range(len(labels)))
+                ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=6)
             ax.axhline(0, color="black", linewidth=0.5)
-            ax.set_xlabel("ratio r", fontsize=8)
-            ax.set_title(f"{model} / {variant}: {curve} (higher is better)", fontsize=9)
+            ax.set_xlabel(xlabel, fontsize=8)
+            better = d["direction"].iloc[0] if len(d) else "higher"
+            ax.set_title(f"{model} / {variant}: {curve} ({better} is better)", fontsize=9)
             ax.tick_params(labelsize=7)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.tight_layout()
@@ -179,7 +196,35 @@ def diffid_curves(summary: pd.DataFrame, paths, *, suptitle: str | None = None) 
     save_figure(fig, paths)
 
 
+def diffid_curves(summary: pd.DataFrame, paths, *, suptitle: str | None = None) -> None:
+    """The figure ``diffid_curves`` (module docstring) of a long-form summary."""
+    df = curve_rows(summary)
+    if df.empty:
+        raise DataError("diffid_curves: the summary has no per-ratio scores (the metric "
+                        "diffid's diffid_logit@r rows)")
+    if df["ratio"].isna().any():
+        raise DataError("diffid_curves: per-ratio scores must end in @<ratio>, got "
+                        f"{sorted(set(df.loc[df['ratio'].isna(), 'score']))[:3]}")
+    curve_figure(df, paths, xlabel="ratio r", numeric=True, suptitle=suptitle)
+
+
+def randomisation_curves(summary: pd.DataFrame, paths, *, suptitle: str | None = None) -> None:
+    """The figure ``randomisation_curves`` (module docstring) of a long-form summary."""
+    df = curve_rows(summary, "similarity", "randomisation_curves")
+    if df.empty:
+        raise DataError("randomisation_curves: the summary has no per-stage scores (the "
+                        "metric model_randomisation's similarity@<layer> rows)")
+    curve_figure(df, paths, xlabel="re-initialised down to (cumulative)", numeric=False,
+                 suptitle=suptitle)
+
+
 @FIGURES.register(name="diffid_curves")
 def diffid_curves_figure(inputs: FigureInputs, paths: list[str]) -> None:
     """DiffID against the ratio per method run (module docstring)."""
     diffid_curves(inputs.summary, paths, suptitle=inputs.experiment or None)
+
+
+@FIGURES.register(name="randomisation_curves")
+def randomisation_curves_figure(inputs: FigureInputs, paths: list[str]) -> None:
+    """The model-randomisation check per method run (module docstring)."""
+    randomisation_curves(inputs.summary, paths, suptitle=inputs.experiment or None)

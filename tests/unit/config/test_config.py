@@ -355,10 +355,11 @@ def test_a_sweep_is_one_job_writing_one_store_per_step_count():
         "results/saliency/{dataset}/{model}/ig_sweep@8/{variant}.zarr"
     alone = plan.explain_job("shapes", "shapes_resnet18", "ig_mid@4", "original")
     assert alone.sweep is None and alone.params.steps == 4
-    # summaries know the method run and the step count of each store
+    # summaries know the method run and the step count of each store (and, IG having the
+    # option, its re-calibration estimator: the re-calibration table pairs runs by it)
     info = plan.method_info("ig_sweep@16")
     assert info == {"method_run": "ig_sweep", "method_name": "integrated_gradients",
-                    "steps": 16, "idgi": True}
+                    "steps": 16, "idgi": True, "recalibrate": "none"}
     # insertion only on original; stability (jpeg vs original) on jpeg
     keys = plan.score_keys("demo")
     assert ("shapes", "shapes_resnet18", "insertion", "ig_sweep@8", "jpeg") not in keys

@@ -18,7 +18,9 @@ pytestmark = pytest.mark.integration
 def test_recal_lpi_preset_on_a_tiny_model(tmp_path):
     """Vanilla and re-calibrated IG, Expected Gradients (references from the tiny data set's
     training split) and LPI (one reference set built for both of its runs), AGI re-calibrated,
-    FullGrad and the random control; DiffID; the re-calibration table and both figures."""
+    FullGrad and the random control; DiffID, Sensitivity-n and the model-randomisation check
+    (which reruns each method, EG and LPI with their references, on every stage); the
+    re-calibration table and the three figures."""
     wd = workdir(tmp_path)
     runs = ["ig_k5", "ig_k5_recal", "eg_k5", "eg_recal", "lpi_k5", "lpi_recal", "agi_recal",
             "fullgrad", "random"]
@@ -27,14 +29,16 @@ def test_recal_lpi_preset_on_a_tiny_model(tmp_path):
               f"methods: [{', '.join(runs)}]}}}}", "methods={agi_recal: {samples: 3}}", cwd=wd)
     res = wd / "results"
     out = res / "papers/recal_lpi"
-    for f in ("diffid_curves", "saliency_grid"):
+    for f in ("diffid_curves", "saliency_grid", "randomisation_curves"):
         assert (out / f"figures/{f}.png").read_bytes()[:4] == b"\x89PNG"
     t = pd.read_csv(out / "tables/by_recalibration.csv")
     pairs = set(zip(t["method_name"], t["recalibrate"].fillna("")))
     for m in ("integrated_gradients", "expected_gradients", "lpi"):
         assert {(m, "none"), (m, "valid_ip")} <= pairs, pairs
     assert ("random", "") in pairs and ("agi", "valid_ip") in pairs
-    assert set(t["score"]) >= {"diffid_logit_mean", "diffid_acc_mean", "diffid_logit_auc"}
+    assert set(t["score"]) >= {"diffid_logit_mean", "diffid_acc_mean", "diffid_logit_auc",
+                               "correlation_mean",                 # and Sensitivity-n
+                               "similarity_mean", "similarity_last"}  # model randomisation
     # one reference set for both LPI runs, from the 256 training images of the tiny data set
     (refset,) = (res / "references/tiny_shapes64/tiny64_resnet18").iterdir()
     assert refset.name == "lpi_r20_c1.zarr"
@@ -53,6 +57,12 @@ def test_recal_lpi_preset_on_a_tiny_model(tmp_path):
     per = pd.read_parquet(out / "per_image.parquet")
     d = per[per["metric_name"] == "diffid"]
     assert len(d) == 3 * len(runs) and np.isfinite(d["diffid_acc_mean"]).all()
+    mr = per[per["metric_name"] == "model_randomisation"]
+    assert len(mr) == 3 * len(runs) and mr["similarity_last"].between(-1, 1).all()
+    summary = pd.read_csv(out / "summary.csv")
+    stages = summary.loc[(summary["method"] == "ig_k5") &
+                         summary["score"].str.startswith("similarity@"), "score"].tolist()
+    assert stages[0] == "similarity@fc" and stages[-1] == "similarity@conv1"
 
 
 def test_recal_lpi_preset_on_imagenet_stand_ins(tmp_path):

@@ -70,7 +70,10 @@ def curve_summary():
 
 def test_per_ratio_scores_go_to_the_figure_not_the_table(tmp_path):
     from xaipipe.report.recal import curve_rows, diffid_curves
-    df = pd.concat([summary(), curve_summary()], ignore_index=True)
+    sens = curve_summary().head(3).assign(metric="sensitivity_n",
+                                          score=["correlation@0.1", "correlation@0.5",
+                                                 "correlation@0.9"])
+    df = pd.concat([summary(), curve_summary(), sens], ignore_index=True)
     t = recal_table(df)
     assert all("@" not in b.heading.text for b in t.blocks) and len(t.blocks) == 2
     c = curve_rows(df)
