@@ -557,6 +557,11 @@ CASES = [(name, LIGHT.get(name, {})) for name in available_metrics()] + [
     ("insertion", {"reduction": "sum", "compat": "tmlr"}), ("pic", {"variant": "tmlr"})]
 
 
+def _explain(*args, **kw):
+    from xaipipe.explain import explain
+    return explain(*args, **kw)
+
+
 def contract_inputs(needs, model, n=4):
     g = torch.Generator().manual_seed(11)
     masks = torch.rand(n, 8, 8, generator=g) > 0.7
@@ -573,6 +578,8 @@ def contract_inputs(needs, model, n=4):
                    **{k: np.linspace(0.5, 1.5, n * 5).reshape(n, 5) for k in (
                        "retained_probability", "retained_l1", "retained_entropy",
                        "retained_pixel", "cp_l1", "cp_pixel")}},
+        # the method, for a metric that reruns it (model randomisation)
+        "attribute": lambda m, x, t, ids: _explain("saliency", m, x, t, image_ids=ids),
     }
     return MetricInputs(ids=np.arange(100, 100 + n), target=torch.tensor([0, 1, 2, 0][:n]),
                         maps=torch.randn(n, 3, 8, 8, generator=g), batch_size=3,
@@ -594,7 +601,7 @@ def test_metric_contract(name, params, linear_model):
     cls = get_metric(name)
     metric = cls(**params)
     assert metric.needs <= set(("model", "images", "other_images", "other_maps", "masks",
-                                "boxes", "extras"))
+                                "boxes", "extras", "attribute"))
     assert cls.direction in ("higher", "lower") and set(cls.scalars)
     linear_model.train()
     inputs = contract_inputs(metric.needs, linear_model)
