@@ -1,5 +1,5 @@
 """Multi-reference path estimators' throughput (IG-Uniform, IG-SG, IG-SQ, Expected Gradients,
-and IG as the one-reference case) against the model's raw forward+backward limit for the
+LPI, and IG as the one-reference case) against the model's raw forward+backward limit for the
 same number of points (images x references x steps), in chunks of the same size.
 
 Prints images/s of each method and estimator and the ratio method/limit (median, best and
@@ -12,7 +12,8 @@ valid_ref, valid_ip) add little. Run:
 
 ``demo`` uses the demo model trained by ``make demo`` when it exists (random weights otherwise)
 on 64x64 images; ``resnet18`` is torchvision's ResNet-18 (random weights) at 224x224. Expected
-Gradients draws its references from a pool of 4 x samples random images. IG runs with ``steps``
+Gradients draws its references from a pool of 4 x samples random images; LPI uses the first
+``samples`` of them as its reference set, with random density weights. IG runs with ``steps``
 x ``samples`` points on its path (rule ``right``), the same number of points as the others.
 
 The limit pushes the same number of points through forward + backward of the same model
@@ -31,7 +32,8 @@ from xaipipe.explain import explain
 from xaipipe.explain.base import default_memory_mb, get_method
 from xaipipe.utils import resolve_device
 
-METHODS = ("ig_uniform", "ig_sg", "ig_sq", "expected_gradients", "integrated_gradients")
+METHODS = ("ig_uniform", "ig_sg", "ig_sq", "expected_gradients", "lpi",
+           "integrated_gradients")
 
 
 def main():
@@ -83,6 +85,9 @@ def main():
             kw = {"samples": a.samples, "steps": a.steps, "recalibrate": mode}
             if name == "expected_gradients":
                 kw["references"] = pool
+            if name == "lpi":                  # R = samples references, random density
+                rho = torch.rand(a.samples, generator=torch.Generator().manual_seed(3))
+                kw.update(references=pool[:a.samples], density=rho / rho.sum())
         return lambda: explain(name, model, x, target, image_ids=ids, max_batch=chunk, **kw)
 
     runs = [(f"{n} {m}", runner(n, m)) for n in a.methods for m in a.recalibrate]

@@ -223,9 +223,11 @@ def score_store(out, inputs: dict, job, *, threads: int = 1) -> pd.DataFrame:
     workers, torch_threads = _workers(job.scheduler, job_threads(threads), cuda)
     explainer = None
     if "attribute" in metric.needs:
+        # the references: the rule's input (absolute), else the path the store recorded
+        refs = as_list(inputs.get("references")) or as_list(sal.attrs.get("references"))
         explainer = (sal.attrs.get("method_name"),
                      json.dumps(sal.attrs.get("parameters") or {}, sort_keys=True),
-                     int(sal.attrs.get("seed", 0)), sal.attrs.get("references"))
+                     int(sal.attrs.get("seed", 0)), refs[0] if refs else None)
     score_task = ScoreTask(job.metric, metric.hparams, job.model, tuple(model_files),
                            job.device, job.batch_size, repro.requested(), torch_threads,
                            job.precision, sal.attrs.get("method_name"), explainer)
