@@ -23,10 +23,9 @@ import argparse
 import torch
 from captum.attr import IntegratedGradients
 
-from benchcommon import add_allocator, bench_model, header, ratio, speed, timed, use_allocator
+from benchcommon import header, parse_and_load, ratio, speed, timed
 from xaipipe.explain import explain
 from xaipipe.explain.base import default_memory_mb, get_method
-from xaipipe.utils import resolve_device
 
 CAPTUM_METHOD = {"left": "riemann_left", "right": "riemann_right", "middle": "riemann_middle"}
 
@@ -39,14 +38,7 @@ def main():
     ap.add_argument("--rule", default="right", choices=sorted(CAPTUM_METHOD))
     ap.add_argument("--memory-mb", type=float, default=None,
                     help="chunk budget of all three (default: xaipipe's default for the device)")
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--device", default="auto")
-    add_allocator(ap)
-    a = ap.parse_args()
-    use_allocator(a.allocator)
-
-    device = resolve_device(a.device)
-    model, size, source = bench_model(a.model, device)
+    a, device, model, size, source = parse_and_load(ap, repeats=7)
     x = torch.rand(a.images, 3, size, size, device=device)
     with torch.no_grad():
         target = model(x).argmax(1)

@@ -22,9 +22,8 @@ import argparse
 
 import torch
 
-from benchcommon import add_allocator, bench_model, header, ratio, speed, timed, use_allocator
+from benchcommon import header, parse_and_load, ratio, speed, timed
 from xaipipe.metrics import insertion
-from xaipipe.utils import resolve_device
 
 DEFAULT_BATCH = {"demo": 256, "resnet18": 128}         # score.batch_size of config / imagenet
 
@@ -36,14 +35,7 @@ def main():
     ap.add_argument("--steps", type=int, default=21)
     ap.add_argument("--batch-size", type=int, default=None,
                     help="model inputs per forward for both (default: 256 demo, 128 resnet18)")
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--device", default="auto")
-    add_allocator(ap)
-    a = ap.parse_args()
-    use_allocator(a.allocator)
-
-    device = resolve_device(a.device)
-    model, size, source = bench_model(a.model, device)
+    a, device, model, size, source = parse_and_load(ap, repeats=7)
     bs = a.batch_size or DEFAULT_BATCH[a.model]
     torch.manual_seed(1)
     x = torch.rand(a.images, 3, size, size, device=device)

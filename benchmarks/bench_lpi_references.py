@@ -21,10 +21,9 @@ import time
 
 import torch
 
-from benchcommon import add_allocator, bench_model, header, ratio, timed, use_allocator
+from benchcommon import header, parse_and_load, ratio, timed
 from xaipipe.explain import lpi_references
 from xaipipe.explain.paths.lpi_references import training_logits
-from xaipipe.utils import resolve_device
 
 
 def main():
@@ -34,14 +33,7 @@ def main():
     ap.add_argument("--references", type=int, default=20)
     ap.add_argument("--clusters", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=200)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--device", default="auto")
-    add_allocator(ap)
-    a = ap.parse_args()
-    use_allocator(a.allocator)
-
-    device = resolve_device(a.device)
-    model, size, source = bench_model(a.model, device)
+    a, device, model, size, source = parse_and_load(ap, repeats=3)
     torch.manual_seed(1)
     x = torch.rand(a.images, 3, size, size)             # on the CPU, as read from a store
 

@@ -27,10 +27,9 @@ import argparse
 
 import torch
 
-from benchcommon import add_allocator, bench_model, header, ratio, speed, timed, use_allocator
+from benchcommon import header, parse_and_load, ratio, speed, timed
 from xaipipe.explain import explain
 from xaipipe.explain.base import default_memory_mb, get_method
-from xaipipe.utils import resolve_device
 
 METHODS = ("ig_uniform", "ig_sg", "ig_sq", "expected_gradients", "lpi",
            "integrated_gradients")
@@ -47,14 +46,7 @@ def main():
                     choices=["none", "valid_ref", "valid_ip"])
     ap.add_argument("--memory-mb", type=float, default=None,
                     help="chunk budget (default: xaipipe's default for the device)")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--device", default="auto")
-    add_allocator(ap)
-    a = ap.parse_args()
-    use_allocator(a.allocator)
-
-    device = resolve_device(a.device)
-    model, size, source = bench_model(a.model, device)
+    a, device, model, size, source = parse_and_load(ap, repeats=5)
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(a.images, 3, size, size, generator=gen).to(device)
     pool = torch.rand(4 * a.samples, 3, size, size, generator=gen).to(device)

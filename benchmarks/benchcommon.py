@@ -104,6 +104,21 @@ def use_allocator(name):
             ALLOCATOR = "retain"
 
 
+def parse_and_load(ap, repeats: int):
+    """The options every model benchmark shares (``--repeats``, ``--device``,
+    ``--allocator``; ``ap`` has ``--model``), parsed and applied: (args, device, model, image
+    size, where the weights came from)."""
+    from xaipipe.utils import resolve_device
+    ap.add_argument("--repeats", type=int, default=repeats)
+    ap.add_argument("--device", default="auto")
+    add_allocator(ap)
+    a = ap.parse_args()
+    use_allocator(a.allocator)
+    device = resolve_device(a.device)
+    model, size, source = bench_model(a.model, device)
+    return a, device, model, size, source
+
+
 def header(device):
     import xaipipe
     return (f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
