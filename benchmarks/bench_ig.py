@@ -23,7 +23,7 @@ import argparse
 import torch
 from captum.attr import IntegratedGradients
 
-from benchcommon import header, parse_and_load, ratio, speed, timed
+from benchcommon import forward_backward_limit, header, parse_and_load, ratio, speed, timed
 from xaipipe.explain import explain
 from xaipipe.explain.base import default_memory_mb, get_method
 
@@ -60,18 +60,7 @@ def main():
                             internal_batch_size=chunk)
 
     n_points = a.images * a.steps                      # left/right/middle: one point a step
-    lim_x = torch.rand(chunk, *x.shape[1:], device=device)
-    lim_t = target[torch.arange(chunk, device=device) % a.images].view(-1, 1)
-
-    def limit():
-        g = None
-        for s in range(0, n_points, chunk):
-            b = min(chunk, n_points - s)
-            pts = lim_x[:b].detach().requires_grad_(True)
-            with torch.enable_grad():
-                f = model(pts).gather(1, lim_t[:b]).sum()
-                (g,) = torch.autograd.grad(f, pts)
-        return g
+    limit = forward_backward_limit(model, x, target, n_points, chunk)
 
     ours(), captum(), limit()                          # warm-up
     (t_ours, m_ours), (t_cap, m_cap), (t_lim, _) = timed([ours, captum, limit], a.repeats)

@@ -27,7 +27,7 @@ import argparse
 
 import torch
 
-from benchcommon import header, parse_and_load, ratio, speed, timed
+from benchcommon import forward_backward_limit, header, parse_and_load, ratio, speed, timed
 from xaipipe.explain import explain
 from xaipipe.explain.base import default_memory_mb, get_method
 
@@ -57,18 +57,7 @@ def main():
     budget = a.memory_mb or default_memory_mb(device)
     chunk = get_method("ig_uniform")(model, memory_mb=budget).chunk_size(x.shape[1:], device)
     n_points = a.images * a.samples * a.steps
-    lim_x = torch.rand(min(chunk, n_points), *x.shape[1:], device=device)
-    lim_t = target[torch.arange(lim_x.shape[0], device=device) % a.images].view(-1, 1)
-
-    def limit():
-        g = None
-        for s in range(0, n_points, chunk):
-            b = min(chunk, n_points - s)
-            pts = lim_x[:b].detach().requires_grad_(True)
-            with torch.enable_grad():
-                f = model(pts).gather(1, lim_t[:b]).sum()
-                (g,) = torch.autograd.grad(f, pts)
-        return g
+    limit = forward_backward_limit(model, x, target, n_points, chunk)
 
     def runner(name, mode):
         if name == "integrated_gradients":

@@ -119,6 +119,25 @@ def parse_and_load(ap, repeats: int):
     return a, device, model, size, source
 
 
+def forward_backward_limit(model, x, target, n_points: int, chunk: int):
+    """The model's raw forward+backward cost for ``n_points`` points in chunks of ``chunk``
+    (gradient of the target logit w.r.t. one pre-built random chunk shaped like ``x``; no
+    method bookkeeping): a function to time, the limit a gradient method is compared with."""
+    lim_x = torch.rand(min(chunk, n_points), *x.shape[1:], device=x.device)
+    lim_t = target[torch.arange(lim_x.shape[0], device=x.device) % x.shape[0]].view(-1, 1)
+
+    def limit():
+        g = None
+        for s in range(0, n_points, chunk):
+            b = min(chunk, n_points - s)
+            pts = lim_x[:b].detach().requires_grad_(True)
+            with torch.enable_grad():
+                f = model(pts).gather(1, lim_t[:b]).sum()
+                (g,) = torch.autograd.grad(f, pts)
+        return g
+    return limit
+
+
 def header(device):
     import xaipipe
     return (f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
