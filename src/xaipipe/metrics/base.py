@@ -220,6 +220,11 @@ class Metric(Parametrised):
         cols["nonfinite"] = bad
         return cols
 
+    def excluded_by(self, column: str) -> str | None:
+        """The bool column that flags the images left out of ``column`` (``excludes``; a
+        metric with columns named at run time, one per stage, overrides it)."""
+        return self.excludes.get(column)
+
     def _unexcluded_nonfinite(self, cols: dict[str, np.ndarray]) -> np.ndarray:
         """(N,) bool: images with a non-finite float value the metric does not exclude."""
         n = len(next(iter(cols.values()))) if cols else 0
@@ -227,7 +232,7 @@ class Metric(Parametrised):
         for k, v in cols.items():
             if v.dtype.kind in "fc":
                 rows = nonfinite_rows(v)
-                flag = self.excludes.get(k)
+                flag = self.excluded_by(k)
                 if flag in cols:
                     rows &= ~cols[flag].astype(bool)
                 bad |= rows

@@ -10,8 +10,10 @@ gives on each stage of the cascade, the layers re-initialised from the output do
 (``layers``; None: :func:`~xaipipe.models.randomise.default_cascade`, the reference's 17
 modules for Inception-v3). A method passes when the similarity falls as the cascade reaches
 the lower layers; lower is better. Columns: ``similarity`` (N, L) per stage, ``similarity_mean``
-over the stages, ``similarity_last`` (every listed layer re-initialised) and
-``similarity@<layer>`` per stage, in cascade order (the summary keeps them all; figure
+over the stages where it is defined, ``similarity_last`` (every listed layer
+re-initialised) and ``similarity@<layer>`` per stage, in cascade order; a similarity is NaN
+where either map is constant (Spearman is undefined; Grad-CAM on a randomised model can be 0
+everywhere), and ``similarity_undefined`` flags the images with one (the summary keeps them all; figure
 ``randomisation_curves`` draws the per-stage rows).
 
 Costly: L method runs per image. The preset scores it on its first 20 images (filter
@@ -72,10 +74,22 @@ class ModelRandomisation(Metric):
                 maps = inputs.attribute(model, inputs.images, inputs.target, inputs.ids)
                 sims.append(randomisation_similarity(original, maps.detach().cpu(), p.measure))
                 del model
-        out = {"similarity_mean": np.stack(sims, 1).mean(1), "similarity_last": sims[-1]}
-        for name, v in zip(stages, sims):
-            out[f"similarity@{name}"] = v
+        sim = np.stack(sims, 1)
+        undefined = np.isnan(sim)
+        with np.errstate(invalid="ignore"):
+            mean = np.where(undefined.all(1), np.nan,
+                            np.nansum(sim, 1) / np.maximum((~undefined).sum(1), 1))
+        out = {"similarity_mean": mean, "similarity_last": sim[:, -1],
+               "similarity_undefined": undefined.any(1)}
+        for j, name in enumerate(stages):
+            out[f"similarity@{name}"] = sim[:, j]
         return out
+
+    def excluded_by(self, column: str) -> str | None:
+        """Every similarity column is NaN where a map is constant (a rank correlation is then
+        undefined: Grad-CAM's ReLU can leave nothing on a randomised model), flagged in
+        ``similarity_undefined``."""
+        return "similarity_undefined" if column.startswith("similarity") else None
 
     @classmethod
     def aggregate(cls, df: pd.DataFrame, *, n_boot: int = 1000, level: float = 0.95,

@@ -67,7 +67,8 @@ def test_a_method_blind_to_the_model_keeps_similarity_one(demo):
     out = model_randomisation(demo, x, x.clone(), 0, lambda m, xx, t, ids: xx.clone(),
                               layers=["fc", "layer4.1"])
     assert set(out) == {"similarity_mean", "similarity_last", "similarity@fc",
-                        "similarity@layer4.1"}
+                        "similarity@layer4.1", "similarity_undefined"}
+    assert not out.pop("similarity_undefined").any()
     for v in out.values():
         np.testing.assert_allclose(v, 1.0)
 
@@ -135,3 +136,20 @@ def test_the_runner_reruns_the_stores_method(tmp_path, demo):
                               layers=["fc", "layer4.1"])
     for k in ("similarity@fc", "similarity@layer4.1", "similarity_mean"):
         np.testing.assert_allclose(df[k].to_numpy(), ref[k], rtol=1e-5, atol=1e-7)
+
+
+def test_a_constant_map_is_undefined_not_an_error(demo):
+    """A map that is constant on a stage (Grad-CAM's ReLU can leave nothing on a randomised
+    model) has no rank correlation: NaN at that stage, flagged, the mean over the others."""
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    calls = []
+
+    def flat_on_the_second_stage(m, xx, t, ids):
+        calls.append(1)
+        return torch.zeros_like(xx) if len(calls) == 2 else xx.clone()
+    out = model_randomisation(demo, x, x.clone(), 0, flat_on_the_second_stage,
+                              layers=["fc", "layer4.1", "layer4.0"])
+    assert np.isnan(out["similarity@layer4.1"]).all() and out["similarity_undefined"].all()
+    np.testing.assert_allclose(out["similarity@fc"], 1.0)
+    np.testing.assert_allclose(out["similarity_mean"], 1.0)       # over the defined stages
+    np.testing.assert_allclose(out["similarity_last"], 1.0)
