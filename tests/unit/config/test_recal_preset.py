@@ -23,7 +23,7 @@ def test_recal_lpi_preset_on_a_tiny_model(tmp_path):
     re-calibration table and the three figures."""
     wd = workdir(tmp_path)
     runs = ["ig_k5", "ig_k5_recal", "eg_k5", "eg_recal", "lpi_k5", "lpi_recal", "agi_recal",
-            "fullgrad", "random"]
+            "fullgrad", "gradcam", "random"]
     snakemake("--configfile", str(RECAL), str(TINY64), "--cores", "2", "recal_lpi", "--config",
               f"experiments={{recal_lpi: {{models: [tiny64_resnet18], max_images: 3, "
               f"methods: [{', '.join(runs)}]}}}}", "methods={agi_recal: {samples: 3}}", cwd=wd)
@@ -59,7 +59,9 @@ def test_recal_lpi_preset_on_a_tiny_model(tmp_path):
     d = per[per["metric_name"] == "diffid"]
     assert len(d) == 3 * len(runs) and np.isfinite(d["diffid_acc_mean"]).all()
     mr = per[per["metric_name"] == "model_randomisation"]
-    assert len(mr) == 3 * len(runs) and mr["similarity_last"].between(-1, 1).all()
+    assert len(mr) == 3 * len(runs)
+    assert mr["similarity_last"].dropna().between(-1, 1).all()    # NaN: a constant map
+    assert mr["similarity_last"].notna().sum() >= 3 * (len(runs) - 1)
     summary = pd.read_csv(out / "summary.csv")
     stages = summary.loc[(summary["method"] == "ig_k5") &
                          summary["score"].str.startswith("similarity@"), "score"].tolist()
