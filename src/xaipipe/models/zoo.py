@@ -34,6 +34,9 @@ class ModelEntry:
     std: tuple = IMAGENET_STD
     input_size: int | None = None
     torchvision: bool = False
+    #: models whose weights are a folder (a ``save_pretrained`` checkpoint): folder ->
+    #: (network, mean, std, input size); ``build`` is not used
+    load_folder: Callable | None = None
 
 
 def _torchvision():
@@ -73,6 +76,21 @@ def register_model(name: str, build: Callable[..., nn.Module], **kw) -> ModelEnt
 for _arch in DEMO_LAYOUTS:
     register_model(f"demo_{_arch}",
                    lambda num_classes=10, width=16, _a=_arch: build_demo_net(_a, num_classes, width))
+
+
+def _demo_vit(**kw):
+    from .vit import demo_vit
+    return demo_vit(**kw)
+
+
+def _hf_folder(folder):
+    from .vit import load_hf_folder
+    return load_hf_folder(folder)
+
+
+# vision transformers (models/vit.py; `transformers` is imported when one is built)
+register_model("demo_vit", _demo_vit, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=64)
+register_model("hf_vit", None, load_folder=_hf_folder)
 
 
 def available_models() -> list[str]:
@@ -158,17 +176,31 @@ def _sidecar_kwargs(path: Path, name: str) -> dict:
     return dict(info.get("kwargs", {}))
 
 
+def _load_folder_model(entry: ModelEntry, name: str, weights, device, mean, std):
+    if weights in (None, "random") or not is_weights_path(weights):
+        raise WeightsNotFoundError(
+            f"model {name!r}: give weights=<folder> (a save_pretrained checkpoint: "
+            "config.json, the weights, preprocessor_config.json)")
+    net, m, s, size = entry.load_folder(Path(weights).expanduser())
+    model = NormalizedModel(net, mean or m, std or s, name=name, input_size=size)
+    return model.to(device).eval()
+
+
 def load_model(name: str, weights: str | os.PathLike | None = None, *, num_classes: int | None = None,
                device: str | torch.device = "cpu", mean=None, std=None, **build_kw) -> NormalizedModel:
     """A model in eval mode that takes pixel images in [0, 1]: ``Sequential(Normalize, net)``.
 
     ``name``: a torchvision classification architecture (``resnet50``, ``vgg16``, ``vit_b_16``,
-    ...) or a demo model (``demo_resnet18``). ``weights``: file path, torchvision enum name,
+    ...), a demo model (``demo_resnet18``, ``demo_vit``) or ``hf_vit`` (a ``transformers``
+    ViT/DeiT; ``weights``: its ``save_pretrained`` folder, whose normalisation it keeps:
+    :mod:`xaipipe.models.vit`). ``weights``: file path, torchvision enum name,
     None (the DEFAULT enum from the local cache) or ``"random"``. ``num_classes`` and other
     keyword arguments go to the architecture's constructor; for weights trained by the
     pipeline they default to those recorded in the ``model.json`` next to the file.
     """
     entry = _entry(name)
+    if entry.load_folder is not None:
+        return _load_folder_model(entry, name, weights, device, mean, std)
     path = resolve_weights(name, weights)
     kw = dict(build_kw)
     if num_classes is not None:

@@ -9,6 +9,7 @@ parameters they declare, and their defaults otherwise.
 import pytest
 import torch
 
+from xaipipe.errors import ConfigError
 from xaipipe.explain import available_methods, get_method, run_method
 from xaipipe.explain.base import estimate_point_bytes
 from xaipipe.models import load_model
@@ -61,16 +62,35 @@ def light_params(name: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def cpu_model():
+def cpu_models():
+    """The tiny demo CNN, and a tiny demo ViT (32x32, 8x8 patches) for the methods that need
+    a vision transformer (their check_model refuses the CNN)."""
     torch.manual_seed(0)
-    return load_model("demo_resnet18", weights="random", num_classes=4, width=4)
+    cnn = load_model("demo_resnet18", weights="random", num_classes=4, width=4)
+    torch.manual_seed(0)
+    vit = load_model("demo_vit", weights="random", num_classes=4, width=16, image_size=32,
+                     layers=2, heads=2)
+    return cnn, vit
+
+
+def needs_vit(name: str, cnn) -> bool:
+    cls = get_method(name)
+    try:
+        cls.check_model(cls.check(light_params(name)), cnn, "contract")
+    except ConfigError:
+        return True
+    return False
 
 
 @pytest.fixture
-def model(cpu_model):
-    """The tiny demo CNN in eval mode, back on the CPU after each test."""
-    yield cpu_model.eval()
-    cpu_model.to("cpu").eval()
+def model(cpu_models, request):
+    """The model of the test's method (``name``) in eval mode, back on the CPU after each
+    test: the tiny CNN, or the tiny ViT for transformer methods."""
+    cnn, vit = cpu_models
+    name = request.node.callspec.params.get("name")
+    m = vit if name and needs_vit(name, cnn) else cnn
+    yield m.eval()
+    m.to("cpu").eval()
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +190,7 @@ def test_method_without_ids_is_batch_invariant(name, model, batch):
 def test_method_leaves_the_model_mode(name, training, model, batch):
     images, target, ids = batch
     model.train(training)
-    model.net.layer1.train(not training)   # a mixed state must survive too
+    next(model.net.children()).train(not training)   # a mixed state must survive too
     modes = [m.training for m in model.modules()]
     try:
         attribute(name, model, images[:2], target[:2], ids[:2])
