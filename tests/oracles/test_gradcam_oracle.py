@@ -130,3 +130,42 @@ def test_gradcam_matches_pytorch_grad_cam(model_name, layer_name, shape, obj):
     # and run_method (the public entry) gives the same upsampled map
     assert torch.equal(run_method("gradcam", model, x, t, layer=layer_name,
                                   objective=obj).maps[:, 0], full)
+
+
+def token_reshape(prefix, grid):
+    """pytorch-grad-cam's ``reshape_transform`` of its ViT tutorial: the patch tokens (after
+    ``prefix`` CLS / distillation tokens) as a (N, D, h, w) map."""
+    def reshape(t):
+        r = t[:, prefix:, :].reshape(t.size(0), *grid, t.size(2))
+        return r.transpose(2, 3).transpose(1, 2)
+    return reshape
+
+
+@pytest.mark.parametrize("kind, prefix", [("vit", 1), ("deit", 2)])
+def test_gradcam_on_vit_tokens_matches_pytorch_grad_cam(tmp_path, kind, prefix):
+    """Grad-CAM over a transformer block's patch tokens against pytorch-grad-cam with its ViT
+    tutorial's reshape_transform, at the layer's resolution (4x4 patches) and the default
+    layer (the last encoder layer's ``layernorm_before``)."""
+    from helpers.vit import tiny_vit_folder
+    from xaipipe.explain.cams.gradcam import default_layer
+    model = load_model("hf_vit", weights=str(tiny_vit_folder(tmp_path, kind, seed=5)))
+    name = default_layer(model)
+    assert name.endswith("layers.2.layernorm_before") or name.endswith(
+        "layer.2.layernorm_before")
+    layer = find_layer(model, name)
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(8))
+    t = torch.tensor([0, 3, 1])
+    targets = [TARGETS["logit"](int(c)) for c in t]
+    xg = x.clone().requires_grad_(True)
+    with pgc.GradCAM(model=model, target_layers=[layer],
+                     reshape_transform=token_reshape(prefix, (4, 4))) as cam:
+        outputs = cam.activations_and_grads(xg)
+        model.zero_grad()
+        sum(tg(o) for tg, o in zip(targets, outputs)).backward()
+        acts = cam.activations_and_grads.activations[0].numpy()
+        grads = cam.activations_and_grads.gradients[0].numpy()
+        raw = torch.from_numpy(np.asarray(cam.get_cam_image(xg, layer, targets, acts, grads)))
+    model.zero_grad()
+    native = ours(model, None, x, t, "logit", relu=False, native=True)
+    assert native.shape == raw.shape == (3, 4, 4)
+    assert torch.allclose(native, raw, rtol=1e-5, atol=1e-6 * float(raw.abs().max()))

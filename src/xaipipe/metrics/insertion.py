@@ -35,7 +35,8 @@ class Insertion(Metric):
                                    self.mode, steps=p.steps, fill=p.fill,
                                    fill_images=inputs.other_images, score=p.score,
                                    reduction=p.reduction, batch_size=inputs.batch_size,
-                                   norm_min=p.norm_min, compat=p.compat)
+                                   norm_min=p.norm_min, compat=p.compat,
+                                   protocol=p.protocol)
 
 
 def run_perturbation(cls, model, images, maps, target, fill_images, batch_size, params):
@@ -49,7 +50,7 @@ def run_perturbation(cls, model, images, maps, target, fill_images, batch_size, 
     out = metric(MetricInputs(ids=np.arange(n), target=as_target(target, n, images.device),
                               maps=maps, model=model, images=images,
                               other_images=fill_images, batch_size=batch_size))
-    out["fractions"] = fractions(metric.hparams.steps)
+    out["fractions"] = fractions(metric.hparams.steps, metric.hparams.protocol)
     return out
 
 

@@ -31,6 +31,9 @@ from .base import NONFINITE_PARAM, as_target
 
 FILLS = ("black", "normzero", "blur")
 SCORES = ("prob", "logit")
+PROTOCOLS = ("rise", "gradmask")
+#: the GradMask protocol's points, in percent of the pixels (``GradMask.py``)
+GRADMASK_PERCENT = (1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
 
 PERTURBATION_PARAMS = {
     "steps": Param(21, int, min=2, doc="number of fractions q, evenly spaced over [0, 1]"),
@@ -39,8 +42,13 @@ PERTURBATION_PARAMS = {
                       "variant of the same images)"),
     "score": Param("prob", str, SCORES, doc="softmax probability or logit of the target"),
     "reduction": Param("abs_sum", str, REDUCTIONS, doc="channel reduction of the map"),
-    "compat": Param(None, (str, type(None)), ("tmlr",),
-                    doc="tmlr: the TMLR code's ranking (float16 maps, unstable argsort)"),
+    "compat": Param(None, (str, type(None)), ("tmlr", "gradmask"),
+                    doc="tmlr: the TMLR code's ranking (float16 maps, unstable argsort); "
+                        "gradmask: NumPy's default argsort of the float32 map"),
+    "protocol": Param("rise", str, PROTOCOLS, omit_default=True,
+                      doc="rise: steps fractions over [0, 1], AUC on [0, 1]; gradmask: 1, 5, "
+                          "10, 20, ..., 100 % of the pixels, AUC over the percentages (0-100), "
+                          "deletion from the point (0, 0), coarse maps nearest-upsampled"),
     "norm_min": Param(0.05, float, min=0.0,
                       doc="auc_norm is NaN (and norm_excluded True) where |score of the full "
                           "image| < norm_min; 0 excludes only a zero reference"),
@@ -48,16 +56,18 @@ PERTURBATION_PARAMS = {
 }
 
 
-def rankable(maps: torch.Tensor, reduction: str, size) -> torch.Tensor:
-    """(N, C, h, w) map -> (N, H, W) scores to rank: channel reduction, then bilinear
-    upsampling of coarse maps (e.g. CAMs computed at lower resolution)."""
+def rankable(maps: torch.Tensor, reduction: str, size, mode: str = "bilinear") -> torch.Tensor:
+    """(N, C, h, w) map -> (N, H, W) scores to rank: channel reduction, then upsampling of
+    coarse maps (e.g. CAMs computed at lower resolution): bilinear, or ``nearest`` (the GradMask
+    protocol)."""
     red = reduce_channels(maps.float(), reduction)
     if tuple(red.shape[-2:]) != tuple(size):
-        red = F.interpolate(red[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        kw = {"align_corners": False} if mode == "bilinear" else {}
+        red = F.interpolate(red[:, None], size=size, mode=mode, **kw)[:, 0]
     return red
 
 
-COMPATS = (None, "tmlr")
+COMPATS = (None, "tmlr", "gradmask")
 
 
 def pixel_order(scores: torch.Tensor, compat: str | None = None) -> torch.Tensor:
@@ -73,7 +83,10 @@ def pixel_order(scores: torch.Tensor, compat: str | None = None) -> torch.Tensor
     if compat == "tmlr":
         half = flat.detach().float().cpu().half()
         return torch.argsort(half, dim=1, descending=True).to(flat.device)
-    raise ValueError(f"unknown compat {compat!r}; allowed: None, 'tmlr'")
+    if compat == "gradmask":   # the top n are the last n of NumPy's default (quicksort) argsort
+        a = np.argsort(flat.detach().float().cpu().numpy(), axis=1)[:, ::-1]
+        return torch.from_numpy(np.ascontiguousarray(a)).to(flat.device)
+    raise ValueError(f"unknown compat {compat!r}; allowed: None, 'tmlr', 'gradmask'")
 
 
 def pixel_ranks(scores: torch.Tensor, compat: str | None = None) -> torch.Tensor:
@@ -86,8 +99,25 @@ def pixel_ranks(scores: torch.Tensor, compat: str | None = None) -> torch.Tensor
     return ranks.view_as(scores)
 
 
-def fractions(steps: int) -> np.ndarray:
+def fractions(steps: int, protocol: str = "rise") -> np.ndarray:
+    """The fractions q of the curve's points: ``steps`` over [0, 1] (``rise``), or the GradMask
+    protocol's 1, 5, 10, ..., 100 % (``steps`` unused)."""
+    if protocol == "gradmask":
+        return np.asarray(GRADMASK_PERCENT, np.float64) / 100
     return np.linspace(0.0, 1.0, steps)
+
+
+def curve_auc(curve: np.ndarray, qs: np.ndarray, mode: str, protocol: str) -> np.ndarray:
+    """Trapezoid AUC of curves (N, K) at ``qs``: over [0, 1] (``rise``); ``gradmask``: over the
+    percentages 100·q (0-100), deletion with the point (0, 0) prepended, as
+    ``sklearn.metrics.auc`` in ``GradMask.py``."""
+    if protocol != "gradmask":
+        return np.trapezoid(curve, qs, axis=1)
+    x = 100 * np.asarray(qs, np.float64)
+    if mode == "deletion":
+        x = np.concatenate([[0.0], x])
+        curve = np.concatenate([np.zeros((curve.shape[0], 1)), curve], 1)
+    return np.trapezoid(curve, x, axis=1)
 
 
 def pixel_counts(fracs, n_pixels: int) -> np.ndarray:
@@ -110,18 +140,20 @@ def perturbation_curves(model, images: torch.Tensor, maps: torch.Tensor, target:
                         mode: str, steps: int = 21, fill: str = "black",
                         fill_images: torch.Tensor | None = None, score: str = "prob",
                         reduction: str = "abs_sum", batch_size: int = 256,
-                        norm_min: float = 0.05, compat: str | None = None
-                        ) -> dict[str, np.ndarray]:
-    """Per-image curves and AUCs: ``curve`` (N, steps) at :func:`fractions`, ``auc``,
+                        norm_min: float = 0.05, compat: str | None = None,
+                        protocol: str = "rise") -> dict[str, np.ndarray]:
+    """Per-image curves and AUCs: ``curve`` (N, K) at :func:`fractions`, ``auc``,
     ``auc_norm`` (NaN where ``norm_excluded``), ``norm_excluded`` and ``score_full`` (the score
-    of the unperturbed image). ``model`` is used as given (eval mode is the caller's job)."""
+    of the unperturbed image); AUCs by :func:`curve_auc`. ``model`` is used as given (eval
+    mode is the caller's job)."""
     if mode not in ("insertion", "deletion"):
         raise ValueError(f"mode must be insertion or deletion, got {mode!r}")
     n, _, h, w = images.shape
     target = as_target(target, n, images.device)
     base = make_fill(fill, images, model, fill_images)
-    ranks = pixel_ranks(rankable(maps.to(images.device), reduction, (h, w)), compat)
-    qs = fractions(steps)
+    up = "nearest" if protocol == "gradmask" else "bilinear"
+    ranks = pixel_ranks(rankable(maps.to(images.device), reduction, (h, w), up), compat)
+    qs = fractions(steps, protocol)
     counts = torch.as_tensor(pixel_counts(qs, h * w), device=images.device)
     k = len(qs)
     obj = "prob" if score == "prob" else "logit"
@@ -146,10 +178,10 @@ def perturbation_curves(model, images: torch.Tensor, maps: torch.Tensor, target:
     full = scores_of(images, target).float()
     curve_np = curve.cpu().numpy().astype(np.float64)
     full_np = full.cpu().numpy().astype(np.float64)
-    auc = np.trapezoid(curve_np, qs, axis=1)
+    auc = curve_auc(curve_np, qs, mode, protocol)
     excluded = norm_excluded(full_np, norm_min)
     with np.errstate(divide="ignore", invalid="ignore"):
-        auc_norm = np.trapezoid(curve_np / full_np[:, None], qs, axis=1)
+        auc_norm = curve_auc(curve_np / full_np[:, None], qs, mode, protocol)
     auc_norm[excluded] = np.nan
     return {"curve": curve_np, "auc": auc, "auc_norm": auc_norm, "norm_excluded": excluded,
             "score_full": full_np}

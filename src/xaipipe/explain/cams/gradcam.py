@@ -4,6 +4,11 @@ A = activation of the target layer, G = ∂f/∂A, α_k = mean_{u,v} G_k,
 CAM = ReLU(Σ_k α_k A_k), bilinearly upsampled to the input size (align_corners=False).
 Default layer: the output of the last ``nn.Conv2d`` in registration order (before its BN/ReLU),
 e.g. ResNet-18 ``layer4.1.conv2``; any module name (``layer4``) can be given instead.
+
+Vision transformers (``hf_vit``, ``demo_vit``): a layer whose output is tokens (N, T, D) is read
+over its patch tokens (CLS and DeiT's distillation token dropped) as a (D, h, w) map of the patch
+grid, weights the token-mean gradient; the default layer is the last encoder layer's first
+LayerNorm (``layernorm_before``; pytorch-grad-cam's ViT example uses the same ``norm1``).
 Returns (N, 1, H, W), not normalised.
 
 With ``native_resolution`` set on an instance (the explain runner sets it, so stores keep the
@@ -28,6 +33,20 @@ def last_conv_name(model: nn.Module) -> str:
     if not names:
         raise ValueError("gradcam: the model has no nn.Conv2d layer; give layer=<module name>")
     return names[-1]
+
+
+def default_layer(model: nn.Module) -> str:
+    """The layer Grad-CAM reads when none is named: for a vision transformer the last
+    encoder layer's first LayerNorm (the tokens its attention mixes into CLS, as
+    pytorch-grad-cam's ViT example), else the last ``nn.Conv2d``."""
+    from ...models.vit import is_vit
+    if is_vit(model):
+        root = getattr(model, "net", model)
+        names = [n for n, m in root.named_modules()
+                 if n.endswith("layernorm_before") and isinstance(m, nn.LayerNorm)]
+        if names:
+            return names[-1]
+    return last_conv_name(model)
 
 
 def find_layer(model: nn.Module, name: str) -> nn.Module:
@@ -68,7 +87,7 @@ class GradCAM(Method):
                                   f"of the model> or leave it out for the last Conv2d") from None
         else:
             try:
-                last_conv_name(model)
+                default_layer(model)
             except ValueError:
                 raise ConfigError(f"{where}: gradcam needs a convolutional layer, but model "
                                   f"{label!r} has no nn.Conv2d; give layer=<module name> or "
@@ -76,10 +95,13 @@ class GradCAM(Method):
 
     def attribute(self, images, target, image_ids=None):
         p = self.hparams
-        layer = find_layer(self.model, p.layer or last_conv_name(self.model))
+        layer = find_layer(self.model, p.layer or default_layer(self.model))
         store = {}
 
         def hook(_m, _i, out):
+            if isinstance(out, tuple):          # a transformer block: (hidden states, ...)
+                store["a"] = out[0]
+                return (out[0].clone(), *out[1:])
             store["a"] = out
             return out.clone()  # later in-place ops (ReLU(inplace=True)) must not alter A
 
@@ -93,7 +115,10 @@ class GradCAM(Method):
                     f = objective(self.model(x), target[s:s + chunk], p.objective)
                     a = store.pop("a")
                     (g,) = torch.autograd.grad(f.sum(), a)
-                cam = (g.mean((2, 3), keepdim=True) * a.detach()).sum(1, keepdim=True)
+                a = a.detach()
+                if a.ndim == 3:                 # tokens (N, T, D): the patch grid
+                    a, g = (self._token_grid(t, images.shape[-2:]) for t in (a, g))
+                cam = (g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True)
                 if p.relu:
                     cam = cam.clamp_min(0)
                 if not self.native_resolution:
@@ -102,3 +127,15 @@ class GradCAM(Method):
         finally:
             handle.remove()
         return Attribution(torch.cat(maps))
+
+    def _token_grid(self, t: torch.Tensor, size) -> torch.Tensor:
+        """Transformer tokens (N, T, D) as a (N, D, h, w) map of the patch tokens (CLS and
+        DeiT's distillation token dropped)."""
+        from ...models.vit import vit_structure
+        st = vit_structure(self.model)
+        gh, gw = st.grid(*size)
+        patches = t[:, st.prefix_tokens:, :]
+        if patches.shape[1] != gh * gw:
+            raise ValueError(f"gradcam: the layer has {patches.shape[1]} patch tokens, not the "
+                             f"{gh}x{gw} grid of the input")
+        return patches.transpose(1, 2).reshape(t.shape[0], t.shape[2], gh, gw)
