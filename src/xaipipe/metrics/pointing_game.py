@@ -44,11 +44,30 @@ def tolerance_px(tolerance: float, size: tuple[int, int], reference_size: int | 
     return float(tolerance) * min(size) / reference_size
 
 
-def pointing_game(maps: torch.Tensor, masks: torch.Tensor, tolerance: float = 15,
-                  reference_size: int | None = 224, reduction: str = "abs_sum") -> dict:
+def boxes_to_masks(boxes, size: tuple[int, int]) -> torch.Tensor:
+    """(N, H, W) bool: the union of each image's boxes, (K, 4) rows (xmin, ymin, xmax, ymax) in
+    pixels, 0-based and inclusive, clipped to the image (an image without boxes: empty)."""
+    h, w = size
+    out = torch.zeros((len(boxes), h, w), dtype=torch.bool)
+    for i, b in enumerate(boxes):
+        for x0, y0, x1, y1 in np.asarray(b, np.float64).reshape(-1, 4):
+            x0, y0 = max(int(np.floor(x0)), 0), max(int(np.floor(y0)), 0)
+            x1, y1 = min(int(np.floor(x1)), w - 1), min(int(np.floor(y1)), h - 1)
+            if x1 >= x0 and y1 >= y0:
+                out[i, y0:y1 + 1, x0:x1 + 1] = True
+    return out
+
+
+def pointing_game(maps: torch.Tensor, masks, tolerance: float = 15,
+                  reference_size: int | None = 224, reduction: str = "abs_sum",
+                  size: tuple[int, int] | None = None) -> dict:
     """Per-image Pointing Game: ``hit`` (N,) float 1/0 (NaN where the mask is empty),
     ``mask_empty`` (N,) bool, and the point ``point_y``, ``point_x`` at mask resolution.
-    ``masks``: (N, H, W) bool ground-truth regions."""
+    ``masks``: (N, H, W) bool ground-truth regions, or a list of per-image boxes (K, 4)
+    (xmin, ymin, xmax, ymax; 0-based, inclusive) in the pixels of ``size`` (default: the
+    maps' H × W), rasterised by :func:`boxes_to_masks`."""
+    if isinstance(masks, (list, tuple)):
+        masks = boxes_to_masks(masks, tuple(size or torch.as_tensor(maps).shape[-2:]))
     masks = torch.as_tensor(masks)
     n = masks.shape[0] if masks.ndim else 0
     metric = PointingGame(tolerance=tolerance, reference_size=reference_size,

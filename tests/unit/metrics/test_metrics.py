@@ -477,6 +477,26 @@ def test_pointing_game_tolerance(size, box, outside, hit):
     assert (right["point_y"][0], right["point_x"][0]) == (mid, hi - 1 + outside)
 
 
+@pytest.mark.parametrize("outside, hit", [(14, True), (15, False)])
+def test_pointing_game_takes_boxes(outside, hit):
+    """Boxes (xmin, ymin, xmax, ymax), 0-based and inclusive, as the ground truth: a point 14
+    px right of a box's last column hits, 15 px misses; an image's boxes are a union; an image
+    without boxes has no ground truth (NaN); boxes beyond the image are clipped."""
+    from xaipipe.metrics.pointing_game import boxes_to_masks
+    boxes = [np.array([[100, 100, 149, 149]]), np.array([[0, 0, 9, 9], [100, 100, 149, 149]]),
+             np.zeros((0, 4)), np.array([[200, 210, 400, 400]])]
+    maps = torch.cat([point_map(224, 120, 149 + outside)] * 4)
+    out = pointing_game(maps, boxes)
+    assert out["hit"][:2].tolist() == [float(hit)] * 2
+    assert np.isnan(out["hit"][2]) and out["mask_empty"][2]
+    masks = boxes_to_masks(boxes, (224, 224))
+    assert torch.equal(masks[0], box_mask(224, 100, 150, 100, 150)[0])
+    assert masks[1, :10, :10].all() and masks[1].sum() == 100 + 50 * 50
+    assert masks[3].sum() == 14 * 24 and masks[3, 223, 223]
+    same = pointing_game(maps, masks)
+    np.testing.assert_array_equal(same["hit"], out["hit"])
+
+
 @pytest.mark.parametrize("h, w", [(112, 224), (224, 112), (112, 300)])
 @pytest.mark.parametrize("outside, hit", [(7, True), (8, False), (10, False), (14, False)])
 def test_pointing_game_tolerance_on_non_square_images(h, w, outside, hit):
