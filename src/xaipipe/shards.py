@@ -54,13 +54,16 @@ def shard_key(job_attrs: dict, ids) -> str:
 
 
 def fingerprint(paths) -> list:
-    """(path, size, mtime) of input files — a store folder by its ``zarr.json`` — so that a
-    retrained model or a rebuilt image store invalidates the finished shards."""
+    """(path, size, mtime) of input files — a store folder by its ``zarr.json``, a
+    ``save_pretrained`` model folder by its weights file — so that a retrained model or a
+    rebuilt image store invalidates the finished shards."""
     out = []
     for p in paths:
         p = Path(p)
-        q = (p / "zarr.json" if (p / "zarr.json").exists() else p / MANIFEST) if p.is_dir() \
-            else p
+        marker = next((p / f for f in ("zarr.json", "model.safetensors", "pytorch_model.bin",
+                                       "config.json") if (p / f).exists()),
+                      p / MANIFEST)
+        q = marker if p.is_dir() else p
         st = q.stat()
         out.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
     return out

@@ -156,6 +156,9 @@ def model_factory(config: dict, name: str):
     what it contains (:func:`xaipipe.models.meta.meta_model`)."""
     m = config["models"][name]
     kw = {}
+    if m["arch"] == "hf_vit":           # the architecture is in the weights folder
+        check_weights(config, name)
+        return meta_model("hf_vit", weights=m.get("weights"))
     if m.get("num_classes"):
         kw["num_classes"] = m["num_classes"]
     if "train" in m:
@@ -298,7 +301,13 @@ def check_weights(config: dict, name: str) -> None:
                    for other, o in config["models"].items() if "train" in o}
         if os.path.abspath(weights) in trained:
             return
-        if not Path(weights).expanduser().is_file():
+        path = Path(weights).expanduser()
+        if m["arch"] == "hf_vit":            # a save_pretrained folder
+            if not (path / "config.json").is_file():
+                raise ConfigError(f"{where}: {str(weights)!r} is not a save_pretrained folder "
+                                  "(no config.json)")
+            return
+        if not path.is_file():
             raise ConfigError(f"{where}: weights file {str(weights)!r} does not exist")
         return
     try:

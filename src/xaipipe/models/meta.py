@@ -15,13 +15,14 @@ from .zoo import load_model
 _META_MODELS: dict = {}
 
 
-def meta_model(arch: str, **kwargs) -> nn.Module:
+def meta_model(arch: str, weights: str = "random", **kwargs) -> nn.Module:
     """Architecture ``arch`` (a name of :func:`~xaipipe.models.load_model`, with its
-    constructor ``kwargs``) on the meta device, cached per (arch, kwargs)."""
-    key = json.dumps([arch, kwargs], sort_keys=True)
+    constructor ``kwargs``) on the meta device, cached per (arch, kwargs); ``weights``: only
+    for models whose architecture is in their weights folder (``hf_vit``)."""
+    key = json.dumps([arch, weights, kwargs], sort_keys=True)
     if key not in _META_MODELS:
         with torch.device("meta"), _no_init():
-            _META_MODELS[key] = load_model(arch, weights="random", device="meta", **kwargs)
+            _META_MODELS[key] = load_model(arch, weights=weights, device="meta", **kwargs)
     return _META_MODELS[key]
 
 

@@ -72,9 +72,11 @@ def demo_vit(num_classes: int = 10, width: int = 64, image_size: int = 64, patch
     return HFClassifier(tf.ViTForImageClassification(cfg))
 
 
-def load_hf_folder(folder) -> tuple[HFClassifier, tuple, tuple, int]:
+def load_hf_folder(folder, weights: bool = True) -> tuple[HFClassifier, tuple, tuple, int]:
     """(network, mean, std, image size) of a ``save_pretrained`` folder (the model and, when
-    present, its ``preprocessor_config.json``), read locally with eager attention."""
+    present, its ``preprocessor_config.json``), read locally with eager attention;
+    ``weights=False`` builds the architecture from ``config.json`` alone (config checks, on the
+    meta device)."""
     folder = Path(folder).expanduser()
     if not (folder / "config.json").is_file():
         raise WeightsNotFoundError(
@@ -83,8 +85,13 @@ def load_hf_folder(folder) -> tuple[HFClassifier, tuple, tuple, int]:
             "model.save_pretrained(folder) and its image processor's save_pretrained(folder)")
     tf = _transformers()
     try:
-        hf = tf.AutoModelForImageClassification.from_pretrained(
-            folder, local_files_only=True, attn_implementation="eager")
+        if weights:
+            hf = tf.AutoModelForImageClassification.from_pretrained(
+                folder, local_files_only=True, attn_implementation="eager")
+        else:
+            cfg = tf.AutoConfig.from_pretrained(folder, local_files_only=True)
+            hf = tf.AutoModelForImageClassification.from_config(cfg,
+                                                                attn_implementation="eager")
     except (OSError, ValueError) as e:
         raise WeightsNotFoundError(f"model 'hf_vit': cannot load {str(folder)!r}: {e}") from e
     mean, std = HALF, HALF

@@ -83,9 +83,9 @@ def _demo_vit(**kw):
     return demo_vit(**kw)
 
 
-def _hf_folder(folder):
+def _hf_folder(folder, weights=True):
     from .vit import load_hf_folder
-    return load_hf_folder(folder)
+    return load_hf_folder(folder, weights)
 
 
 # vision transformers (models/vit.py; `transformers` is imported when one is built)
@@ -181,7 +181,8 @@ def _load_folder_model(entry: ModelEntry, name: str, weights, device, mean, std)
         raise WeightsNotFoundError(
             f"model {name!r}: give weights=<folder> (a save_pretrained checkpoint: "
             "config.json, the weights, preprocessor_config.json)")
-    net, m, s, size = entry.load_folder(Path(weights).expanduser())
+    # on the meta device (config checks) the architecture alone, from config.json
+    net, m, s, size = entry.load_folder(Path(weights).expanduser(), str(device) != "meta")
     model = NormalizedModel(net, mean or m, std or s, name=name, input_size=size)
     return model.to(device).eval()
 

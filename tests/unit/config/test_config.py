@@ -276,6 +276,28 @@ def test_weights_are_checked_before_any_job(tmp_path, monkeypatch):
         prepare(with_weights("results/models/other/weights.pt"), targets=["f"])
 
 
+def test_hf_vit_weights_are_a_save_pretrained_folder(tmp_path):
+    """A transformers checkpoint folder is the weights of hf_vit: checked for its config.json
+    before anything runs, and GradMask, which needs a vision transformer, is accepted on it
+    (and refused on a CNN, naming the run and the model)."""
+    from helpers.vit import tiny_vit_folder
+    folder = tiny_vit_folder(tmp_path / "vit")
+
+    def with_vit(weights, methods=("gradmask", "attention_rollout")):
+        return cfg(models__vit={"arch": "hf_vit", "weights": weights, "dataset": "shapes"},
+                   methods__gradmask={}, methods__attention_rollout={},
+                   experiments__f={"models": ["vit"], "methods": list(methods)})
+    prepare(with_vit(str(folder)), targets=["f"])
+    with pytest.raises(ConfigError, match=r"^models.vit.weights: '.*nothing' is not a "
+                                          r"save_pretrained folder"):
+        prepare(with_vit(str(tmp_path / "nothing")), targets=["f"])
+    cnn = cfg(methods__gradmask={}, experiments__f={"models": ["shapes_resnet18"],
+                                                    "methods": ["gradmask"]})
+    with pytest.raises(ConfigError, match=r"method 'gradmask' on model 'shapes_resnet18'.*"
+                                          r"not a vision transformer"):
+        prepare(cnn, targets=["f"])
+
+
 def test_same_name_twice_with_different_contents_names_both_files(tmp_path):
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     a.write_text("methods: {ig: {method: integrated_gradients, steps: 8}}\n")

@@ -16,7 +16,7 @@ import torch
 from ...models.vit import vit_structure
 from ...params import Param
 from ..base import Attribution, Method, register_method
-from .tokens import capture, patch_map
+from .tokens import capture, patch_map, require_vit
 
 FUSIONS = ("mean", "max", "min")
 
@@ -64,7 +64,7 @@ class AttentionRollout(Method):
 
     @classmethod
     def check_model(cls, params, model, where):
-        vit_structure(model)
+        require_vit(model, where, "attention_rollout")
 
     def attribute(self, images, target, image_ids=None):
         st = vit_structure(self.model)

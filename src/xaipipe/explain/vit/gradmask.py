@@ -33,7 +33,7 @@ from ...maths.objectives import objective
 from ...models.vit import vit_structure
 from ...params import Param
 from ..base import OBJECTIVE_PARAM, Attribution, Method, register_method
-from .tokens import capture, patch_map
+from .tokens import capture, patch_map, require_vit
 
 
 @register_method
@@ -50,7 +50,7 @@ class GradMask(Method):
 
     @classmethod
     def check_model(cls, params, model, where):
-        vit_structure(model)               # a ConfigError naming the model on a CNN
+        require_vit(model, where, "gradmask")
 
     def masks(self, images: torch.Tensor, target: torch.Tensor):
         """(binary masks (N, R, P) bool, the patch grid) of a batch, R = 3·(L − 1)·groups,

@@ -9,6 +9,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...errors import ConfigError
+from ...models.vit import vit_structure
+
+
+def require_vit(model: nn.Module, where: str, method: str) -> None:
+    """A :class:`ConfigError` naming ``where`` when ``model`` is not a vision transformer
+    (``check_model`` of the transformer-only methods; structure only, meta device fine)."""
+    try:
+        vit_structure(model)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {method} needs a vision transformer ({e})") from None
+
 
 @contextlib.contextmanager
 def capture(modules: list[nn.Module]):
