@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import torch
 
-from ...errors import ConfigError
 from ...maths.objectives import objective
 from ...models.vit import vit_structure
 from ...params import Param
