@@ -65,11 +65,13 @@ def explain_to_store(out, images_path, selections, model_files, job, progress=Tr
             "target_kind": job.target, "seed": job.seed, "split": job.split, **extra}
 
     # the configured parameters (plain data; references read from files are named in extra)
+    configured = cls.check(job.params).as_dict()
+
     def attrs(n):
         if n is None:
-            return {**base, "parameters": job.params.as_dict()}
+            return {**base, "parameters": configured}
         return {**base, "method": f"{job.provenance['method']}@{n}", "sweep": sweep,
-                "parameters": {**job.params.as_dict(), "steps": n}}
+                "parameters": {**configured, "steps": n}}
 
     parts = shards.bounds(len(ids), getattr(job, "shard_size", None))
     log.info("%s%s on %d images (%s) in %d shard(s), device %s", job.method,

@@ -178,7 +178,7 @@ import torch
 import xaipipe.pipeline as pipeline
 
 WORK = ("image_store", "train_model", "predictions", "selection", "explain_store", "score",
-        "summary", "table", "figure")
+        "summary", "table", "figure", "lpi_reference_set")
 seen = []
 real_setup = pipeline.setup_job
 def setup_job(threads):
