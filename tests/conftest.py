@@ -4,25 +4,10 @@ import pytest
 import torch
 from torch import nn
 
+from helpers.models import Linear
 from xaipipe.models import NormalizedModel, load_model
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
-
-
-class Linear(nn.Module):
-    """z = W·flatten(x) + b: every gradient method has a closed form on it."""
-
-    def __init__(self, shape=(3, 8, 8), classes=3, seed=0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        d = int(torch.tensor(shape).prod())
-        self.fc = nn.Linear(d, classes)
-        with torch.no_grad():
-            self.fc.weight.copy_(torch.randn(classes, d, generator=g) * 0.1)
-            self.fc.bias.copy_(torch.randn(classes, generator=g))
-
-    def forward(self, x):
-        return self.fc(x.flatten(1))
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers.models import Linear
 from xaipipe.errors import ConfigError
 from xaipipe.explain import run_method
 from xaipipe.explain.paths.agi import AGI
@@ -20,25 +21,8 @@ def grad(fn, x, cls, name="logit"):
     return g
 
 
-class LinearNet(nn.Module):
-    """z = W·flatten(x) + b on the normalised x, random W (0.1·N(0, 1)) and b (N(0, 1))."""
-
-    def __init__(self, shape, classes, seed):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.shape = tuple(shape)
-        d = int(torch.tensor(shape).prod())
-        self.fc = nn.Linear(d, classes)
-        with torch.no_grad():
-            self.fc.weight.copy_(torch.randn(classes, d, generator=g) * 0.1)
-            self.fc.bias.copy_(torch.randn(classes, generator=g))
-
-    def forward(self, x):
-        return self.fc(x.flatten(1))
-
-
 def linear(classes, shape=(3, 8, 8), seed=0):
-    return NormalizedModel(LinearNet(shape, classes, seed), name="linear").eval()
+    return NormalizedModel(Linear(shape, classes, seed), name="linear").eval()
 
 
 def weights(model):

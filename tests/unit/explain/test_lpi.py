@@ -3,10 +3,10 @@ its re-calibrated forms with ρ as weights, cluster assignment and ``compat="ype
 import pytest
 import torch
 
+from helpers.multiref import direct
 from xaipipe.errors import ConfigError
 from xaipipe.explain import explain, get_method, lpi_references, run_method
 from xaipipe.explain.paths.recalibration import valid_mean
-from xaipipe.maths.objectives import objective
 
 MODES = ["none", "valid_ref", "valid_ip"]
 
@@ -16,41 +16,6 @@ def refset(n=5, size=32, seed=3):
     refs = torch.rand(n, 3, size, size, generator=g)
     rho = torch.rand(n, generator=g, dtype=torch.float64) + 0.1
     return refs, rho / rho.sum()
-
-
-def direct(method, model, x, t, ids):
-    """LPI written out per image with all gradients at once: the pairing by its formula, the
-    density as the weight of each product (vanilla: Σ_r ρ_r m_r; valid: Σ ρ m⁺ / Σ ρ 1[m ≥ 0];
-    ypeiyu_lpi: ρ/R)."""
-    p = method.hparams
-    big_r, k = p.samples, p.steps
-    refs = method.references(x, ids)
-    rho = method.reference_weights(x, torch.as_tensor(ids))
-    alphas = method.alpha_grid(x, torch.as_tensor(ids))
-    g_idx = torch.arange(big_r).view(-1, 1).expand(big_r, k)
-    j_idx = torch.arange(k).view(1, -1).expand(big_r, k)
-    slot = g_idx if p.compat is None else (g_idx * k + j_idx) % big_r
-    out = []
-    for i in range(x.shape[0]):
-        a = alphas[i].reshape(-1, 1, 1, 1)
-        r_pt = refs[i][slot.reshape(-1)]
-        pts = (a * x[i] + (1 - a) * r_pt).requires_grad_(True)
-        f = objective(model(pts), t[i].expand(big_r * k), "logit")
-        (grads,) = torch.autograd.grad(f.sum(), pts)
-        gbar = grads.view(big_r, k, *x.shape[1:]).mean(1)
-        m_ref = ((x[i] - refs[i]) * gbar).double()
-        w = rho[i].view(-1, 1, 1, 1)
-        if p.recalibrate == "none":
-            out.append((w * m_ref).sum(0))
-            continue
-        if p.recalibrate == "valid_ip":
-            m = ((1 - a) * (x[i] - r_pt) * grads / k).double()
-            w = rho[i][slot.reshape(-1)].view(-1, 1, 1, 1)
-        else:
-            m = m_ref
-        keep = (m >= 0).double()
-        out.append((w * m * keep).sum(0) / (w * keep).sum(0).clamp_min(1e-300))
-    return torch.stack(out).float()
 
 
 @pytest.mark.parametrize("compat", [None, "ypeiyu_lpi"])

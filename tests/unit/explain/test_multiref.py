@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers.multiref import direct
 from xaipipe.errors import ConfigError
 from xaipipe.explain import explain, explain_sweep, get_method, run_method
 from xaipipe.explain.paths.integrated_gradients import IntegratedGradients
@@ -269,7 +270,6 @@ def test_draws(cnn):
 
 
 def test_given_coefficients_and_references_are_used_as_given(cnn, linear_model, x8):
-    t = torch.tensor([0, 1])
     refs = torch.rand(2, 2, 3, 8, 8, generator=torch.Generator().manual_seed(15))
     a = torch.tensor([[0.0, 0.5], [0.25, 1.0]])
     m = get_method("ig_sg")(linear_model, samples=2, steps=2, alphas=a, references=refs)
@@ -336,39 +336,6 @@ def test_compat_pairing_gives_ten_distinct_points(cnn):
     assert all(match)
     for r in range(10):
         assert sum(r in mt for mt in match) == (10 if r % 5 == 4 else 5), r
-
-
-def direct(method, model, x, t, ids):
-    """The estimators written out with every gradient of an image at once (no chunks, no
-    streaming), the pairing by its formula: point (g, j) on reference (g·k + j) mod B under
-    compat, g otherwise; references and α as the method draws them."""
-    p = method.hparams
-    big_b, k = p.samples, p.steps
-    refs = method.references(x, ids)
-    alphas = method.alpha_grid(x, torch.as_tensor(ids))
-    g_idx = torch.arange(big_b).view(-1, 1).expand(big_b, k)
-    j_idx = torch.arange(k).view(1, -1).expand(big_b, k)
-    slot = g_idx if p.compat is None else (g_idx * k + j_idx) % big_b
-    out = []
-    for i in range(x.shape[0]):
-        a = alphas[i].reshape(-1, 1, 1, 1)
-        r_pt = refs[i][slot.reshape(-1)]
-        pts = (a * x[i] + (1 - a) * r_pt).requires_grad_(True)
-        f = objective(model(pts), t[i].expand(big_b * k), method.objective_name)
-        (grads,) = torch.autograd.grad(f.sum(), pts)
-        gbar = grads.view(big_b, k, *x.shape[1:]).mean(1)
-        m_ref = (x[i] - refs[i]) * gbar                       # (B, …): x̃ − r_g with group g
-        if p.recalibrate != "none":
-            m = (1 - a) * (x[i] - r_pt) * grads / k if p.recalibrate == "valid_ip" else m_ref
-            keep = m >= 0
-            val = m * m if method.squared else m
-            out.append((val * keep).sum(0) / keep.sum(0).clamp_min(1))
-        elif method.squared and p.compat is not None:
-            std = model.normalize.std.view(1, 3, 1, 1)
-            out.append((std * (x[i] - refs[i]) * gbar ** 2).mean(0))
-        else:
-            out.append((m_ref * m_ref if method.squared else m_ref).mean(0))
-    return torch.stack(out)
 
 
 @pytest.mark.parametrize("name", FAMILY)

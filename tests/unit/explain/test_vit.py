@@ -212,3 +212,24 @@ def test_rollout_by_hand_on_two_layers(tmp_path, x):
         expect = np.kron(r[0, 1:].reshape(4, 4), np.ones((8, 8)))
         np.testing.assert_allclose(out[i, 0].numpy(), expect, rtol=1e-5)
     assert hooks(model) == 0
+
+
+def test_rollout_fusion_and_discard_by_hand():
+    """One layer, one image, two heads of 3 tokens: ``max`` fusion takes the larger head entry;
+    ``discard_ratio`` 0.5 zeroes the ⌊0.5·2⌋ = 1 smallest off-diagonal entry of each row before
+    the identity is added and the rows renormalised."""
+    from xaipipe.explain.vit.attention_rollout import rollout
+    a = torch.tensor([[[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8]],
+                      [[0.2, 0.2, 0.6], [0.4, 0.4, 0.2], [0.35, 0.25, 0.4]]])[None]
+    fused = np.maximum(a[0, 0].numpy(), a[0, 1].numpy())
+    expect = fused + np.eye(3)
+    np.testing.assert_allclose(rollout([a], "max")[0].numpy(),
+                               expect / expect.sum(1, keepdims=True), rtol=1e-6)
+    mean = a[0].double().mean(0).numpy()
+    kept = mean.copy()
+    for r in range(3):
+        off = [c for c in range(3) if c != r]
+        kept[r, min(off, key=lambda c: mean[r, c])] = 0.0
+    kept += np.eye(3)
+    np.testing.assert_allclose(rollout([a], "mean", 0.5)[0].numpy(),
+                               kept / kept.sum(1, keepdims=True), rtol=1e-6)
