@@ -141,17 +141,23 @@ def token_reshape(prefix, grid):
     return reshape
 
 
-@pytest.mark.parametrize("kind, prefix", [("vit", 1), ("deit", 2)])
+@pytest.mark.parametrize("kind, prefix", [("vit", 1), ("deit", 2), ("torchvision", 1)])
 def test_gradcam_on_vit_tokens_matches_pytorch_grad_cam(tmp_path, kind, prefix):
     """Grad-CAM over a transformer block's patch tokens against pytorch-grad-cam with its ViT
     tutorial's reshape_transform, at the layer's resolution (4x4 patches) and the default
-    layer (the last encoder layer's ``layernorm_before``)."""
-    from helpers.vit import tiny_vit_folder
+    layer (the last encoder layer's ``layernorm_before``; torchvision's ``ln_1``)."""
+    from helpers.vit import tiny_torchvision_vit, tiny_vit_folder
     from xaipipe.explain.cams.gradcam import default_layer
-    model = load_model("hf_vit", weights=str(tiny_vit_folder(tmp_path, kind, seed=5)))
+    from xaipipe.models.vit import inspectable_vit
+    if kind == "torchvision":
+        model = NormalizedModel(inspectable_vit(tiny_torchvision_vit(seed=5, num_layers=3)),
+                                mean=(0.5,) * 3, std=(0.5,) * 3).eval()
+        assert default_layer(model) == "encoder.layers.encoder_layer_2.ln_1"
+    else:
+        model = load_model("hf_vit", weights=str(tiny_vit_folder(tmp_path, kind, seed=5)))
     name = default_layer(model)
-    assert name.endswith("layers.2.layernorm_before") or name.endswith(
-        "layer.2.layernorm_before")
+    assert kind == "torchvision" or name.endswith("layers.2.layernorm_before") or \
+        name.endswith("layer.2.layernorm_before")
     layer = find_layer(model, name)
     x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(8))
     t = torch.tensor([0, 3, 1])

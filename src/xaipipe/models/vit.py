@@ -13,15 +13,27 @@ are both recognised.
 The wrapped network returns a logits tensor (``HFClassifier``), so every method and metric
 treats it as any other model; DeiT-distilled's logits are the mean of its two heads, as its
 ``logits`` output.
+
+torchvision's ViTs (``vit_b_16``, ``vit_b_32``, ``vit_l_16``, ... any
+``torchvision.models.VisionTransformer``) compute attention in ``nn.MultiheadAttention`` with
+one fused input projection (``in_proj_weight``, (3D, D)): there is no query, key or value
+module whose output a hook could read. :func:`inspectable_vit` (called by
+:func:`~xaipipe.models.load_model` on every network it builds, before any weights are loaded)
+replaces each encoder block's ``self_attention`` by a :class:`TokenAttention`: the same
+parameters under the same state-dict keys (torchvision checkpoints load unchanged), the same
+output, with q, k and v (N, T, D) passed through parameter-free ``query`` / ``key`` /
+``value`` children that forward hooks see.
 """
 from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, WeightsNotFoundError
@@ -103,12 +115,100 @@ def load_hf_folder(folder, weights: bool = True) -> tuple[HFClassifier, tuple, t
     return HFClassifier(hf.eval()), mean, std, int(hf.config.image_size)
 
 
+class TokenAttention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` as torchvision's ViT encoder blocks use it (batch-first
+    self-attention, ``self_attention(x, x, x, need_weights=False)``), computed explicitly so
+    that forward hooks see the query, key and value projections.
+
+    Same parameters and state-dict keys as the module it replaces (``in_proj_weight``,
+    ``in_proj_bias``, ``out_proj.*``); ``query``, ``key`` and ``value`` are parameter-free
+    ``nn.Identity`` children that the projections q, k, v (N, T, D), the three slices of
+    ``x W_inᵀ + b_in``, pass through. Then per head softmax(q_h k_hᵀ / √d_h) (dropout when
+    training, as the original), times v_h, heads concatenated, ``out_proj``: the original's
+    output within float rounding. Returns ``(output, weights)``, the weights (averaged over
+    heads unless ``average_attn_weights=False``) when ``need_weights``, else None. Any other
+    call (cross-attention, masks, unbatched input) goes to ``nn.MultiheadAttention``'s own
+    forward, where the hooks do not fire.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.query, self.key, self.value = nn.Identity(), nn.Identity(), nn.Identity()
+
+    @classmethod
+    def from_module(cls, mha: nn.MultiheadAttention) -> TokenAttention:
+        """A :class:`TokenAttention` holding ``mha``'s own parameters (shared, not copied; no
+        new weights are allocated or initialised) in its training mode."""
+        if not (mha.batch_first and mha._qkv_same_embed_dim and mha.bias_k is None
+                and not mha.add_zero_attn):
+            raise ValueError("TokenAttention: only batch-first self-attention with one fused "
+                             "input projection, no bias_k/bias_v and no zero attention")
+        new = cls(mha.embed_dim, mha.num_heads, dropout=mha.dropout,
+                  bias=mha.in_proj_bias is not None, batch_first=True, device="meta",
+                  dtype=mha.in_proj_weight.dtype)
+        for name, param in mha.named_parameters(recurse=False):
+            setattr(new, name, param)
+        new.out_proj = mha.out_proj
+        return new.train(mha.training)
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
+                attn_mask=None, average_attn_weights=True, is_causal=False):
+        if not (query is key and key is value and query.dim() == 3 and key_padding_mask is None
+                and attn_mask is None and not is_causal):
+            return super().forward(query, key, value, key_padding_mask=key_padding_mask,
+                                   need_weights=need_weights, attn_mask=attn_mask,
+                                   average_attn_weights=average_attn_weights,
+                                   is_causal=is_causal)
+        n, t, d = query.shape
+        h = self.num_heads
+        q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, -1)
+        q, k, v = self.query(q), self.key(k), self.value(v)
+
+        def split(z):                                  # (N, T, D) -> (N, heads, T, D / heads)
+            return z.reshape(n, t, h, d // h).transpose(1, 2)
+
+        att = torch.softmax(split(q) @ split(k).transpose(-1, -2) * (d // h) ** -0.5, -1)
+        if self.training and self.dropout > 0:
+            att = F.dropout(att, self.dropout)
+        out = self.out_proj((att @ split(v)).transpose(1, 2).reshape(n, t, d))
+        if not need_weights:
+            return out, None
+        return out, att.mean(1) if average_attn_weights else att
+
+
+def _torchvision_vit_classes():
+    """(VisionTransformer, EncoderBlock) of torchvision when it is imported, else None: a
+    model holding them was built by torchvision, and the demo path never imports it."""
+    mod = sys.modules.get("torchvision.models.vision_transformer")
+    return None if mod is None else (mod.VisionTransformer, mod.EncoderBlock)
+
+
+def inspectable_vit(net: nn.Module) -> nn.Module:
+    """``net`` with every torchvision ``VisionTransformer`` in it (``net`` itself, usually)
+    given :class:`TokenAttention` in each encoder block, in place; other networks, and blocks
+    already converted, are left as they are. Parameters, state-dict keys and outputs do not
+    change, so a torchvision checkpoint loads before or after. :func:`~xaipipe.models.load_model`
+    calls it on every network it builds (torchvision names, local weights, the meta-device
+    builds of the config checks); call it on a ``VisionTransformer`` built elsewhere."""
+    classes = _torchvision_vit_classes()
+    if classes is None:
+        return net
+    vit_cls, block_cls = classes
+    for vit in [m for m in net.modules() if isinstance(m, vit_cls)]:
+        for block in vit.encoder.layers:
+            if isinstance(block, block_cls) and type(block.self_attention) is \
+                    nn.MultiheadAttention:
+                block.self_attention = TokenAttention.from_module(block.self_attention)
+    return net
+
+
 @dataclass(frozen=True)
 class ViTStructure:
-    """What the transformer methods read of a ViT: per encoder layer (input to output) its
-    query, key and value projections (``nn.Linear``, output (N, T, D)), the number of heads,
-    the patch size and the tokens before the patches (CLS; DeiT-distilled: CLS and
-    distillation)."""
+    """What the transformer methods read of a ViT: per encoder layer (input to output) the
+    modules whose outputs are its query, key and value projections (N, T, D) (``nn.Linear``
+    in ``transformers``; ``TokenAttention``'s ``query`` / ``key`` / ``value`` in torchvision),
+    the number of heads, the patch size and the tokens before the patches (CLS; DeiT-distilled:
+    CLS and distillation)."""
     qkv: tuple                       # ((q, k, v), ...) one per layer
     heads: int
     patch_size: int
@@ -122,9 +222,40 @@ class ViTStructure:
         return height // self.patch_size, width // self.patch_size
 
 
+def _not_a_vit(model: nn.Module, why: str = "") -> ConfigError:
+    return ConfigError(f"model {getattr(model, 'name', type(model).__name__)!r} is not a "
+                       "vision transformer with query/key/value projections "
+                       f"(transformers' ViT or DeiT, torchvision's VisionTransformer){why}")
+
+
+def _torchvision_structure(model: nn.Module) -> ViTStructure | None:
+    """The structure of a torchvision ``VisionTransformer`` with :class:`TokenAttention`
+    blocks, None when ``model`` holds no such ViT."""
+    classes = _torchvision_vit_classes()
+    vits = [] if classes is None else [m for m in model.modules() if isinstance(m, classes[0])]
+    if not vits:
+        return None
+    if len(vits) > 1:
+        raise _not_a_vit(model, f": it holds {len(vits)} of them")
+    vit = vits[0]
+    attn = [b.self_attention for b in vit.encoder.layers]
+    if not all(isinstance(a, TokenAttention) for a in attn):
+        raise _not_a_vit(model, ": a torchvision VisionTransformer whose attention has no "
+                                "query/key/value modules; load it with xaipipe's load_model "
+                                "or convert it with xaipipe.models.vit.inspectable_vit(net)")
+    return ViTStructure(tuple((a.query, a.key, a.value) for a in attn), int(attn[0].num_heads),
+                        int(vit.patch_size), 1)
+
+
 def vit_structure(model: nn.Module) -> ViTStructure:
     """The :class:`ViTStructure` of a model wrapping a ``transformers`` ViT/DeiT (``hf_vit``,
-    ``demo_vit``); a :class:`ConfigError` naming the model otherwise."""
+    ``demo_vit``) or a torchvision ``VisionTransformer`` converted by :func:`inspectable_vit`
+    (``vit_b_16``, ``vit_l_16``, ... from :func:`~xaipipe.models.load_model`: heads from its
+    attention, patch size from the network, one prefix token, CLS); a :class:`ConfigError`
+    naming the model otherwise."""
+    tv = _torchvision_structure(model)
+    if tv is not None:
+        return tv
     found: dict[int, dict[str, nn.Module]] = {}
     for name, mod in model.named_modules():
         m = _QKV.match(name)
@@ -133,9 +264,7 @@ def vit_structure(model: nn.Module) -> ViTStructure:
     cfg = next((getattr(m, "config", None) for m in model.modules()
                 if hasattr(getattr(m, "config", None), "num_attention_heads")), None)
     if not found or cfg is None or any(len(v) != 3 for v in found.values()):
-        raise ConfigError(f"model {getattr(model, 'name', type(model).__name__)!r} is not a "
-                          "vision transformer with query/key/value projections "
-                          "(transformers' ViT or DeiT)")
+        raise _not_a_vit(model)
     qkv = tuple((found[i]["q"], found[i]["k"], found[i]["v"]) for i in sorted(found))
     distilled = "Distill" in type(getattr(model, "net", model)).__name__ or any(
         "distillation_token" in n for n, _ in model.named_parameters())

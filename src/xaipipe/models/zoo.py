@@ -23,6 +23,7 @@ from torch import nn
 from ..errors import ConfigError, WeightsNotFoundError
 from ..registry import Registry
 from .demo import DEMO_LAYOUTS, build_demo_net
+from .vit import inspectable_vit
 from .wrapper import IMAGENET_MEAN, IMAGENET_STD, NormalizedModel
 
 
@@ -198,6 +199,8 @@ def load_model(name: str, weights: str | os.PathLike | None = None, *, num_class
     None (the DEFAULT enum from the local cache) or ``"random"``. ``num_classes`` and other
     keyword arguments go to the architecture's constructor; for weights trained by the
     pipeline they default to those recorded in the ``model.json`` next to the file.
+    A torchvision ``VisionTransformer`` gets attention that the transformer methods can read
+    (:func:`xaipipe.models.vit.inspectable_vit`: same parameters, keys and outputs).
     """
     entry = _entry(name)
     if entry.load_folder is not None:
@@ -214,7 +217,9 @@ def load_model(name: str, weights: str | os.PathLike | None = None, *, num_class
         if name == "inception_v3":
             kw.setdefault("aux_logits", True)
             kw.setdefault("init_weights", False)
-    net = entry.build(**kw)
+    # torchvision ViTs: attention whose query/key/value hooks can read, the same parameters
+    # and keys (so before the weights load; every build passes here, the meta device's too)
+    net = inspectable_vit(entry.build(**kw))
     if path is not None:
         state = _state_dict(path)
         try:

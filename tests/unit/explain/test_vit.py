@@ -1,16 +1,19 @@
 """Vision transformers: models from save_pretrained folders, GradMask (Marchetti et al.) and
-attention rollout (Abnar & Zuidema) on tiny random ViT / DeiT of transformers' own classes."""
+attention rollout (Abnar & Zuidema) on tiny random ViT / DeiT of transformers' own classes, and
+on a tiny torchvision ViT against its transformers twin (the same weights)."""
+import copy
+
 import numpy as np
 import pytest
 import torch
 
-from helpers.vit import tiny_vit_folder
+from helpers.vit import tiny_torchvision_vit, tiny_vit_folder, transformers_twin
 from xaipipe.errors import ConfigError, WeightsNotFoundError
 from xaipipe.explain import explain, get_method, run_method
 from xaipipe.explain.vit.attention_rollout import attention_probabilities
 from xaipipe.explain.vit.tokens import capture
-from xaipipe.models import load_model
-from xaipipe.models.vit import vit_structure
+from xaipipe.models import NormalizedModel, load_model
+from xaipipe.models.vit import inspectable_vit, vit_structure
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -233,3 +236,99 @@ def test_rollout_fusion_and_discard_by_hand():
     kept += np.eye(3)
     np.testing.assert_allclose(rollout([a], "mean", 0.5)[0].numpy(),
                                kept / kept.sum(1, keepdims=True), rtol=1e-6)
+
+
+# -- torchvision ViTs -----------------------------------------------------------------------------
+HALF = (0.5, 0.5, 0.5)
+
+
+@pytest.fixture(scope="module")
+def tv():
+    """(a tiny torchvision ViT as load_model converts it, its transformers twin with the same
+    weights, the unconverted torchvision network), the first two with the ViT normalisation."""
+    net = tiny_torchvision_vit(seed=2)
+    orig = copy.deepcopy(net)
+    twin = NormalizedModel(transformers_twin(net), HALF, HALF, name="twin").eval()
+    model = NormalizedModel(inspectable_vit(net), HALF, HALF, name="tv", input_size=32).eval()
+    return model, twin, orig
+
+
+def test_torchvision_vit_structure_and_twin(tv, x):
+    model, twin, orig = tv
+    st = vit_structure(model)
+    assert (st.layers, st.heads, st.patch_size, st.prefix_tokens) == (2, 2, 8, 1)
+    from xaipipe.explain.cams.gradcam import default_layer
+    assert default_layer(model) == "encoder.layers.encoder_layer_1.ln_1"
+    assert default_layer(twin).endswith("layers.1.layernorm_before")
+    with torch.no_grad():
+        logits = model(x)
+        assert torch.allclose(twin(x), logits, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(orig(model.normalize(x)), logits, rtol=1e-5, atol=1e-5)
+    assert logits.std(0).max() > 0.05
+
+
+TWIN_CASES = [("gradmask", {"masks_layer": 1}), ("gradmask", {"masks_layer": 4}),
+              ("attention_rollout", {}),
+              ("attention_rollout", {"head_fusion": "max", "discard_ratio": 0.5}),
+              ("gradcam", {}), ("gradcam", {"relu": False, "objective": "prob"})]
+
+
+@pytest.mark.parametrize("name, kw", TWIN_CASES)
+def test_torchvision_vit_maps_equal_its_transformers_twin(tv, x, name, kw):
+    """The same network in two libraries gives the same GradMask, rollout and Grad-CAM maps
+    (default layers: ``ln_1`` and ``layernorm_before`` of the last block)."""
+    model, twin, _ = tv
+    t = torch.tensor([2, 0, 4])
+    ours, theirs = run_method(name, model, x, t, **kw), run_method(name, twin, x, t, **kw)
+    assert ours.maps.shape == (3, 1, 32, 32) and ours.maps.abs().amax() > 0
+    scale = float(theirs.maps.abs().max())
+    assert torch.allclose(ours.maps, theirs.maps, rtol=1e-5, atol=1e-6 * scale)
+    for k, v in theirs.extras.items():
+        assert torch.allclose(ours.extras[k], v, rtol=1e-5, atol=1e-6)
+    assert hooks(model) == 0 and hooks(twin) == 0
+
+
+def test_torchvision_gradmask_is_the_reference_route(tv, x):
+    """The reference's route (backward hooks on the query, key and value modules) on the
+    converted torchvision ViT."""
+    model, hm = tv[0], 2
+    t = torch.tensor([1, 3, 0])
+    out = run_method("gradmask", model, x, t, masks_layer=hm, max_batch=4)
+    for i in range(3):
+        ref = reference_gradmask(model, x[i], int(t[i]), hm)
+        assert torch.allclose(out.maps[i, 0], ref, rtol=1e-5, atol=1e-6)
+
+
+def test_torchvision_rollout_attentions_are_its_own(tv, x):
+    """softmax(q kᵀ/√d_h) from the captured projections equals the attention weights the
+    unconverted ``nn.MultiheadAttention`` returns itself (``need_weights=True,
+    average_attn_weights=False``) on the same block inputs."""
+    model, _, orig = tv
+    st = vit_structure(model)
+    with capture([m for layer in st.qkv for m in layer[:2]]) as outs, torch.no_grad():
+        model(x)
+    blocks = list(orig.encoder.layers)
+    with capture([b.ln_1 for b in blocks]) as inputs, torch.no_grad():
+        orig(model.normalize(x))
+    for i, block in enumerate(blocks):
+        h = inputs[i]
+        with torch.no_grad():
+            _, theirs = block.self_attention(h, h, h, need_weights=True,
+                                             average_attn_weights=False)
+        ours = attention_probabilities(outs[2 * i], outs[2 * i + 1], st.heads)
+        assert theirs.shape == ours.shape == (3, 2, 17, 17)
+        assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_torchvision_hooks_are_removed_also_on_errors(tv, x):
+    model = tv[0]
+    assert hooks(model) == 0
+    for name in ("gradmask", "attention_rollout", "gradcam"):
+        explain(name, model, x, 1)
+        assert hooks(model) == 0
+        with pytest.raises(AssertionError, match="Wrong image height"):  # torchvision
+            explain(name, model, torch.rand(1, 3, 40, 32), 1)
+        assert hooks(model) == 0
+    with pytest.raises(ValueError, match="does not divide the hidden size"):
+        explain("gradmask", model, x, 0, masks_layer=5)
+    assert hooks(model) == 0

@@ -5,10 +5,11 @@ CAM = ReLU(Σ_k α_k A_k), bilinearly upsampled to the input size (align_corners
 Default layer: the output of the last ``nn.Conv2d`` in registration order (before its BN/ReLU),
 e.g. ResNet-18 ``layer4.1.conv2``; any module name (``layer4``) can be given instead.
 
-Vision transformers (``hf_vit``, ``demo_vit``): a layer whose output is tokens (N, T, D) is read
-over its patch tokens (CLS and DeiT's distillation token dropped) as a (D, h, w) map of the patch
-grid, weights the token-mean gradient; the default layer is the last encoder layer's first
-LayerNorm (``layernorm_before``; pytorch-grad-cam's ViT example uses the same ``norm1``).
+Vision transformers (``hf_vit``, ``demo_vit``, torchvision's ``vit_b_16`` ...): a layer whose
+output is tokens (N, T, D) is read over its patch tokens (CLS and DeiT's distillation token
+dropped) as a (D, h, w) map of the patch grid, weights the token-mean gradient; the default
+layer is the last encoder layer's first LayerNorm (``layernorm_before``; torchvision's ``ln_1``;
+pytorch-grad-cam's ViT example uses the same ``norm1``).
 Returns (N, 1, H, W), not normalised.
 
 With ``native_resolution`` set on an instance (the explain runner sets it, so stores keep the
@@ -38,12 +39,13 @@ def last_conv_name(model: nn.Module) -> str:
 def default_layer(model: nn.Module) -> str:
     """The layer Grad-CAM reads when none is named: for a vision transformer the last
     encoder layer's first LayerNorm (the tokens its attention mixes into CLS, as
-    pytorch-grad-cam's ViT example), else the last ``nn.Conv2d``."""
+    pytorch-grad-cam's ViT example: ``layernorm_before`` in ``transformers``, ``ln_1`` in
+    torchvision), else the last ``nn.Conv2d``."""
     from ...models.vit import is_vit
     if is_vit(model):
         root = getattr(model, "net", model)
         names = [n for n, m in root.named_modules()
-                 if n.endswith("layernorm_before") and isinstance(m, nn.LayerNorm)]
+                 if n.endswith(("layernorm_before", ".ln_1")) and isinstance(m, nn.LayerNorm)]
         if names:
             return names[-1]
     return last_conv_name(model)
