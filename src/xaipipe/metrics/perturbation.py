@@ -31,9 +31,11 @@ from .base import NONFINITE_PARAM, as_target
 
 FILLS = ("black", "normzero", "blur")
 SCORES = ("prob", "logit")
-PROTOCOLS = ("rise", "gradmask")
+PROTOCOLS = ("rise", "gradmask", "gradmask_clean")
 #: the GradMask protocol's points, in percent of the pixels (``GradMask.py``)
 GRADMASK_PERCENT = (1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
+#: protocols that upsample coarse maps with ``nearest`` (GradMask's patch maps), else bilinear
+NEAREST_PROTOCOLS = ("gradmask", "gradmask_clean")
 
 PERTURBATION_PARAMS = {
     "steps": Param(21, int, min=2, doc="number of fractions q, evenly spaced over [0, 1]"),
@@ -48,7 +50,9 @@ PERTURBATION_PARAMS = {
     "protocol": Param("rise", str, PROTOCOLS, omit_default=True,
                       doc="rise: steps fractions over [0, 1], AUC on [0, 1]; gradmask: 1, 5, "
                           "10, 20, ..., 100 % of the pixels, AUC over the percentages (0-100), "
-                          "deletion from the point (0, 0), coarse maps nearest-upsampled"),
+                          "deletion from the point (0, 0), coarse maps nearest-upsampled; "
+                          "gradmask_clean: the same points plus q = 0 (the true endpoints), AUC "
+                          "on [0, 1]"),
     "norm_min": Param(0.05, float, min=0.0,
                       doc="auc_norm is NaN (and norm_excluded True) where |score of the full "
                           "image| < norm_min; 0 excludes only a zero reference"),
@@ -100,17 +104,21 @@ def pixel_ranks(scores: torch.Tensor, compat: str | None = None) -> torch.Tensor
 
 
 def fractions(steps: int, protocol: str = "rise") -> np.ndarray:
-    """The fractions q of the curve's points: ``steps`` over [0, 1] (``rise``), or the GradMask
-    protocol's 1, 5, 10, ..., 100 % (``steps`` unused)."""
+    """The fractions q of the curve's points: ``steps`` over [0, 1] (``rise``), the GradMask
+    protocol's 1, 5, 10, ..., 100 % (``gradmask``), or those with q = 0 first
+    (``gradmask_clean``: insertion starts at the pure fill, deletion at the full image);
+    ``steps`` is unused by the GradMask protocols."""
     if protocol == "gradmask":
         return np.asarray(GRADMASK_PERCENT, np.float64) / 100
+    if protocol == "gradmask_clean":
+        return np.asarray((0, *GRADMASK_PERCENT), np.float64) / 100
     return np.linspace(0.0, 1.0, steps)
 
 
 def curve_auc(curve: np.ndarray, qs: np.ndarray, mode: str, protocol: str) -> np.ndarray:
-    """Trapezoid AUC of curves (N, K) at ``qs``: over [0, 1] (``rise``); ``gradmask``: over the
-    percentages 100·q (0-100), deletion with the point (0, 0) prepended, as
-    ``sklearn.metrics.auc`` in ``GradMask.py``."""
+    """Trapezoid AUC of curves (N, K) at ``qs``: over [0, 1] (``rise``, ``gradmask_clean``);
+    ``gradmask``: over the percentages 100·q (0-100), deletion with the point (0, 0)
+    prepended, as ``sklearn.metrics.auc`` in ``GradMask.py``."""
     if protocol != "gradmask":
         return np.trapezoid(curve, qs, axis=1)
     x = 100 * np.asarray(qs, np.float64)
@@ -151,7 +159,7 @@ def perturbation_curves(model, images: torch.Tensor, maps: torch.Tensor, target:
     n, _, h, w = images.shape
     target = as_target(target, n, images.device)
     base = make_fill(fill, images, model, fill_images)
-    up = "nearest" if protocol == "gradmask" else "bilinear"
+    up = "nearest" if protocol in NEAREST_PROTOCOLS else "bilinear"
     ranks = pixel_ranks(rankable(maps.to(images.device), reduction, (h, w), up), compat)
     qs = fractions(steps, protocol)
     counts = torch.as_tensor(pixel_counts(qs, h * w), device=images.device)

@@ -77,3 +77,38 @@ def test_compat_ranking_is_numpys_default_argsort():
     np.testing.assert_array_equal(ours, ref)
     clean = pixel_order(scores).numpy()
     np.testing.assert_array_equal(clean[1], [0, 1, 2, 3])   # stable: ties by index
+
+
+def test_clean_variant_has_true_endpoints_and_unit_scale():
+    """``gradmask_clean``: q = 0 first, then the 12 percentages; insertion at 0 is the pure
+    fill (logit 0: probability 1/2), deletion at 0 the full image; the AUC is the trapezoid
+    over q on [0, 1] (the compat curve's AUC over percentages, divided by 100, plus the first
+    segment)."""
+    model = NormalizedModel(Mean(), mean=(0.0,) * 3, std=(1.0,) * 3).eval()
+    x = torch.ones(1, 3, 10, 10)
+    maps = (100 - torch.arange(100.0)).view(1, 1, 10, 10)
+    ins = insertion(model, x, maps, 0, protocol="gradmask_clean", fill="black")
+    dele = deletion(model, x, maps, 0, protocol="gradmask_clean", fill="black")
+    p = np.asarray((0, *GRADMASK_PERCENT), float)
+    np.testing.assert_allclose(ins["fractions"], p / 100)
+    ins_curve = 1 / (1 + np.exp(-p / 10))
+    del_curve = 1 / (1 + np.exp(-(100 - p) / 10))
+    np.testing.assert_allclose(ins["curve"][0], ins_curve, rtol=1e-6)
+    assert ins["curve"][0, 0] == pytest.approx(0.5)
+    assert dele["curve"][0, 0] == pytest.approx(ins["score_full"][0], rel=1e-6)
+    np.testing.assert_allclose(ins["auc"], np.trapezoid(ins_curve, p / 100), rtol=1e-6)
+    np.testing.assert_allclose(dele["auc"], np.trapezoid(del_curve, p / 100), rtol=1e-6)
+    compat = insertion(model, x, maps, 0, protocol="gradmask", fill="black")["auc"][0]
+    first = (ins_curve[0] + ins_curve[1]) / 2 * 0.01
+    assert ins["auc"][0] == pytest.approx(compat / 100 + first, rel=1e-6)
+    assert 0 <= dele["auc"][0] <= 1
+
+
+def test_clean_variant_upsamples_nearest():
+    model = NormalizedModel(Mean(), mean=(0.0,) * 3, std=(1.0,) * 3).eval()
+    x = torch.zeros(1, 3, 4, 4)
+    x[:, :, :2, 2:] = 1.0
+    coarse = torch.tensor([[[[0.1, 0.9], [0.2, 0.3]]]])
+    out = insertion(model, x, coarse, 0, protocol="gradmask_clean", fill="black")
+    full = torch.softmax(model(x), 1)[0, 0].item()
+    assert out["curve"][0][1 + GRADMASK_PERCENT.index(30)] == pytest.approx(full, rel=1e-6)
