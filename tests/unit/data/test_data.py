@@ -150,6 +150,39 @@ def test_seeded_random_subsets(tmp_path):
         make_source("f", {**cfg, "subset": {"classes": 0, "per_class": 1, "seed": 0}})
 
 
+def test_a_listed_subset_of_positions(tmp_path):
+    """``subset: {positions: file}`` keeps the files at the listed 0-based positions of the
+    sorted list (GradMask's ``imgs_idx.yaml``), in path order, from a YAML list, a mapping
+    holding one list, or plain text; bad files are errors naming the file."""
+    from xaipipe.data.datasets import make_source
+    from xaipipe.errors import ConfigError
+    for c in range(3):
+        (tmp_path / "val" / f"n{c:02d}").mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (8, 8)).save(tmp_path / "val" / f"n{c:02d}" / f"i{i}.png")
+    cfg = {"kind": "imagefolder", "root": str(tmp_path)}
+    full = make_source("f", cfg).files("val")
+    want = [full[i] for i in (1, 7, 11)]
+    forms = {"list.yaml": "- 11\n- 1\n- 7\n", "map.yaml": "indices: [7, 11, 1]\n",
+             "plain.txt": "11 1\n7\n", "commas.txt": "1, 7, 11"}
+    for name, text in forms.items():
+        (tmp_path / name).write_text(text)
+        src = make_source("f", {**cfg, "subset": {"positions": str(tmp_path / name)}})
+        assert src.files("val") == want, name
+    bad = {"out.yaml": ("[0, 12]", r"12 is not a position in \[0, 12\)"),
+           "twice.yaml": ("[3, 3]", "twice"), "empty.yaml": ("[]", "no positions"),
+           "two.yaml": ("{a: [1], b: [2]}", "exactly one list")}
+    for name, (text, msg) in bad.items():
+        (tmp_path / name).write_text(text)
+        src = make_source("f", {**cfg, "subset": {"positions": str(tmp_path / name)}})
+        with pytest.raises(DataError, match=rf"datasets\.f\.subset\.positions: .*{name}.*{msg}"):
+            src.files("val")
+    with pytest.raises(DataError, match="cannot read"):
+        make_source("f", {**cfg, "subset": {"positions": str(tmp_path / "nope.yaml")}}).files("val")
+    with pytest.raises(ConfigError, match=r"datasets\.f\.subset\.positions: a file"):
+        make_source("f", {**cfg, "subset": {"positions": 3}})
+
+
 def test_a_subset_per_split_and_a_split_folder_elsewhere(tmp_path):
     """``subset: {train: draw}`` draws from the training split only (a seeded pool of training
     images for references) and keeps every validation image; a split's folder may be an

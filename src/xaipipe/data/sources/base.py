@@ -130,12 +130,13 @@ class Source:
         return f"datasets.{self.dataset} split {split!r}"
 
 
-SUBSET_FORMS = ({"images", "seed"}, {"classes", "per_class", "seed"})
+SUBSET_FORMS = ({"images", "seed"}, {"classes", "per_class", "seed"}, {"positions"})
+_SUBSET_KEYS = {"images", "classes", "per_class", "seed", "positions"}
 
 
 def check_subset(spec, where: str, splits=None) -> dict | None:
-    """``subset``: None; one draw for every split, {images, seed} or {classes, per_class,
-    seed}; or a draw per split, {split: draw or None} (e.g. ``{train: {images: 10000, seed:
+    """``subset``: None; one draw for every split, {images, seed}, {classes, per_class, seed}
+    or {positions: file} (a listed selection, :func:`read_positions`); or a draw per split, {split: draw or None} (e.g. ``{train: {images: 10000, seed:
     0}}``: a seeded pool of training images, every validation image). Non-negative integers
     (a seed) or positive ones; integers written as text (``--config`` gives text) are read as
     such. ``splits``: the data set's split names, to check the per-split keys. Returns the
@@ -145,12 +146,17 @@ def check_subset(spec, where: str, splits=None) -> dict | None:
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: a mapping, got {spec!r}")
     if splits is not None and spec and set(spec) <= set(splits) and \
-            not set(spec) & {"images", "classes", "per_class", "seed"}:
+            not set(spec) & _SUBSET_KEYS:
         return {s: check_subset(v, f"{where}.{s}") for s, v in spec.items()}
     if set(spec) not in SUBSET_FORMS:
         per = f"; or per split ({', '.join(splits)}): {{split: draw}}" if splits else ""
-        raise ConfigError(f"{where}: give {{images: N, seed: S}} or {{classes: K, per_class: "
-                          f"M, seed: S}}{per}, got keys {sorted(spec)}")
+        raise ConfigError(f"{where}: give {{images: N, seed: S}}, {{classes: K, per_class: "
+                          f"M, seed: S}} or {{positions: file}}{per}, got keys {sorted(spec)}")
+    if set(spec) == {"positions"}:
+        if not isinstance(spec["positions"], str) or not spec["positions"].strip():
+            raise ConfigError(f"{where}.positions: a file listing 0-based positions, got "
+                              f"{spec['positions']!r}")
+        return {"positions": spec["positions"]}
     out = {}
     for k, v in spec.items():
         if isinstance(v, str) and v.strip().isdigit():
@@ -160,6 +166,40 @@ def check_subset(spec, where: str, splits=None) -> dict | None:
                               f"integer, got {v!r}")
         out[k] = v
     return out
+
+
+def read_positions(path, n_files: int, where: str) -> list[int]:
+    """The 0-based positions listed in ``path`` (GradMask's ``imgs_idx.yaml``): a YAML / JSON
+    list of integers, a mapping holding exactly one such list, or integers separated by
+    white space or commas; each in [0, n_files), no repeats. Returned sorted (images keep
+    their path order). A :class:`DataError` names the file and the problem."""
+    import yaml
+    path = Path(path).expanduser()
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise DataError(f"{where}.positions: cannot read {str(path)!r}: {e}") from e
+    if isinstance(data, dict):
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise DataError(f"{where}.positions: {str(path)!r} holds a mapping; it must hold "
+                            "exactly one list of positions")
+        data = lists[0]
+    if isinstance(data, (str, int)):
+        data = str(data).replace(",", " ").split()
+    if not isinstance(data, list) or not data:
+        raise DataError(f"{where}.positions: {str(path)!r} lists no positions")
+    out = []
+    for v in data:
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < n_files:
+            raise DataError(f"{where}.positions: {str(path)!r}: {v!r} is not a position in "
+                            f"[0, {n_files}) of the split's sorted file list")
+        out.append(v)
+    if len(set(out)) != len(out):
+        raise DataError(f"{where}.positions: {str(path)!r} lists a position twice")
+    return sorted(out)
 
 
 def subset_of(spec: dict | None, split: str) -> dict | None:

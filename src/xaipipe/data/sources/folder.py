@@ -9,7 +9,8 @@ import numpy as np
 
 from ...errors import ConfigError, DataError
 from ...params import Param
-from .base import DATASETS, Source, check_subset, parse_background, read_image, subset_of
+from .base import (DATASETS, Source, check_subset, parse_background, read_image, read_positions,
+                   subset_of)
 
 
 @DATASETS.register
@@ -98,11 +99,15 @@ class FolderSource(Source):
         ``{images: N, seed: S}`` draws N files without replacement; ``{classes: K,
         per_class: M, seed: S}`` draws K of the classes present, then M files of each
         (the ShearletX paper's 20 classes × 5 images). ``numpy.random.default_rng(S)``; the
-        draw depends only on the listed files, so it is the same on every machine."""
+        draw depends only on the listed files, so it is the same on every machine.
+        ``{positions: file}``: the files at the positions the file lists (GradMask's
+        ``imgs_idx.yaml``; :func:`~.base.read_positions`)."""
         spec = subset_of(self.p.get("subset"), split)
         if not spec:
             return files
         where = f"datasets.{self.dataset}.subset"
+        if "positions" in spec:
+            return [files[i] for i in read_positions(spec["positions"], len(files), where)]
         rng = np.random.default_rng(int(spec["seed"]))
         if "images" in spec:
             n = int(spec["images"])
