@@ -210,8 +210,12 @@ class Plan:
 
     def train_job(self, model) -> TrainJob:
         m = self.c["models"][model]
-        return TrainJob(m["arch"], check_params(TRAIN_PARAMS, m["train"], "train"),
-                        self.c["device"])
+        p = check_params(TRAIN_PARAMS, m["train"], "train")
+        # parameters declared omit_default are left out at their default (a new training
+        # option does not retrain the models trained before it)
+        p = {k: v for k, v in p.items()
+             if not (TRAIN_PARAMS[k].omit_default and v == TRAIN_PARAMS[k].default)}
+        return TrainJob(m["arch"], p, self.c["device"])
 
     def predict_job(self, model) -> PredictJob:
         return PredictJob(self.model_spec(model), self.split, self.c["device"],

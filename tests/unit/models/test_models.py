@@ -196,3 +196,34 @@ def test_load_spec_loads_each_model_once_per_process(tmp_path, monkeypatch):
                           width=8).net.state_dict(), tmp_path / "c.pt")
     assert load_spec(other, [tmp_path / "c.pt"], "cpu") is not first
     assert _cached.cache_info().misses == 3 and not first.training
+
+
+def test_the_demo_vit_trains_with_adamw_and_loads_for_the_vit_methods(tmp_path):
+    """``optimizer: adamw`` (the demo ViT's recipe) is deterministic for a seed, differs from
+    SGD, and the weights load back as a ViT the transformer methods read (conv stem, patch
+    grid of the config); the plan leaves the option out of a job at its default, so the demo
+    CNNs' training jobs keep their signature."""
+    from xaipipe.config import ROOT, load_config
+    from xaipipe.config.plan import Plan
+    from xaipipe.models.vit import ConvStem, vit_structure
+    cfg = {"kind": "shapes", "image_size": 64, "num_classes": 3, "train": 32, "val": 8}
+    build_image_store("s", cfg, "original", {}, tmp_path / "o.zarr", progress=False)
+    states = {}
+    for run, opt in (("a", "adamw"), ("b", "adamw"), ("c", "sgd")):
+        info = train_demo_model("demo_vit", tmp_path / "o.zarr", tmp_path / run / "w.pt",
+                                tmp_path / run / "model.json", epochs=1, batch_size=16, width=16,
+                                lr=1e-3, weight_decay=0.05, optimizer=opt, log=lambda s: None)
+        assert info["params"]["optimizer"] == opt
+        states[run] = torch.load(tmp_path / run / "w.pt", weights_only=True)
+    assert all(torch.equal(states["a"][k], states["b"][k]) for k in states["a"])
+    assert not all(torch.equal(states["a"][k], states["c"][k]) for k in states["a"])
+    vit = load_model("demo_vit", weights=str(tmp_path / "a" / "w.pt"))
+    assert isinstance(vit.net.hf.vit.embeddings.patch_embeddings.projection, ConvStem)
+    st = vit_structure(vit)
+    assert (st.layers, st.heads, st.patch_size, st.grid(64, 64)) == (4, 4, 8, (8, 8))
+    assert vit(torch.rand(2, 3, 64, 64)).shape == (2, 3)
+    plan = Plan(load_config(ROOT / "config.yaml"))
+    assert "optimizer" not in plan.train_job("shapes_resnet18").params
+    c = load_config(ROOT / "config.yaml", overrides={"models": {"shapes_resnet18": {
+        "train": {"optimizer": "adamw"}}}})
+    assert Plan(c).train_job("shapes_resnet18").params["optimizer"] == "adamw"
