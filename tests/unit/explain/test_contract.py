@@ -63,14 +63,17 @@ def light_params(name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def cpu_models():
-    """The tiny demo CNN, and a tiny demo ViT (32x32, 8x8 patches) for the methods that need
-    a vision transformer (their check_model refuses the CNN)."""
+    """The tiny demo CNN, and tiny demo ViTs (conv stem, 8x8 patches, 2 layers) at 32x32 and,
+    for the methods of ``SIZE``, 64x64: every method runs on both architectures (``arch``);
+    the transformer-only methods must refuse the CNN."""
     torch.manual_seed(0)
     cnn = load_model("demo_resnet18", weights="random", num_classes=4, width=4)
-    torch.manual_seed(0)
-    vit = load_model("demo_vit", weights="random", num_classes=4, width=16, image_size=32,
-                     layers=2, heads=2)
-    return cnn, vit
+    vits = {}
+    for size in (32, 64):
+        torch.manual_seed(0)
+        vits[size] = load_model("demo_vit", weights="random", num_classes=4, width=16,
+                                image_size=size, layers=2, heads=2)
+    return cnn, vits
 
 
 def needs_vit(name: str, cnn) -> bool:
@@ -82,13 +85,21 @@ def needs_vit(name: str, cnn) -> bool:
     return False
 
 
+ARCHS = ["cnn", "vit"]
+
+
 @pytest.fixture
 def model(cpu_models, request):
-    """The model of the test's method (``name``) in eval mode, back on the CPU after each
-    test: the tiny CNN, or the tiny ViT for transformer methods."""
-    cnn, vit = cpu_models
-    name = request.node.callspec.params.get("name")
-    m = vit if name and needs_vit(name, cnn) else cnn
+    """The model of the test's method (``name``) and architecture (``arch``, default the CNN)
+    in eval mode, back on the CPU after each test: a transformer-only method on the CNN skips
+    the test after checking that its ``check_model`` refuses the CNN."""
+    cnn, vits = cpu_models
+    params = request.node.callspec.params
+    name, arch = params.get("name"), params.get("arch", "cnn")
+    if arch == "cnn" and name and needs_vit(name, cnn):
+        pytest.skip(f"{name} needs a vision transformer (check_model refuses the CNN); "
+                    "it runs under arch=vit")
+    m = vits[SIZE.get(name, 32)] if arch == "vit" else cnn
     yield m.eval()
     m.to("cpu").eval()
 
@@ -134,9 +145,10 @@ def test_every_method_is_tested():
         set(METHODS)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", METHODS)
-def test_method_contract(name, device, model, batch):
+def test_method_contract(name, device, arch, model, batch):
     images, target, ids = (t.to(device) for t in batch)
     model = model.to(device)
     cls = get_method(name)
@@ -170,13 +182,14 @@ def test_method_contract(name, device, model, batch):
     halves = cat([attribute(name, model, images[:2], target[:2], ids[:2]),
                   attribute(name, model, images[2:], target[2:], ids[2:])])
     assert_same_attribution(out, halves, f"{name}: [0:2] + [2:4] vs [0:4]")
-    assert estimate_point_bytes(model, tuple(images.shape[1:]), device) > TINY_MB * 2**20
+    assert estimate_point_bytes(model, (images.shape[1], *size), device) > TINY_MB * 2**20
     chunked = attribute(name, model, images, target, ids, memory_mb=TINY_MB)
     assert_same_attribution(out, chunked, f"{name}: memory_mb={TINY_MB} vs default")
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("name", METHODS)
-def test_method_without_ids_is_batch_invariant(name, model, batch):
+def test_method_without_ids_is_batch_invariant(name, arch, model, batch):
     images, target, _ = batch
     whole = attribute(name, model, images, target).maps
     halves = torch.cat([attribute(name, model, images[:2], target[:2]).maps,
@@ -185,9 +198,10 @@ def test_method_without_ids_is_batch_invariant(name, model, batch):
                 ITERATIVE_ATOL.get(name, 1e-6))
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("training", [False, True])
 @pytest.mark.parametrize("name", METHODS)
-def test_method_leaves_the_model_mode(name, training, model, batch):
+def test_method_leaves_the_model_mode(name, training, arch, model, batch):
     images, target, ids = batch
     model.train(training)
     next(model.net.children()).train(not training)   # a mixed state must survive too
