@@ -525,15 +525,17 @@ def _overrides(words: list[str]) -> dict:
 
 def test_the_documented_demo_overrides_of_the_presets_plan_on_the_demo_model():
     """The one documented override per preset (and the λ grid's), read from the study
-    pages themselves, plan the demo model only, 8 images; the compat recipe's override on top
+    pages themselves, plan the demo model only (the demo ViT for gradmask), 8 images; the
+    compat recipe's override on top
     of the shearletx one plans the reference's settings."""
     from xaipipe.config import deep_update
     cmds = [(w[1], w[w.index("--configfile") + 1], _overrides(w))
             for page in ("docs/studies/shearletx.md", "docs/studies/startgrad.md",
-                         "docs/studies/recal_lpi.md")
+                         "docs/studies/recal_lpi.md", "docs/studies/gradmask.md")
             for w in _doc_block(page, "On the offline demo")
             if w[0].endswith("snakemake")]
-    assert [c[0] for c in cmds] == ["shearletx", "startgrad", "startgrad_lambda", "recal_lpi"]
+    assert [c[0] for c in cmds] == ["shearletx", "startgrad", "startgrad_lambda", "recal_lpi",
+                                    "gradmask"]
     (compat_words,) = _doc_block("docs/studies/shearletx.md",
                                  "The closest reproduction of the ShearletX")
     compat = _overrides(compat_words)
@@ -542,10 +544,14 @@ def test_the_documented_demo_overrides_of_the_presets_plan_on_the_demo_model():
             c = load_config(ROOT / "config.yaml", ROOT / preset,
                             overrides=deep_update(overrides, extra), targets=[target])
             exp = c["experiments"][target]
-            assert exp["models"] == ["shapes_resnet18"] and exp["max_images"] == 8
+            demo = "shapes_vit" if target == "gradmask" else "shapes_resnet18"
+            assert exp["models"] == [demo] and exp["max_images"] == 8
             plan = Plan(c)
             keys = plan.explain_keys(target)
-            assert keys and {k[1] for k in keys} == {"shapes_resnet18"}
+            assert keys and {k[1] for k in keys} == {demo}
+            if target == "gradmask":        # every run of the preset, on the trained demo ViT
+                assert {k[2] for k in keys} == set(exp["methods"])
+                assert plan.train_job("shapes_vit").params["optimizer"] == "adamw"
             if target == "recal_lpi":       # references: the demo's training split
                 assert plan.reference_sets() == ["lpi_r20_c1"]
                 assert plan.explain_references("shapes", "shapes_resnet18", "eg_recal",
