@@ -526,8 +526,7 @@ def _overrides(words: list[str]) -> dict:
 def test_the_documented_demo_overrides_of_the_presets_plan_on_the_demo_model():
     """The one documented override per preset (and the λ grid's), read from the study
     pages themselves, plan the demo model only (the demo ViT for gradmask), 8 images; the
-    compat recipe's override on top
-    of the shearletx one plans the reference's settings."""
+    compat recipe's override on top of the shearletx one plans the reference's settings."""
     from xaipipe.config import deep_update
     cmds = [(w[1], w[w.index("--configfile") + 1], _overrides(w))
             for page in ("docs/studies/shearletx.md", "docs/studies/startgrad.md",
