@@ -157,9 +157,11 @@ class Method(Parametrised):
               if not isinstance(v, torch.Tensor)}
         return (self.seed, int(image_id), self.name, hp, *extra)
 
-    def chunk_size(self, sample_shape: torch.Size, device) -> int:
-        """Points per forward/backward pass under the memory budget."""
-        per_point = estimate_point_bytes(self.model, tuple(sample_shape), device)
+    def chunk_size(self, sample_shape: torch.Size, device, forward_only: bool = False) -> int:
+        """Points per forward/backward pass under the memory budget; ``forward_only``: per
+        no-grad forward pass (:func:`estimate_forward_bytes`)."""
+        estimate = estimate_forward_bytes if forward_only else estimate_point_bytes
+        per_point = estimate(self.model, tuple(sample_shape), device)
         budget = self.memory_mb or default_memory_mb(device)
         n = max(1, int(budget * 2**20 // per_point))
         return min(n, self.max_batch) if self.max_batch else n
@@ -263,20 +265,19 @@ _BYTES_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDict
 
 
 @full_precision
-def estimate_point_bytes(model: nn.Module, sample_shape: tuple, device) -> int:
-    """Memory one input point costs in a forward+backward pass, estimated from the sizes of
-    all leaf-module outputs on one sample (x3: saved activations, their gradients, slack).
-    Device independent and cached per (model, shape); measured in float32 whatever autocast
-    is active (a mixed-precision run gets float32-sized chunks, never a later float32 run
-    chunks sized by a first run in half precision)."""
+def _activation_sizes(model: nn.Module, sample_shape: tuple, device) -> tuple[int, int]:
+    """(sum, max) of the bytes of all leaf-module outputs on one sample, in float32 whatever
+    autocast is active; cached per (model, shape)."""
     cache = _BYTES_CACHE.setdefault(model, {})
     key = tuple(sample_shape)
     if key not in cache:
-        total = [0]
+        total, largest = [0], [0]
 
         def hook(_m, _i, out):
             if isinstance(out, torch.Tensor):
-                total[0] += out.numel() * out.element_size()
+                b = out.numel() * out.element_size()
+                total[0] += b
+                largest[0] = max(largest[0], b)
 
         handles = [m.register_forward_hook(hook) for m in model.modules()
                    if not list(m.children())]
@@ -286,9 +287,30 @@ def estimate_point_bytes(model: nn.Module, sample_shape: tuple, device) -> int:
         finally:
             for h in handles:
                 h.remove()
-        in_bytes = 4 * int(torch.tensor(key).prod())
-        cache[key] = 3 * total[0] + 4 * in_bytes
+        cache[key] = (total[0], largest[0])
     return cache[key]
+
+
+def estimate_point_bytes(model: nn.Module, sample_shape: tuple, device) -> int:
+    """Memory one input point costs in a forward+backward pass, estimated from the sizes of
+    all leaf-module outputs on one sample (x3: saved activations, their gradients, slack).
+    Device independent and cached per (model, shape); measured in float32 whatever autocast
+    is active (a mixed-precision run gets float32-sized chunks, never a later float32 run
+    chunks sized by a first run in half precision)."""
+    total, _ = _activation_sizes(model, sample_shape, device)
+    in_bytes = 4 * int(torch.tensor(tuple(sample_shape)).prod())
+    return 3 * total + 4 * in_bytes
+
+
+def estimate_forward_bytes(model: nn.Module, sample_shape: tuple, device) -> int:
+    """Memory one input point costs in a no-grad forward pass: nothing is kept for a
+    backward pass, so a few activations are alive at a time, estimated as 6x the largest
+    leaf-module output (its input and output, a residual stream, the attention scores and
+    probabilities that eager attention makes outside any module) plus 2x the input. Never
+    more than :func:`estimate_point_bytes`. Cached with it."""
+    total, largest = _activation_sizes(model, sample_shape, device)
+    in_bytes = 4 * int(torch.tensor(tuple(sample_shape)).prod())
+    return min(6 * largest + 2 * in_bytes, 3 * total + 4 * in_bytes)
 
 
 # -- registry ----------------------------------------------------------------------------

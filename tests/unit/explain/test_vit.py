@@ -157,6 +157,31 @@ def test_batches_and_chunks_do_not_change_the_maps(vit, x):
     assert torch.allclose(both, alone, rtol=1e-5, atol=1e-6)
 
 
+def test_masked_batches_are_sized_by_the_forward_only_estimate(vit, x):
+    """The no-grad forwards over the masked images get chunks sized by the forward-only
+    estimate (smaller than the forward+backward one, larger than the largest activation):
+    with a budget of 8 forward-only points (under 8 forward+backward ones) GradMask makes
+    ceil(N·R / 8) masked forwards, and the maps equal the unchunked ones."""
+    from xaipipe.explain.base import _activation_sizes, estimate_forward_bytes, \
+        estimate_point_bytes
+    shape = tuple(x.shape[1:])
+    fwd, both = estimate_forward_bytes(vit, shape, "cpu"), estimate_point_bytes(vit, shape, "cpu")
+    assert _activation_sizes(vit, shape, "cpu")[1] < fwd < both
+    budget_mb = 8.5 * fwd / 2**20
+    assert int(budget_mb * 2**20 // both) < 8
+    t = torch.tensor([1, 2, 3])
+    calls = []
+    handle = vit.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    try:
+        chunked = explain("gradmask", vit, x, t, memory_mb=budget_mb)
+    finally:
+        handle.remove()
+    rows = 3 * (vit_structure(vit).layers - 1) * 4
+    masked = [c for c in calls[1:]]                 # the first call is the gradient pass
+    assert max(masked) == 8 and len(masked) == -(-3 * rows // 8)
+    assert torch.allclose(chunked, explain("gradmask", vit, x, t), rtol=1e-5, atol=1e-6)
+
+
 def test_hooks_are_removed_also_on_errors(vit, x):
     assert hooks(vit) == 0
     explain("gradmask", vit, x, 0)

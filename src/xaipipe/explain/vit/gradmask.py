@@ -14,8 +14,8 @@ Per image x and class c, on a vision transformer (:func:`~xaipipe.models.vit.vit
 3. binary masks M^s_r(t) = 1[G^s_r(t) ≥ mean_t G^s_r(t)] on the patch grid;
 4. each mask, nearest-upsampled, keeps its patches and sets the others to 0 in the model's
    normalised space (the mean colour in pixels: 0.5 grey for ViT, ImageNet's mean for DeiT);
-   all masked images of a batch go through batched no-grad forwards, and w^s_r = softmax(·)_c
-   of its masked image;
+   all masked images of a batch go through batched no-grad forwards (chunks sized by the
+   forward-only memory estimate), and w^s_r = softmax(·)_c of its masked image;
 5. S(t) = Σ_s Σ_r w^s_r M^s_r(t), not normalised, nearest-upsampled to the image:
    (N, 1, H, W), 0 ≤ S ≤ Σ w.
 
@@ -89,7 +89,7 @@ class GradMask(Method):
         fill = self.model.normalize.mean.to(images.dtype)                        # normalised 0
         weights = torch.empty(n * r, device=images.device, dtype=torch.float32)
         rows = torch.arange(n, device=images.device).repeat_interleave(r)
-        chunk = self.chunk_size(images.shape[1:], images.device)
+        chunk = self.chunk_size(images.shape[1:], images.device, forward_only=True)
         with torch.no_grad():
             for s in range(0, n * r, chunk):
                 sl = slice(s, min(n * r, s + chunk))
