@@ -12,6 +12,7 @@ provenance (metric and method parameters, versions) in its metadata.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -98,10 +99,21 @@ class ScoreTask:
     explainer: tuple | None = None
 
 
+@functools.lru_cache(maxsize=8)
+def _references(kind: str, path: str, device: str, stamp: tuple | None) -> dict:
+    """The reference parameters of ``path`` on ``device``, read once per process (every Dask
+    chunk of a score job asks again); ``stamp`` (:func:`~xaipipe.models.spec._file_stamp` of
+    the store folder) is part of the key, so a store rewritten since is read again."""
+    from .references import reference_params
+    return reference_params(kind, path, device)
+
+
 def _attribute_fn(explainer: tuple, device):
     """``attribute(model, images, target, ids) -> maps``: the store's method, parameters and
-    seed (and references, read once) on any model (:attr:`MetricInputs.attribute`)."""
+    seed (and references, read once per process) on any model
+    (:attr:`MetricInputs.attribute`)."""
     from ..explain.base import get_method
+    from ..models.spec import _file_stamp
     name, params_json, seed, references = explainer
     cls = get_method(name)
     params = cls.check(json.loads(params_json), f"the store's method {name!r}")
@@ -109,8 +121,8 @@ def _attribute_fn(explainer: tuple, device):
     if kind:
         if not references:
             raise ValueError(f"method {name!r} needs references; the store names none")
-        from .references import reference_params
-        params = params.replace(**reference_params(kind, references, device))
+        params = params.replace(**_references(kind, str(references), str(device),
+                                              _file_stamp(references)))
 
     def attribute(model, images, target, ids):
         method = cls(model, params=params, seed=seed)

@@ -116,3 +116,36 @@ def test_lpi_reference_set_then_lpi_maps(data, tmp_path):
     ref = explain("lpi", model, val.tensor(np.arange(4)), t, image_ids=val.index, seed=1,
                   **{**params.as_dict(), **reference_params("lpi", tmp_path / "r.zarr")})
     assert torch.allclose(maps, ref, rtol=1e-5, atol=1e-7) and (maps >= 0).all()
+
+
+def test_score_jobs_read_a_reference_store_once_per_process(data, tmp_path, monkeypatch):
+    """The randomisation metric's rebuilt method (one per Dask chunk) reads the LPI reference
+    store once per process and device, and again after the store is rewritten; the maps are
+    the same either way."""
+    import shutil
+
+    from xaipipe.pipeline import references as refs_mod
+    from xaipipe.pipeline import scoring
+    d, model = data
+    train = open_images(d / "o.zarr", "train")
+    ref = lpi_references(model, train, n_references=3, n_clusters=1, seed=0, batch_size=8)
+    write_lpi_references(tmp_path / "r.zarr", ref, {"n_references": 3, "n_clusters": 1})
+    reads = []
+    real = refs_mod.reference_params
+
+    def counted(*a, **kw):
+        reads.append(a[1])
+        return real(*a, **kw)
+    monkeypatch.setattr(refs_mod, "reference_params", counted)
+    scoring._references.cache_clear()
+    explainer = ("lpi", '{"samples": 2, "steps": 2}', 0, str(tmp_path / "r.zarr"))
+    x = open_images(d / "o.zarr").tensor([0, 1])
+    t, ids = torch.tensor([0, 1]), np.array([0, 1])
+    first = scoring._attribute_fn(explainer, "cpu")(model, x, t, ids)
+    again = scoring._attribute_fn(explainer, "cpu")(model, x, t, ids)
+    assert len(reads) == 1 and torch.equal(first, again)
+    shutil.rmtree(tmp_path / "r.zarr")                 # rewritten: a new folder, read again
+    write_lpi_references(tmp_path / "r.zarr", ref, {"n_references": 3, "n_clusters": 1})
+    third = scoring._attribute_fn(explainer, "cpu")(model, x, t, ids)
+    assert len(reads) == 2 and torch.equal(first, third)
+    scoring._references.cache_clear()
