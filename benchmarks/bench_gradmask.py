@@ -7,7 +7,7 @@ batched no-grad forwards, across images) against
   alone in its own forward pass, as ``DavideTraini/GradMask`` does (``GradMask.py``): the
   "≥ 10×" goal;
 - **the limit**: one forward+backward of the batch plus 3·(L − 1)·H_m forwards of random
-  images in chunks of the same size, no hooks, masks or sums: the "≤ 1.3×" goal (GradMask's
+  images in chunks of the same size (the forward-only estimate's), no hooks, masks or sums: the "≤ 1.3×" goal (GradMask's
   time over the limit's).
 Prints images/s and the ratios (median, best and paired median over interleaved repeats), and
 the largest difference between the two heatmaps. Run:
@@ -15,7 +15,7 @@ the largest difference between the two heatmaps. Run:
     .venv/bin/python benchmarks/bench_gradmask.py [--model demo|base] [--images 4]
         [--masks-layer 4]
 
-``demo``: the demo ViT (64x64, 8x8 patches, width 64, 4 layers), random weights; ``base``: a
+``demo``: the demo ViT (64x64, conv stem, 8x8 patches, width 64, 4 layers), random weights; ``base``: a
 ViT-B/16-sized ``transformers`` ViT (224x224, 12 layers, 768 wide), random weights. Nothing is
 asserted; the numbers are printed.
 """
@@ -64,7 +64,7 @@ def main():
     with torch.no_grad():
         t = model(x).argmax(1)
     method = get_method("gradmask")(model, masks_layer=a.masks_layer)
-    chunk = method.chunk_size(x.shape[1:], device)
+    chunk = method.chunk_size(x.shape[1:], device, forward_only=True)   # as GradMask's
     rows = 3 * (st.layers - 1) * a.masks_layer
 
     def ours():

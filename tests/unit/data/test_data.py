@@ -120,16 +120,22 @@ def test_imagefolder_source(tmp_path):
     assert not (tmp_path / "b.zarr").exists()
 
 
+def _class_folders(root, classes: int, per_class: int) -> dict:
+    """``root/val/n00 ...`` with ``per_class`` 8x8 PNGs each: the config of an imagefolder
+    data set on it."""
+    for c in range(classes):
+        (root / "val" / f"n{c:02d}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (8, 8)).save(root / "val" / f"n{c:02d}" / f"i{i}.png")
+    return {"kind": "imagefolder", "root": str(root)}
+
+
 def test_seeded_random_subsets(tmp_path):
     """``subset``: a seeded draw of images, or of classes and images per class (the ShearletX
     paper's 20 classes × 5), in path order; errors name the key."""
     from xaipipe.data.datasets import make_source
     from xaipipe.errors import ConfigError
-    for c in range(6):
-        (tmp_path / "val" / f"n{c:02d}").mkdir(parents=True)
-        for i in range(4):
-            Image.new("RGB", (8, 8)).save(tmp_path / "val" / f"n{c:02d}" / f"i{i}.png")
-    cfg = {"kind": "imagefolder", "root": str(tmp_path)}
+    cfg = _class_folders(tmp_path, classes=6, per_class=4)
     full = make_source("f", cfg).files("val")
     pick = make_source("f", {**cfg, "subset": {"images": 7, "seed": 3}}).files("val")
     assert len(pick) == 7 and pick == sorted(pick) and set(pick) <= set(full)
@@ -156,11 +162,7 @@ def test_a_listed_subset_of_positions(tmp_path):
     holding one list, or plain text; bad files are errors naming the file."""
     from xaipipe.data.datasets import make_source
     from xaipipe.errors import ConfigError
-    for c in range(3):
-        (tmp_path / "val" / f"n{c:02d}").mkdir(parents=True)
-        for i in range(4):
-            Image.new("RGB", (8, 8)).save(tmp_path / "val" / f"n{c:02d}" / f"i{i}.png")
-    cfg = {"kind": "imagefolder", "root": str(tmp_path)}
+    cfg = _class_folders(tmp_path, classes=3, per_class=4)
     full = make_source("f", cfg).files("val")
     want = [full[i] for i in (1, 7, 11)]
     forms = {"list.yaml": "- 11\n- 1\n- 7\n", "map.yaml": "indices: [7, 11, 1]\n",
