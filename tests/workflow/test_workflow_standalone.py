@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
+from helpers.vit import tiny_vit_folder
 from helpers.workflow import (SNAKEMAKE, TINY, dry_run_jobs, imagenet_stand_in, planned_outputs,
                               snakemake, workdir)
 from xaipipe.config import ROOT
@@ -104,13 +105,22 @@ def test_preset_dry_run_plans_only_its_experiment(preset, tmp_path, monkeypatch)
             for sub in (ds.get("splits") or {"val": "val"}).values():
                 (tmp_path / name / sub / "n01").mkdir(parents=True)
             over["datasets"][name]["root"] = str(tmp_path / name)
+            if ds.get("boxes"):                                      # the box XMLs' folder
+                (tmp_path / name / "boxes").mkdir()
+                over["datasets"][name]["boxes"] = str(tmp_path / name / "boxes")
+    # save_pretrained folders of the Hugging Face models: tiny ones at the config's size
+    for name, m in (over.get("models") or {}).items():
+        if m.get("arch") == "hf_vit":
+            m["weights"] = str(tiny_vit_folder(tmp_path / "hf" / name, image_size=224,
+                                               patch_size=16, hidden=16, layers=2, heads=2))
     # stand-in files for torchvision's cache: enum weights must be local (a dry run only looks)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     cache = tmp_path / "torch" / "hub" / "checkpoints"
     cache.mkdir(parents=True)
     for m in (over.get("models") or {}).values():
         w = m.get("weights")
-        if "train" not in m and w != "random" and not (w and is_weights_path(w)):
+        if "train" not in m and w != "random" and not (w and is_weights_path(w)) and \
+                m.get("arch") != "hf_vit":
             enum = torchvision.models.get_model_weights(m["arch"])
             (cache / Path((enum.DEFAULT if w is None else enum[w]).url).name).write_bytes(b"")
     (d / "over.yaml").write_text(yaml.safe_dump(over))
@@ -178,7 +188,7 @@ def test_data_checks_cover_the_experiments_asked_for(tmp_path, args, fails):
 
 @pytest.mark.parametrize("target,match", [
     ("dmeo", "ConfigError: target 'dmeo' is neither an experiment nor a workflow rule nor a "
-             "file path; experiments: demo; in presets not loaded: idgi_tmlr "),
+             "file path; experiments: demo; in presets not loaded: gradmask "),
     ("idgi_tmlr", "ConfigError: target 'idgi_tmlr': no experiment of that name in the loaded "
                   "config; it is defined in "),
 ])
