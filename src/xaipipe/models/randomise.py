@@ -52,14 +52,26 @@ SIMILARITIES = ("spearman_abs", "spearman", "ssim")
 
 
 def module_kind(module: nn.Module) -> str | None:
-    """``conv``, ``bn`` or ``linear`` for the module types a cascade re-samples, else None."""
+    """``conv``, ``bn`` or ``linear`` for the module types a cascade re-samples, else None
+    (``nn.MultiheadAttention`` is ``linear``: its fused input projection, see
+    :func:`_tensors`)."""
     if isinstance(module, nn.modules.conv._ConvNd):
         return "conv"
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return "bn"
-    if isinstance(module, nn.Linear):
+    if isinstance(module, (nn.Linear, nn.MultiheadAttention)):
         return "linear"
     return None
+
+
+def _tensors(module: nn.Module) -> tuple[tuple[str, str], ...]:
+    """(parameter name, weight|bias) of a module's re-sampled tensors: ``weight`` and ``bias``,
+    or for ``nn.MultiheadAttention`` (torchvision's ViTs) its fused input projection
+    ``in_proj_weight`` / ``in_proj_bias`` (x W_inᵀ + b_in: a linear layer's; ``out_proj`` is an
+    ``nn.Linear`` of its own)."""
+    if isinstance(module, nn.MultiheadAttention):
+        return (("in_proj_weight", "weight"), ("in_proj_bias", "bias"))
+    return (("weight", "weight"), ("bias", "bias"))
 
 
 def find_layer(model: nn.Module, name: str) -> nn.Module:
@@ -98,9 +110,9 @@ def reinitialise_(layer: nn.Module, name: str, seed: int = 0,
         kind = module_kind(sub)
         if kind is None:
             continue
-        for pname in ("weight", "bias"):
+        for pname, role in _tensors(sub):
             p = getattr(sub, pname, None)
-            if f"{kind}.{pname}" in kinds and isinstance(p, torch.Tensor):
+            if f"{kind}.{role}" in kinds and isinstance(p, torch.Tensor):
                 resample_(p, generator(seed, "model_randomisation", name, sub_name, pname))
                 done.append(f"{sub_name}.{pname}" if sub_name else pname)
     return done
@@ -117,19 +129,60 @@ def check_kinds(kinds) -> tuple[str, ...]:
 
 def default_cascade(model: nn.Module) -> tuple[str, ...]:
     """The cascade of a model when none is given: the reference's
-    :data:`INCEPTION_V3_CASCADE` for torchvision's Inception-v3; otherwise the network's
+    :data:`INCEPTION_V3_CASCADE` for torchvision's Inception-v3; a vision transformer's head,
+    encoder blocks and patch embedding (:func:`_vit_cascade`); otherwise the network's
     top-level layers that hold a convolution, batch norm or linear layer, a ``Sequential``
     opened one level (ResNet's ``layer4.2`` … ``layer1.0``, VGG's ``classifier.6`` …
     ``features.0``), from the output down to the input."""
     net = model.net if isinstance(getattr(model, "net", None), nn.Module) else model
     if type(net).__name__ == "Inception3":
         return INCEPTION_V3_CASCADE
+    from .vit import is_vit
+    if is_vit(model):
+        return _vit_cascade(net)
     names = []
     for name, child in net.named_children():
         subs = [(f"{name}.{n}", c) for n, c in child.named_children()] \
             if isinstance(child, nn.Sequential) else [(name, child)]
         names += [n for n, c in subs if any(module_kind(m) for m in c.modules())]
     return tuple(reversed(names))
+
+
+def _vit_cascade(net: nn.Module) -> tuple[str, ...]:
+    """A vision transformer's cascade, from the output down: the re-sampled layers after the
+    encoder blocks one by one (the head; DeiT-distilled: both heads), the encoder blocks from
+    the last to the first (each block the item of its ``ModuleList`` / ``Sequential``:
+    ``hf.vit.encoder.layer.11``, torchvision's ``encoder.layers.encoder_layer_11``), then the
+    patch embedding (the common parent of the layers before the blocks: its convolution, or
+    the demo ViT's convolutional stem)."""
+    from .vit import vit_structure
+    names = {m: n for n, m in net.named_modules()}
+    blocks = []
+    for q, _, _ in vit_structure(net).qkv:     # up from the query to its container's item
+        name = names[q]
+        while "." in name and not isinstance(net.get_submodule(name.rsplit(".", 1)[0]),
+                                             (nn.ModuleList, nn.Sequential)):
+            name = name.rsplit(".", 1)[0]
+        blocks.append(name)
+    inside = tuple(f"{b}." for b in blocks)
+    leaves = [n for n, m in net.named_modules()
+              if module_kind(m) and not n.startswith(inside) and n not in blocks]
+    order = [n for n, _ in net.named_modules()]
+    first, last = order.index(blocks[0]), order.index(blocks[-1])
+    before = [n for n in leaves if order.index(n) < first]
+    after = [n for n in leaves if order.index(n) > last
+             and not any(n.startswith(f"{a}.") for a in leaves if a != n)]
+    stages = list(reversed(after)) + list(reversed(blocks))
+    if before:
+        common = before[0].split(".")
+        for n in before[1:]:
+            parts = n.split(".")
+            k = 0
+            while k < min(len(common), len(parts)) and common[k] == parts[k]:
+                k += 1
+            common = common[:k]
+        stages.append(".".join(common) if common else before[0])
+    return tuple(stages)
 
 
 def cascade(model: nn.Module, layers: Sequence[str] = INCEPTION_V3_CASCADE, seed: int = 0,

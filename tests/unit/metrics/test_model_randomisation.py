@@ -153,3 +153,44 @@ def test_a_constant_map_is_undefined_not_an_error(demo):
     np.testing.assert_allclose(out["similarity@fc"], 1.0)
     np.testing.assert_allclose(out["similarity_mean"], 1.0)       # over the defined stages
     np.testing.assert_allclose(out["similarity_last"], 1.0)
+
+
+def _changed(a, b) -> set[str]:
+    """Names of the parameters that differ between two copies of a model."""
+    pb = dict(b.named_parameters())
+    return {n for n, p in a.named_parameters() if not torch.equal(p, pb[n])}
+
+
+@pytest.mark.parametrize("kind", ["transformers", "torchvision"])
+def test_vision_transformer_cascades_go_block_by_block(kind, tmp_path):
+    """A ViT's default cascade: the head, every encoder block from the last to the first, the
+    patch embedding; each stage re-samples exactly its own block's linear layers (torchvision:
+    the fused in_proj_weight/bias of its attention too) on top of the earlier stages'."""
+    from helpers.vit import tiny_torchvision_vit, tiny_vit_folder
+    from xaipipe.models import NormalizedModel
+    from xaipipe.models.vit import inspectable_vit
+    if kind == "transformers":
+        model = load_model("hf_vit", weights=str(tiny_vit_folder(tmp_path, layers=3)))
+        blocks = [f"hf.vit.{'layers' if hasattr(model.net.hf.vit, 'layers') else 'encoder.layer'}"
+                  f".{i}" for i in (2, 1, 0)]
+        expect = ("hf.classifier", *blocks, "hf.vit.embeddings.patch_embeddings.projection")
+    else:
+        model = NormalizedModel(inspectable_vit(tiny_torchvision_vit(num_layers=3)),
+                                (0.5,) * 3, (0.5,) * 3).eval()
+        blocks = [f"encoder.layers.encoder_layer_{i}" for i in (2, 1, 0)]
+        expect = ("heads.head", *blocks, "conv_proj")
+    stages = default_cascade(model)
+    assert stages == expect
+    copies = dict(cascade(model, stages, seed=1))
+    previous = copies["original"]
+    for stage in stages:
+        now = _changed(previous, copies[stage])
+        own = {f"net.{stage}.{n}" for n, m in model.net.get_submodule(stage).named_parameters()}
+        assert now and now <= own, (stage, now - own)
+        if stage in blocks:
+            assert any(n.endswith(("query.weight", "q_proj.weight", "in_proj_weight"))
+                       for n in now), now
+            if kind == "torchvision":
+                assert {f"net.{stage}.self_attention.in_proj_weight",
+                        f"net.{stage}.self_attention.in_proj_bias"} <= now
+        previous = copies[stage]
