@@ -78,6 +78,14 @@ def check_params(spec: dict[str, Param], given: dict, where: str) -> dict:
     return out
 
 
+def signature_values(spec: dict[str, Param], values: dict) -> dict:
+    """``values`` without the parameters ``spec`` declares ``omit_default`` that are at their
+    default: what random draws are seeded by and what decides whether a job reruns (a new
+    parameter does not change the jobs that existed before it)."""
+    return {k: v for k, v in values.items()
+            if not (spec[k].omit_default and v == spec[k].default)}
+
+
 class ParamSet:
     """Base of the typed parameter objects (frozen dataclasses) that :func:`params_class`
     builds from a component's ``Param`` declarations: attribute access (``p.steps``), the
@@ -91,9 +99,9 @@ class ParamSet:
 
     def signature(self) -> dict:
         """:meth:`as_dict` without the parameters declared ``omit_default`` that are at their
-        default: what random draws are seeded by and what decides whether a job reruns."""
-        return {k: v for k, v in self.as_dict().items()
-                if not (self.spec[k].omit_default and v == self.spec[k].default)}
+        default: what random draws are seeded by and what decides whether a job reruns
+        (:func:`signature_values`)."""
+        return signature_values(self.spec, self.as_dict())
 
     def replace(self, **changes) -> "ParamSet":
         """A copy with ``changes`` (not re-validated: callers pass checked values)."""

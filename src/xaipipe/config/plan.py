@@ -17,7 +17,7 @@ from ..data.variants import check_variant
 from ..errors import ConfigError
 from ..models.train import TRAIN_PARAMS
 from ..models.zoo import is_weights_path
-from ..params import check_params
+from ..params import check_params, signature_values
 from ..explain.base import get_method
 from .check import Experiment, method_of, metric_of, split_store_run, store_runs, sweep_of
 from ..jobs import (Entry, ExplainJob, FigureJob, ImageStoreJob, ModelSpec, PredictJob,
@@ -211,11 +211,8 @@ class Plan:
     def train_job(self, model) -> TrainJob:
         m = self.c["models"][model]
         p = check_params(TRAIN_PARAMS, m["train"], "train")
-        # parameters declared omit_default are left out at their default (a new training
-        # option does not retrain the models trained before it)
-        p = {k: v for k, v in p.items()
-             if not (TRAIN_PARAMS[k].omit_default and v == TRAIN_PARAMS[k].default)}
-        return TrainJob(m["arch"], p, self.c["device"])
+        # a training option declared omit_default does not retrain the models before it
+        return TrainJob(m["arch"], signature_values(TRAIN_PARAMS, p), self.c["device"])
 
     def predict_job(self, model) -> PredictJob:
         return PredictJob(self.model_spec(model), self.split, self.c["device"],
