@@ -151,6 +151,20 @@ def load_hf_folder(folder, weights: bool = True) -> tuple[HFClassifier, tuple, t
     return HFClassifier(hf.eval()), mean, std, int(hf.config.image_size)
 
 
+def split_heads(z: torch.Tensor, heads: int) -> torch.Tensor:
+    """(N, T, D) projections -> (N, heads, T, D / heads)."""
+    n, t, d = z.shape
+    return z.reshape(n, t, heads, d // heads).transpose(1, 2)
+
+
+def attention_probabilities(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """(N, heads, T, T) softmax(q kᵀ / √d_h) from projections q, k (N, T, D), as eager
+    attention computes them (:class:`TokenAttention`; attention rollout)."""
+    d_h = q.shape[-1] // heads
+    return torch.softmax(split_heads(q, heads) @ split_heads(k, heads).transpose(-1, -2)
+                         * d_h ** -0.5, -1)
+
+
 class TokenAttention(nn.MultiheadAttention):
     """``nn.MultiheadAttention`` as torchvision's ViT encoder blocks use it (batch-first
     self-attention, ``self_attention(x, x, x, need_weights=False)``), computed explicitly so
@@ -196,17 +210,13 @@ class TokenAttention(nn.MultiheadAttention):
                                    average_attn_weights=average_attn_weights,
                                    is_causal=is_causal)
         n, t, d = query.shape
-        h = self.num_heads
         q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, -1)
         q, k, v = self.query(q), self.key(k), self.value(v)
-
-        def split(z):                                  # (N, T, D) -> (N, heads, T, D / heads)
-            return z.reshape(n, t, h, d // h).transpose(1, 2)
-
-        att = torch.softmax(split(q) @ split(k).transpose(-1, -2) * (d // h) ** -0.5, -1)
+        att = attention_probabilities(q, k, self.num_heads)
         if self.training and self.dropout > 0:
             att = F.dropout(att, self.dropout)
-        out = self.out_proj((att @ split(v)).transpose(1, 2).reshape(n, t, d))
+        out = self.out_proj((att @ split_heads(v, self.num_heads)).transpose(1, 2)
+                            .reshape(n, t, d))
         if not need_weights:
             return out, None
         return out, att.mean(1) if average_attn_weights else att

@@ -13,20 +13,12 @@ from __future__ import annotations
 
 import torch
 
-from ...models.vit import vit_structure
+from ...models.vit import attention_probabilities, vit_structure
 from ...params import Param
 from ..base import Attribution, Method, register_method
 from .tokens import capture, patch_map, require_vit
 
 FUSIONS = ("mean", "max", "min")
-
-
-def attention_probabilities(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
-    """(N, heads, T, T) softmax(q kᵀ / √d_h) from projections q, k (N, T, D)."""
-    n, t, d = q.shape
-    qh = q.reshape(n, t, heads, d // heads).transpose(1, 2)
-    kh = k.reshape(n, t, heads, d // heads).transpose(1, 2)
-    return torch.softmax(qh @ kh.transpose(-1, -2) * (d // heads) ** -0.5, -1)
 
 
 def rollout(attentions: list[torch.Tensor], fusion: str = "mean",
