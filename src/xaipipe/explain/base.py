@@ -308,9 +308,9 @@ def estimate_forward_bytes(model: nn.Module, sample_shape: tuple, device) -> int
     leaf-module output (its input and output, a residual stream, the attention scores and
     probabilities that eager attention makes outside any module) plus 2x the input. Never
     more than :func:`estimate_point_bytes`. Cached with it."""
-    total, largest = _activation_sizes(model, sample_shape, device)
+    _, largest = _activation_sizes(model, sample_shape, device)
     in_bytes = 4 * int(torch.tensor(tuple(sample_shape)).prod())
-    return min(6 * largest + 2 * in_bytes, 3 * total + 4 * in_bytes)
+    return min(6 * largest + 2 * in_bytes, estimate_point_bytes(model, sample_shape, device))
 
 
 # -- registry ----------------------------------------------------------------------------

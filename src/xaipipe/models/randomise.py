@@ -28,6 +28,7 @@ listed name is a module, and only its own sub-modules are re-sampled.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -165,23 +166,15 @@ def _vit_cascade(net: nn.Module) -> tuple[str, ...]:
             name = name.rsplit(".", 1)[0]
         blocks.append(name)
     inside = tuple(f"{b}." for b in blocks)
-    leaves = [n for n, m in net.named_modules()
-              if module_kind(m) and not n.startswith(inside) and n not in blocks]
-    order = [n for n, _ in net.named_modules()]
-    first, last = order.index(blocks[0]), order.index(blocks[-1])
-    before = [n for n in leaves if order.index(n) < first]
-    after = [n for n in leaves if order.index(n) > last
+    pos = {n: i for i, (n, _) in enumerate(net.named_modules())}
+    leaves = [n for n, m in net.named_modules() if module_kind(m) and not n.startswith(inside)]
+    before = [n for n in leaves if pos[n] < pos[blocks[0]]]
+    after = [n for n in leaves if pos[n] > pos[blocks[-1]]
              and not any(n.startswith(f"{a}.") for a in leaves if a != n)]
     stages = list(reversed(after)) + list(reversed(blocks))
-    if before:
-        common = before[0].split(".")
-        for n in before[1:]:
-            parts = n.split(".")
-            k = 0
-            while k < min(len(common), len(parts)) and common[k] == parts[k]:
-                k += 1
-            common = common[:k]
-        stages.append(".".join(common) if common else before[0])
+    if before:          # their deepest common parent (one name left: that layer itself)
+        stages.append(".".join(os.path.commonprefix([n.split(".") for n in before]))
+                      or before[0])
     return tuple(stages)
 
 
