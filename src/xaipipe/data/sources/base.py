@@ -136,8 +136,9 @@ _SUBSET_KEYS = {"images", "classes", "per_class", "seed", "positions"}
 
 def check_subset(spec, where: str, splits=None) -> dict | None:
     """``subset``: None; one draw for every split, {images, seed}, {classes, per_class, seed}
-    or {positions: file} (a listed selection, :func:`read_positions`); or a draw per split, {split: draw or None} (e.g. ``{train: {images: 10000, seed:
-    0}}``: a seeded pool of training images, every validation image). Non-negative integers
+    or {positions: file} (a listed selection, :func:`read_positions`); or a draw per split,
+    {split: draw or None} (e.g. ``{train: {images: 10000, seed: 0}}``: a seeded pool of
+    training images, every validation image). Non-negative integers
     (a seed) or positive ones; integers written as text (``--config`` gives text) are read as
     such. ``splits``: the data set's split names, to check the per-split keys. Returns the
     checked dict."""
