@@ -67,6 +67,15 @@ def imagenet_stand_in(root, per_class: int = 1, train_per_class: int = 0):
     return root / "imagenet", weights
 
 
+def write_box_xml(path, boxes) -> None:
+    """A Pascal VOC XML (the ILSVRC2012 validation box files) at ``path``: one object per
+    (wnid, (xmin, ymin, xmax, ymax)) in ``boxes``, the file name its stem."""
+    objs = "".join(
+        f"<object><name>{w}</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
+        f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for w, b in boxes)
+    path.write_text(f"<annotation><filename>{path.stem}</filename>{objs}</annotation>")
+
+
 def frames_equal(a: pd.DataFrame, b: pd.DataFrame, path: str):
     """Per-image score tables equal, array cells (curves) included."""
     assert list(a.columns) == list(b.columns) and len(a) == len(b) > 0, path

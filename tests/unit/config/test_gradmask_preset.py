@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from helpers.vit import tiny_vit_folder
-from helpers.workflow import imagenet_stand_in, snakemake, workdir
+from helpers.workflow import imagenet_stand_in, snakemake, workdir, write_box_xml
 from xaipipe.config import ROOT
 from xaipipe.store import open_saliency
 
@@ -57,13 +57,6 @@ def test_gradmask_preset_on_a_tiny_vit(tmp_path):
     assert len(pg) == 3 * len(runs) and pg["hit"].isin([0.0, 1.0]).all()
 
 
-def _box_xml(path, wnid, boxes):
-    objs = "".join(
-        f"<object><name>{w}</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
-        f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for w, b in boxes)
-    path.write_text(f"<annotation><filename>{path.stem}</filename>{objs}</annotation>")
-
-
 def test_gradmask_preset_on_imagenet_stand_ins(tmp_path):
     """presets/gradmask.yaml's ImageNet path as it is, with local stand-ins: an ImageNet val
     folder of non-square JPEGs squashed to 224x224, one box XML per image (a box of the
@@ -80,8 +73,8 @@ def test_gradmask_preset_on_imagenet_stand_ins(tmp_path):
     for w in wnids:
         other = next(o for o in wnids if o != w)
         for img in (root / "val" / w).iterdir():
-            _box_xml(boxes / f"{img.stem}.xml", w, [(w, (20, 30, 120, 150)),
-                                                    (other, (200, 250, 259, 299))])
+            write_box_xml(boxes / f"{img.stem}.xml", [(w, (20, 30, 120, 150)),
+                                                      (other, (200, 250, 259, 299))])
     (tmp_path / "idx.yaml").write_text("- 0\n- 2\n- 3\n")
     vit = tiny_vit_folder(tmp_path / "vit", image_size=224, patch_size=16, hidden=16,
                           layers=2, heads=2, classes=10)

@@ -6,6 +6,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
+from helpers.workflow import write_box_xml
 from xaipipe.data.datasets import build_image_store, make_source, read_image, to_rgb
 from xaipipe.data.sources.imagenet import boxes_mask, detect_format, map_boxes
 from xaipipe.data.image_store import open_images
@@ -239,12 +240,8 @@ def test_xml_boxes_folder(imagenet):
     tmp, _ = imagenet
     _tmlr(tmp / "val_annotations.txt", _files(tmp / "val"))
     (tmp / "boxes").mkdir()
-    (tmp / "boxes" / f"{name(3)}.xml").write_text(
-        f"<annotation><filename>{name(3)}</filename>"
-        f"<object><name>{wnid(3)}</name><bndbox><xmin>10</xmin><ymin>5</ymin><xmax>30</xmax>"
-        f"<ymax>25</ymax></bndbox></object>"
-        f"<object><name>n09999999</name><bndbox><xmin>0</xmin><ymin>0</ymin><xmax>40</xmax>"
-        f"<ymax>30</ymax></bndbox></object></annotation>")
+    write_box_xml(tmp / "boxes" / f"{name(3)}.xml",
+                  [(wnid(3), (10, 5, 30, 25)), ("n09999999", (0, 0, 40, 30))])
     cfg = {"kind": "imagenet", "root": str(tmp), "labels": str(tmp / "val_annotations.txt"),
            "boxes": str(tmp / "boxes"), "limit": 4}
     s = _build(tmp, cfg)
